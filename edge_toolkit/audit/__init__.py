@@ -1,0 +1,1 @@
+"""Dataset audit: duplicates, split leakage and shortcut features. No TensorFlow."""

@@ -1,0 +1,145 @@
+"""The model card: everything a model file needs to describe itself.
+
+A card travels with every artefact: as `card.json` beside a Keras model in a run folder, and
+inside every `.tflite` file as a ZIP archive appended after the flatbuffer (the flatbuffer
+loader ignores trailing bytes; any ZIP reader finds the archive from the end of the file, so
+`unzip -p model.tflite edge_toolkit_card.json` shows it). The runtime therefore needs no side
+files and no TensorFlow. This module imports only the standard library.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from edge_toolkit import __version__
+
+CARD_SCHEMA = "edge_toolkit.card/1"
+CARD_MEMBER = "edge_toolkit_card.json"
+TFLITE_IDENTIFIER = b"TFL3"  # flatbuffer file identifier at bytes 4..8
+
+
+class CardError(ValueError):
+    """A model file is missing its card, or the card cannot be read."""
+
+
+@dataclass
+class ModelCard:
+    """What a model is, how to feed it and how to read its output.
+
+    `threshold` applies to the calibrated probability of `positive_label` (the model's
+    sigmoid output, re-scaled by `temperature` on the logit), so what the runtime reports and
+    what it compares to the threshold are on one scale.
+    """
+
+    family: str
+    input_size: int
+    channels: int
+    preprocessing: dict[str, Any]
+    labels: list[str] = field(default_factory=lambda: ["not fractured", "fractured"])
+    positive_label: str = "fractured"
+    output: str = "sigmoid"
+    threshold: float = 0.5
+    thresholds: dict[str, float] = field(default_factory=dict)
+    target_sensitivity: float = 0.95
+    temperature: float = 1.0
+    model_config: dict[str, Any] = field(default_factory=dict)
+    variant: str = "keras"
+    parent: str | None = None
+    sparsity: float | None = None
+    data_fingerprint: str | None = None
+    dataset: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    export: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=lambda: {"edge_toolkit": __version__})
+    created: str | None = None
+    notes: str = "Research and education use only; not a diagnosis."
+    schema: str = CARD_SCHEMA
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True, default=_jsonable)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelCard:
+        if not isinstance(data, dict):
+            raise CardError("model card is not a JSON object")
+        schema = data.get("schema", "")
+        if not str(schema).startswith("edge_toolkit.card/"):
+            raise CardError(f"unknown model card schema {schema!r}")
+        known = {f.name for f in fields(cls)}
+        missing = [n for n in ("family", "input_size", "channels", "preprocessing") if n not in data]
+        if missing:
+            raise CardError(f"model card lacks {', '.join(missing)}")
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelCard:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CardError(f"model card is not valid JSON ({exc})") from None
+        return cls.from_dict(data)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> ModelCard:
+        return cls.from_json(Path(path).read_text())
+
+    @property
+    def positive_index(self) -> int:
+        return self.labels.index(self.positive_label)
+
+    @property
+    def negative_label(self) -> str:
+        return next(lb for lb in self.labels if lb != self.positive_label)
+
+
+def _jsonable(obj: Any) -> Any:
+    """numpy scalars and paths in metrics must not break JSON writing."""
+    if hasattr(obj, "item"):
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)
+
+
+def split_tflite(data: bytes) -> tuple[bytes, ModelCard | None]:
+    """Split a file's bytes into the bare flatbuffer and its card (None when it has none)."""
+    if len(data) < 8 or data[4:8] != TFLITE_IDENTIFIER:
+        raise CardError("not a TFLite model (no TFL3 flatbuffer identifier)")
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            infos = {i.filename: i for i in zf.infolist()}
+            if CARD_MEMBER not in infos:
+                return data, None
+            # zipfile shifts header offsets by the bytes prepended to the archive, so the
+            # earliest member header marks where the flatbuffer ends.
+            archive_start = min(i.header_offset for i in infos.values())
+            card = ModelCard.from_json(zf.read(CARD_MEMBER).decode("utf-8"))
+    except zipfile.BadZipFile:
+        return data, None
+    bare = data[:archive_start] if archive_start > 0 else data
+    return bare, card
+
+
+def embed_card(model: bytes, card: ModelCard) -> bytes:
+    """Return `model` (a bare or carded flatbuffer) with `card` appended as a ZIP archive."""
+    bare, _ = split_tflite(model)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(CARD_MEMBER, card.to_json())
+    return bare + buf.getvalue()
+
+
+def read_card(path: str | Path) -> ModelCard | None:
+    """Read the card of a `.tflite` file; None if the file has no card."""
+    return split_tflite(Path(path).read_bytes())[1]

@@ -1,0 +1,191 @@
+"""Dataset folders in the Kaggle layout: `DATA/{train,val,test}/<class>/<image>`.
+
+Discovery, class-name mapping, a seeded validation carve-out when `val/` is absent, a content
+fingerprint, and bulk loading through the shared preprocessing with a report of every file
+that could not be read. No TensorFlow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge_toolkit.images import ImageLoadError, is_image_name
+from edge_toolkit.preprocess import PreprocessConfig, preprocess
+
+LABELS = ["not fractured", "fractured"]  # index = class id; 1 (fractured) is positive
+SPLITS = ("train", "val", "test")
+_CLASS_ALIASES = {
+    "fractured": 1, "fracture": 1, "fractures": 1, "positive": 1, "abnormal": 1, "yes": 1,
+    "notfractured": 0, "nonfractured": 0, "unfractured": 0, "nofracture": 0, "normal": 0,
+    "negative": 0, "no": 0, "healthy": 0,
+}
+_SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
+                  "validation": "val", "test": "test", "testing": "test"}
+
+
+class DatasetError(ValueError):
+    """The folder is not a usable dataset; the message says what was found."""
+
+
+def class_id(folder_name: str) -> int | None:
+    """Map a class folder name to 0/1: 'not fractured', 'not_fractured', 'normal' -> 0."""
+    key = re.sub(r"[^a-z]", "", folder_name.lower())
+    return _CLASS_ALIASES.get(key)
+
+
+def group_key(path: Path) -> str:
+    """Family of an image: `12-rotated1-rotated2.jpg` and `12.jpg` are one source image."""
+    stem = re.split(r"-rotated", path.stem, maxsplit=1)[0]
+    return f"{path.parent.name}/{stem}"
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    label: int
+    split: str
+
+
+@dataclass
+class Dataset:
+    root: Path
+    samples: list[Sample]
+    carved_val: bool = False
+    class_folders: dict[str, str] = field(default_factory=dict)
+
+    def split(self, name: str) -> list[Sample]:
+        return [s for s in self.samples if s.split == name]
+
+    @property
+    def splits(self) -> list[str]:
+        return [s for s in SPLITS if any(x.split == s for x in self.samples)]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for name in self.splits:
+            c = Counter(s.label for s in self.split(name))
+            out[name] = {LABELS[k]: c.get(k, 0) for k in (1, 0)}
+        return out
+
+    def fingerprint(self) -> str:
+        """sha256 over (split, label, content hash) of every file: names do not matter."""
+        rows = sorted(f"{s.split}\t{s.label}\t{_file_sha256(s.path)}" for s in self.samples)
+        return "sha256:" + hashlib.sha256("\n".join(rows).encode()).hexdigest()[:32]
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_name(p))
+
+
+def _read_split(split_dir: Path, split: str, class_folders: dict[str, str]) -> list[Sample]:
+    samples: list[Sample] = []
+    subdirs = sorted(d for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+    unknown = [d.name for d in subdirs if class_id(d.name) is None]
+    if unknown:
+        raise DatasetError(
+            f"{split_dir}: unknown class folder(s) {unknown}; found {[d.name for d in subdirs]}. "
+            "Expected one for fractured ('fractured') and one for not fractured "
+            "('not fractured', 'not_fractured' or 'normal').")
+    for d in subdirs:
+        label = class_id(d.name)
+        assert label is not None
+        class_folders.setdefault(LABELS[label], d.name)
+        samples += [Sample(p, label, split) for p in _list_images(d)]
+    return samples
+
+
+def carve_validation(samples: list[Sample], fraction: float = 0.15, seed: int = 0
+                     ) -> list[Sample]:
+    """Move a class-stratified, family-grouped `fraction` of train to val, reproducibly."""
+    rng = random.Random(seed)
+    out = [s for s in samples if s.split != "train"]
+    for label in (0, 1):
+        groups: dict[str, list[Sample]] = defaultdict(list)
+        for s in samples:
+            if s.split == "train" and s.label == label:
+                groups[group_key(s.path)].append(s)
+        keys = sorted(groups)
+        rng.shuffle(keys)
+        want = round(fraction * sum(len(v) for v in groups.values()))
+        taken = 0
+        for k in keys:
+            to_val = taken < want
+            taken += len(groups[k]) if to_val else 0
+            out += [Sample(s.path, s.label, "val" if to_val else "train") for s in groups[k]]
+    return out
+
+
+def discover(root: str | Path, val_fraction: float = 0.15, seed: int = 0) -> Dataset:
+    """Read a dataset folder; raise DatasetError with what was found when it is unusable."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: no such dataset folder")
+    split_dirs = {_SPLIT_ALIASES[d.name.lower()]: d for d in sorted(root.iterdir())
+                  if d.is_dir() and d.name.lower() in _SPLIT_ALIASES}
+    if "train" not in split_dirs:
+        found = sorted(d.name for d in root.iterdir() if d.is_dir())
+        raise DatasetError(f"{root}: no train/ folder; found {found or 'no folders'}. "
+                           "Expected DATA/{train,val,test}/<class>/<image files>.")
+    class_folders: dict[str, str] = {}
+    samples: list[Sample] = []
+    for split, d in split_dirs.items():
+        samples += _read_split(d, split, class_folders)
+    ds = Dataset(root, samples, class_folders=class_folders)
+    train = ds.split("train")
+    present = {s.label for s in train}
+    if not train:
+        raise DatasetError(f"{split_dirs['train']}: no image files found")
+    if present != {0, 1}:
+        have = [LABELS[k] for k in sorted(present)]
+        raise DatasetError(f"{split_dirs['train']}: needs images of both classes; only {have} "
+                           "has images")
+    if "val" not in split_dirs:
+        ds = Dataset(root, carve_validation(samples, val_fraction, seed), carved_val=True,
+                     class_folders=class_folders)
+    return ds
+
+
+@dataclass
+class LoadedSplit:
+    """Preprocessed images of one split, and the files that could not be read."""
+
+    x: np.ndarray
+    y: np.ndarray
+    paths: list[Path]
+    skipped: list[tuple[str, str]]
+
+
+def load_samples(samples: list[Sample], cfg: PreprocessConfig, workers: int = 4
+                 ) -> LoadedSplit:
+    """Preprocess every sample (threads: PIL decodes without the GIL); skip and report bad ones."""
+
+    def one(s: Sample) -> np.ndarray | ImageLoadError:
+        try:
+            return preprocess(s.path, cfg)
+        except ImageLoadError as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(pool.map(one, samples))
+    xs, ys, paths, skipped = [], [], [], []
+    for s, r in zip(samples, results):
+        if isinstance(r, ImageLoadError):
+            skipped.append((str(s.path), r.reason))
+        else:
+            xs.append(r)
+            ys.append(s.label)
+            paths.append(s.path)
+    x = np.stack(xs) if xs else np.zeros((0, *cfg.shape), np.float32)
+    return LoadedSplit(x, np.asarray(ys, np.int64), paths, skipped)

@@ -1,0 +1,160 @@
+"""Binary-classification metrics in numpy: AUC with bootstrap intervals, operating points,
+temperature scaling and calibration error. Shared by training, export validation and
+benchmarks, and free of TensorFlow so the device can report the same numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+_EPS = 1e-7
+
+
+def roc_auc(y: np.ndarray, p: np.ndarray) -> float:
+    """Area under the ROC curve by the rank statistic (ties count one half)."""
+    y = np.asarray(y).astype(bool)
+    p = np.asarray(p, dtype=np.float64)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(p, kind="mergesort")
+    ranks = np.empty(len(p), dtype=np.float64)
+    sorted_p = p[order]
+    # average ranks over ties
+    _, first, counts = np.unique(sorted_p, return_index=True, return_counts=True)
+    avg = first + (counts - 1) / 2.0 + 1.0
+    ranks[order] = np.repeat(avg, counts)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def bootstrap_auc_ci(y: np.ndarray, p: np.ndarray, n: int = 1000, seed: int = 0,
+                     level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of AUC over stratified bootstrap resamples."""
+    y = np.asarray(y).astype(int)
+    p = np.asarray(p, dtype=np.float64)
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    if len(pos) == 0 or len(neg) == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    aucs = np.empty(n)
+    for i in range(n):
+        idx = np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
+        aucs[i] = roc_auc(y[idx], p[idx])
+    lo, hi = np.quantile(aucs, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi)
+
+
+def roc_curve(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fpr, tpr, thresholds) with a decision `p >= threshold`, thresholds descending."""
+    y = np.asarray(y).astype(bool)
+    p = np.asarray(p, dtype=np.float64)
+    thr = np.unique(p)[::-1]
+    tp = np.array([(p[y] >= t).sum() for t in thr], dtype=np.float64)
+    fp = np.array([(p[~y] >= t).sum() for t in thr], dtype=np.float64)
+    tpr = np.concatenate([[0.0], tp / max(y.sum(), 1)])
+    fpr = np.concatenate([[0.0], fp / max((~y).sum(), 1)])
+    return fpr, tpr, np.concatenate([[np.inf], thr])
+
+
+def confusion(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, int]:
+    y = np.asarray(y).astype(bool)
+    pred = np.asarray(p) >= threshold
+    return {"tp": int((pred & y).sum()), "fp": int((pred & ~y).sum()),
+            "tn": int((~pred & ~y).sum()), "fn": int((~pred & y).sum())}
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
+def at_threshold(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, Any]:
+    c = confusion(y, p, threshold)
+    tp, fp, tn, fn = c["tp"], c["fp"], c["tn"], c["fn"]
+    prec, rec = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
+    f1 = _ratio(2 * prec * rec, prec + rec) if not math.isnan(prec + rec) else float("nan")
+    return {"threshold": float(threshold), "accuracy": _ratio(tp + tn, tp + fp + tn + fn),
+            "precision": prec, "sensitivity": rec, "specificity": _ratio(tn, tn + fp),
+            "f1": f1, "confusion": c}
+
+
+def threshold_for_sensitivity(y: np.ndarray, p: np.ndarray, target: float = 0.95) -> float:
+    """Highest threshold whose sensitivity on (y, p) reaches `target`: fewest false alarms."""
+    y = np.asarray(y).astype(bool)
+    pos = np.sort(np.asarray(p, dtype=np.float64)[y])
+    if len(pos) == 0:
+        return 0.5
+    # keep at least ceil(target * n) positives at or above the threshold
+    k = len(pos) - math.ceil(target * len(pos) - 1e-9)
+    return float(pos[max(k, 0)])
+
+
+def threshold_balanced(y: np.ndarray, p: np.ndarray) -> float:
+    """Threshold maximising Youden's J = sensitivity + specificity - 1."""
+    fpr, tpr, thr = roc_curve(y, p)
+    j = tpr - fpr
+    i = int(np.argmax(j[1:])) + 1
+    return float(thr[i])
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), _EPS, 1 - _EPS)
+    return np.log(p) - np.log1p(-p)
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
+
+
+def apply_temperature(p: np.ndarray, temperature: float) -> np.ndarray:
+    return sigmoid(logit(p) / temperature)
+
+
+def fit_temperature(y: np.ndarray, p: np.ndarray) -> float:
+    """Temperature T minimising the log loss of sigmoid(logit(p) / T): golden-section on log T."""
+    y = np.asarray(y, dtype=np.float64)
+    z = logit(p)
+
+    def nll(log_t: float) -> float:
+        q = np.clip(sigmoid(z / math.exp(log_t)), _EPS, 1 - _EPS)
+        return float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))
+
+    a, b = math.log(0.05), math.log(20.0)
+    g = (math.sqrt(5) - 1) / 2
+    c, d = b - g * (b - a), a + g * (b - a)
+    for _ in range(80):
+        if nll(c) < nll(d):
+            b = d
+        else:
+            a = c
+        c, d = b - g * (b - a), a + g * (b - a)
+    return float(math.exp((a + b) / 2))
+
+
+def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
+    """ECE over equal-width probability bins of the positive-class probability."""
+    y = np.asarray(y, dtype=np.float64)
+    p = np.asarray(p, dtype=np.float64)
+    edges = np.linspace(0, 1, bins + 1)
+    idx = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        m = idx == b
+        if m.any():
+            ece += m.mean() * abs(p[m].mean() - y[m].mean())
+    return float(ece)
+
+
+def summarize(y: np.ndarray, p: np.ndarray, thresholds: dict[str, float],
+              bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Every reported number for one split: AUC with interval, ECE, each operating point."""
+    auc = roc_auc(y, p)
+    lo, hi = bootstrap_auc_ci(y, p, n=bootstrap, seed=seed) if bootstrap else (np.nan, np.nan)
+    out: dict[str, Any] = {
+        "n": int(len(y)), "positives": int(np.sum(y)), "auc": auc,
+        "auc_ci95": [lo, hi], "ece": expected_calibration_error(y, p),
+        "operating_points": {k: at_threshold(y, p, t) for k, t in thresholds.items()},
+    }
+    return out

@@ -1,0 +1,1 @@
+"""Optimization and export: pruning, QAT, post-training quantization, TFLite with model cards."""

@@ -1,0 +1,1 @@
+"""The device runtime: TFLite inference with no TensorFlow or Keras (tested)."""

@@ -1,0 +1,1 @@
+"""Training: model registry, data pipeline, two-phase transfer learning, evaluation."""
