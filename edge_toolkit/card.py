@@ -74,7 +74,8 @@ class ModelCard:
         if not str(schema).startswith("edge_toolkit.card/"):
             raise CardError(f"unknown model card schema {schema!r}")
         known = {f.name for f in fields(cls)}
-        missing = [n for n in ("family", "input_size", "channels", "preprocessing") if n not in data]
+        required = ("family", "input_size", "channels", "preprocessing")
+        missing = [n for n in required if n not in data]
         if missing:
             raise CardError(f"model card lacks {', '.join(missing)}")
         return cls(**{k: v for k, v in data.items() if k in known})

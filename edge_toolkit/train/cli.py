@@ -1,0 +1,106 @@
+"""`edge-toolkit train` and `edge-toolkit evaluate`. TensorFlow is imported inside the
+commands, so `--help` works on a device install and a missing TF gives the install command."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+FAMILIES = ("mobilenetv2", "scratch_cnn", "seed_cnn")  # keep in step with train.models
+
+
+def _log(msg: str) -> None:
+    click.echo(msg, err=False)
+    sys.stdout.flush()
+
+
+def _need_tf() -> None:
+    try:
+        import tensorflow  # noqa: F401
+        import tf_keras  # noqa: F401
+    except ImportError:
+        raise click.ClickException(
+            "this command needs TensorFlow: pip install 'edge-toolkit[train]'") from None
+
+
+@click.command()
+@click.option("--data", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Dataset folder: DATA/{train,val,test}/<class>/<images>.")
+@click.option("--model", "family", type=click.Choice(FAMILIES), default="mobilenetv2",
+              show_default=True, help="Model family from the registry.")
+@click.option("--size", type=int, help="Input size in pixels (default: the family's).")
+@click.option("--alpha", type=float, help="MobileNetV2 width multiplier.")
+@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path),
+              help="MobileNetV2 ImageNet weights file (.h5, no top); none = random init.")
+@click.option("--channels", type=click.IntRange(1, 3), help="scratch_cnn: 1 (gray) or 3.")
+@click.option("--fit", type=click.Choice(["pad", "stretch"]), help="Letterbox or stretch.")
+@click.option("--epochs", default=12, show_default=True, help="Epochs (head phase).")
+@click.option("--fine-tune-epochs", default=10, show_default=True,
+              help="Epochs fine-tuning the backbone top (transfer families).")
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--lr", "learning_rate", default=1e-3, show_default=True)
+@click.option("--fine-tune-lr", default=1e-4, show_default=True)
+@click.option("--patience", default=4, show_default=True, help="Early-stopping patience.")
+@click.option("--target-sensitivity", default=0.95, show_default=True,
+              help="Threshold is chosen on val to reach this sensitivity.")
+@click.option("--no-augment", is_flag=True, help="Switch augmentation off.")
+@click.option("--out", default="runs", show_default=True, help="Parent folder of run folders.")
+@click.option("--name", help="Run folder name (default: FAMILY-TIMESTAMP).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--mixed-precision/--no-mixed-precision", default=None,
+              help="Default: on with a GPU, off on CPU.")
+def train(data: Path, family: str, size: int | None, alpha: float | None,
+          weights: Path | None, channels: int | None, fit: str | None, epochs: int,
+          fine_tune_epochs: int, batch_size: int, learning_rate: float, fine_tune_lr: float,
+          patience: int, target_sensitivity: float, no_augment: bool, out: str,
+          name: str | None, seed: int, mixed_precision: bool | None) -> None:
+    """Train a model family on a dataset folder and write a run folder with the model, its
+    card, history, metrics and plots. Uses a GPU when TensorFlow sees one."""
+    _need_tf()
+    from edge_toolkit.data import DatasetError
+    from edge_toolkit.train.augment import AugmentConfig
+    from edge_toolkit.train.trainer import TrainConfig
+    from edge_toolkit.train.trainer import train as run_training
+
+    model = {"input_size": size, "alpha": alpha, "channels": channels,
+             "weights": str(weights) if weights else None}
+    model = {k: v for k, v in model.items() if v is not None}
+    aug = AugmentConfig(0, "none", 0, 0, 0, 0) if no_augment else AugmentConfig()
+    cfg = TrainConfig(data=str(data), family=family, out=out, name=name, model=model,
+                      preprocessing={"fit": fit}, augment=aug, epochs=epochs,
+                      fine_tune_epochs=fine_tune_epochs, batch_size=batch_size,
+                      learning_rate=learning_rate, fine_tune_lr=fine_tune_lr, patience=patience,
+                      target_sensitivity=target_sensitivity, seed=seed,
+                      mixed_precision=mixed_precision)
+    try:
+        run_training(cfg, log=_log)
+    except (DatasetError, ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.command()
+@click.argument("model", type=click.Path(exists=True, path_type=Path))
+@click.option("--data", type=click.Path(file_okay=False, path_type=Path),
+              help="Dataset folder (default: the one named in the model card).")
+@click.option("--splits", default="val,test", show_default=True)
+@click.option("--bootstrap", default=1000, show_default=True, help="Bootstrap resamples.")
+@click.option("--json", "as_json", is_flag=True, help="Print metrics as JSON.")
+def evaluate(model: Path, data: Path | None, splits: str, bootstrap: int, as_json: bool) -> None:
+    """Evaluate MODEL (a run folder, or a .tflite file with a card) on each split.
+
+    Thresholds and temperature are those stored in the card (chosen on val at training
+    time); nothing is re-chosen here, least of all on test."""
+    from edge_toolkit.evaluate import EvaluationError, evaluate_model
+
+    try:
+        metrics, text = evaluate_model(model, data, splits.split(","), bootstrap)
+    except EvaluationError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        import json
+
+        click.echo(json.dumps(metrics, indent=2, default=float))
+    else:
+        click.echo(text)

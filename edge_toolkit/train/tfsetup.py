@@ -1,0 +1,72 @@
+"""One place that imports TensorFlow for training: Keras 2 (tf_keras), seeds, GPU strategy.
+
+tensorflow-model-optimization rejects Keras 3 models, so `TF_USE_LEGACY_KERAS=1` must be set
+before TensorFlow is first imported. Every training module gets `tf` and `keras` from here.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from types import ModuleType
+from typing import Any
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+INSTALL_HINT = "training needs TensorFlow: pip install 'edge-toolkit[train]'"
+
+
+def import_tf() -> tuple[ModuleType, ModuleType]:
+    """Return (tensorflow, tf_keras), or raise ImportError with the install command."""
+    try:
+        import tensorflow as tf
+        import tf_keras as keras
+    except ImportError as exc:
+        raise ImportError(f"{INSTALL_HINT} ({exc})") from None
+    return tf, keras
+
+
+tf, keras = import_tf()
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, numpy and TensorFlow so a run can be repeated."""
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    tf.random.set_seed(seed)
+
+
+def gpus() -> list[Any]:
+    return tf.config.list_physical_devices("GPU")
+
+
+def strategy_and_precision(mixed_precision: bool | None = None) -> tuple[Any, bool]:
+    """MirroredStrategy over the GPUs TensorFlow sees (default strategy on CPU), and whether
+    mixed float16 was switched on (default: only with a GPU, where it pays)."""
+    found = gpus()
+    for g in found:
+        try:
+            tf.config.experimental.set_memory_growth(g, True)
+        except (ValueError, RuntimeError):
+            pass
+    use_mp = bool(found) if mixed_precision is None else mixed_precision
+    keras.mixed_precision.set_global_policy("mixed_float16" if use_mp else "float32")
+    strategy = tf.distribute.MirroredStrategy() if found else tf.distribute.get_strategy()
+    return strategy, use_mp
+
+
+def versions() -> dict[str, str]:
+    from edge_toolkit import __version__
+
+    out = {"edge_toolkit": __version__, "tensorflow": tf.__version__,
+           "tf_keras": keras.__version__}
+    try:
+        import tensorflow_model_optimization as tfmot
+
+        out["tfmot"] = tfmot.__version__
+    except ImportError:
+        pass
+    return out

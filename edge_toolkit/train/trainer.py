@@ -1,0 +1,247 @@
+"""Train a registered model family on a dataset folder and write a self-describing run folder.
+
+Run folder: `model.keras`, `card.json` (the model card), `history.csv`, `predictions.csv`,
+`metrics.json`, and PNG plots. Transfer-learning families train in two phases: the head on a
+frozen backbone, then the top of the backbone at a lower learning rate. The best epoch by
+validation AUC across both phases is kept. Thresholds and temperature come from `val` only.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_toolkit.card import ModelCard
+from edge_toolkit.data import LABELS, Dataset, LoadedSplit, discover, load_samples
+from edge_toolkit.preprocess import PreprocessConfig
+from edge_toolkit.train import plots
+from edge_toolkit.train.augment import AugmentConfig, build_augmenter, make_dataset
+from edge_toolkit.train.calibrate import choose_operating_points, format_metrics, report_splits
+from edge_toolkit.train.models import build_model, get_family, preprocess_config
+from edge_toolkit.train.models import set_backbone_trainable as _set_trainable
+from edge_toolkit.train.tfsetup import keras, set_seed, strategy_and_precision, versions
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    family: str = "mobilenetv2"
+    out: str = "runs"
+    name: str | None = None
+    model: dict[str, Any] = field(default_factory=dict)  # family overrides (alpha, weights…)
+    preprocessing: dict[str, Any] = field(default_factory=dict)  # fit, resize… overrides
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    epochs: int = 12
+    fine_tune_epochs: int = 10
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    fine_tune_lr: float = 1e-4
+    patience: int = 4
+    target_sensitivity: float = 0.95
+    val_fraction: float = 0.15
+    seed: int = 0
+    mixed_precision: bool | None = None
+    bootstrap: int = 1000
+    workers: int = 4
+
+
+def class_weights(y: np.ndarray) -> dict[int, float]:
+    """Inverse-frequency weights (n / 2 n_c), so each class counts the same in the loss."""
+    n = len(y)
+    counts = np.bincount(y.astype(int), minlength=2)
+    return {c: float(n / (2 * counts[c])) if counts[c] else 1.0 for c in (0, 1)}
+
+
+def load_splits(ds: Dataset, pre: PreprocessConfig, log: Log, workers: int = 4
+                ) -> dict[str, LoadedSplit]:
+    """Preprocess every split once, reporting each unreadable file by name."""
+    out = {}
+    for split in ds.splits:
+        t = time.perf_counter()
+        loaded = load_samples(ds.split(split), pre, workers=workers)
+        for path, reason in loaded.skipped:
+            log(f"skipped {path}: {reason}")
+        log(f"{split}: {len(loaded.y)} images ({int(loaded.y.sum())} fractured), "
+            f"{len(loaded.skipped)} skipped, {time.perf_counter() - t:.1f}s")
+        out[split] = loaded
+    return out
+
+
+def predict(model: Any, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    if len(x) == 0:
+        return np.zeros(0)
+    return model.predict(x, batch_size=batch_size, verbose=0).reshape(-1).astype(np.float64)
+
+
+def leak_warnings(root: Path) -> list[str]:
+    """Lines from the dataset audit's quick check, if the audit module is present."""
+    try:
+        from edge_toolkit.audit import quick_leak_check  # type: ignore[attr-defined]
+    except ImportError:
+        return []
+    return list(quick_leak_check(root).warning_lines())
+
+
+def _run_dir(cfg: TrainConfig) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = Path(cfg.out) / (cfg.name or f"{cfg.family}-{stamp}")
+    path.mkdir(parents=True, exist_ok=bool(cfg.name))
+    return path
+
+
+def _fit_phase(model: Any, train_ds: Any, val_ds: Any, epochs: int, lr: float, weights: dict,
+               cfg: TrainConfig, checkpoint: Any, phase: int, log: Log) -> list[dict[str, float]]:
+    if epochs <= 0:
+        return []
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss="binary_crossentropy",
+                  metrics=[keras.metrics.AUC(name="auc")])
+    stop = keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=cfg.patience,
+                                         restore_best_weights=True)
+
+    class Progress(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            logs = logs or {}
+            log(f"phase {phase} epoch {epoch + 1}/{epochs}: loss {logs.get('loss', 0):.4f} "
+                f"auc {logs.get('auc', 0):.4f} val_loss {logs.get('val_loss', 0):.4f} "
+                f"val_auc {logs.get('val_auc', 0):.4f}")
+
+    hist = model.fit(train_ds, validation_data=val_ds, epochs=epochs, class_weight=weights,
+                     callbacks=[stop, checkpoint, Progress()], verbose=0)
+    rows = [{k: float(v[i]) for k, v in hist.history.items()} | {"phase": phase}
+            for i in range(len(hist.history["loss"]))]
+    if rows:
+        rows[0]["phase_start"] = 1
+    return rows
+
+
+def train(cfg: TrainConfig, log: Log = print) -> Path:
+    """Train, calibrate on val, report every split, write the run folder; return its path."""
+    t0 = time.perf_counter()
+    set_seed(cfg.seed)
+    family = get_family(cfg.family)
+    ds = discover(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    for line in leak_warnings(Path(cfg.data)):
+        log(f"WARNING: {line}")
+    if ds.carved_val:
+        log(f"no val/ folder: carved {cfg.val_fraction:.0%} of train as validation "
+            f"(seed {cfg.seed})")
+    model_cfg = family.config(**cfg.model)
+    pre = PreprocessConfig.from_dict(preprocess_config(cfg.family, model_cfg,
+                                                       **cfg.preprocessing))
+    run = _run_dir(cfg)
+    log(f"run folder: {run}")
+    splits = load_splits(ds, pre, log, workers=cfg.workers)
+    train_s, val_s = splits["train"], splits.get("val")
+    if val_s is None or len(val_s.y) == 0 or len(set(val_s.y.tolist())) < 2:
+        raise ValueError("validation split needs images of both classes")
+
+    strategy, mixed = strategy_and_precision(cfg.mixed_precision)
+    log(f"devices: {strategy.num_replicas_in_sync} replica(s), mixed precision {mixed}")
+    batch = cfg.batch_size * strategy.num_replicas_in_sync
+    augmenter = build_augmenter(cfg.augment, pre.value_range, cfg.seed)
+    train_ds = make_dataset(train_s.x, train_s.y, batch, augmenter, shuffle=True,
+                            seed=cfg.seed, value_range=pre.value_range)
+    val_ds = make_dataset(val_s.x, val_s.y, batch)
+    with strategy.scope():
+        model, model_cfg = build_model(cfg.family, **model_cfg)
+    weights = class_weights(train_s.y)
+    ckpt_path = run / "best.weights.h5"
+    checkpoint = keras.callbacks.ModelCheckpoint(str(ckpt_path), monitor="val_auc", mode="max",
+                                                 save_best_only=True, save_weights_only=True)
+    history: list[dict[str, float]] = []
+    with strategy.scope():
+        _set_trainable(model, cfg.family, model_cfg, trainable=False)
+        history += _fit_phase(model, train_ds, val_ds, cfg.epochs, cfg.learning_rate, weights,
+                              cfg, checkpoint, 1, log)
+        if family.has_backbone and cfg.fine_tune_epochs > 0:
+            n = _set_trainable(model, cfg.family, model_cfg, trainable=True)
+            log(f"fine-tuning from {model_cfg.get('fine_tune_at')}: {n} trainable tensors")
+            history += _fit_phase(model, train_ds, val_ds, cfg.fine_tune_epochs,
+                                  cfg.fine_tune_lr, weights, cfg, checkpoint, 2, log)
+    if ckpt_path.exists():
+        model.load_weights(str(ckpt_path))  # best val AUC over both phases
+        ckpt_path.unlink()
+    for layer in model.layers:
+        layer.trainable = True
+    keras.mixed_precision.set_global_policy("float32")
+
+    probs = {s: (v.y, predict(model, v.x)) for s, v in splits.items()}
+    ops = choose_operating_points(*probs["val"], cfg.target_sensitivity)
+    metrics = report_splits(probs, ops["temperature"], ops["thresholds"], cfg.bootstrap)
+    log(format_metrics(metrics))
+    card = ModelCard(
+        family=cfg.family, input_size=pre.size, channels=pre.channels,
+        preprocessing=pre.to_dict(), labels=list(LABELS), positive_label=LABELS[1],
+        threshold=ops["threshold"], thresholds=ops["thresholds"],
+        target_sensitivity=cfg.target_sensitivity, temperature=ops["temperature"],
+        model_config=model_cfg, variant="keras", parent=None,
+        data_fingerprint=ds.fingerprint(),
+        dataset={"root": str(Path(cfg.data).resolve()), "counts": ds.counts(),
+                 "carved_val": ds.carved_val, "val_fraction": cfg.val_fraction,
+                 "seed": cfg.seed,
+                 "skipped": {s: len(v.skipped) for s, v in splits.items()}},
+        metrics=metrics,
+        export={"training": {k: v for k, v in asdict(cfg).items() if k not in ("data", "out")}
+                | {"mixed_precision": mixed, "params": int(model.count_params()),
+                   "epochs_run": len(history),
+                   "wall_seconds": round(time.perf_counter() - t0, 1)}},
+        versions=versions(), created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    write_run(run, model, card, history, probs, splits)
+    log(f"done in {time.perf_counter() - t0:.0f}s: {run}")
+    return run
+
+
+def write_run(run: Path, model: Any, card: ModelCard, history: list[dict[str, float]],
+              probs: dict[str, tuple[np.ndarray, np.ndarray]],
+              splits: dict[str, LoadedSplit]) -> None:
+    model.save(run / "model.keras")
+    card.save(run / "card.json")
+    (run / "metrics.json").write_text(json.dumps(card.metrics, indent=2, default=float) + "\n")
+    if history:
+        keys = sorted({k for h in history for k in h})
+        with open(run / "history.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["epoch", *keys])
+            w.writeheader()
+            for i, h in enumerate(history):
+                w.writerow({"epoch": i + 1, **h})
+        plots.learning_curves(history, run / "learning_curves.png")
+    write_predictions(run / "predictions.csv", probs, splits)
+    plot_evaluation(run, card, probs)
+
+
+def write_predictions(path: Path, probs: dict[str, tuple[np.ndarray, np.ndarray]],
+                      splits: dict[str, LoadedSplit]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["split", "path", "label", "probability_raw"])
+        for split, (y, p) in probs.items():
+            for path_, yi, pi in zip(splits[split].paths, y, p):
+                w.writerow([split, str(path_), int(yi), f"{pi:.6f}"])
+
+
+def plot_evaluation(run: Path, card: ModelCard,
+                    probs: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    from edge_toolkit.metrics import apply_temperature
+
+    cal = {s: (y, apply_temperature(p, card.temperature)) for s, (y, p) in probs.items()
+           if s != "train" and len(y)}
+    points = {}
+    for s, m in card.metrics.items():
+        op = m["operating_points"].get("high_sensitivity")
+        if op and s in cal:
+            points[s] = (1 - op["specificity"], op["sensitivity"])
+    plots.roc_plot(cal, run / "roc.png", points)
+    conf = {s: m["operating_points"]["high_sensitivity"]["confusion"]
+            for s, m in card.metrics.items() if "high_sensitivity" in m["operating_points"]}
+    plots.confusion_plot(conf, card.labels, run / "confusion_matrix.png")
