@@ -26,7 +26,7 @@ class AugmentConfig:
 
 
 def build_augmenter(cfg: AugmentConfig, value_range: str, seed: int = 0) -> Any:
-    """A Keras Sequential of Random* layers for images already in `value_range`."""
+    """A function (batch, training) -> augmented batch, for images already in `value_range`."""
     lo, hi = VALUE_RANGES[value_range]
     steps = []
     if cfg.flip != "none":
@@ -40,23 +40,34 @@ def build_augmenter(cfg: AugmentConfig, value_range: str, seed: int = 0) -> Any:
     if cfg.shift:
         steps.append(keras.layers.RandomTranslation(cfg.shift, cfg.shift, fill_mode="constant",
                                                     fill_value=lo, seed=seed + 3))
-    if cfg.brightness:
-        steps.append(keras.layers.RandomBrightness(cfg.brightness, value_range=(lo, hi),
-                                                   seed=seed + 4))
-    if cfg.contrast:
-        steps.append(keras.layers.RandomContrast(cfg.contrast, seed=seed + 5))
-    return keras.Sequential(steps, name="augment")
+    geometric = keras.Sequential(steps, name="augment") if steps else None
+
+    def augment(x: Any, training: bool = True) -> Any:
+        """Geometric layers, then brightness and contrast in the images' own value range.
+        (Keras' RandomContrast clips to [0, 255], which wipes out the negative half of
+        [-1, 1] images: a silent train/serve skew, so it is not used.)"""
+        if geometric is not None:
+            x = geometric(x, training=training)
+        n = tf.shape(x)[0]
+        if cfg.contrast:
+            c = tf.random.uniform([n, 1, 1, 1], 1 - cfg.contrast, 1 + cfg.contrast)
+            mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
+            x = (x - mean) * c + mean
+        if cfg.brightness:
+            x = x + tf.random.uniform([n, 1, 1, 1], -cfg.brightness, cfg.brightness) * (hi - lo)
+        return tf.clip_by_value(x, lo, hi)
+
+    return augment
 
 
 def make_dataset(x: Any, y: Any, batch_size: int, augmenter: Any | None = None,
-                 shuffle: bool = False, seed: int = 0, value_range: str = "0,1") -> Any:
+                 shuffle: bool = False, seed: int = 0) -> Any:
     """A batched tf.data pipeline over in-memory preprocessed arrays."""
-    lo, hi = VALUE_RANGES[value_range]
     ds = tf.data.Dataset.from_tensor_slices((x, y.astype("float32")))
     if shuffle:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
     if augmenter is not None:
-        ds = ds.map(lambda a, b: (tf.clip_by_value(augmenter(a, training=True), lo, hi), b),
+        ds = ds.map(lambda a, b: (augmenter(a, training=True), b),
                     num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -150,7 +150,7 @@ def train(cfg: TrainConfig, log: Log = print) -> Path:
     batch = cfg.batch_size * strategy.num_replicas_in_sync
     augmenter = build_augmenter(cfg.augment, pre.value_range, cfg.seed)
     train_ds = make_dataset(train_s.x, train_s.y, batch, augmenter, shuffle=True,
-                            seed=cfg.seed, value_range=pre.value_range)
+                            seed=cfg.seed)
     val_ds = make_dataset(val_s.x, val_s.y, batch)
     with strategy.scope():
         model, model_cfg = build_model(cfg.family, **model_cfg)

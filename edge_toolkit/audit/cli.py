@@ -1,0 +1,113 @@
+"""`edge-toolkit audit DATA`: the dataset audit as a command, with pipeline-friendly exit codes.
+
+Exit codes: 0 done; 2 usage errors and folders that are not a dataset (click's convention);
+3 with `--fail-on-leak` when any val/test image has an exact or near copy in train.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from edge_toolkit.audit.hashing import NEAR_THRESHOLD
+
+EXIT_LEAK = 3
+
+
+@click.command("audit")
+@click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the full report as JSON on stdout instead of text.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the JSON report to this file.")
+@click.option("--fail-on-leak", is_flag=True,
+              help=f"Exit with status {EXIT_LEAK} when any val/test image has a copy in train.")
+@click.option("--resplit", "resplit_out", type=click.Path(path_type=Path),
+              help="Write a leak-free split (same layout) to this new folder.")
+@click.option("--fractions", default=None, metavar="SHARES",
+              help="Split shares for --resplit: '70,15,15' (train,val,test) or "
+                   "'train=0.8,test=0.2'. Default: the source's shares by file count.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the --resplit assignment.")
+@click.option("--near/--no-near", default=True, show_default=True,
+              help="Look for near duplicates (rotated, flipped, resized, re-encoded copies).")
+@click.option("--threshold", default=NEAR_THRESHOLD, show_default=True,
+              type=click.FloatRange(0.5, 1.0),
+              help="Near-duplicate correlation threshold (1.0 = identical pixels).")
+@click.option("--shortcuts/--no-shortcuts", default=True, show_default=True,
+              help="Fit global-feature baselines (size, format, intensity) on train.")
+@click.option("--bootstrap", default=1000, show_default=True, type=click.IntRange(0),
+              help="Bootstrap resamples for the shortcut AUC intervals (0: none).")
+@click.option("--max-groups", default=8, show_default=True, type=click.IntRange(0),
+              help="Groups listed per section in the text report (JSON lists all).")
+@click.option("--workers", default=None, type=click.IntRange(1),
+              help="Reader threads (default: one per CPU).")
+def audit(data: Path, as_json: bool, report_path: Path | None, fail_on_leak: bool,
+          resplit_out: Path | None, fractions: str | None, seed: int, near: bool,
+          threshold: float, shortcuts: bool, bootstrap: int, max_groups: int,
+          workers: int | None) -> None:
+    """Audit DATA ({train,val,test}/<class>/<images>, any subset of splits) for duplicates,
+    split leakage, label conflicts and shortcut features, before anyone trusts a score.
+
+    \b
+    Examples:
+      edge-toolkit audit DATA
+      edge-toolkit audit DATA --json --fail-on-leak > audit.json
+      edge-toolkit audit DATA --resplit DATA-clean --fractions 70,15,15
+    """
+    from edge_toolkit.audit import resplit as rs
+    from edge_toolkit.audit.report import format_text, run_audit
+    from edge_toolkit.audit.scan import AuditError
+
+    shares = None
+    if resplit_out is not None:  # refuse a bad output before spending time on the audit
+        try:
+            rs.check_output(data, resplit_out)
+            shares = rs.parse_fractions(fractions) if fractions else None
+        except (rs.ResplitError, ValueError) as exc:
+            raise click.UsageError(str(exc)) from None
+    elif fractions:
+        raise click.UsageError("--fractions only applies with --resplit")
+
+    progress = _progress if sys.stderr.isatty() and not as_json else None
+    try:
+        report = run_audit(data, near=near, threshold=threshold, shortcuts=shortcuts,
+                           bootstrap=bootstrap, workers=workers, progress=progress)
+    except AuditError as exc:
+        raise click.BadParameter(str(exc), param_hint="DATA") from None
+    finally:
+        if progress is not None:
+            click.echo("\r" + " " * 40 + "\r", nl=False, err=True)
+
+    doc = report.data
+    if resplit_out is not None:
+        if shares is None:
+            shares = rs.source_fractions(report.scan)
+        if "train" not in shares:
+            raise click.UsageError(f"{data}: no train/ split; give --fractions for --resplit")
+        try:
+            result = rs.write(report.scan, resplit_out, shares, seed=seed, near=near,
+                              threshold=threshold)
+        except rs.ResplitError as exc:
+            raise click.UsageError(str(exc)) from None
+        doc["resplit"] = result.to_dict()
+
+    if report_path is not None:
+        report_path.write_text(json.dumps(doc, indent=2) + "\n")
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        click.echo(format_text(report, max_groups=max_groups))
+        if resplit_out is not None:
+            click.echo("")
+            click.echo("\n".join(result.lines()))
+            click.echo(f"  check it: edge-toolkit audit {resplit_out}")
+    if fail_on_leak and report.leak.leaked:
+        sys.exit(EXIT_LEAK)
+
+
+def _progress(done: int, total: int) -> None:
+    if done == total or done % 200 == 0:
+        click.echo(f"\rreading {done}/{total} files", nl=False, err=True)

@@ -1,0 +1,93 @@
+"""Exact and near-duplicate groups of a scanned dataset, as per-file group ids.
+
+Exact: same sha256 of the bytes (works even for files that do not decode). Near: connected
+components of verified signature matches between distinct contents (see `hashing`), so a
+family of rotated copies is one group even where two members are too different to match
+directly. Both are computed once and shared by the leakage summary, the report and re-splitting.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+from edge_toolkit.audit.groups import DisjointSet
+from edge_toolkit.audit.hashing import NEAR_THRESHOLD, near_duplicate_pairs
+from edge_toolkit.audit.scan import Record, Scan
+
+
+@dataclass
+class Duplicates:
+    """Per-record group ids: `exact[i]` (None when unhashed) and `group[i]` (exact + near)."""
+
+    exact: list[int | None]
+    group: list[int]
+    near_checked: bool
+    threshold: float
+    near_pairs: int  # verified matching pairs between distinct contents (not all: see hashing)
+    seconds: float
+
+    def members(self, which: str = "group") -> dict[int, list[int]]:
+        """Group id -> record indices, for groups of two or more files."""
+        out: dict[int, list[int]] = defaultdict(list)
+        for i, g in enumerate(self.exact if which == "exact" else self.group):
+            if g is not None:
+                out[g].append(i)
+        return {g: m for g, m in out.items() if len(m) > 1}
+
+
+def distinct_decoded(records: list[Record]) -> list[int]:
+    """Index of the first record of every distinct, decodable content."""
+    seen: set[str] = set()
+    out = []
+    for i, r in enumerate(records):
+        if r.readable and r.sha256 is not None and r.sha256 not in seen:
+            seen.add(r.sha256)
+            out.append(i)
+    return out
+
+
+def find_duplicates(sc: Scan, near: bool = True, threshold: float = NEAR_THRESHOLD,
+                    indices: list[int] | None = None) -> Duplicates:
+    """Group the records (or only `indices` of them; others get their own singleton group)."""
+    t0 = time.perf_counter()
+    records = sc.records
+    subset = list(range(len(records))) if indices is None else list(indices)
+    chosen = set(subset)
+    dsu = DisjointSet(len(records))
+    dsu.union_by_key([r.sha256 if i in chosen else None for i, r in enumerate(records)])
+    exact_roots = dsu.roots()
+    exact: list[int | None] = [int(exact_roots[i]) if r.sha256 and i in chosen else None
+                               for i, r in enumerate(records)]
+    n_pairs = 0
+    near = near and sc.signatures is not None
+    if near:
+        assert sc.signatures is not None
+        reps = [subset[k] for k in distinct_decoded([records[i] for i in subset])]
+        local = DisjointSet(len(reps))
+        ii, _, _ = near_duplicate_pairs(sc.signatures[reps], threshold, dsu=local)
+        n_pairs = len(ii)
+        if sc.crop_signatures is not None and sc.nonsquare is not None:
+            odd = sc.nonsquare[reps]
+            if odd.any():  # central squares: catches in-place rotations of non-square images
+                ii, _, _ = near_duplicate_pairs(sc.crop_signatures[reps], threshold, dsu=local,
+                                                involve=odd)
+                n_pairs += len(ii)
+        for k, r in enumerate(local.roots()):
+            if r != k:
+                dsu.union(reps[k], reps[int(r)])
+    groups = dsu.roots()
+    return Duplicates(exact, [int(g) for g in groups], near, threshold, n_pairs,
+                      time.perf_counter() - t0)
+
+
+def cross_split_groups(records: list[Record], members: dict[int, list[int]]
+                       ) -> dict[int, list[int]]:
+    return {g: m for g, m in members.items() if len({records[i].split for i in m}) > 1}
+
+
+def label_conflicts(records: list[Record], members: dict[int, list[int]]
+                    ) -> dict[int, list[int]]:
+    return {g: m for g, m in members.items() if len({records[i].label for i in m}) > 1}
+

@@ -1,0 +1,209 @@
+"""Write a leak-free split of a dataset: duplicate groups never cross splits.
+
+Groups are connected components of exact copies, verified near copies and file-name families
+(`data.group_key`, so `12-rotated1.jpg` stays with `12.jpg`). Each group goes whole to one
+split, class-stratified, largest groups first to the split furthest below its target, ties in
+a seeded shuffle order, so a run is reproducible. Output keeps the source layout; files are
+hard links where the filesystem allows (no extra space, same bytes) and copies otherwise. The
+source is only read.
+
+Choices: one file per distinct content is written (the first by split train, val, test, then
+path): extra exact copies only weight an image twice. Contents found under two labels are left
+out (which label is right is for a person to decide); unreadable files are left out.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+import shutil
+import tempfile
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge_toolkit.audit.duplicates import find_duplicates
+from edge_toolkit.audit.groups import DisjointSet
+from edge_toolkit.audit.hashing import NEAR_THRESHOLD
+from edge_toolkit.audit.scan import Record, Scan
+from edge_toolkit.data import LABELS, SPLITS, group_key
+
+MANIFEST = "resplit_manifest.csv"
+
+
+class ResplitError(ValueError):
+    """The output folder cannot be used; nothing was written."""
+
+
+@dataclass
+class ResplitResult:
+    out: Path
+    fractions: dict[str, float]
+    seed: int
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    groups: int = 0
+    linked: int = 0
+    copied: int = 0
+    dropped_copies: int = 0
+    dropped_conflicts: int = 0
+    skipped_unreadable: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"out": str(self.out), "fractions": self.fractions, "seed": self.seed,
+                "counts": self.counts, "groups": self.groups, "hard_linked": self.linked,
+                "copied": self.copied, "dropped_exact_copies": self.dropped_copies,
+                "dropped_label_conflicts": self.dropped_conflicts,
+                "skipped_unreadable": self.skipped_unreadable}
+
+    def lines(self) -> list[str]:
+        total = sum(sum(c.values()) for c in self.counts.values())
+        out = [f"Re-split written to {self.out}: {total} files in {self.groups} groups "
+               f"(seed {self.seed}; {self.linked} hard links, {self.copied} copies)"]
+        for split, c in self.counts.items():
+            n = sum(c.values())
+            share = f"{100.0 * n / total:.1f}%" if total else "-"
+            out.append(f"  {split:<5} {n:>6} ({share}; target "
+                       f"{100 * self.fractions[split]:.1f}%)  "
+                       + ", ".join(f"{k} {v}" for k, v in c.items()))
+        out.append(f"  left out: {self.dropped_copies} extra exact copies (one file per content "
+                   f"is kept), {self.dropped_conflicts} files whose content has two labels, "
+                   f"{self.skipped_unreadable} unreadable files")
+        return out
+
+
+def parse_fractions(text: str) -> dict[str, float]:
+    """'70,15,15' (train,val,test) or 'train=0.8,test=0.2' -> normalised shares."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if parts and all("=" in p for p in parts):
+        raw = {k.strip().lower(): float(v) for k, v in (p.split("=", 1) for p in parts)}
+    elif parts and not any("=" in p for p in parts) and len(parts) <= 3:
+        raw = dict(zip(SPLITS, (float(p) for p in parts)))
+    else:
+        raise ValueError(f"cannot read fractions {text!r}; use e.g. 70,15,15 or train=0.8,test=0.2")
+    bad = [k for k in raw if k not in SPLITS]
+    if bad or any(v < 0 for v in raw.values()) or raw.get("train", 0) <= 0:
+        raise ValueError(f"fractions {text!r}: splits must be train/val/test, train > 0, none < 0")
+    total = sum(raw.values())
+    return {k: raw[k] / total for k in SPLITS if raw.get(k, 0) > 0}
+
+
+def check_output(root: Path, out: Path) -> None:
+    """Refuse an output folder that exists non-empty, or lies inside (or is) the source."""
+    src, dst = root.resolve(), out.resolve()
+    if dst == src or src in dst.parents:
+        raise ResplitError(f"{out}: is inside the source dataset {root}; choose a folder outside")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ResplitError(f"{out}: exists and is not empty; choose a new folder")
+
+
+def plan(sc: Scan, fractions: dict[str, float], seed: int = 0, near: bool = True,
+         threshold: float = NEAR_THRESHOLD) -> tuple[dict[int, str], ResplitResult]:
+    """Record index -> new split, for the records that will be written."""
+    recs = sc.records
+    result = ResplitResult(Path(), fractions, seed)
+    labels_of: dict[str, set[int]] = defaultdict(set)
+    for r in recs:
+        if r.sha256:
+            labels_of[r.sha256].add(r.label)
+    order = sorted(range(len(recs)), key=lambda i: (SPLITS.index(recs[i].split), recs[i].rel))
+    keep: list[int] = []
+    seen: set[str] = set()
+    for i in order:
+        r = recs[i]
+        if not r.readable or not r.sha256:
+            result.skipped_unreadable += 1
+        elif len(labels_of[r.sha256]) > 1:
+            result.dropped_conflicts += 1
+        elif r.sha256 in seen:
+            result.dropped_copies += 1
+        else:
+            seen.add(r.sha256)
+            keep.append(i)
+    dups = find_duplicates(sc, near=near, threshold=threshold, indices=keep)
+    dsu = DisjointSet(len(keep))
+    dsu.union_by_key([dups.group[i] for i in keep])
+    dsu.union_by_key([(recs[i].label, group_key(recs[i].path).split("/", 1)[1]) for i in keep])
+    units = [[keep[k] for k in comp] for comp in dsu.components()]
+    result.groups = len(units)
+    rng = random.Random(seed)
+    assignment: dict[int, str] = {}
+    for label in (1, 0):
+        mine = [u for u in units
+                if Counter(recs[i].label for i in u).most_common(1)[0][0] == label]
+        rng.shuffle(mine)
+        mine.sort(key=len, reverse=True)  # stable: equal sizes keep the shuffled order
+        total = sum(len(u) for u in mine)
+        filled = dict.fromkeys(fractions, 0)
+        for u in mine:
+            split = max(fractions, key=lambda s: (fractions[s] * total - filled[s],
+                                                  fractions[s]))
+            filled[split] += len(u)
+            assignment.update(dict.fromkeys(u, split))
+    return assignment, result
+
+
+def write(sc: Scan, out: Path, fractions: dict[str, float], seed: int = 0, near: bool = True,
+          threshold: float = NEAR_THRESHOLD) -> ResplitResult:
+    """Plan and write the new split under `out` (checked first; built aside, then renamed)."""
+    root = sc.root
+    check_output(root, out)
+    assignment, result = plan(sc, fractions, seed, near, threshold)
+    result.out = out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        rows = _materialise(sc.records, assignment, sc.class_folders, tmp, result)
+        with open(tmp / MANIFEST, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["path", "split", "label", "group", "sha256", "source"])
+            w.writerows(rows)
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return result
+
+
+def _materialise(recs: list[Record], assignment: dict[int, str], class_folders: dict[int, str],
+                 dest: Path, result: ResplitResult) -> list[list[str]]:
+    rows = []
+    used: set[str] = set()
+    counts: dict[str, Counter[str]] = {s: Counter() for s in SPLITS if s in result.fractions}
+    for i in sorted(assignment, key=lambda i: recs[i].rel):
+        r, split = recs[i], assignment[i]
+        folder = class_folders.get(r.label, LABELS[r.label])
+        rel = _free_name(f"{split}/{folder}", r.path, used)
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(r.path, target)
+            result.linked += 1
+        except OSError:
+            shutil.copy2(r.path, target)
+            result.copied += 1
+        counts[split][LABELS[r.label]] += 1
+        rows.append([rel, split, LABELS[r.label], group_key(Path(rel)), r.sha256 or "", r.rel])
+    result.counts = {s: {lab: c[lab] for lab in (LABELS[1], LABELS[0])} for s, c in counts.items()}
+    return rows
+
+
+def _free_name(folder: str, src: Path, used: set[str]) -> str:
+    """`folder/name`, or `folder/stem~2.ext` etc. when two sources share a name."""
+    rel = f"{folder}/{src.name}"
+    n = 2
+    while rel.lower() in used:
+        rel = f"{folder}/{src.stem}~{n}{src.suffix}"
+        n += 1
+    used.add(rel.lower())
+    return rel
+
+
+def source_fractions(sc: Scan) -> dict[str, float]:
+    """The source's split shares by file count (the default target)."""
+    c = Counter(r.split for r in sc.records)
+    total = sum(c.values()) or 1
+    return {s: c[s] / total for s in SPLITS if c[s]}

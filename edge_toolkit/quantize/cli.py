@@ -1,0 +1,90 @@
+"""`edge-toolkit export RUN_DIR`: every TFLite variant of a trained run, validated, carded.
+TensorFlow is imported inside the command, so `--help` works without it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from edge_toolkit.quantize.variants import VARIANTS
+
+
+def _log(msg: str) -> None:
+    click.echo(msg)
+    sys.stdout.flush()
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--variants", default="all", show_default=True,
+              help=f"Comma-separated, or 'all': {', '.join(VARIANTS)}.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder (default: RUN_DIR/export).")
+@click.option("--sparsity", default=0.5, show_default=True, type=click.FloatRange(0, 1,
+              min_open=True, max_open=True), help="Target sparsity of pruned variants.")
+@click.option("--qat-epochs", default=3, show_default=True, type=click.IntRange(1),
+              help="Fine-tuning epochs for int8-qat and int8-pqat.")
+@click.option("--qat-lr", default=1e-5, show_default=True, help="QAT learning rate.")
+@click.option("--prune-epochs", default=6, show_default=True, type=click.IntRange(1),
+              help="Pruning fine-tuning epochs (target reached after two thirds).")
+@click.option("--prune-lr", default=1e-4, show_default=True, help="Pruning learning rate.")
+@click.option("--prune-depthwise", is_flag=True,
+              help="Also prune DepthwiseConv2D kernels (off: they are few and sensitive).")
+@click.option("--calibration-images", default=300, show_default=True,
+              type=click.IntRange(1), help="Train images in the int8 representative set.")
+@click.option("--tolerance", default=0.02, show_default=True,
+              help="Largest val-AUC drop below the float parent that still validates.")
+@click.option("--input-type", type=click.Choice(["uint8", "int8"]), default="uint8",
+              show_default=True, help="Input tensor type of full-integer models.")
+@click.option("--output-type", type=click.Choice(["float32", "uint8", "int8"]),
+              default="float32", show_default=True,
+              help="Output tensor type of full-integer models.")
+@click.option("--data", type=click.Path(file_okay=False, path_type=Path),
+              help="Dataset folder (default: the one named in the run's card).")
+@click.option("--batch-size", type=int, help="Fine-tuning batch size (default: the run's).")
+@click.option("--seed", type=int, help="Seed (default: the run's).")
+@click.option("--bootstrap", default=1000, show_default=True,
+              help="Bootstrap resamples for the AUC interval in each card.")
+@click.option("--strict", is_flag=True,
+              help="Exit with status 1 unless every variant validated.")
+def export(run_dir: Path, variants: str, out: Path | None, sparsity: float, qat_epochs: int,
+           qat_lr: float, prune_epochs: int, prune_lr: float, prune_depthwise: bool,
+           calibration_images: int, tolerance: float, input_type: str, output_type: str,
+           data: Path | None, batch_size: int | None, seed: int | None, bootstrap: int,
+           strict: bool) -> None:
+    """Export RUN_DIR (a folder from `edge-toolkit train`) to .tflite variants, each with its
+    model card embedded, validated on the val split with the TF-free interpreter.
+
+    \b
+    Writes RUN_DIR/export/<family>-<variant>.tflite, report.json and report.md; variants
+    whose val AUC drops more than --tolerance below the float model go to export/failed/.
+    """
+    try:
+        import tensorflow  # noqa: F401
+        import tensorflow_model_optimization  # noqa: F401
+    except ImportError:
+        raise click.ClickException(
+            "export needs TensorFlow and tensorflow-model-optimization: "
+            "pip install 'edge-toolkit[train]'") from None
+    from edge_toolkit.card import CardError
+    from edge_toolkit.data import DatasetError
+    from edge_toolkit.quantize.exporter import ExportConfig, ExportError, export_run
+
+    cfg = ExportConfig(
+        variants=variants, out=str(out) if out else None, sparsity=sparsity,
+        qat_epochs=qat_epochs, qat_lr=qat_lr, prune_epochs=prune_epochs, prune_lr=prune_lr,
+        prune_depthwise=prune_depthwise, calibration_images=calibration_images,
+        tolerance=tolerance, input_type=input_type, output_type=output_type,
+        data=str(data) if data else None, batch_size=batch_size, seed=seed,
+        bootstrap=bootstrap)
+    try:
+        report = export_run(run_dir, cfg, log=_log)
+    except (ExportError, DatasetError, CardError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo("")
+    click.echo(report.markdown())
+    click.echo(f"\nreport: {Path(report.out) / 'report.md'}")
+    if strict and not report.ok:
+        sys.exit(1)

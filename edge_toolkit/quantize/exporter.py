@@ -1,0 +1,478 @@
+"""Turn a trained run folder into every deployable `.tflite` variant, validate each, report.
+
+    from edge_toolkit.quantize.exporter import ExportConfig, export_run
+    report = export_run("runs/scratch", ExportConfig(variants="float32,int8-qat"))
+    print(report.markdown())
+
+For each variant in the table (`variants.py`, in table order): build the Keras model to convert
+(the trained model itself, or a QAT / pruned / prune-preserving-QAT fine-tuned copy), convert,
+run the flatbuffer through the TF-free interpreter on the validation split, measure sparsity
+in the file's weights, embed the model card, write `<family>-<variant>.tflite`, read it back.
+A variant whose val AUC is more than `tolerance` below the Keras float parent's is written to
+`failed/` (not beside the shipped files) with status failed-validation; a variant that raises
+is export-failed with a one-line reason, and the others go on. `report.json` and `report.md`
+hold the table. Thresholds and temperature are the parent's (chosen on val at training) and
+are not re-chosen; the card reports each variant's real val metrics at them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_toolkit.card import ModelCard, embed_card
+from edge_toolkit.data import LoadedSplit, discover, load_samples
+from edge_toolkit.metrics import apply_temperature, roc_auc
+from edge_toolkit.preprocess import PreprocessConfig
+from edge_toolkit.quantize.inspect import gzip_size, sparsity, weight_tensors
+from edge_toolkit.quantize.representative import DEFAULT_IMAGES, representative_images
+from edge_toolkit.quantize.validate import (
+    compare_to_parent,
+    io_details,
+    make_interpreter,
+    predict_tflite,
+    read_model,
+)
+from edge_toolkit.quantize.variants import (
+    EXPORT_FAILED,
+    FAILED_VALIDATION,
+    VALIDATED,
+    Variant,
+    parse_variants,
+)
+
+FAILED_DIR = "failed"
+CARD_FORMAT = ("ZIP archive appended after the TFLite flatbuffer, one member "
+               "edge_toolkit_card.json (edge_toolkit.card.embed_card / read_card)")
+THRESHOLD_NOTE = ("threshold(s) and temperature kept from the parent run (chosen on val at "
+                  "training); not re-chosen for this variant; metrics are this file's at them")
+
+
+class ExportError(RuntimeError):
+    """The run cannot be exported at all (no model, no card, no data): message says why."""
+
+
+@dataclass
+class ExportConfig:
+    """Everything `edge-toolkit export` can set; None means: take it from the run."""
+
+    variants: str | list[str] | None = None  # None / "all" = every variant in the table
+    out: str | None = None  # default RUN/export
+    sparsity: float = 0.5
+    qat_epochs: int = 3
+    qat_lr: float = 1e-5
+    prune_epochs: int = 6
+    prune_lr: float = 1e-4
+    prune_depthwise: bool = False
+    calibration_images: int = DEFAULT_IMAGES
+    tolerance: float = 0.02
+    input_type: str = "uint8"
+    output_type: str = "float32"
+    data: str | None = None  # default: the dataset root named in the run's card
+    batch_size: int | None = None  # fine-tuning batch size (default: the run's)
+    seed: int | None = None  # default: the run's
+    bootstrap: int = 1000  # AUC interval resamples in each card's metrics
+    threads: int | None = None  # interpreter threads for validation
+
+    def check(self) -> None:
+        if self.input_type not in ("uint8", "int8"):
+            raise ValueError(f"input type must be uint8 or int8, not {self.input_type!r}")
+        if self.output_type not in ("float32", "uint8", "int8"):
+            raise ValueError(f"output type must be float32, uint8 or int8, not "
+                             f"{self.output_type!r}")
+        if not 0.0 < self.sparsity < 1.0:
+            raise ValueError(f"sparsity must be between 0 and 1, not {self.sparsity}")
+        if self.calibration_images < 1:
+            raise ValueError("calibration images must be at least 1")
+        for name in ("qat_epochs", "prune_epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name.replace('_', '-')} must be at least 1")
+
+
+@dataclass
+class VariantResult:
+    """One row of the report."""
+
+    variant: str
+    status: str
+    reason: str | None = None
+    file: str | None = None  # relative to the export folder
+    size_bytes: int | None = None
+    gzip_bytes: int | None = None
+    sparsity: float | None = None
+    val_auc: float | None = None
+    delta_auc: float | None = None
+    sensitivity: float | None = None
+    specificity: float | None = None
+    agreement: float | None = None
+    mean_abs_diff: float | None = None
+    input: dict[str, Any] | None = None
+    output: dict[str, Any] | None = None
+    seconds: float | None = None
+    traceback: str | None = None
+
+
+@dataclass
+class ExportReport:
+    run: str
+    out: str
+    family: str
+    parent: dict[str, Any]
+    config: dict[str, Any]
+    results: list[VariantResult] = field(default_factory=list)
+    seconds: float = 0.0
+    created: str = ""
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def result(self, variant: str) -> VariantResult:
+        return next(r for r in self.results if r.variant == variant)
+
+    @property
+    def ok(self) -> bool:
+        return all(r.status == VALIDATED for r in self.results)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def markdown(self) -> str:
+        return report_markdown(self)
+
+    def write(self, folder: str | Path | None = None) -> tuple[Path, Path]:
+        folder = Path(folder or self.out)
+        js, md = folder / "report.json", folder / "report.md"
+        js.write_text(json.dumps(self.to_dict(), indent=2, default=_jsonable) + "\n")
+        md.write_text(self.markdown() + "\n")
+        return js, md
+
+
+def _jsonable(obj: Any) -> Any:
+    if hasattr(obj, "item"):
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)
+
+
+class ExportContext:
+    """What the variant builders share: the run's card, model, data and caches (lazy)."""
+
+    def __init__(self, run_dir: str | Path, cfg: ExportConfig, log: Any = print) -> None:
+        self.run = Path(run_dir)
+        card_path, model_path = self.run / "card.json", self.run / "model.keras"
+        if not card_path.is_file() or not model_path.is_file():
+            raise ExportError(f"{self.run}: not a run folder (needs model.keras and card.json)")
+        self.card = ModelCard.load(card_path)
+        self.cfg, self.log = cfg, log
+        self.training: dict[str, Any] = dict(self.card.export.get("training") or {})
+        self.preprocess = PreprocessConfig.from_dict(self.card.preprocessing)
+        seed = cfg.seed if cfg.seed is not None else self.card.dataset.get(
+            "seed", self.training.get("seed", 0))
+        self.seed = int(seed)
+        self.batch_size = int(cfg.batch_size or self.training.get("batch_size") or 32)
+        self.cache: dict[str, Any] = {}
+        self._model: Any = None
+        self._dataset: Any = None
+        self._splits: dict[str, LoadedSplit] = {}
+        self._rep: np.ndarray | None = None
+        self._parent_probs: np.ndarray | None = None
+
+    @property
+    def augment(self) -> Any:
+        from edge_toolkit.quantize.finetune import augment_config
+
+        return augment_config(self.training)
+
+    @property
+    def model(self) -> Any:
+        if self._model is None:
+            from edge_toolkit.train.tfsetup import keras
+
+            self._model = keras.models.load_model(self.run / "model.keras", compile=False)
+        return self._model
+
+    @property
+    def data_root(self) -> Path:
+        root = self.cfg.data or self.card.dataset.get("root")
+        if not root:
+            raise ExportError("the run's card names no dataset: pass --data")
+        if not Path(root).is_dir():
+            raise ExportError(f"dataset folder {root} not found: pass --data")
+        return Path(root)
+
+    @property
+    def dataset(self) -> Any:
+        if self._dataset is None:
+            ds = discover(self.data_root, val_fraction=self.card.dataset.get("val_fraction",
+                                                                                0.15),
+                          seed=self.card.dataset.get("seed", 0))
+            fp = self.card.data_fingerprint
+            if fp and ds.fingerprint() != fp:
+                self.log(f"WARNING: {self.data_root} differs from the run's training data "
+                         f"(fingerprint {ds.fingerprint()} vs {fp}); validation numbers are "
+                         "on this data")
+            self._dataset = ds
+        return self._dataset
+
+    def split(self, name: str) -> LoadedSplit:
+        if name not in self._splits:
+            t = time.perf_counter()
+            loaded = load_samples(self.dataset.split(name), self.preprocess)
+            for path, reason in loaded.skipped:
+                self.log(f"skipped {path}: {reason}")
+            if len(loaded.y) == 0:
+                raise ExportError(f"{self.data_root}: no readable {name} images")
+            self.log(f"{name}: {len(loaded.y)} images ({int(loaded.y.sum())} "
+                     f"{self.card.positive_label}), {time.perf_counter() - t:.1f}s")
+            self._splits[name] = loaded
+        return self._splits[name]
+
+    @property
+    def train(self) -> LoadedSplit:
+        return self.split("train")
+
+    @property
+    def val(self) -> LoadedSplit:
+        return self.split("val")
+
+    @property
+    def representative(self) -> np.ndarray:
+        if self._rep is None:
+            self._rep = representative_images(self.train.x, self.cfg.calibration_images,
+                                              self.seed, warn=lambda m: self.log(f"WARNING: {m}"))
+        return self._rep
+
+    @property
+    def parent_probs(self) -> np.ndarray:
+        """The Keras float model's raw outputs on val: the reference for every variant."""
+        if self._parent_probs is None:
+            p = self.model.predict(self.val.x, batch_size=64, verbose=0).reshape(-1)
+            self._parent_probs = p.astype(np.float64)
+        return self._parent_probs
+
+
+def resolve(ref: str) -> Any:
+    module, attr = ref.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from edge_toolkit.train.tfsetup import versions
+
+    out = versions()
+    for pkg in ("ai-edge-litert", "tensorflow-model-optimization"):
+        try:
+            out[pkg.replace("-", "_")] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")[:300]
+
+
+def variant_card(ctx: ExportContext, variant: Variant, p: np.ndarray, check: dict[str, Any],
+                 file_sparsity: float, settings: dict[str, Any], info: dict[str, Any],
+                 io: dict[str, Any], versions: dict[str, str]) -> ModelCard:
+    """The parent's card, re-stamped for this file: variant, parent, measured sparsity,
+    export settings, validation and val metrics measured on this file."""
+    from edge_toolkit.train.calibrate import report_splits
+
+    parent = ctx.card
+    card = ModelCard.from_dict(json.loads(parent.to_json()))
+    thresholds = parent.thresholds or {"stored": parent.threshold}
+    val = ctx.val
+    metrics = report_splits({"val": (val.y, p)}, parent.temperature, thresholds,
+                            ctx.cfg.bootstrap)
+    parent_val = (parent.metrics.get("val") or {}).get("auc")
+    card.variant = variant.name
+    card.parent = ctx.run.name
+    card.sparsity = round(float(file_sparsity), 6)
+    card.metrics = metrics
+    card.export = {
+        "variant": variant.name, "description": variant.description,
+        "weights": variant.weights, "full_integer": variant.full_integer,
+        "converter": settings, **io,
+        "representative_images": settings.get("representative_images", 0),
+        "calibration_seed": ctx.seed if variant.full_integer else None,
+        "fine_tune": info,
+        "validation": check,
+        "thresholds": THRESHOLD_NOTE,
+        "parent": {"run": ctx.run.name, "path": str(ctx.run.resolve()),
+                   "variant": parent.variant, "data_fingerprint": parent.data_fingerprint,
+                   "created": parent.created, "card_val_auc": parent_val},
+        "training": parent.export.get("training"),
+        "card_format": CARD_FORMAT,
+    }
+    card.versions = versions
+    card.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return card
+
+
+def _file_for(out: Path, family: str, variant: Variant, status: str) -> Path:
+    folder = out if status == VALIDATED else out / FAILED_DIR
+    return folder / variant.file_name(family)
+
+
+def _remove_stale(out: Path, family: str, variant: Variant) -> None:
+    for status in (VALIDATED, FAILED_VALIDATION):
+        _file_for(out, family, variant, status).unlink(missing_ok=True)
+
+
+def export_variant(ctx: ExportContext, variant: Variant, out: Path,
+                   versions: dict[str, str]) -> VariantResult:
+    """Build, convert, validate, card, write and read back one variant; never raises."""
+    from edge_toolkit.quantize.convert import to_tflite
+
+    t0 = time.perf_counter()
+    cfg, family = ctx.cfg, ctx.card.family
+    ctx.log(f"--- {variant.name}: {variant.description}")
+    _remove_stale(out, family, variant)
+    try:
+        model, info = resolve(variant.builder)(ctx)
+        rep = ctx.representative if variant.full_integer else None
+        bare, settings = to_tflite(model, variant, rep, cfg.input_type, cfg.output_type)
+        interp = make_interpreter(bare, cfg.threads)
+        inp, outp = io_details(interp)
+        p = predict_tflite(interp, ctx.val.x)
+        check = compare_to_parent(ctx.val.y, p, ctx.parent_probs, ctx.card, cfg.tolerance)
+        file_sparsity = sparsity(bare, weight_tensors(bare))
+        io = {"input": inp.to_dict(), "output": outp.to_dict()}
+        card = variant_card(ctx, variant, p, check, file_sparsity, settings, info, io, versions)
+        data = embed_card(bare, card)
+        path = _file_for(out, family, variant, check["status"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        back_bare, back_card = read_model(path)
+        if back_bare != bare or back_card is None or back_card.to_json() != card.to_json():
+            raise ExportError(f"{path}: the card or model did not read back intact")
+        result = VariantResult(
+            variant=variant.name, status=check["status"], reason=check["reason"],
+            file=str(path.relative_to(out)), size_bytes=len(data), gzip_bytes=gzip_size(data),
+            sparsity=file_sparsity, val_auc=check["auc"], delta_auc=check["delta_auc"],
+            sensitivity=check["sensitivity"], specificity=check["specificity"],
+            agreement=check["agreement"], mean_abs_diff=check["mean_abs_diff"],
+            input=io["input"], output=io["output"])
+        ctx.log(f"{variant.name}: {result.status}, {len(data):,} bytes (gzip "
+                f"{result.gzip_bytes:,}), sparsity {file_sparsity:.1%}, val AUC "
+                f"{check['auc']:.4f} ({check['delta_auc']:+.4f}), agreement "
+                f"{check['agreement']:.1%} -> {path}")
+        if check["reason"]:
+            ctx.log(f"WARNING: {variant.name} failed validation: {check['reason']}")
+    except Exception as exc:  # one variant failing must not stop the others
+        _remove_stale(out, family, variant)
+        result = VariantResult(variant=variant.name, status=EXPORT_FAILED,
+                               reason=_one_line(exc), traceback=traceback.format_exc())
+        ctx.log(f"ERROR: {variant.name} export failed: {result.reason}")
+    result.seconds = round(time.perf_counter() - t0, 1)
+    return result
+
+
+def export_run(run_dir: str | Path, cfg: ExportConfig | None = None, log: Any = print
+               ) -> ExportReport:
+    """Export every requested variant of a run folder; write and return the report."""
+    t0 = time.perf_counter()
+    cfg = cfg or ExportConfig()
+    cfg.check()
+    variants = parse_variants(cfg.variants)
+    ctx = ExportContext(run_dir, cfg, log)
+    out = Path(cfg.out) if cfg.out else ctx.run / "export"
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads is None:
+        cfg.threads = max(1, min(4, os.cpu_count() or 1))
+    val = ctx.val
+    if len(set(val.y.tolist())) < 2:
+        raise ExportError("the validation split needs images of both classes")
+    p_parent = ctx.parent_probs
+    parent_auc = roc_auc(val.y, apply_temperature(p_parent, ctx.card.temperature))
+    log(f"parent {ctx.run.name} ({ctx.card.family}): Keras float val AUC {parent_auc:.4f} on "
+        f"{len(val.y)} images; threshold {ctx.card.threshold:.4f}, temperature "
+        f"{ctx.card.temperature:.3f}")
+    versions = _versions()
+    report = ExportReport(
+        run=str(ctx.run), out=str(out), family=ctx.card.family,
+        parent={"run": ctx.run.name, "val_auc": parent_auc, "val_n": int(len(val.y)),
+                "threshold": ctx.card.threshold, "temperature": ctx.card.temperature,
+                "data_fingerprint": ctx.card.data_fingerprint,
+                "keras_bytes": (ctx.run / "model.keras").stat().st_size,
+                "params": int(ctx.model.count_params())},
+        config=asdict(cfg) | {"variants": [v.name for v in variants],
+                              "batch_size": ctx.batch_size, "seed": ctx.seed},
+        versions=versions)
+    for variant in variants:
+        report.results.append(export_variant(ctx, variant, out, versions))
+        report.seconds = round(time.perf_counter() - t0, 1)
+        report.write(out)  # after each variant, so a long export shows progress on disk
+    report.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    report.seconds = round(time.perf_counter() - t0, 1)
+    report.write(out)
+    return report
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return format(x, spec)
+
+
+def _kib(n: int | None) -> str:
+    return "-" if n is None else f"{n / 1024:,.1f}"
+
+
+def report_markdown(report: ExportReport) -> str:
+    """The table: variant, status, size, gzip, sparsity, val AUC, delta, sens, spec, agreement."""
+    p, c = report.parent, report.config
+    ref = next((r.size_bytes for r in report.results if r.variant == "float32"
+                and r.size_bytes), None)
+    lines = [
+        f"# Export report: {p['run']} ({report.family})",
+        "",
+        f"Parent: Keras float model, val AUC {_fmt(p['val_auc'], '.4f')} on {p['val_n']} "
+        f"images; threshold {_fmt(p['threshold'], '.4f')}, temperature "
+        f"{_fmt(p['temperature'], '.3f')} (kept for every variant); data "
+        f"{p['data_fingerprint']}.",
+        f"Settings: tolerance {c['tolerance']}, input type {c['input_type']}, output type "
+        f"{c['output_type']}, calibration images {c['calibration_images']}, sparsity "
+        f"{c['sparsity']}, QAT {c['qat_epochs']} epochs at {c['qat_lr']:g}, pruning "
+        f"{c['prune_epochs']} epochs at {c['prune_lr']:g}; {report.seconds:.0f} s in all.",
+        "",
+        "| variant | status | size KiB | x float32 | gzip KiB | sparsity | val AUC | dAUC | "
+        "sens | spec | agreement | mean abs dp | input | s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for r in report.results:
+        ratio = f"{r.size_bytes / ref:.2f}" if ref and r.size_bytes else "-"
+        inp = r.input["dtype"] if r.input else "-"
+        status = r.status if r.status == VALIDATED else f"**{r.status}**"
+        lines.append(
+            f"| {r.variant} | {status} | {_kib(r.size_bytes)} | {ratio} | {_kib(r.gzip_bytes)} "
+            f"| {_fmt(r.sparsity, '.1%')} | {_fmt(r.val_auc, '.4f')} | "
+            f"{_fmt(r.delta_auc, '+.4f')} | {_fmt(r.sensitivity, '.3f')} | "
+            f"{_fmt(r.specificity, '.3f')} | {_fmt(r.agreement, '.1%')} | "
+            f"{_fmt(r.mean_abs_diff, '.4f')} | {inp} | {_fmt(r.seconds, '.0f')} |")
+    problems = [r for r in report.results if r.reason]
+    if problems:
+        lines += ["", "Problems:", ""]
+        lines += [f"- {r.variant} ({r.status}): {r.reason}" for r in problems]
+    lines += [
+        "",
+        "dAUC: val AUC minus the Keras float parent's. sens/spec: at the parent's stored "
+        "threshold. agreement: fraction of val images with the parent's decision. Sparsity: "
+        "exact zeros in the file's conv/dense weights. gzip: `gzip -9` of the whole file. "
+        f"Files that failed validation are in `{FAILED_DIR}/`, not beside the shipped ones. "
+        "Each file carries its model card (`edge-toolkit card FILE`).",
+    ]
+    return "\n".join(lines)

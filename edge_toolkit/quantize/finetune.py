@@ -1,0 +1,91 @@
+"""Fine-tuning for QAT and pruning, the way the run was trained (imports TensorFlow).
+
+Same train split (rediscovered from the card), same preprocessing, same augmentation, class
+weights and batch size as the parent run; a low learning rate; the epoch kept is the one with
+the best validation AUC (computed in numpy on the whole val split after each epoch), among the
+epochs allowed (pruning only counts epochs that reached the target sparsity).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from edge_toolkit.metrics import roc_auc
+from edge_toolkit.train.augment import AugmentConfig, build_augmenter, make_dataset
+from edge_toolkit.train.tfsetup import keras, set_seed
+
+
+def class_weights(y: np.ndarray) -> dict[int, float]:
+    """Inverse-frequency weights, as in training (`edge_toolkit.train.trainer`)."""
+    from edge_toolkit.train.trainer import class_weights as _cw
+
+    return _cw(y)
+
+
+class BestByValAUC(keras.callbacks.Callback):
+    """Keep the weights of the epoch with the best val AUC among epochs >= `first_epoch`."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, first_epoch: int = 0,
+                 log: Any = None, label: str = "") -> None:
+        super().__init__()
+        self.x, self.y, self.first_epoch = x, y, first_epoch
+        self.log, self.label = log, label
+        self.best_auc = -np.inf
+        self.best_epoch: int | None = None
+        self.best_weights: list[np.ndarray] | None = None
+        self.history: list[float] = []
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        p = self.model.predict(self.x, batch_size=64, verbose=0).reshape(-1)
+        auc = roc_auc(self.y, p)
+        self.history.append(float(auc))
+        eligible = epoch >= self.first_epoch
+        if self.log:
+            loss = (logs or {}).get("loss", float("nan"))
+            self.log(f"{self.label} epoch {epoch + 1}: loss {loss:.4f} val_auc {auc:.4f}"
+                     + ("" if eligible else " (before target sparsity: not kept)"))
+        if eligible and (auc > self.best_auc or self.best_weights is None):
+            self.best_auc, self.best_epoch = float(auc), epoch + 1
+            self.best_weights = self.model.get_weights()
+
+    def restore(self) -> None:
+        if self.best_weights is not None:
+            self.model.set_weights(self.best_weights)
+
+
+def augment_config(card_training: dict[str, Any]) -> AugmentConfig:
+    known = AugmentConfig.__dataclass_fields__
+    return AugmentConfig(**{k: v for k, v in (card_training.get("augment") or {}).items()
+                            if k in known})
+
+
+def fine_tune(model: Any, ctx: Any, epochs: int, lr: float, label: str,
+              callbacks: tuple[Any, ...] = (), first_epoch: int = 0) -> dict[str, Any]:
+    """Fit `model` on ctx's train split for `epochs` at `lr`; restore the best val-AUC epoch
+    (from `first_epoch` on, 0-based). Returns what happened, for the card."""
+    if epochs < 1:
+        raise ValueError(f"{label}: needs at least one fine-tuning epoch")
+    t0 = time.perf_counter()
+    set_seed(ctx.seed)
+    train, val = ctx.train, ctx.val
+    aug = ctx.augment
+    value_range = ctx.preprocess.value_range
+    augmenter = None
+    if any([aug.rotation, aug.zoom, aug.shift, aug.brightness, aug.contrast,
+            aug.flip != "none"]):
+        augmenter = build_augmenter(aug, value_range, ctx.seed)
+    ds = make_dataset(train.x, train.y, ctx.batch_size, augmenter, shuffle=True,
+                      seed=ctx.seed, value_range=value_range)
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss="binary_crossentropy")
+    best = BestByValAUC(val.x, val.y, first_epoch, ctx.log, label)
+    model.fit(ds, epochs=epochs, class_weight=class_weights(train.y),
+              callbacks=[*callbacks, best], verbose=0)
+    best.restore()
+    return {"epochs": epochs, "learning_rate": lr, "batch_size": ctx.batch_size,
+            "best_epoch": best.best_epoch, "keras_val_auc": best.best_auc,
+            "val_auc_per_epoch": best.history, "augment": aug.to_dict(),
+            "class_weights": class_weights(train.y), "train_images": int(len(train.y)),
+            "seconds": round(time.perf_counter() - t0, 1)}

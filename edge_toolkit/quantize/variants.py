@@ -1,0 +1,93 @@
+"""The table of export variants. Importable without TensorFlow: the TF-free benchmark and the
+runtime use it to list and label variants; the exporter walks it and looks each entry's build
+function up lazily (`Variant.builder` is a "module:function" string in a TF-importing module).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# What the file's weights are stored as; "int8" variants here are all full-integer.
+WEIGHT_TYPES = ("float32", "float16", "int8-weights", "int8")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One deployable TFLite variant of a trained run."""
+
+    name: str
+    description: str
+    weights: str  # float32 | float16 | int8-weights (dynamic range) | int8 (full integer)
+    full_integer: bool  # every op int8: input/output types and a representative set apply
+    fine_tune: str | None  # None | "qat" | "prune" | "prune+qat": trains before converting
+    builder: str  # "module:function" that returns the Keras model to convert (TF side)
+    requires: tuple[str, ...] = ()  # variants whose intermediate model this one reuses
+
+    @property
+    def needs_fine_tuning(self) -> bool:
+        return self.fine_tune is not None
+
+    @property
+    def needs_representative_data(self) -> bool:
+        return self.full_integer
+
+    def file_name(self, family: str) -> str:
+        return f"{family}-{self.name}.tflite"
+
+
+_BUILD = "edge_toolkit.quantize.convert"
+VARIANTS: dict[str, Variant] = {v.name: v for v in (
+    Variant("float32", "plain float32 TFLite: the reference", "float32", False, None,
+            f"{_BUILD}:build_float"),
+    Variant("float16", "float16 weights (half the size), float32 compute on CPU", "float16",
+            False, None, f"{_BUILD}:build_float"),
+    Variant("dynamic", "dynamic-range quantization: int8 weights, float activations",
+            "int8-weights", False, None, f"{_BUILD}:build_float"),
+    Variant("int8-ptq", "full-integer post-training quantization (representative train "
+            "images)", "int8", True, None, f"{_BUILD}:build_float"),
+    Variant("int8-qat", "quantization-aware fine-tuning (tfmot), then full-integer", "int8",
+            True, "qat", "edge_toolkit.quantize.qat:build_qat"),
+    Variant("pruned", "magnitude pruning to the target sparsity, fine-tuned, stripped, then "
+            "full-integer post-training quantization", "int8", True, "prune",
+            "edge_toolkit.quantize.prune:build_pruned"),
+    Variant("int8-pqat", "prune-preserving QAT on the pruned model: the zeros survive "
+            "int8", "int8", True, "prune+qat", "edge_toolkit.quantize.qat:build_pqat",
+            requires=("pruned",)),
+)}
+DEFAULT_VARIANTS = tuple(VARIANTS)
+
+# File statuses written to report.json / report.md and to the card's export.validation
+VALIDATED = "validated"
+FAILED_VALIDATION = "failed-validation"
+EXPORT_FAILED = "export-failed"
+
+
+def get_variant(name: str) -> Variant:
+    try:
+        return VARIANTS[name]
+    except KeyError:
+        raise ValueError(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}") from None
+
+
+def parse_variants(spec: str | list[str] | tuple[str, ...] | None) -> list[Variant]:
+    """'all', 'float32,int8-qat', or a list of names -> variants in table order, no repeats."""
+    if spec is None:
+        return [VARIANTS[n] for n in DEFAULT_VARIANTS]
+    names = spec.split(",") if isinstance(spec, str) else list(spec)
+    names = [n.strip() for n in names if n.strip()]
+    if not names:
+        raise ValueError("no variants given")
+    if "all" in names:
+        return [VARIANTS[n] for n in DEFAULT_VARIANTS]
+    for n in names:
+        get_variant(n)
+    return [v for v in VARIANTS.values() if v.name in names]
+
+
+def variant_of_file(name: str) -> Variant | None:
+    """The variant a file name `<family>-<variant>.tflite` was written as (None if unknown)."""
+    stem = name.rsplit("/", 1)[-1].removesuffix(".tflite")
+    for v in sorted(VARIANTS.values(), key=lambda v: -len(v.name)):
+        if stem.endswith(f"-{v.name}") or stem == v.name:
+            return v
+    return None

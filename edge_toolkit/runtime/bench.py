@@ -1,0 +1,186 @@
+"""Latency and memory of `.tflite` models on this machine, comparable side by side.
+
+For each model and thread count: interpreter creation time (including tensor allocation),
+warm-up invokes, then N timed invokes (mean, p50, p90, p99, in ms), plus the model's size
+and the peak memory (max RSS) of the process that ran it. Each model runs in a fresh child
+process by default, so one model's peak memory is not another's. Absolute numbers on a busy
+machine drift; the `ratio` to the first model at the same thread count is what holds.
+
+`cold_start` times what a user sees: a new `python -m edge_toolkit.cli classify MODEL IMAGE`
+process from spawn to exit (interpreter start-up, imports, model load, one image), with that
+child's own peak RSS from `wait4`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_toolkit.card import CardError, split_tflite
+from edge_toolkit.runtime.interpreter import create_interpreter, interpreter_class
+
+
+def peak_rss_kb() -> int:
+    """This process's peak resident memory so far, in KiB (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak // 1024) if sys.platform == "darwin" else int(peak)
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
+
+
+def bench_model(model: str | Path, threads: list[int], warmup: int = 5, runs: int = 50,
+                seed: int = 0) -> dict[str, Any]:
+    """Benchmark one model in this process; see the module docstring for what is measured."""
+    path = Path(model)
+    data = path.read_bytes()
+    try:
+        bare, card = split_tflite(data)
+    except CardError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    baseline = peak_rss_kb()
+    out: dict[str, Any] = {
+        "model": str(path), "size_bytes": len(data), "flatbuffer_bytes": len(bare),
+        "variant": card.variant if card else None, "has_card": card is not None,
+        "baseline_rss_kb": baseline, "runs": [],
+    }
+    rng = np.random.default_rng(seed)
+    for n in threads:
+        t0 = time.perf_counter()
+        interp, backend = create_interpreter(bare, n)
+        init_ms = (time.perf_counter() - t0) * 1e3
+        detail = interp.get_input_details()[0]
+        dtype = np.dtype(detail["dtype"])
+        if dtype.kind in "iu":
+            info = np.iinfo(dtype)
+            x = rng.integers(info.min, info.max, detail["shape"], endpoint=True).astype(dtype)
+        else:
+            x = rng.uniform(-1.0, 1.0, detail["shape"]).astype(dtype)
+        times = []
+        for i in range(warmup + runs):
+            interp.set_tensor(detail["index"], x)
+            t = time.perf_counter()
+            interp.invoke()
+            if i >= warmup:
+                times.append((time.perf_counter() - t) * 1e3)
+        out["backend"] = backend
+        out["input_dtype"] = dtype.name
+        out["input_shape"] = [int(d) for d in detail["shape"]]
+        out["runs"].append({
+            "threads": n, "init_ms": init_ms, "warmup": warmup, "runs": runs,
+            "mean_ms": statistics.fmean(times), "p50_ms": percentile(times, 50),
+            "p90_ms": percentile(times, 90), "p99_ms": percentile(times, 99),
+            "min_ms": min(times), "max_ms": max(times),
+        })
+        del interp
+    out["peak_rss_kb"] = peak_rss_kb()
+    return out
+
+
+def bench_in_child(model: str | Path, threads: list[int], warmup: int, runs: int
+                   ) -> dict[str, Any]:
+    """`bench_model` in a fresh process, so its peak memory is this model's alone."""
+    job = json.dumps({"model": str(model), "threads": threads, "warmup": warmup, "runs": runs})
+    proc = subprocess.run([sys.executable, "-m", "edge_toolkit.runtime.bench", job],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+        raise ValueError(lines[-1] if lines else f"benchmark of {model} failed")
+    return json.loads(proc.stdout)
+
+
+def add_ratios(results: list[dict[str, Any]]) -> None:
+    """Each run's mean over the first model's mean at the same thread count."""
+    if not results:
+        return
+    base = {r["threads"]: r["mean_ms"] for r in results[0]["runs"]}
+    for res in results:
+        for r in res["runs"]:
+            ref = base.get(r["threads"])
+            r["ratio"] = r["mean_ms"] / ref if ref else None
+
+
+def run_child(argv: list[str], timeout: float = 300.0) -> tuple[float, int, int, str]:
+    """Run a command; return (wall seconds, exit code, child's peak RSS KiB, stdout)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        deadline = t0 + timeout
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() > deadline:
+                proc.kill()
+                pid, status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.002)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        text = out.read().decode(errors="replace")
+        if proc.returncode != 0:
+            text += err.read().decode(errors="replace")
+    rss = usage.ru_maxrss // 1024 if sys.platform == "darwin" else usage.ru_maxrss
+    return wall, proc.returncode, int(rss), text
+
+
+def cold_start(model: str | Path, image: str | Path, repeats: int = 3,
+               argv: list[str] | None = None) -> dict[str, Any]:
+    """Median spawn-to-exit time and peak RSS of `classify MODEL IMAGE` in new processes.
+
+    One untimed run first, so every timed run finds the files in the page cache (a fair
+    "second boot" number; the very first run after power-on is slower on an SD card).
+    """
+    cmd = argv or [sys.executable, "-m", "edge_toolkit.cli", "classify", str(model),
+                   str(image), "--format", "json", "--quiet"]
+    run_child(cmd)
+    walls, rss = [], []
+    for _ in range(repeats):
+        wall, code, peak, text = run_child(cmd)
+        if code != 0:
+            tail = text.strip().splitlines()[-1:] or ["no output"]
+            raise ValueError(f"cold start of {model} failed (exit {code}): {tail[0]}")
+        walls.append(wall)
+        rss.append(peak)
+    return {"model": str(model), "image": str(image), "repeats": repeats,
+            "median_s": statistics.median(walls), "min_s": min(walls),
+            "peak_rss_kb": int(statistics.median(rss)), "command": cmd}
+
+
+def host_info() -> dict[str, Any]:
+    try:
+        backend = interpreter_class()[1]
+    except Exception:  # reported where it matters, when a model is loaded
+        backend = None
+    return {"machine": platform.machine(), "system": platform.system(),
+            "python": platform.python_version(), "cpu_count": os.cpu_count(),
+            "backend": backend}
+
+
+def _child_main(argv: list[str]) -> int:
+    job = json.loads(argv[0])
+    try:
+        res = bench_model(job["model"], job["threads"], job["warmup"], job["runs"])
+    except (OSError, ValueError, RuntimeError) as exc:
+        print(f"{job['model']}: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main(sys.argv[1:]))

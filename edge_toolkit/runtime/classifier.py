@@ -1,0 +1,302 @@
+"""The library API the CLI is a thin layer over: load a carded `.tflite`, classify images.
+
+    clf = Classifier.load("model_int8.tflite", num_threads=2)
+    clf.predict_file("xray.jpg")           # -> Result(label=..., probability=..., ms=...)
+    for r in classify_paths(clf, ["folder/", "*.png"]):
+        ...
+
+The model card inside the file says how to preprocess (the same `edge_toolkit.preprocess`
+training used), how to read the output, and where the threshold is, so nothing here can drift
+from training. One interpreter per `Classifier`, buffers allocated once: the per-image loop
+only decodes, quantizes into a preallocated array and invokes. Not thread-safe; make one
+`Classifier` per thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from edge_toolkit.card import CARD_MEMBER, CardError, ModelCard, split_tflite
+from edge_toolkit.images import ImageLoadError
+from edge_toolkit.metrics import apply_temperature
+from edge_toolkit.preprocess import PreprocessConfig, preprocess
+from edge_toolkit.runtime.interpreter import BackendMissingError, create_interpreter
+from edge_toolkit.runtime.results import Result, error_result
+from edge_toolkit.runtime.sources import Source, expand_paths, resolve_key
+
+
+class ModelError(Exception):
+    """The model file cannot be used: unreadable, not TFLite, corrupt, or inconsistent."""
+
+
+class MissingCardError(ModelError):
+    """The model has no card and no explicit settings were given to stand in for it."""
+
+
+@dataclass(frozen=True)
+class CardlessOptions:
+    """What must be said explicitly to run a model that carries no card.
+
+    `size` and `channels` default to the model's input tensor; the value range cannot be
+    guessed (a model fed the wrong range gives confident nonsense), so it is required.
+    """
+
+    value_range: str
+    size: int | None = None
+    channels: int | None = None
+    fit: str = "pad"
+    resize: str = "bilinear"
+
+
+def missing_card_message(model: str | Path) -> str:
+    return (f"{model}: no edge_toolkit model card in this file, so its preprocessing and "
+            "threshold are unknown. Re-export it with `edge-toolkit export`, or state them: "
+            "--value-range and --threshold (and --fit/--resize if it was not trained with "
+            "letterboxing and bilinear resizing; --size/--channels default to the model input)")
+
+
+class Classifier:
+    """A loaded model ready to classify; build it with `Classifier.load`."""
+
+    def __init__(self, interpreter: Any, card: ModelCard, *, backend: str, model_path: str,
+                 model_id: str, model_bytes: int, has_card: bool,
+                 threshold: float | None = None) -> None:
+        self.interpreter = interpreter
+        self.card = card
+        self.backend = backend
+        self.model_path = model_path
+        self.model_id = model_id
+        self.model_bytes = model_bytes
+        self.has_card = has_card
+        self.threshold = float(card.threshold if threshold is None else threshold)
+        self.temperature = float(card.temperature)
+        self.positive_label = card.positive_label
+        self.negative_label = card.negative_label
+        try:
+            self.config = PreprocessConfig.from_dict(card.preprocessing)
+        except (TypeError, ValueError) as exc:
+            raise ModelError(f"{model_path}: the card's preprocessing is invalid ({exc})"
+                             ) from None
+        if (self.config.size, self.config.channels) != (card.input_size, card.channels):
+            raise ModelError(f"{model_path}: the card's preprocessing makes "
+                             f"{self.config.shape} but its input is {card.input_size}x"
+                             f"{card.input_size}x{card.channels}")
+        self._bind_tensors()
+
+    # -- loading ---------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, path: str | Path, *, num_threads: int | None = None,
+             threshold: float | str | None = None, cardless: CardlessOptions | None = None,
+             interpreter_class: type | None = None) -> Classifier:
+        """Read a `.tflite`, check it, create its interpreter once.
+
+        `threshold` overrides the card's: a number, or the name of one of the card's stored
+        operating points (`card.thresholds`, e.g. "balanced"). `cardless` gives the settings a
+        model without a card needs (then `threshold` is required too). `interpreter_class`
+        injects another interpreter (benchmarks); by default LiteRT, then tflite-runtime.
+        Raises ModelError (MissingCardError for a card-less model) or BackendMissingError.
+        """
+        path = Path(path)
+        try:
+            data = path.read_bytes()
+        except IsADirectoryError:
+            raise ModelError(f"{path}: is a folder, not a .tflite file") from None
+        except OSError as exc:
+            raise ModelError(f"{path}: cannot read model ({exc.strerror or exc})") from None
+        try:
+            bare, card = split_tflite(data)
+        except CardError as exc:
+            raise ModelError(f"{path}: {exc}") from None
+        try:
+            interp, backend = create_interpreter(bare, num_threads, interpreter_class)
+        except BackendMissingError:
+            raise
+        except ValueError as exc:
+            raise ModelError(f"{path}: not a valid TFLite model, truncated or corrupt ({exc})"
+                             ) from None
+        has_card = card is not None
+        if card is None:
+            if CARD_MEMBER.encode() in data:
+                raise ModelError(f"{path}: the embedded model card is damaged (file truncated?)")
+            if cardless is None or threshold is None:
+                raise MissingCardError(missing_card_message(path))
+            if isinstance(threshold, str):
+                raise MissingCardError(f"{path}: has no card, so --threshold must be a number")
+            card = _card_for(interp, cardless)
+        value = _threshold(card, threshold, path)
+        clf = cls(interp, card, backend=backend, model_path=str(path), has_card=has_card,
+                  model_id=hashlib.sha256(data).hexdigest()[:12], model_bytes=len(data),
+                  threshold=value)
+        return clf
+
+    def _bind_tensors(self) -> None:
+        """Check the model against its card and allocate the per-image buffers once."""
+        inputs = self.interpreter.get_input_details()
+        outputs = self.interpreter.get_output_details()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ModelError(f"{self.model_path}: expected one input and one output tensor, "
+                             f"found {len(inputs)} and {len(outputs)}")
+        inp, out = inputs[0], outputs[0]
+        want = (1, *self.config.shape)
+        got = tuple(int(d) for d in inp["shape"])
+        if got != want:
+            raise ModelError(f"{self.model_path}: the card says input {want[1:]} but the model "
+                             f"takes {got}")
+        self._in_index = inp["index"]
+        self._out_index = out["index"]
+        self._in_dtype = np.dtype(inp["dtype"])
+        self._in_scale, self._in_zero = _quant(inp)
+        self._out_scale, self._out_zero = _quant(out)
+        n_out = int(np.prod(out["shape"]))
+        if n_out == 1:
+            self._out_pos = 0
+        elif n_out == 2 and self.card.output == "softmax":
+            self._out_pos = self.card.positive_index
+        else:
+            raise ModelError(f"{self.model_path}: output shape {tuple(out['shape'])} does not "
+                             f"match a {self.card.output} output")
+        if self._in_dtype.kind in "iu":
+            if not self._in_scale:
+                raise ModelError(f"{self.model_path}: integer input without quantization "
+                                 "parameters")
+            info = np.iinfo(self._in_dtype)
+            self._q_range = (float(info.min), float(info.max))
+            self._work = np.empty(self.config.shape, np.float32)
+        elif self._in_dtype != np.float32:
+            raise ModelError(f"{self.model_path}: unsupported input type {self._in_dtype}")
+        self._input = np.zeros(want, self._in_dtype)
+
+    # -- inference -------------------------------------------------------------------------
+
+    def _invoke_raw(self, x: np.ndarray) -> float:
+        """One preprocessed (H, W, C) float image -> the model's own probability."""
+        if self._in_dtype == np.float32:
+            self._input[0] = x
+        else:  # q = round(x / scale + zero_point), clipped to the integer type
+            np.divide(x, self._in_scale, out=self._work)
+            self._work += self._in_zero
+            np.rint(self._work, out=self._work)
+            np.clip(self._work, *self._q_range, out=self._work)
+            self._input[0] = self._work
+        self.interpreter.set_tensor(self._in_index, self._input)
+        self.interpreter.invoke()
+        y = float(self.interpreter.get_tensor(self._out_index).reshape(-1)[self._out_pos])
+        if self._out_scale:
+            y = (y - self._out_zero) * self._out_scale
+        return y
+
+    def calibrate(self, raw: float) -> float:
+        return float(apply_temperature(np.float64(raw), self.temperature))
+
+    def predict_array(self, x: np.ndarray) -> float | np.ndarray:
+        """Calibrated probability for one preprocessed image (H, W, C), or an array of them
+        for a batch (N, H, W, C). Inputs must already be in the card's value range."""
+        x = np.asarray(x, dtype=np.float32)
+        shape = self.config.shape
+        if x.shape == shape:
+            return self.calibrate(self._invoke_raw(x))
+        if x.ndim == 4 and x.shape[1:] == shape:
+            return np.array([self.calibrate(self._invoke_raw(xi)) for xi in x])
+        raise ValueError(f"expected an array of shape {shape} or (N, *{shape}), got {x.shape}")
+
+    def preprocess(self, source: str | Path | Image.Image) -> np.ndarray:
+        """The card's preprocessing; raises ImageLoadError for a bad file."""
+        return preprocess(source, self.config)
+
+    def predict_file(self, path: str | Path, *, file: str | None = None) -> Result:
+        """Classify one file; raises ImageLoadError (with `.reason`) if it cannot be read."""
+        t0 = time.perf_counter()
+        x = preprocess(path, self.config)
+        return self._result(x, t0, file if file is not None else str(path), resolve_key(path))
+
+    def predict_pil(self, img: Image.Image, *, file: str = "<image>") -> Result:
+        """Classify an in-memory PIL image (any mode; reduced to grayscale like files)."""
+        t0 = time.perf_counter()
+        x = preprocess(img, self.config)
+        return self._result(x, t0, file, "")
+
+    def _result(self, x: np.ndarray, t0: float, file: str, key: str) -> Result:
+        t1 = time.perf_counter()
+        raw = self._invoke_raw(x)
+        p = self.calibrate(raw)
+        t2 = time.perf_counter()
+        positive = p >= self.threshold
+        return Result(file=file, label=self.positive_label if positive else self.negative_label,
+                      probability=p, threshold=self.threshold, positive=positive,
+                      ms=(t2 - t0) * 1e3, ms_preprocess=(t1 - t0) * 1e3,
+                      ms_inference=(t2 - t1) * 1e3, raw_probability=raw, path=key,
+                      model_id=self.model_id)
+
+    def classify_source(self, src: Source) -> Result:
+        """A Result for one expanded input, an error Result instead of an exception."""
+        if src.problem:
+            return error_result(src.file, src.key, src.problem, self.model_id)
+        try:
+            return self.predict_file(src.file, file=src.file)
+        except ImageLoadError as exc:
+            return error_result(src.file, src.key, exc.reason, self.model_id)
+        except MemoryError:
+            return error_result(src.file, src.key, "out of memory decoding this image",
+                                self.model_id)
+        except Exception as exc:  # one odd file must not end a batch of thousands
+            return error_result(src.file, src.key,
+                                f"unexpected {type(exc).__name__}: {exc}", self.model_id)
+
+    def describe(self) -> str:
+        """One line on what is loaded, for logs and `--verbose`."""
+        c = self.card
+        return (f"{self.model_path}: {c.family} {c.variant}, input {self.config.shape} "
+                f"{self._in_dtype.name}, value range {self.config.value_range}, threshold "
+                f"{self.threshold:g}, temperature {self.temperature:g}, backend {self.backend}")
+
+
+def classify_paths(clf: Classifier, paths: Iterable[str | Path],
+                   skip: set[str] | None = None) -> Iterator[Result]:
+    """Expand files/folders/globs and classify each, yielding ok and error Results in order;
+    files whose resolved path is in `skip` are passed over."""
+    for src in expand_paths(paths):
+        if skip and src.key in skip:
+            continue
+        yield clf.classify_source(src)
+
+
+def _quant(detail: dict[str, Any]) -> tuple[float, int]:
+    scale, zero = detail.get("quantization", (0.0, 0))
+    return float(scale), int(zero)
+
+
+def _threshold(card: ModelCard, threshold: float | str | None, path: Path) -> float | None:
+    if threshold is None or isinstance(threshold, float | int):
+        return threshold
+    try:
+        return float(threshold)
+    except ValueError:
+        pass
+    if threshold in card.thresholds:
+        return float(card.thresholds[threshold])
+    names = ", ".join(sorted(card.thresholds)) or "none"
+    raise ModelError(f"{path}: no operating point {threshold!r} in the card (it has: {names})")
+
+
+def _card_for(interp: Any, opts: CardlessOptions) -> ModelCard:
+    shape = [int(d) for d in interp.get_input_details()[0]["shape"]]
+    if len(shape) != 4 or shape[1] != shape[2]:
+        raise ModelError(f"model input {tuple(shape)} is not a square (1, H, W, C) image")
+    size = opts.size or shape[1]
+    channels = opts.channels or shape[3]
+    try:
+        cfg = PreprocessConfig(size=size, channels=channels, value_range=opts.value_range,
+                               fit=opts.fit, resize=opts.resize)
+    except ValueError as exc:
+        raise ModelError(str(exc)) from None
+    return ModelCard(family="unknown (no card)", input_size=size, channels=channels,
+                     preprocessing=cfg.to_dict(), variant="no card")

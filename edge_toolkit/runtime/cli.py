@@ -1,0 +1,442 @@
+"""`edge-toolkit classify | capture | bench`: thin click commands over the runtime library.
+
+Imports no TensorFlow or Keras, directly or indirectly (a test enforces it), so these run on a
+Raspberry Pi with only the base install.
+
+Exit codes of classify and capture:
+  0 all images classified (files already in a resumed --output count as done)
+  1 some images failed, the rest were classified
+  2 usage or model error (bad option, unreadable/corrupt model, no card, no interpreter
+    installed, no camera); nothing was classified
+  3 no image succeeded (all failed, or none found)
+  130 interrupted; results already written to --output are kept
+  141 stdout was closed by its reader (`| head`); stopped quietly
+bench: 0 when every model was measured, 2 when a model could not be (each named on stderr).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+import click
+
+from edge_toolkit.runtime.classifier import CardlessOptions, Classifier, ModelError
+from edge_toolkit.runtime.interpreter import BackendMissingError, default_threads
+from edge_toolkit.runtime.progress import BarSafeStream, Progress, wants_bar
+from edge_toolkit.runtime.results import (
+    EXIT_INTERRUPTED,
+    EXIT_NONE_SUCCEEDED,
+    EXIT_USAGE,
+    Result,
+    error_result,
+    exit_code,
+)
+from edge_toolkit.runtime.writers import (
+    FORMATS,
+    Existing,
+    OutputError,
+    Writer,
+    format_for,
+    open_writer,
+    read_existing,
+)
+
+EXIT_CODES_HELP = """
+\b
+Exit codes:
+  0  every image was classified (files already in a resumed --output count)
+  1  some images failed (one `error: PATH: reason` line each on stderr)
+  2  usage or model error: bad option, unreadable/corrupt model, model without a card
+  3  no image succeeded: all failed, or no images were found
+ 130 interrupted (Ctrl-C): what was already written to --output is kept
+ 141 stdout closed by its reader (e.g. `| head`)
+"""
+
+
+EXIT_PIPE_CLOSED = 141  # 128 + SIGPIPE, what a shell reports for `cat big | head`
+
+
+class RuntimeFailure(click.ClickException):
+    """A model, output or camera problem: one line on stderr, exit code 2."""
+
+    exit_code = EXIT_USAGE
+
+
+def _output_options(f: Any) -> Any:
+    f = click.option("--overwrite", is_flag=True,
+                     help="Start --output afresh instead of resuming it.")(f)
+    f = click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Write results to FILE as they come (csv/json/jsonl, from --format or "
+                          "the suffix); a rerun skips files already in it.")(f)
+    f = click.option("-f", "--format", "fmt", type=click.Choice(FORMATS),
+                     help="Output format [default: table, or the --output suffix].")(f)
+    return f
+
+
+def _model_options(f: Any) -> Any:
+    f = click.option("--threshold", metavar="P|NAME",
+                     help="Decision threshold: a probability, or the name of an operating point "
+                          "stored in the card (e.g. balanced) [default: the card's].")(f)
+    f = click.option("-t", "--threads", type=click.IntRange(min=1), default=default_threads,
+                     show_default="all cores, up to 4", help="Interpreter threads.")(f)
+    return f
+
+
+def _cardless_options(f: Any) -> Any:
+    for opt in reversed([
+        click.option("--value-range", type=click.Choice(["-1,1", "0,1", "0,255"]),
+                     help="Card-less models only: input value range (required for them)."),
+        click.option("--size", type=click.IntRange(min=8),
+                     help="Card-less models only: input size [default: the model's]."),
+        click.option("--channels", type=click.Choice(["1", "3"]),
+                     help="Card-less models only: input channels [default: the model's]."),
+        click.option("--fit", type=click.Choice(["pad", "stretch"]),
+                     help="Card-less models only: letterbox or stretch [default: pad]."),
+        click.option("--resize", type=click.Choice(["bilinear", "bicubic", "nearest", "area",
+                                                    "lanczos"]),
+                     help="Card-less models only: resize filter [default: bilinear]."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def load_classifier(model: Path, threads: int, threshold: str | None,
+                    cardless: dict[str, Any] | None = None) -> Classifier:
+    """Load for a command: every failure becomes one line and exit code 2."""
+    cardless = {k: v for k, v in (cardless or {}).items() if v is not None}
+    opts = None
+    if "value_range" in cardless:
+        opts = CardlessOptions(value_range=cardless["value_range"], size=cardless.get("size"),
+                               channels=int(cardless["channels"]) if "channels" in cardless
+                               else None, fit=cardless.get("fit", "pad"),
+                               resize=cardless.get("resize", "bilinear"))
+    value: float | str | None = threshold
+    if threshold is not None:
+        try:
+            value = float(threshold)
+        except ValueError:
+            value = threshold
+        if isinstance(value, float) and not 0.0 <= value <= 1.0:
+            raise click.BadParameter("must be between 0 and 1", param_hint="--threshold")
+    try:
+        clf = Classifier.load(model, num_threads=threads, threshold=value, cardless=opts)
+    except (ModelError, BackendMissingError) as exc:
+        raise RuntimeFailure(str(exc)) from None
+    if clf.has_card and cardless:
+        given = ", ".join("--" + k.replace("_", "-") for k in cardless)
+        raise RuntimeFailure(f"{model} carries a model card, which fixes its preprocessing; "
+                             f"{given} only apply to models without one")
+    return clf
+
+
+class Batch:
+    """Counts, writes and reports results; error lines pass above the progress bar."""
+
+    def __init__(self, writer: Writer, progress: Progress) -> None:
+        self.writer = writer
+        self.progress = progress
+        self.ok = 0
+        self.failed = 0
+
+    def add(self, result: Result) -> None:
+        if result.ok:
+            self.ok += 1
+        else:
+            self.failed += 1
+            self.progress.echo(f"error: {result.file}: {result.error}", sys.stderr)
+        self.writer.write(result)
+        self.progress.update()
+
+
+def _open_output(fmt: str | None, output: Path | None, overwrite: bool,
+                 model_id: str | None) -> tuple[str, Existing]:
+    try:
+        fmt = format_for(output, fmt)
+        if output is None:
+            if overwrite:
+                raise OutputError("--overwrite only applies with --output")
+            return fmt, Existing()
+        if fmt == "table":
+            raise OutputError("--output needs --format csv, json or jsonl (a table cannot be "
+                              "resumed)")
+        output.parent.mkdir(parents=True, exist_ok=True)
+        if overwrite:
+            return fmt, Existing(fresh=True)
+        return fmt, read_existing(output, fmt, model_id)
+    except OutputError as exc:
+        raise RuntimeFailure(str(exc)) from None
+    except OSError as exc:
+        raise RuntimeFailure(f"{output}: {exc.strerror or exc}") from None
+
+
+def _make_writer(fmt: str, output: Path | None, existing: Existing, clf: Classifier,
+                 files: list[str], progress: Progress) -> tuple[Writer, BarSafeStream | None]:
+    stream: TextIO | BarSafeStream = sys.stdout
+    safe = None
+    if output is None and progress.enabled and _isatty(sys.stdout):
+        safe = BarSafeStream(progress, sys.stdout)
+        stream = safe
+    try:
+        writer = open_writer(fmt, output=output, existing=existing, stream=stream,  # type: ignore[arg-type]
+                             positive_label=clf.positive_label, files=files)
+    except (OutputError, OSError) as exc:
+        raise RuntimeFailure(f"{output}: {exc}") from None
+    return writer, safe
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def _pipe_closed(ctx: click.Context) -> None:
+    """The reader went away (`classify ... | head`): stop quietly, as `cat` would."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the flush at exit does not complain
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pass
+    ctx.exit(EXIT_PIPE_CLOSED)
+
+
+def _finish(ctx: click.Context, batch: Batch, writer: Writer, safe: BarSafeStream | None,
+            *, skipped: int, output: Path | None, quiet: bool, started: float,
+            interrupted: bool) -> None:
+    batch.progress.close()
+    try:
+        writer.close()
+        if safe is not None:
+            safe.finish()
+    except BrokenPipeError:
+        _pipe_closed(ctx)
+    code = EXIT_INTERRUPTED if interrupted else exit_code(batch.ok + skipped, batch.failed)
+    if not quiet:
+        parts = [f"{batch.ok} classified", f"{batch.failed} failed"]
+        if skipped:
+            parts.append(f"{skipped} already done in {output}")
+        where = f"; results in {output}" if output else ""
+        state = "interrupted" if interrupted else "done"
+        click.echo(f"{state}: {', '.join(parts)} in {time.perf_counter() - started:.1f} s"
+                   f"{where} (exit {code})", err=True)
+    ctx.exit(code)
+
+
+@click.command(epilog=EXIT_CODES_HELP)
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, required=True)
+@_output_options
+@_model_options
+@_cardless_options
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar on stderr [default: when stderr is a terminal].")
+@click.option("-q", "--quiet", is_flag=True, help="No summary line on stderr.")
+@click.option("-v", "--verbose", is_flag=True, help="Say which model and settings are used.")
+@click.pass_context
+def classify(ctx: click.Context, model: Path, paths: tuple[str, ...], fmt: str | None,
+             output: Path | None, overwrite: bool, threads: int, threshold: str | None,
+             value_range: str | None, size: int | None, channels: str | None,
+             fit: str | None, resize: str | None, progress: bool | None, quiet: bool,
+             verbose: bool) -> None:
+    """Classify image files, folders (recursively) or globs with MODEL (.tflite).
+
+    Each image is preprocessed exactly as the model was trained, from the card inside MODEL.
+    Results: a table on the terminal, or --format csv|json|jsonl on stdout, or --output FILE
+    (written as they come, durably; a rerun resumes, skipping files already done and retrying
+    failed ones). Bad files get one `error: PATH: reason` line on stderr; the batch goes on.
+    Decision support for research and education, not a diagnosis.
+    """
+    started = time.perf_counter()
+    clf = load_classifier(model, threads, threshold, {
+        "value_range": value_range, "size": size, "channels": channels, "fit": fit,
+        "resize": resize})
+    if verbose:
+        click.echo(clf.describe(), err=True)
+    fmt, existing = _open_output(fmt, output, overwrite, clf.model_id)
+    from edge_toolkit.runtime.sources import expand_paths
+
+    sources = expand_paths(paths)
+    if not sources:
+        click.echo(f"error: no images found in {' '.join(paths)}", err=True)
+        ctx.exit(EXIT_NONE_SUCCEEDED)
+    done = existing.done
+    todo = [s for s in sources if s.key not in done]
+    existing = existing.retrying({s.key for s in todo})
+    skipped = len(sources) - len(todo)
+    show = wants_bar(len(todo)) if progress is None else progress
+    bar = Progress(len(todo), enabled=show)
+    writer, safe = _make_writer(fmt, output, existing, clf, [s.file for s in todo], bar)
+    batch = Batch(writer, bar)
+    interrupted = False
+    try:
+        for src in todo:
+            batch.add(clf.classify_source(src))
+    except KeyboardInterrupt:
+        interrupted = True
+    except BrokenPipeError:
+        _pipe_closed(ctx)
+    _finish(ctx, batch, writer, safe, skipped=skipped, output=output, quiet=quiet,
+            started=started, interrupted=interrupted)
+
+
+@click.command(epilog=EXIT_CODES_HELP)
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-n", "--count", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Pictures to take; 0 = until Ctrl-C.")
+@click.option("-i", "--interval", type=click.FloatRange(min=0), default=5.0,
+              show_default=True, help="Seconds from one capture to the next.")
+@click.option("--save-dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("captures"), show_default=True,
+              help="Where each capture is saved (PNG, timestamped) before it is classified.")
+@click.option("--warmup", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Seconds for the camera's exposure to settle after it starts.")
+@_output_options
+@_model_options
+@click.option("--fake-camera", hidden=True, metavar="PATH",
+              help="Replay images from PATH instead of a camera (tests, demos); also "
+                   "EDGE_TOOLKIT_FAKE_CAMERA.")
+@click.option("-q", "--quiet", is_flag=True, help="No summary line on stderr.")
+@click.pass_context
+def capture(ctx: click.Context, model: Path, count: int, interval: float, save_dir: Path,
+            warmup: float, fmt: str | None, output: Path | None, overwrite: bool,
+            threads: int, threshold: str | None, fake_camera: str | None,
+            quiet: bool) -> None:
+    """Take pictures with the Raspberry Pi camera, save each, then classify it with MODEL.
+
+    Each capture is saved losslessly as SAVE_DIR/capture-YYYYmmdd-HHMMSS-ffffff.png before
+    it is classified, so no picture is lost; results are printed or written like `classify`
+    (--output appends). Needs picamera2: on Raspberry Pi OS `sudo apt install
+    python3-picamera2` (venv with --system-site-packages), or `pip install
+    edge-toolkit[camera]`.
+    """
+    from edge_toolkit.runtime.camera import CameraError, capture_name, open_camera, save_capture
+    from edge_toolkit.runtime.sources import Source, resolve_key
+
+    started = time.perf_counter()
+    clf = load_classifier(model, threads, threshold)
+    fmt, existing = _open_output(fmt, output, overwrite, None)
+    bar = Progress(count, enabled=False)
+    try:
+        camera = open_camera(fake_camera, warmup=warmup)
+    except CameraError as exc:
+        raise RuntimeFailure(str(exc)) from None
+    writer, safe = _make_writer(fmt, output, existing, clf, [str(save_dir / capture_name())],
+                                bar)
+    batch = Batch(writer, bar)
+    interrupted = False
+    try:
+        taken = 0
+        next_at = time.monotonic()
+        while count == 0 or taken < count:
+            time.sleep(max(0.0, next_at - time.monotonic()))
+            next_at = time.monotonic() + interval
+            taken += 1
+            try:
+                img = camera.capture()
+            except CameraError as exc:
+                batch.add(error_result(f"capture {taken}", "", str(exc), clf.model_id))
+                break
+            try:
+                path = save_capture(img, save_dir)
+            except OSError as exc:
+                batch.add(error_result(f"capture {taken}", "", f"cannot save to {save_dir} "
+                                       f"({exc.strerror or exc})", clf.model_id))
+                continue
+            batch.add(clf.classify_source(Source(str(path), resolve_key(path))))
+    except KeyboardInterrupt:
+        interrupted = True
+    except BrokenPipeError:
+        _pipe_closed(ctx)
+    finally:
+        camera.close()
+    _finish(ctx, batch, writer, safe, skipped=0, output=output, quiet=quiet, started=started,
+            interrupted=interrupted)
+
+
+def _thread_list(values: tuple[str, ...]) -> list[int]:
+    out: list[int] = []
+    for value in values:
+        for part in value.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if not part.isdigit() or int(part) < 1:
+                raise click.BadParameter(f"{part!r} is not a positive integer",
+                                         param_hint="--threads")
+            if int(part) not in out:
+                out.append(int(part))
+    return out or sorted({1, default_threads()})
+
+
+@click.command()
+@click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-t", "--threads", multiple=True, metavar="N[,N...]",
+              help="Thread counts to measure (repeat or comma-separate) [default: 1 and all "
+                   "cores up to 4].")
+@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True,
+              help="Untimed invokes first.")
+@click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Timed invokes per model and thread count.")
+@click.option("--cold-start", "cold_image", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also time `classify MODEL IMAGE` in a new process, spawn to exit.")
+@click.option("--cold-runs", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Cold-start runs per model (the median is reported).")
+@click.option("-f", "--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the report to FILE instead of stdout.")
+@click.option("--in-process", is_flag=True,
+              help="Run every model in this process (faster; peak memory then accumulates).")
+@click.pass_context
+def bench(ctx: click.Context, models: tuple[Path, ...], threads: tuple[str, ...], warmup: int,
+          runs: int, cold_image: Path | None, cold_runs: int, fmt: str, output: Path | None,
+          in_process: bool) -> None:
+    """Benchmark interpreter latency and memory of one or more MODELS side by side.
+
+    For each model and thread count: interpreter init time, WARMUP untimed invokes, then RUNS
+    timed invokes (mean, p50, p90, p99 ms), model size and the peak RSS of a process that ran
+    only that model. RATIO is the mean over the first model's at the same thread count: on a
+    noisy machine ratios hold better than absolute times. Exit code 0, or 2 if a model could
+    not be measured.
+    """
+    from edge_toolkit.runtime import bench as b
+
+    thread_counts = _thread_list(threads)
+    report: dict[str, Any] = {"host": b.host_info(), "warmup": warmup, "runs": runs,
+                              "models": [], "cold_start": []}
+    failed = False
+    for model in models:
+        try:
+            if in_process:
+                res = b.bench_model(model, thread_counts, warmup, runs)
+            else:
+                res = b.bench_in_child(model, thread_counts, warmup, runs)
+            report["models"].append(res)
+        except (OSError, ValueError, RuntimeError) as exc:
+            failed = True
+            click.echo(f"error: {model}: {getattr(exc, 'strerror', None) or exc}", err=True)
+    b.add_ratios(report["models"])
+    if cold_image is not None:
+        for res in report["models"]:
+            try:
+                report["cold_start"].append(b.cold_start(res["model"], cold_image, cold_runs))
+            except (OSError, ValueError) as exc:
+                failed = True
+                click.echo(f"error: cold start: {exc}", err=True)
+    from edge_toolkit.runtime.report import bench_json, bench_table
+
+    text = bench_json(report) if fmt == "json" else bench_table(report)
+    if output is not None:
+        from edge_toolkit.runtime.writers import atomic_write
+
+        output.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(output, text)
+    else:
+        click.echo(text, nl=False)
+    ctx.exit(EXIT_USAGE if failed else 0)

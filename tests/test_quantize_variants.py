@@ -1,0 +1,133 @@
+"""The variant table and the TF-free side of export (no TensorFlow in this module)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from edge_toolkit.card import ModelCard
+from edge_toolkit.quantize.inspect import gzip_size
+from edge_toolkit.quantize.representative import pick, representative_images
+from edge_toolkit.quantize.validate import (
+    TensorIO,
+    TFLiteFileError,
+    compare_to_parent,
+    dequantize_output,
+    quantize_input,
+    read_model,
+)
+from edge_toolkit.quantize.variants import (
+    DEFAULT_VARIANTS,
+    FAILED_VALIDATION,
+    VALIDATED,
+    VARIANTS,
+    parse_variants,
+    variant_of_file,
+)
+
+
+def test_table_lists_every_variant_of_the_issue():
+    assert list(DEFAULT_VARIANTS) == ["float32", "float16", "dynamic", "int8-ptq", "int8-qat",
+                                      "pruned", "int8-pqat"]
+    assert {v.name for v in VARIANTS.values() if v.full_integer} == {
+        "int8-ptq", "int8-qat", "pruned", "int8-pqat"}
+    assert VARIANTS["int8-qat"].needs_fine_tuning and not VARIANTS["int8-ptq"].needs_fine_tuning
+    assert VARIANTS["pruned"].file_name("mobilenetv2") == "mobilenetv2-pruned.tflite"
+
+
+def test_parse_variants_keeps_table_order_and_rejects_unknown():
+    assert [v.name for v in parse_variants("int8-qat, float32,float32")] == ["float32",
+                                                                             "int8-qat"]
+    assert [v.name for v in parse_variants("all")] == list(DEFAULT_VARIANTS)
+    assert [v.name for v in parse_variants(None)] == list(DEFAULT_VARIANTS)
+    with pytest.raises(ValueError, match="unknown variant 'int4'"):
+        parse_variants("float32,int4")
+    with pytest.raises(ValueError, match="no variants"):
+        parse_variants(" , ")
+
+
+def test_variant_of_file_name():
+    assert variant_of_file("export/scratch_cnn-int8-pqat.tflite").name == "int8-pqat"
+    assert variant_of_file("mobilenetv2-int8-ptq.tflite").name == "int8-ptq"
+    assert variant_of_file("mobilenetv2-pruned.tflite").name == "pruned"
+    assert variant_of_file("other.tflite") is None
+
+
+def test_table_validate_and_inspect_import_without_tensorflow():
+    code = ("import sys\n"
+            "import edge_toolkit.quantize.variants, edge_toolkit.quantize.validate\n"
+            "import edge_toolkit.quantize.inspect, edge_toolkit.quantize.representative\n"
+            "import edge_toolkit.quantize.cli\n"
+            "bad = [m for m in ('tensorflow', 'tf_keras', 'keras') if m in sys.modules]\n"
+            "assert not bad, bad\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_representative_pick_is_seeded_and_warns_below_100():
+    assert (pick(1000, 300, 1) == pick(1000, 300, 1)).all()
+    assert len(set(pick(1000, 300, 1).tolist())) == 300
+    assert (pick(5, 300) == np.arange(5)).all()
+    warnings: list[str] = []
+    x = np.zeros((40, 8, 8, 1), np.float32)
+    assert representative_images(x, 300, warn=warnings.append).shape == (40, 8, 8, 1)
+    assert warnings and "only 40 train images" in warnings[0]
+    warnings.clear()
+    representative_images(np.zeros((150, 8, 8, 1)), 120, warn=warnings.append)
+    assert not warnings
+    with pytest.raises(ValueError):
+        representative_images(np.zeros((0, 8, 8, 1)), 10)
+
+
+def test_input_quantization_uses_the_tensors_own_parameters():
+    u8 = TensorIO(0, (1, 4, 4, 1), "uint8", 1 / 255, 0)
+    x = np.array([0.0, 128 / 255, 1.0, 2.0], np.float32)
+    assert quantize_input(x, u8).tolist() == [0, 128, 255, 255]
+    pixels = np.arange(256)  # the shared preprocessing's [0, 1] values map back to pixels
+    assert (quantize_input(pixels.astype(np.float32) / np.float32(255), u8) == pixels).all()
+    i8 = TensorIO(0, (1, 4, 4, 3), "int8", 0.01, 5)
+    assert quantize_input(np.array([-1.33, -2.0, 0.0, 0.5, 2.0]), i8).tolist() == [
+        -128, -128, 5, 55, 127]
+    out = TensorIO(1, (1, 1), "int8", 1 / 256, -128)
+    assert dequantize_output(np.array([-128, 0, 127]), out).tolist() == pytest.approx(
+        [0.0, 0.5, 255 / 256])
+    f32 = TensorIO(0, (1, 4, 4, 1), "float32", 0.0, 0)
+    assert quantize_input(x, f32).dtype == np.float32
+    assert not f32.quantized
+
+
+def test_compare_to_parent_marks_an_auc_drop_beyond_tolerance():
+    card = ModelCard(family="t", input_size=8, channels=1, preprocessing={}, threshold=0.5)
+    y = np.array([0, 0, 0, 1, 1, 1])
+    parent = np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9])
+    same = compare_to_parent(y, parent, parent, card, 0.02)
+    assert same["status"] == VALIDATED and same["agreement"] == 1.0
+    assert same["delta_auc"] == 0 and same["sensitivity"] == 1 and same["specificity"] == 1
+    worse = np.array([0.1, 0.2, 0.75, 0.7, 0.8, 0.9])  # one negative above two positives
+    check = compare_to_parent(y, worse, parent, card, 0.02)
+    assert check["status"] == FAILED_VALIDATION
+    assert "below the float parent" in check["reason"]
+    assert check["agreement"] == pytest.approx(5 / 6)
+    assert compare_to_parent(y, worse, parent, card, 0.5)["status"] == VALIDATED
+    assert compare_to_parent(y, parent, parent, card, -1)["status"] == FAILED_VALIDATION
+
+
+def test_read_model_names_what_is_wrong(tmp_path):
+    with pytest.raises(TFLiteFileError, match="empty file"):
+        read_model(b"")
+    with pytest.raises(TFLiteFileError, match="no 'TFL3'"):
+        read_model(b"\x00" * 64)
+    with pytest.raises(TFLiteFileError, match="truncated"):
+        read_model(b"\xff\xff\x00\x00TFL3" + b"\x00" * 16)  # root table past the end
+    with pytest.raises(TFLiteFileError, match="cannot read"):
+        read_model(tmp_path / "missing.tflite")
+
+
+def test_gzip_size_sees_zeros():
+    rng = np.random.default_rng(0)
+    dense = rng.integers(-127, 127, 4096, dtype=np.int8)
+    sparse = dense.copy()
+    sparse[rng.random(4096) < 0.5] = 0
+    assert gzip_size(sparse.tobytes()) < 0.8 * gzip_size(dense.tobytes())

@@ -1,0 +1,246 @@
+"""Tiny carded `.tflite` models for tests, built with TensorFlow in a few seconds.
+
+`make_tflite` builds one model in this process (it imports TensorFlow). Test modules that must
+stay TensorFlow-free (the runtime's) call `build_models`, which builds several in one child
+process, or `cached_models`, which also reuses them across test modules through pytest's
+session temp dir. Weights are seeded, so a given spec always gives the same model.
+
+Run as a script to build by hand: `python tests/tiny_models.py OUT.tflite --size 32 --int8`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from edge_toolkit.card import ModelCard, embed_card
+from edge_toolkit.preprocess import PreprocessConfig
+
+# Before TensorFlow is imported (only inside the functions that need it): tf_keras models.
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+# The specs the runtime's tests share (built once per session by `cached_models`). "float" and
+# "bare" have the same weights, as do "float3" and "int8_3".
+RUNTIME_MODELS: dict[str, dict[str, Any]] = {
+    "float": {},
+    "uint8": {"int8": True},
+    "float3": {"channels": 3},
+    "int8_3": {"int8": True, "input_type": "int8", "channels": 3},
+    "bare": {"with_card": False},
+    "calibrated": {"card_overrides": {"temperature": 2.0, "threshold": 0.9}},
+}
+
+
+def tiny_card(*, size: int = 32, channels: int = 1, variant: str = "float32",
+              value_range: str = "-1,1", card_overrides: dict[str, Any] | None = None
+              ) -> ModelCard:
+    """The card a tiny model carries; `card_overrides` replaces top-level fields."""
+    cfg = PreprocessConfig(size=size, channels=channels, value_range=value_range)
+    fields: dict[str, Any] = {
+        "family": "tiny-test", "input_size": size, "channels": channels,
+        "preprocessing": cfg.to_dict(), "variant": variant, "threshold": 0.5,
+        "thresholds": {"balanced": 0.5, "sensitivity": 0.3},
+        "notes": "Untrained test model built by tests/tiny_models.py.",
+    }
+    fields.update(card_overrides or {})
+    return ModelCard(**fields)
+
+
+def _keras_model(size: int, channels: int, seed: int, arch: str = "tiny") -> Any:
+    import tf_keras as keras
+
+    keras.utils.set_random_seed(seed)
+    if arch == "mobilenetv2":  # untrained, full size: for latency and memory only
+        base = keras.applications.MobileNetV2(input_shape=(size, size, channels),
+                                              include_top=False, weights=None, pooling="avg")
+        out = keras.layers.Dense(1, activation="sigmoid")(base.output)
+        return keras.Model(base.input, out)
+    if arch != "tiny":
+        raise ValueError(f"arch must be 'tiny' or 'mobilenetv2', not {arch!r}")
+    inp = keras.Input((size, size, channels))
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(inp)
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    # Large weights spread the output over (0, 1), so different images give different answers.
+    out = keras.layers.Dense(1, activation="sigmoid",
+                             kernel_initializer=keras.initializers.RandomNormal(0.0, 20.0))(x)
+    return keras.Model(inp, out)
+
+
+def make_tflite(path: str | Path, *, size: int = 32, channels: int = 1, int8: bool = False,
+                input_type: str = "uint8", card_overrides: dict[str, Any] | None = None,
+                with_card: bool = True, seed: int = 0, value_range: str = "-1,1",
+                arch: str = "tiny") -> Path:
+    """Build, convert and write an untrained sigmoid classifier; returns `path`.
+
+    `int8=True` gives a full-integer model whose input and output tensors are `input_type`
+    (uint8 or int8), calibrated on random textured inputs in the card's value range.
+    `arch="mobilenetv2"` gives a full-size (untrained) MobileNetV2 for latency benchmarks.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    model = _keras_model(size, channels, seed, arch)
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    lo, hi = {"-1,1": (-1.0, 1.0), "0,1": (0.0, 1.0), "0,255": (0.0, 255.0)}[value_range]
+    if int8:
+        rng = np.random.default_rng(seed)
+
+        def representative():
+            # Images of every brightness with some texture, like what tests feed: pure noise
+            # would calibrate too narrow a range for flat dark or bright pictures.
+            for _ in range(64):
+                level = rng.uniform(0.0, 1.0)
+                noise = rng.normal(0.0, rng.uniform(0.0, 0.3), (1, size, size, 1))
+                x = np.clip(level + noise, 0.0, 1.0) * (hi - lo) + lo
+                yield [np.repeat(x, channels, axis=-1).astype(np.float32)]
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        dtype = {"uint8": tf.uint8, "int8": tf.int8}[input_type]
+        converter.inference_input_type = dtype
+        converter.inference_output_type = dtype
+    flat = converter.convert()
+    if with_card:
+        overrides = {"family": f"{arch}-untrained"} if arch != "tiny" else {}
+        card = tiny_card(size=size, channels=channels, value_range=value_range,
+                         variant=f"int8-{input_type}" if int8 else "float32",
+                         card_overrides={**overrides, **(card_overrides or {})})
+        flat = embed_card(flat, card)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(flat)
+    return path
+
+
+def build_models(specs: dict[str, dict[str, Any]], out_dir: str | Path) -> dict[str, Path]:
+    """Build `{name: make_tflite kwargs}` as `out_dir/NAME.tflite` in one child process, so
+    this process never loads TensorFlow. Files that already exist are kept."""
+    out_dir = Path(out_dir)
+    paths = {name: out_dir / f"{name}.tflite" for name in specs}
+    _build_in_child({paths[name]: kw for name, kw in specs.items()})
+    return paths
+
+
+def cached_models(tmp_path_factory: Any, specs: dict[str, dict[str, Any]]) -> dict[str, Path]:
+    """`build_models` into the pytest session's temp dir, keyed by spec, so every test
+    module that asks for the same spec shares one file and TensorFlow loads at most once."""
+    base = tmp_path_factory.getbasetemp() / "tiny_models"
+    paths = {name: base / f"{_spec_key(kw)}.tflite" for name, kw in specs.items()}
+    _build_in_child({paths[name]: kw for name, kw in specs.items()})
+    return paths
+
+
+def _build_in_child(jobs: dict[Path, dict[str, Any]]) -> None:
+    todo = {str(path): kw for path, kw in jobs.items() if not path.exists()}
+    if todo:
+        subprocess.run([sys.executable, __file__, "--batch", json.dumps(todo)], check=True,
+                       env={**os.environ, "PYTHONPATH": _pythonpath()})
+
+
+def make_images(folder: str | Path, n: int = 6, *, size: int = 48, seed: int = 0,
+                formats: tuple[str, ...] = ("png", "jpg")) -> list[Path]:
+    """`n` small grayscale pictures of different brightness (so a tiny model's answers
+    differ), alternating formats; returns their paths."""
+    import numpy as np
+    from PIL import Image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        level = 255.0 * i / max(n - 1, 1)
+        pixels = np.clip(level + rng.normal(0, 25, (size, size + 8 * (i % 3))), 0, 255)
+        path = folder / f"img{i:03d}.{formats[i % len(formats)]}"
+        Image.fromarray(pixels.astype(np.uint8), mode="L").save(path)
+        paths.append(path)
+    return paths
+
+
+def make_bad_files(folder: str | Path) -> dict[str, Path]:
+    """One file of each kind a batch must survive, keyed by kind: truncated JPEG, zero
+    bytes, text named .png, a PNG header claiming 100000x100000 pixels (a pixel bomb), and a
+    broken symbolic link. Unreadable permissions are left to the test (root reads anything)."""
+    import io
+    import struct
+    import zlib
+
+    import numpy as np
+    from PIL import Image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8), mode="L").save(
+        buf, format="JPEG")
+    data = buf.getvalue()
+    out = {
+        "truncated": folder / "truncated.jpg",
+        "empty": folder / "empty.png",
+        "text": folder / "notes.png",
+        "bomb": folder / "bomb.png",
+        "broken_link": folder / "broken_link.png",
+    }
+    out["truncated"].write_bytes(data[: len(data) // 2])
+    out["empty"].write_bytes(b"")
+    out["text"].write_text("this is not a picture\n")
+
+    def png_chunk(kind: bytes, body: bytes) -> bytes:
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body)))
+
+    out["bomb"].write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0))
+        + png_chunk(b"IDAT", zlib.compress(b"\x00" * 1024)) + png_chunk(b"IEND", b""))
+    if out["broken_link"].is_symlink():
+        out["broken_link"].unlink()
+    os.symlink("does-not-exist.png", out["broken_link"])
+    return out
+
+
+def _spec_key(kw: dict[str, Any]) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(kw, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _pythonpath() -> str:
+    root = str(Path(__file__).resolve().parent.parent)
+    extra = os.environ.get("PYTHONPATH")
+    return root + (os.pathsep + extra if extra else "")
+
+
+def _main(argv: list[str]) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("out", nargs="?")
+    parser.add_argument("--batch", help="JSON {path: make_tflite kwargs}")
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--channels", type=int, default=1)
+    parser.add_argument("--int8", action="store_true")
+    parser.add_argument("--input-type", default="uint8")
+    parser.add_argument("--no-card", action="store_true")
+    parser.add_argument("--arch", default="tiny", choices=["tiny", "mobilenetv2"])
+    args = parser.parse_args(argv)
+    if args.batch:
+        for path, kw in json.loads(args.batch).items():
+            make_tflite(path, **kw)
+        return
+    if not args.out:
+        parser.error("give OUT or --batch")
+    make_tflite(args.out, size=args.size, channels=args.channels, int8=args.int8,
+                input_type=args.input_type, with_card=not args.no_card, arch=args.arch)
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:])
