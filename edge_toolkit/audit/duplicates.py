@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from edge_toolkit.audit.groups import DisjointSet
 from edge_toolkit.audit.hashing import NEAR_THRESHOLD, near_duplicate_pairs
 from edge_toolkit.audit.scan import Record, Scan
+from edge_toolkit.data import LABELS, group_key
 
 
 @dataclass
@@ -91,3 +92,13 @@ def label_conflicts(records: list[Record], members: dict[int, list[int]]
                     ) -> dict[int, list[int]]:
     return {g: m for g, m in members.items() if len({records[i].label for i in m}) > 1}
 
+
+
+def name_families(records: list[Record]) -> list[str | None]:
+    """Per record, its file-name family (`data.group_key`, per label) where the family has a
+    `-rotated` member, else None: a bare `12.png` in two splits is two unrelated numbers as
+    often as one image (its content hash decides that), while `12-rotated1.jpg` names its
+    source outright."""
+    keys = [f"{LABELS[r.label]}/{group_key(r.path).split('/', 1)[1]}" for r in records]
+    rotated = {k for k, r in zip(keys, records) if "-rotated" in r.path.stem}
+    return [k if k in rotated else None for k in keys]

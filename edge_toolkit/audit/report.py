@@ -21,12 +21,13 @@ from edge_toolkit.audit.duplicates import (
     cross_split_groups,
     find_duplicates,
     label_conflicts,
+    name_families,
 )
 from edge_toolkit.audit.hashing import NEAR_THRESHOLD
 from edge_toolkit.audit.leakage import LeakSummary, compute_leakage
 from edge_toolkit.audit.scan import Record, Scan, scan
 from edge_toolkit.audit.shortcuts import shortcut_check
-from edge_toolkit.data import LABELS, SPLITS, group_key
+from edge_toolkit.data import LABELS, SPLITS
 
 
 @dataclass
@@ -164,10 +165,12 @@ def conflict_section(recs: list[Record], dups: Duplicates) -> dict[str, Any]:
 
 
 def family_section(recs: list[Record]) -> dict[str, Any]:
-    """File-name families (`data.group_key`: `12-rotated1.jpg` is `12`) spanning splits."""
+    """File-name families (`12.jpg`, `12-rotated1.jpg`, ...: `duplicates.name_families`)
+    spanning splits: a hint from names alone, whatever the pixels say."""
     fams: dict[str, set[str]] = defaultdict(set)
-    for r in recs:
-        fams[group_key(r.path)].add(r.split)
+    for r, key in zip(recs, name_families(recs)):
+        if key is not None:
+            fams[key].add(r.split)
     cross = sorted(k for k, v in fams.items() if len(v) > 1)
     return {"families": len(fams), "cross_split": len(cross), "cross_split_names": cross}
 
@@ -240,8 +243,9 @@ def format_text(report: AuditReport, max_groups: int = 8) -> str:
     lines += _group_lines(lc["exact"] + lc["near"], max_groups)
     ff = d["filename_families"]
     if ff["cross_split"]:
-        lines.append(f"File-name families (N-rotated...) spanning splits: {ff['cross_split']} "
-                     "of " + f"{ff['families']}, e.g. " + ", ".join(ff["cross_split_names"][:5]))
+        lines.append(f"File-name families (N.jpg, N-rotated...) spanning splits: "
+                     f"{ff['cross_split']} of {ff['families']} (by name only; the pixels decide "
+                     "leakage), e.g. " + ", ".join(ff["cross_split_names"][:5]))
 
     lines += ["", "Leakage into evaluation splits"]
     lk = d["leakage"]

@@ -1,11 +1,12 @@
 """Write a leak-free split of a dataset: duplicate groups never cross splits.
 
 Groups are connected components of exact copies, verified near copies and file-name families
-(`data.group_key`, so `12-rotated1.jpg` stays with `12.jpg`). Each group goes whole to one
-split, class-stratified, largest groups first to the split furthest below its target, ties in
-a seeded shuffle order, so a run is reproducible. Output keeps the source layout; files are
-hard links where the filesystem allows (no extra space, same bytes) and copies otherwise. The
-source is only read.
+(`data.group_key`, so `12-rotated1.jpg` stays with `12.jpg`; see `duplicates.name_families`).
+Each group goes whole to one split, class-stratified, largest groups first to the split
+furthest below its target, ties in a seeded shuffle order, so a run is reproducible. Output
+keeps the source layout, plus `resplit_manifest.csv` (new path, split, label, group, sha256,
+source path); files are hard links where the filesystem allows (no extra space, same bytes) and
+copies otherwise. The source is only read.
 
 Choices: one file per distinct content is written (the first by split train, val, test, then
 path): extra exact copies only weight an image twice. Contents found under two labels are left
@@ -24,11 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_toolkit.audit.duplicates import find_duplicates
+from edge_toolkit.audit.duplicates import find_duplicates, name_families
 from edge_toolkit.audit.groups import DisjointSet
 from edge_toolkit.audit.hashing import NEAR_THRESHOLD
 from edge_toolkit.audit.scan import Record, Scan
-from edge_toolkit.data import LABELS, SPLITS, group_key
+from edge_toolkit.data import LABELS, SPLITS
 
 MANIFEST = "resplit_manifest.csv"
 
@@ -99,8 +100,8 @@ def check_output(root: Path, out: Path) -> None:
 
 
 def plan(sc: Scan, fractions: dict[str, float], seed: int = 0, near: bool = True,
-         threshold: float = NEAR_THRESHOLD) -> tuple[dict[int, str], ResplitResult]:
-    """Record index -> new split, for the records that will be written."""
+         threshold: float = NEAR_THRESHOLD) -> tuple[dict[int, tuple[str, int]], ResplitResult]:
+    """Record index -> (new split, group number), for the records that will be written."""
     recs = sc.records
     result = ResplitResult(Path(), fractions, seed)
     labels_of: dict[str, set[int]] = defaultdict(set)
@@ -124,11 +125,15 @@ def plan(sc: Scan, fractions: dict[str, float], seed: int = 0, near: bool = True
     dups = find_duplicates(sc, near=near, threshold=threshold, indices=keep)
     dsu = DisjointSet(len(keep))
     dsu.union_by_key([dups.group[i] for i in keep])
-    dsu.union_by_key([(recs[i].label, group_key(recs[i].path).split("/", 1)[1]) for i in keep])
+    families = name_families(recs)
+    dsu.union_by_key([families[i] for i in keep])
     units = [[keep[k] for k in comp] for comp in dsu.components()]
     result.groups = len(units)
     rng = random.Random(seed)
-    assignment: dict[int, str] = {}
+    assignment: dict[int, tuple[str, int]] = {}
+    number = {id(u): k for k, u in enumerate(units)}
+    everyone = sum(len(u) for u in units)
+    overall = dict.fromkeys(fractions, 0)  # files placed so far, all labels
     for label in (1, 0):
         mine = [u for u in units
                 if Counter(recs[i].label for i in u).most_common(1)[0][0] == label]
@@ -137,10 +142,13 @@ def plan(sc: Scan, fractions: dict[str, float], seed: int = 0, near: bool = True
         total = sum(len(u) for u in mine)
         filled = dict.fromkeys(fractions, 0)
         for u in mine:
-            split = max(fractions, key=lambda s: (fractions[s] * total - filled[s],
-                                                  fractions[s]))
+            # furthest below its share within the class; ties go to the split furthest below
+            # its share overall, so rounding in one class is evened out by the other
+            split = max(fractions, key=lambda s: (round(fractions[s] * total - filled[s], 9),
+                                                  fractions[s] * everyone - overall[s]))
             filled[split] += len(u)
-            assignment.update(dict.fromkeys(u, split))
+            overall[split] += len(u)
+            assignment.update(dict.fromkeys(u, (split, number[id(u)])))
     return assignment, result
 
 
@@ -168,13 +176,14 @@ def write(sc: Scan, out: Path, fractions: dict[str, float], seed: int = 0, near:
     return result
 
 
-def _materialise(recs: list[Record], assignment: dict[int, str], class_folders: dict[int, str],
-                 dest: Path, result: ResplitResult) -> list[list[str]]:
+def _materialise(recs: list[Record], assignment: dict[int, tuple[str, int]],
+                 class_folders: dict[int, str], dest: Path, result: ResplitResult
+                 ) -> list[list[str]]:
     rows = []
     used: set[str] = set()
     counts: dict[str, Counter[str]] = {s: Counter() for s in SPLITS if s in result.fractions}
     for i in sorted(assignment, key=lambda i: recs[i].rel):
-        r, split = recs[i], assignment[i]
+        r, (split, unit) = recs[i], assignment[i]
         folder = class_folders.get(r.label, LABELS[r.label])
         rel = _free_name(f"{split}/{folder}", r.path, used)
         target = dest / rel
@@ -186,7 +195,7 @@ def _materialise(recs: list[Record], assignment: dict[int, str], class_folders: 
             shutil.copy2(r.path, target)
             result.copied += 1
         counts[split][LABELS[r.label]] += 1
-        rows.append([rel, split, LABELS[r.label], group_key(Path(rel)), r.sha256 or "", r.rel])
+        rows.append([rel, split, LABELS[r.label], str(unit), r.sha256 or "", r.rel])
     result.counts = {s: {lab: c[lab] for lab in (LABELS[1], LABELS[0])} for s, c in counts.items()}
     return rows
 

@@ -83,13 +83,12 @@ def predict(model: Any, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
     return model.predict(x, batch_size=batch_size, verbose=0).reshape(-1).astype(np.float64)
 
 
-def leak_warnings(root: Path) -> list[str]:
-    """Lines from the dataset audit's quick check, if the audit module is present."""
-    try:
-        from edge_toolkit.audit import quick_leak_check  # type: ignore[attr-defined]
-    except ImportError:
-        return []
-    return list(quick_leak_check(root).warning_lines())
+def leak_warnings(ds: Dataset) -> list[str]:
+    """The dataset audit's quick check on the exact split training will use (a carved val
+    included): exact and near copies of val/test images in train."""
+    from edge_toolkit.audit import quick_leak_check
+
+    return list(quick_leak_check(ds.root, samples=ds.samples).warning_lines())
 
 
 def _run_dir(cfg: TrainConfig) -> Path:
@@ -130,7 +129,7 @@ def train(cfg: TrainConfig, log: Log = print) -> Path:
     set_seed(cfg.seed)
     family = get_family(cfg.family)
     ds = discover(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed)
-    for line in leak_warnings(Path(cfg.data)):
+    for line in leak_warnings(ds):
         log(f"WARNING: {line}")
     if ds.carved_val:
         log(f"no val/ folder: carved {cfg.val_fraction:.0%} of train as validation "
