@@ -59,6 +59,11 @@ def test_predict_pil_and_batches(models, images):
     assert np.ptp(batch) > 0.1  # the tiny model does tell the pictures apart
     with pytest.raises(ValueError, match="shape"):
         clf.predict_array(np.zeros((8, 8, 1), np.float32))
+    raw = clf.predict_raw_batch(xs)  # uncalibrated, for evaluation against Keras
+    assert raw.dtype == np.float64 and raw == pytest.approx(
+        [clf.predict_file(p).raw_probability for p in images])
+    with pytest.raises(ValueError, match="shape"):
+        clf.predict_raw_batch(xs[0])
 
 
 @pytest.mark.parametrize(("float_name", "int_name"), [("float", "uint8"), ("float3", "int8_3")])

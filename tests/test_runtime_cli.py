@@ -236,3 +236,43 @@ def read_output(path: Path, fmt: str) -> list[dict]:
     if fmt == "jsonl":
         return jsonl(text)
     return json.loads(text)
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv"])
+def test_ctrl_c_keeps_what_was_done(models, data, monkeypatch, fmt):
+    from edge_toolkit.runtime.classifier import Classifier
+
+    real = Classifier.classify_source
+    calls = []
+
+    def interrupt_third(self, src):
+        calls.append(src)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, src)
+
+    monkeypatch.setattr(Classifier, "classify_source", interrupt_third)
+    out = data["root"] / f"partial.{fmt}"
+    res = run(models["float"], data["root"] / "data", "-o", out)
+    assert res.exit_code == 130 and "interrupted: 2 classified" in res.stderr
+    assert len(read_output(out, fmt)) == 2 and not sidecar_path(out).exists()
+    monkeypatch.setattr(Classifier, "classify_source", real)
+    res = run(models["float"], data["root"] / "data", "-o", out)
+    assert res.exit_code == 0 and "2 already done" in res.stderr
+    assert len(read_output(out, fmt)) == 6
+
+
+def test_a_full_disk_stops_the_batch_with_a_clear_error(models, data, monkeypatch):
+    import errno
+
+    from edge_toolkit.runtime import writers
+
+    def full(self, line):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    out = data["root"] / "full.jsonl"
+    monkeypatch.setattr(writers._DurableAppender, "append", full)
+    res = run(models["float"], data["root"] / "data", "-o", out)
+    assert res.exit_code == 2
+    assert "No space left on device" in res.stderr and "rerun to resume" in res.stderr
+    assert "Traceback" not in res.output

@@ -115,7 +115,9 @@ def make_tflite(path: str | Path, *, size: int = 32, channels: int = 1, int8: bo
         flat = embed_card(flat, card)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(flat)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(flat)
+    os.replace(tmp, path)  # a reader never sees half a model
     return path
 
 
@@ -159,7 +161,7 @@ def make_images(folder: str | Path, n: int = 6, *, size: int = 48, seed: int = 0
         level = 255.0 * i / max(n - 1, 1)
         pixels = np.clip(level + rng.normal(0, 25, (size, size + 8 * (i % 3))), 0, 255)
         path = folder / f"img{i:03d}.{formats[i % len(formats)]}"
-        Image.fromarray(pixels.astype(np.uint8), mode="L").save(path)
+        Image.fromarray(pixels.astype(np.uint8)).save(path)
         paths.append(path)
     return paths
 
@@ -179,7 +181,7 @@ def make_bad_files(folder: str | Path) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     rng = np.random.default_rng(1)
-    Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8), mode="L").save(
+    Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8)).save(
         buf, format="JPEG")
     data = buf.getvalue()
     out = {

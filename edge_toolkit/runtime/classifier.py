@@ -208,6 +208,15 @@ class Classifier:
             return np.array([self.calibrate(self._invoke_raw(xi)) for xi in x])
         raise ValueError(f"expected an array of shape {shape} or (N, *{shape}), got {x.shape}")
 
+    def predict_raw_batch(self, x: np.ndarray) -> np.ndarray:
+        """The model's own (uncalibrated) probabilities for preprocessed images (N, H, W, C),
+        as float64 (N,): what evaluation compares with the Keras model before temperature."""
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim != 4 or x.shape[1:] != self.config.shape:
+            raise ValueError(f"expected an array of shape (N, *{self.config.shape}), got "
+                             f"{x.shape}")
+        return np.array([self._invoke_raw(xi) for xi in x], dtype=np.float64)
+
     def preprocess(self, source: str | Path | Image.Image) -> np.ndarray:
         """The card's preprocessing; raises ImageLoadError for a bad file."""
         return preprocess(source, self.config)

@@ -30,7 +30,6 @@ from edge_toolkit.runtime.interpreter import BackendMissingError, default_thread
 from edge_toolkit.runtime.progress import BarSafeStream, Progress, wants_bar
 from edge_toolkit.runtime.results import (
     EXIT_INTERRUPTED,
-    EXIT_NONE_SUCCEEDED,
     EXIT_USAGE,
     Result,
     error_result,
@@ -67,15 +66,18 @@ class RuntimeFailure(click.ClickException):
     exit_code = EXIT_USAGE
 
 
-def _output_options(f: Any) -> Any:
-    f = click.option("--overwrite", is_flag=True,
-                     help="Start --output afresh instead of resuming it.")(f)
-    f = click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
-                     help="Write results to FILE as they come (csv/json/jsonl, from --format or "
-                          "the suffix); a rerun skips files already in it.")(f)
-    f = click.option("-f", "--format", "fmt", type=click.Choice(FORMATS),
-                     help="Output format [default: table, or the --output suffix].")(f)
-    return f
+def _output_options(rerun: str) -> Any:
+    def decorate(f: Any) -> Any:
+        f = click.option("--overwrite", is_flag=True,
+                         help="Start --output afresh instead of adding to it.")(f)
+        f = click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+                         help="Write results to FILE as they come, durably (csv/json/jsonl, "
+                              f"from --format or the suffix); {rerun}.")(f)
+        f = click.option("-f", "--format", "fmt", type=click.Choice(FORMATS),
+                         help="Output format [default: table, or the --output suffix].")(f)
+        return f
+
+    return decorate
 
 
 def _model_options(f: Any) -> Any:
@@ -206,6 +208,17 @@ def _pipe_closed(ctx: click.Context) -> None:
     ctx.exit(EXIT_PIPE_CLOSED)
 
 
+def _write_failed(batch: Batch, output: Path | None, exc: OSError) -> None:
+    """Results can no longer be stored: stop now rather than compute what cannot be kept."""
+    batch.progress.close()
+    try:
+        batch.writer.close()  # json: try to write the array from what is in memory
+    except OSError:
+        pass
+    raise RuntimeFailure(f"cannot write {output or 'stdout'} ({exc.strerror or exc}) after "
+                         f"{batch.ok + batch.failed} results; free space and rerun to resume")
+
+
 def _finish(ctx: click.Context, batch: Batch, writer: Writer, safe: BarSafeStream | None,
             *, skipped: int, output: Path | None, quiet: bool, started: float,
             interrupted: bool) -> None:
@@ -216,6 +229,9 @@ def _finish(ctx: click.Context, batch: Batch, writer: Writer, safe: BarSafeStrea
             safe.finish()
     except BrokenPipeError:
         _pipe_closed(ctx)
+    except OSError as exc:
+        raise RuntimeFailure(f"cannot write {output or 'stdout'} ({exc.strerror or exc}); "
+                             "rerun to resume") from None
     code = EXIT_INTERRUPTED if interrupted else exit_code(batch.ok + skipped, batch.failed)
     if not quiet:
         parts = [f"{batch.ok} classified", f"{batch.failed} failed"]
@@ -231,7 +247,7 @@ def _finish(ctx: click.Context, batch: Batch, writer: Writer, safe: BarSafeStrea
 @click.command(epilog=EXIT_CODES_HELP)
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("paths", nargs=-1, required=True)
-@_output_options
+@_output_options("a rerun skips files already in it and retries failed ones")
 @_model_options
 @_cardless_options
 @click.option("--progress/--no-progress", default=None,
@@ -262,9 +278,8 @@ def classify(ctx: click.Context, model: Path, paths: tuple[str, ...], fmt: str |
     from edge_toolkit.runtime.sources import expand_paths
 
     sources = expand_paths(paths)
-    if not sources:
+    if not sources:  # exit 3 below; csv/json still get an empty document
         click.echo(f"error: no images found in {' '.join(paths)}", err=True)
-        ctx.exit(EXIT_NONE_SUCCEEDED)
     done = existing.done
     todo = [s for s in sources if s.key not in done]
     existing = existing.retrying({s.key for s in todo})
@@ -281,6 +296,8 @@ def classify(ctx: click.Context, model: Path, paths: tuple[str, ...], fmt: str |
         interrupted = True
     except BrokenPipeError:
         _pipe_closed(ctx)
+    except OSError as exc:  # only writing can raise here: the disk is full or went away
+        _write_failed(batch, output, exc)
     _finish(ctx, batch, writer, safe, skipped=skipped, output=output, quiet=quiet,
             started=started, interrupted=interrupted)
 
@@ -296,7 +313,7 @@ def classify(ctx: click.Context, model: Path, paths: tuple[str, ...], fmt: str |
               help="Where each capture is saved (PNG, timestamped) before it is classified.")
 @click.option("--warmup", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Seconds for the camera's exposure to settle after it starts.")
-@_output_options
+@_output_options("a rerun appends")
 @_model_options
 @click.option("--fake-camera", hidden=True, metavar="PATH",
               help="Replay images from PATH instead of a camera (tests, demos); also "
@@ -353,6 +370,8 @@ def capture(ctx: click.Context, model: Path, count: int, interval: float, save_d
         interrupted = True
     except BrokenPipeError:
         _pipe_closed(ctx)
+    except OSError as exc:
+        _write_failed(batch, output, exc)
     finally:
         camera.close()
     _finish(ctx, batch, writer, safe, skipped=0, output=output, quiet=quiet, started=started,

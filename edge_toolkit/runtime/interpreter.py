@@ -44,7 +44,11 @@ def interpreter_class() -> tuple[type, str]:
 
 def default_threads() -> int:
     """All cores up to 4: more rarely helps a small CNN and starves the rest of the box."""
-    return max(1, min(4, os.cpu_count() or 1))
+    try:
+        cores = len(os.sched_getaffinity(0))  # honours taskset and container CPU sets
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(4, cores))
 
 
 def create_interpreter(model: bytes, num_threads: int | None = None,

@@ -91,6 +91,8 @@ def read_existing(output: Path, fmt: str, model_id: str | None = None) -> Existi
     """Load an earlier output for resuming (see module docstring). Missing file: empty."""
     rows: list[dict[str, Any]] = []
     stale = 0
+    if output.exists() and not output.is_file():
+        raise OutputError(f"{output} is not a regular file")
     if output.exists():
         text = _read_text(output)
         if fmt == "csv":
