@@ -20,10 +20,10 @@ import click
 
 # Settings per family for the synthetic demo (fast) and for real data (the defaults).
 DEMO_MODELS: dict[str, dict[str, Any]] = {
-    "scratch_cnn": {"input_size": 64, "width": 8},
-    "mobilenetv2": {"input_size": 96, "alpha": 0.35},
+    "scratch_cnn": {"input_size": 96},
+    "mobilenetv2": {"input_size": 96, "alpha": 0.35},  # random init unless --weights
 }
-DEMO_TRAIN = {"epochs": 8, "fine_tune_epochs": 2, "patience": 4, "bootstrap": 200}
+DEMO_TRAIN = {"epochs": 15, "fine_tune_epochs": 3, "patience": 6, "bootstrap": 200}
 DEMO_EXPORT = {"qat_epochs": 1, "prune_epochs": 2, "calibration_images": 100, "bootstrap": 200}
 
 

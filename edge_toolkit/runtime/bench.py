@@ -32,7 +32,18 @@ from edge_toolkit.runtime.interpreter import create_interpreter, interpreter_cla
 
 
 def peak_rss_kb() -> int:
-    """This process's peak resident memory so far, in KiB (Linux reports KiB, macOS bytes)."""
+    """This process's peak resident memory so far, in KiB.
+
+    On Linux, VmHWM from /proc: `ru_maxrss` survives exec, so a child spawned by a large
+    parent (a training pipeline) would report the parent's size instead of its own.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak // 1024) if sys.platform == "darwin" else int(peak)
 

@@ -83,13 +83,20 @@ def _mobilenetv2(cfg: dict[str, Any]) -> Any:
     # input_tensor keeps the backbone's layers in the outer graph: one flat model for tfmot
     base = keras.applications.MobileNetV2(input_tensor=inputs, include_top=False, alpha=alpha,
                                           weights=weights or None)
+    if not weights:
+        # From random init every layer trains, and on small data the default 0.999 momentum
+        # leaves BatchNorm's inference statistics near their initial values.
+        for layer in base.layers:
+            if isinstance(layer, layers.BatchNormalization):
+                layer.momentum = 0.9
     outputs = _head(base.output, float(cfg["dropout"]))
     return keras.Model(inputs, outputs, name="mobilenetv2")
 
 
 def _conv_bn_relu(x: Any, filters: int, name: str) -> Any:
     x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    # momentum 0.9: small datasets give few steps, and 0.99 leaves inference statistics stale
+    x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
@@ -161,7 +168,9 @@ def preprocess_config(name: str, cfg: dict[str, Any], **overrides: Any) -> dict[
 def set_backbone_trainable(model: Any, name: str, cfg: dict[str, Any], trainable: bool) -> int:
     """Freeze the backbone, or unfreeze it from `fine_tune_at` on (BatchNorm stays frozen so
     small fine-tuning batches do not wreck its ImageNet statistics). Returns trainable count."""
-    if not get_family(name).has_backbone:
+    if not get_family(name).has_backbone or not cfg.get("weights"):
+        for layer in model.layers:  # nothing pretrained to protect: everything trains
+            layer.trainable = True
         return len(model.trainable_weights)
     start = cfg.get("fine_tune_at")
     names = [layer.name for layer in model.layers]

@@ -162,7 +162,7 @@ def train(cfg: TrainConfig, log: Log = print) -> Path:
         _set_trainable(model, cfg.family, model_cfg, trainable=False)
         history += _fit_phase(model, train_ds, val_ds, cfg.epochs, cfg.learning_rate, weights,
                               cfg, checkpoint, 1, log)
-        if family.has_backbone and cfg.fine_tune_epochs > 0:
+        if family.has_backbone and model_cfg.get("weights") and cfg.fine_tune_epochs > 0:
             n = _set_trainable(model, cfg.family, model_cfg, trainable=True)
             log(f"fine-tuning from {model_cfg.get('fine_tune_at')}: {n} trainable tensors")
             history += _fit_phase(model, train_ds, val_ds, cfg.fine_tune_epochs,
