@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -23,6 +24,20 @@ def _need_tf() -> None:
     except ImportError:
         raise click.ClickException(
             "this command needs TensorFlow: pip install 'edge-toolkit[train]'") from None
+
+
+def parse_augment(base: Any, items: tuple[str, ...]) -> Any:
+    """Apply KEY=VALUE overrides to an AugmentConfig (numbers, or a flip mode)."""
+    from dataclasses import fields, replace
+
+    known = {f.name: f.type for f in fields(base)}
+    changes: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in known:
+            raise ValueError(f"{item!r}: expected KEY=VALUE with KEY one of {sorted(known)}")
+        changes[key] = value if key == "flip" else float(value)
+    return replace(base, **changes)
 
 
 @click.command()
@@ -46,6 +61,12 @@ def _need_tf() -> None:
 @click.option("--target-sensitivity", default=0.95, show_default=True,
               help="Threshold is chosen on val to reach this sensitivity.")
 @click.option("--no-augment", is_flag=True, help="Switch augmentation off.")
+@click.option("--aug", "aug_overrides", multiple=True, metavar="KEY=VALUE",
+              help="Augmentation setting, e.g. --aug rotation=0.25 --aug "
+                   "flip=horizontal_and_vertical (keys: rotation, flip, zoom, shift, "
+                   "brightness, contrast).")
+@click.option("--dropout", type=float, help="Dropout before the classifier.")
+@click.option("--fine-tune-at", help="MobileNetV2: first backbone layer to unfreeze.")
 @click.option("--out", default="runs", show_default=True, help="Parent folder of run folders.")
 @click.option("--name", help="Run folder name (default: FAMILY-TIMESTAMP).")
 @click.option("--seed", default=0, show_default=True)
@@ -54,7 +75,8 @@ def _need_tf() -> None:
 def train(data: Path, family: str, size: int | None, alpha: float | None,
           weights: Path | None, channels: int | None, fit: str | None, epochs: int,
           fine_tune_epochs: int, batch_size: int, learning_rate: float, fine_tune_lr: float,
-          patience: int, target_sensitivity: float, no_augment: bool, out: str,
+          patience: int, target_sensitivity: float, no_augment: bool,
+          aug_overrides: tuple[str, ...], dropout: float | None, fine_tune_at: str | None, out: str,
           name: str | None, seed: int, mixed_precision: bool | None) -> None:
     """Train a model family on a dataset folder and write a run folder with the model, its
     card, history, metrics and plots. Uses a GPU when TensorFlow sees one."""
@@ -64,10 +86,14 @@ def train(data: Path, family: str, size: int | None, alpha: float | None,
     from edge_toolkit.train.trainer import TrainConfig
     from edge_toolkit.train.trainer import train as run_training
 
-    model = {"input_size": size, "alpha": alpha, "channels": channels,
-             "weights": str(weights) if weights else None}
+    model = {"input_size": size, "alpha": alpha, "channels": channels, "dropout": dropout,
+             "weights": str(weights) if weights else None, "fine_tune_at": fine_tune_at}
     model = {k: v for k, v in model.items() if v is not None}
     aug = AugmentConfig(0, "none", 0, 0, 0, 0) if no_augment else AugmentConfig()
+    try:
+        aug = parse_augment(aug, aug_overrides)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--aug") from None
     cfg = TrainConfig(data=str(data), family=family, out=out, name=name, model=model,
                       preprocessing={"fit": fit}, augment=aug, epochs=epochs,
                       fine_tune_epochs=fine_tune_epochs, batch_size=batch_size,

@@ -1,0 +1,91 @@
+"""The one-command pipeline and the benchmark table, on tiny generated data."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+pytest.importorskip("tensorflow")
+
+from click.testing import CliRunner  # noqa: E402
+
+from edge_toolkit.benchmark import below_floor, benchmark, markdown  # noqa: E402
+from edge_toolkit.pipeline import run_pipeline  # noqa: E402
+from edge_toolkit.synthetic import write_synthetic  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipe")
+    data = write_synthetic(root / "data", {"train": 12, "val": 8, "test": 6}, size=24)
+    logs: list[str] = []
+    folder, ok = run_pipeline(data, root / "out", ["scratch_cnn", "seed_cnn"],
+                              "float32,int8-ptq", None, [1], epochs=1, fine_tune_epochs=0,
+                              size=16, min_auc=None, log=logs.append)
+    return folder, ok, logs
+
+
+def test_pipeline_writes_models_and_one_table(pipeline_run):
+    folder, ok, logs = pipeline_run
+    assert ok, "\n".join(logs[-20:])
+    for fam in ("scratch_cnn", "seed_cnn"):
+        assert (folder / fam / "model.keras").exists()
+        for v in ("float32", "int8-ptq"):
+            assert (folder / fam / "export" / f"{fam}-{v}.tflite").exists()
+    result = json.loads((folder / "benchmark.json").read_text())
+    rows = {(r["family"], r["variant"]) for r in result["rows"]}
+    assert rows == {(f, v) for f in ("scratch_cnn", "seed_cnn") for v in ("float32", "int8-ptq")}
+    for r in result["rows"]:
+        assert r["status"] in ("validated", "failed-validation")
+        assert set(r["accuracy"]) == {"val", "test"}
+        assert r["latency"]["1"]["p50_ms"] > 0 and r["peak_rss_mb"] > 0
+    int8 = next(r for r in result["rows"] if r["variant"] == "int8-ptq")
+    f32 = next(r for r in result["rows"] if r["variant"] == "float32")
+    assert int8["size_bytes"] < 0.4 * f32["size_bytes"]
+    assert (folder / "benchmark.png").stat().st_size > 0
+    with open(folder / "benchmark.csv") as f:
+        assert len(list(csv.DictReader(f))) == 4
+    md = (folder / "benchmark.md").read_text()
+    assert "| scratch_cnn | int8-ptq |" in md and "baseline" in md
+    stages = json.loads((folder / "pipeline.json").read_text())["stages"]
+    assert [s["stage"] for s in stages] == ["train scratch_cnn", "export scratch_cnn",
+                                             "train seed_cnn", "export seed_cnn", "benchmark"]
+
+
+def test_a_failed_stage_is_reported_and_the_rest_still_runs(tmp_path):
+    data = write_synthetic(tmp_path / "data", {"train": 8, "val": 6, "test": 4}, size=16)
+    logs: list[str] = []
+    folder, ok = run_pipeline(data, tmp_path / "out", ["no_such_family", "scratch_cnn"],
+                              "float32", None, [1], epochs=1, fine_tune_epochs=0, size=16,
+                              min_auc=None, log=logs.append)
+    assert not ok
+    stages = json.loads((folder / "pipeline.json").read_text())["stages"]
+    assert stages[0]["stage"] == "train no_such_family" and not stages[0]["ok"]
+    assert "unknown model family" in stages[0]["reason"]
+    assert all(s["ok"] for s in stages[1:]) and (folder / "benchmark.md").exists()
+
+
+def test_benchmark_cli_and_min_auc_floor(pipeline_run, tmp_path):
+    folder, _, _ = pipeline_run
+    runner = CliRunner()
+    res = runner.invoke(benchmark, [str(folder / "scratch_cnn"), "--threads", "1", "--runs",
+                                    "3", "--warmup", "1", "--bootstrap", "20",
+                                    "--out", str(tmp_path), "--min-auc", "1.01"])
+    assert res.exit_code == 1, res.output
+    assert "below --min-auc" in res.output and "| scratch_cnn | float32 |" in res.output
+    result = json.loads((tmp_path / "benchmark.json").read_text())
+    assert below_floor(result, 0.0) == []
+    assert len(below_floor(result, 1.01)) == 2
+
+
+def test_markdown_keeps_failed_rows():
+    result = {"threads": [1], "runs": 3, "warmup": 1, "created": "now", "seconds": 1,
+              "host": {"machine": "x", "cpu_count": 2, "python": "3"}, "baseline": None,
+              "rows": [{"family": "f", "variant": "int8-qat", "status": "export-failed",
+                        "reason": "boom", "size_bytes": None, "gzip_bytes": None,
+                        "sparsity": None, "accuracy": {}, "latency": {},
+                        "peak_rss_mb": None}]}
+    md = markdown(result)
+    assert "| f | int8-qat | export-failed ⚠ |" in md and "- f int8-qat: boom" in md
