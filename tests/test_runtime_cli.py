@@ -105,6 +105,24 @@ def test_unreadable_file_is_reported(models, data):
     assert res.exit_code == 1 and f"error: {locked}: permission denied" in res.stderr
 
 
+def test_model_as_first_argument_or_bundled(models, data, monkeypatch, tmp_path):
+    from edge_toolkit.runtime import bundled
+
+    img = data["good"][0]
+    first = run(models["float"], img, "--format", "jsonl", "-q")
+    assert first.exit_code == 0
+    monkeypatch.setattr(bundled, "MODELS_DIR", tmp_path / "none")
+    res = run(img)
+    assert res.exit_code == 2 and "none is bundled" in res.stderr
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    (shipped / "m.tflite").write_bytes(models["float"].read_bytes())
+    monkeypatch.setattr(bundled, "MODELS_DIR", shipped)
+    res = run(img, "--format", "jsonl", "-q")
+    assert res.exit_code == 0
+    assert jsonl(res.stdout)[0]["probability"] == jsonl(first.stdout)[0]["probability"]
+
+
 def test_model_errors_exit_2(models, data, tmp_path):
     img = data["good"][0]
     truncated = tmp_path / "cut.tflite"
@@ -113,7 +131,7 @@ def test_model_errors_exit_2(models, data, tmp_path):
                            (img, "not a TFLite model"),
                            (tmp_path / "nope.tflite", "cannot read model"),
                            (models["bare"], "no edge_toolkit model card")]:
-        res = run(model, img)
+        res = run("--model", model, img)  # --model: an image as the model is still a model
         assert res.exit_code == 2, (model, res.output)
         assert message in res.stderr and "Traceback" not in res.output
         assert len(res.stderr.strip().splitlines()) == 1

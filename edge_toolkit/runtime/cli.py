@@ -107,6 +107,18 @@ def _cardless_options(f: Any) -> Any:
     return f
 
 
+def _model_and_paths(args: tuple[str, ...], model_opt: str | None) -> tuple[Path, list[str]]:
+    from edge_toolkit.runtime.bundled import NoBundledModelError, split_model_and_paths
+
+    try:
+        model, paths = split_model_and_paths(args, model_opt)
+    except NoBundledModelError as exc:
+        raise RuntimeFailure(str(exc)) from None
+    if not paths:
+        raise click.UsageError("no image paths given")
+    return model, paths
+
+
 def load_classifier(model: Path, threads: int, threshold: str | None,
                     cardless: dict[str, Any] | None = None) -> Classifier:
     """Load for a command: every failure becomes one line and exit code 2."""
@@ -245,8 +257,10 @@ def _finish(ctx: click.Context, batch: Batch, writer: Writer, safe: BarSafeStrea
 
 
 @click.command(epilog=EXIT_CODES_HELP)
-@click.argument("model", type=click.Path(path_type=Path))
-@click.argument("paths", nargs=-1, required=True)
+@click.argument("args", nargs=-1, required=True, metavar="[MODEL.tflite] PATH...")
+@click.option("-m", "--model", "model_opt", metavar="MODEL",
+              help="The .tflite model (or give it as the first argument); default: the "
+                   "model bundled with the package.")
 @_output_options("a rerun skips files already in it and retries failed ones")
 @_model_options
 @_cardless_options
@@ -255,20 +269,22 @@ def _finish(ctx: click.Context, batch: Batch, writer: Writer, safe: BarSafeStrea
 @click.option("-q", "--quiet", is_flag=True, help="No summary line on stderr.")
 @click.option("-v", "--verbose", is_flag=True, help="Say which model and settings are used.")
 @click.pass_context
-def classify(ctx: click.Context, model: Path, paths: tuple[str, ...], fmt: str | None,
+def classify(ctx: click.Context, args: tuple[str, ...], model_opt: str | None, fmt: str | None,
              output: Path | None, overwrite: bool, threads: int, threshold: str | None,
              value_range: str | None, size: int | None, channels: str | None,
              fit: str | None, resize: str | None, progress: bool | None, quiet: bool,
              verbose: bool) -> None:
     """Classify image files, folders (recursively) or globs with MODEL (.tflite).
 
-    Each image is preprocessed exactly as the model was trained, from the card inside MODEL.
+    With no MODEL, the model bundled with the package is used. Each image is preprocessed
+    exactly as the model was trained, from the card inside MODEL.
     Results: a table on the terminal, or --format csv|json|jsonl on stdout, or --output FILE
     (written as they come, durably; a rerun resumes, skipping files already done and retrying
     failed ones). Bad files get one `error: PATH: reason` line on stderr; the batch goes on.
     Decision support for research and education, not a diagnosis.
     """
     started = time.perf_counter()
+    model, paths = _model_and_paths(args, model_opt)
     clf = load_classifier(model, threads, threshold, {
         "value_range": value_range, "size": size, "channels": channels, "fit": fit,
         "resize": resize})
@@ -303,7 +319,7 @@ def classify(ctx: click.Context, model: Path, paths: tuple[str, ...], fmt: str |
 
 
 @click.command(epilog=EXIT_CODES_HELP)
-@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("model", required=False, type=click.Path(path_type=Path))
 @click.option("-n", "--count", type=click.IntRange(min=0), default=1, show_default=True,
               help="Pictures to take; 0 = until Ctrl-C.")
 @click.option("-i", "--interval", type=click.FloatRange(min=0), default=5.0,
@@ -320,11 +336,12 @@ def classify(ctx: click.Context, model: Path, paths: tuple[str, ...], fmt: str |
                    "EDGE_TOOLKIT_FAKE_CAMERA.")
 @click.option("-q", "--quiet", is_flag=True, help="No summary line on stderr.")
 @click.pass_context
-def capture(ctx: click.Context, model: Path, count: int, interval: float, save_dir: Path,
+def capture(ctx: click.Context, model: Path | None, count: int, interval: float, save_dir: Path,
             warmup: float, fmt: str | None, output: Path | None, overwrite: bool,
             threads: int, threshold: str | None, fake_camera: str | None,
             quiet: bool) -> None:
-    """Take pictures with the Raspberry Pi camera, save each, then classify it with MODEL.
+    """Take pictures with the Raspberry Pi camera, save each, then classify it with MODEL
+    (default: the model bundled with the package).
 
     Each capture is saved losslessly as SAVE_DIR/capture-YYYYmmdd-HHMMSS-ffffff.png before
     it is classified, so no picture is lost; results are printed or written like `classify`
@@ -336,6 +353,13 @@ def capture(ctx: click.Context, model: Path, count: int, interval: float, save_d
     from edge_toolkit.runtime.sources import Source, resolve_key
 
     started = time.perf_counter()
+    if model is None:
+        from edge_toolkit.runtime.bundled import NoBundledModelError, bundled_model
+
+        try:
+            model = bundled_model()
+        except NoBundledModelError as exc:
+            raise RuntimeFailure(str(exc)) from None
     clf = load_classifier(model, threads, threshold)
     fmt, existing = _open_output(fmt, output, overwrite, None)
     bar = Progress(count, enabled=False)
