@@ -51,13 +51,15 @@ def parse_augment(base: Any, items: tuple[str, ...]) -> Any:
               help="MobileNetV2 ImageNet weights file (.h5, no top); none = random init.")
 @click.option("--channels", type=click.IntRange(1, 3), help="scratch_cnn: 1 (gray) or 3.")
 @click.option("--fit", type=click.Choice(["pad", "stretch"]), help="Letterbox or stretch.")
-@click.option("--epochs", default=12, show_default=True, help="Epochs (head phase).")
-@click.option("--fine-tune-epochs", default=10, show_default=True,
-              help="Epochs fine-tuning the backbone top (transfer families).")
+@click.option("--epochs", type=int, help="Epochs (head phase) [default: the family's].")
+@click.option("--fine-tune-epochs", type=int,
+              help="Epochs fine-tuning the backbone top (pretrained backbones) "
+                   "[default: the family's].")
 @click.option("--batch-size", default=32, show_default=True)
-@click.option("--lr", "learning_rate", default=1e-3, show_default=True)
-@click.option("--fine-tune-lr", default=1e-4, show_default=True)
-@click.option("--patience", default=4, show_default=True, help="Early-stopping patience.")
+@click.option("--lr", "learning_rate", type=float,
+              help="Learning rate [default: the family's].")
+@click.option("--fine-tune-lr", type=float, help="Fine-tuning learning rate.")
+@click.option("--patience", type=int, help="Early-stopping patience (epochs).")
 @click.option("--target-sensitivity", default=0.95, show_default=True,
               help="Threshold is chosen on val to reach this sensitivity.")
 @click.option("--no-augment", is_flag=True, help="Switch augmentation off.")
@@ -73,11 +75,12 @@ def parse_augment(base: Any, items: tuple[str, ...]) -> Any:
 @click.option("--mixed-precision/--no-mixed-precision", default=None,
               help="Default: on with a GPU, off on CPU.")
 def train(data: Path, family: str, size: int | None, alpha: float | None,
-          weights: Path | None, channels: int | None, fit: str | None, epochs: int,
-          fine_tune_epochs: int, batch_size: int, learning_rate: float, fine_tune_lr: float,
-          patience: int, target_sensitivity: float, no_augment: bool,
-          aug_overrides: tuple[str, ...], dropout: float | None, fine_tune_at: str | None, out: str,
-          name: str | None, seed: int, mixed_precision: bool | None) -> None:
+          weights: Path | None, channels: int | None, fit: str | None, epochs: int | None,
+          fine_tune_epochs: int | None, batch_size: int, learning_rate: float | None,
+          fine_tune_lr: float | None, patience: int | None, target_sensitivity: float,
+          no_augment: bool, aug_overrides: tuple[str, ...], dropout: float | None,
+          fine_tune_at: str | None, out: str, name: str | None, seed: int,
+          mixed_precision: bool | None) -> None:
     """Train a model family on a dataset folder and write a run folder with the model, its
     card, history, metrics and plots. Uses a GPU when TensorFlow sees one."""
     _need_tf()

@@ -29,6 +29,7 @@ class ModelFamily:
     description: str
     has_backbone: bool = False
     preprocessing: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)  # TrainConfig defaults that suit it
 
     def config(self, **overrides: Any) -> dict[str, Any]:
         unknown = set(overrides) - set(self.defaults)
@@ -132,11 +133,13 @@ def _seed_cnn(cfg: dict[str, Any]) -> Any:
 register(ModelFamily(
     name="mobilenetv2",
     build=_mobilenetv2,
-    defaults={"input_size": 160, "alpha": 1.0, "weights": None, "dropout": 0.2,
+    defaults={"input_size": 160, "alpha": 1.0, "weights": None, "dropout": 0.3,
               "fine_tune_at": "block_13_expand"},
     description="MobileNetV2 transfer learning (ImageNet weights from a file), RGB input",
     has_backbone=True,
     preprocessing={"channels": 3, "value_range": "-1,1"},
+    training={"epochs": 12, "fine_tune_epochs": 8, "learning_rate": 3e-4,
+              "fine_tune_lr": 2e-5, "patience": 4},
 ))
 register(ModelFamily(
     name="scratch_cnn",
@@ -144,6 +147,7 @@ register(ModelFamily(
     defaults={"input_size": 128, "channels": 1, "width": 16, "stages": 4, "dropout": 0.3},
     description="compact grayscale CNN with global pooling (~245k parameters)",
     preprocessing={"value_range": "0,1"},
+    training={"epochs": 40, "learning_rate": 1e-3, "patience": 8},
 ))
 register(ModelFamily(
     name="seed_cnn",
@@ -151,6 +155,7 @@ register(ModelFamily(
     defaults={"input_size": 128, "channels": 1, "dropout": 0.5},
     description="the seed flatten-dense CNN (7.4 M parameters at 128 px), for comparison",
     preprocessing={"value_range": "0,1"},
+    training={"epochs": 30, "learning_rate": 1e-3, "patience": 6},
 ))
 
 

@@ -37,6 +37,8 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     tf.random.set_seed(seed)
+    # same seed, same data -> same model (tf.data's parallel random augmentation included)
+    tf.config.experimental.enable_op_determinism()
 
 
 def gpus() -> list[Any]:

@@ -41,18 +41,33 @@ class TrainConfig:
     model: dict[str, Any] = field(default_factory=dict)  # family overrides (alpha, weights…)
     preprocessing: dict[str, Any] = field(default_factory=dict)  # fit, resize… overrides
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    epochs: int = 12
-    fine_tune_epochs: int = 10
+    # None: the family's own default (ModelFamily.training), else the value in FALLBACK
+    epochs: int | None = None
+    fine_tune_epochs: int | None = None
     batch_size: int = 32
-    learning_rate: float = 1e-3
-    fine_tune_lr: float = 1e-4
-    patience: int = 4
+    learning_rate: float | None = None
+    fine_tune_lr: float | None = None
+    patience: int | None = None
     target_sensitivity: float = 0.95
     val_fraction: float = 0.15
     seed: int = 0
     mixed_precision: bool | None = None
     bootstrap: int = 1000
     workers: int = 4
+
+
+FALLBACK = {"epochs": 12, "fine_tune_epochs": 8, "learning_rate": 1e-3, "fine_tune_lr": 2e-5,
+            "patience": 4}
+
+
+def resolve_defaults(cfg: TrainConfig) -> TrainConfig:
+    """Fill unset schedule fields from the family's defaults, then the fallbacks."""
+    from dataclasses import replace
+
+    family = get_family(cfg.family)
+    fill = {k: family.training.get(k, v) for k, v in FALLBACK.items()
+            if getattr(cfg, k) is None}
+    return replace(cfg, **fill)
 
 
 def class_weights(y: np.ndarray) -> dict[int, float]:
@@ -127,6 +142,7 @@ def train(cfg: TrainConfig, log: Log = print) -> Path:
     """Train, calibrate on val, report every split, write the run folder; return its path."""
     t0 = time.perf_counter()
     set_seed(cfg.seed)
+    cfg = resolve_defaults(cfg)
     family = get_family(cfg.family)
     ds = discover(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed)
     for line in leak_warnings(ds):
