@@ -59,7 +59,7 @@ class Stages:
 def run_pipeline(data: Path | None, out: Path, families: list[str], variants: str,
                  weights: Path | None, threads: list[int], epochs: int | None,
                  fine_tune_epochs: int | None, size: int | None, min_auc: float | None,
-                 log: Any = print) -> tuple[Path, bool]:
+                 log: Any = print, resume: bool = False) -> tuple[Path, bool]:
     """Every stage, in order; returns (pipeline folder, whether every stage succeeded)."""
     from edge_toolkit.benchmark import below_floor, markdown, run_benchmark, write_outputs
     from edge_toolkit.quantize.exporter import ExportConfig, export_run
@@ -88,7 +88,12 @@ def run_pipeline(data: Path | None, out: Path, families: list[str], variants: st
             train_kw["fine_tune_epochs"] = fine_tune_epochs
         cfg = TrainConfig(data=str(data), family=family, out=str(out), name=family,
                           model=model, **train_kw)
-        run = stages.run(f"train {family}", train, cfg, log=lambda m: log(f"   {m}"))
+        done = out / family
+        if resume and (done / "model.keras").exists() and (done / "card.json").exists():
+            log(f"== train {family}: reusing {done} (--resume)")
+            run = done
+        else:
+            run = stages.run(f"train {family}", train, cfg, log=lambda m: log(f"   {m}"))
         if run is None:
             continue
         exp = ExportConfig(variants=variants, **(DEMO_EXPORT if demo else {}))
@@ -136,9 +141,11 @@ def run_pipeline(data: Path | None, out: Path, families: list[str], variants: st
 @click.option("--min-auc", type=float, help="Fail if a validated variant's val AUC is lower.")
 @click.option("--out", default="runs", show_default=True, help="Parent folder.")
 @click.option("--name", help="Pipeline folder name (default: pipeline-TIMESTAMP).")
+@click.option("--resume", is_flag=True,
+              help="Reuse models already trained in the pipeline folder (after a crash).")
 def pipeline(data: Path | None, families: str, variants: str, weights: Path | None,
              size: int | None, epochs: int | None, fine_tune_epochs: int | None, threads: str,
-             min_auc: float | None, out: str, name: str | None) -> None:
+             min_auc: float | None, out: str, name: str | None, resume: bool) -> None:
     """Train -> export every variant -> validate -> benchmark table, in one run folder.
 
     Exit status: 0 when every stage succeeded, 1 when any failed (the others still ran and
@@ -157,7 +164,7 @@ def pipeline(data: Path | None, families: str, variants: str, weights: Path | No
     fams = [f.strip() for f in families.split(",") if f.strip()]
     _, ok = run_pipeline(data, folder, fams, variants, weights,
                          [int(t) for t in threads.split(",")], epochs, fine_tune_epochs, size,
-                         min_auc, log)
+                         min_auc, log, resume=resume)
     log(f"pipeline folder: {folder}")
     if not ok:
         sys.exit(1)

@@ -89,3 +89,16 @@ def test_markdown_keeps_failed_rows():
                         "peak_rss_mb": None}]}
     md = markdown(result)
     assert "| f | int8-qat | export-failed ⚠ |" in md and "- f int8-qat: boom" in md
+
+
+def test_resume_reuses_trained_models(pipeline_run):
+    folder, _, _ = pipeline_run
+    before = (folder / "scratch_cnn" / "model.keras").stat().st_mtime_ns
+    logs: list[str] = []
+    _, ok = run_pipeline(folder.parent / "data", folder, ["scratch_cnn"], "float32", None, [1],
+                         epochs=1, fine_tune_epochs=0, size=16, min_auc=None,
+                         log=logs.append, resume=True)
+    assert ok and any("reusing" in m for m in logs)
+    assert (folder / "scratch_cnn" / "model.keras").stat().st_mtime_ns == before
+    stages = json.loads((folder / "pipeline.json").read_text())["stages"]
+    assert [s["stage"] for s in stages] == ["export scratch_cnn", "benchmark"]
