@@ -27,11 +27,15 @@ def _log(msg: str) -> None:
 @click.option("--qat-epochs", default=3, show_default=True, type=click.IntRange(1),
               help="Fine-tuning epochs for int8-qat and int8-pqat.")
 @click.option("--qat-lr", default=1e-5, show_default=True, help="QAT learning rate.")
-@click.option("--prune-epochs", default=6, show_default=True, type=click.IntRange(1),
+@click.option("--prune-epochs", default=4, show_default=True, type=click.IntRange(1),
               help="Pruning fine-tuning epochs (target reached after two thirds).")
-@click.option("--prune-lr", default=1e-4, show_default=True, help="Pruning learning rate.")
+@click.option("--prune-lr", type=float,
+              help="Pruning learning rate (default: 0.3 x the run's last learning rate).")
 @click.option("--prune-depthwise", is_flag=True,
               help="Also prune DepthwiseConv2D kernels (off: they are few and sensitive).")
+@click.option("--freeze-bn/--train-bn", default=None,
+              help="BatchNorm frozen or trained while fine-tuning (default: as the run was "
+              "trained: frozen for MobileNetV2, trained for the scratch CNNs).")
 @click.option("--calibration-images", default=300, show_default=True,
               type=click.IntRange(1), help="Train images in the int8 representative set.")
 @click.option("--tolerance", default=0.02, show_default=True,
@@ -50,10 +54,10 @@ def _log(msg: str) -> None:
 @click.option("--strict", is_flag=True,
               help="Exit with status 1 unless every variant validated.")
 def export(run_dir: Path, variants: str, out: Path | None, sparsity: float, qat_epochs: int,
-           qat_lr: float, prune_epochs: int, prune_lr: float, prune_depthwise: bool,
-           calibration_images: int, tolerance: float, input_type: str, output_type: str,
-           data: Path | None, batch_size: int | None, seed: int | None, bootstrap: int,
-           strict: bool) -> None:
+           qat_lr: float, prune_epochs: int, prune_lr: float | None, prune_depthwise: bool,
+           freeze_bn: bool | None, calibration_images: int, tolerance: float,
+           input_type: str, output_type: str, data: Path | None, batch_size: int | None,
+           seed: int | None, bootstrap: int, strict: bool) -> None:
     """Export RUN_DIR (a folder from `edge-toolkit train`) to .tflite variants, each with its
     model card embedded, validated on the val split with the TF-free interpreter.
 
@@ -75,7 +79,8 @@ def export(run_dir: Path, variants: str, out: Path | None, sparsity: float, qat_
     cfg = ExportConfig(
         variants=variants, out=str(out) if out else None, sparsity=sparsity,
         qat_epochs=qat_epochs, qat_lr=qat_lr, prune_epochs=prune_epochs, prune_lr=prune_lr,
-        prune_depthwise=prune_depthwise, calibration_images=calibration_images,
+        prune_depthwise=prune_depthwise, freeze_bn=freeze_bn,
+        calibration_images=calibration_images,
         tolerance=tolerance, input_type=input_type, output_type=output_type,
         data=str(data) if data else None, batch_size=batch_size, seed=seed,
         bootstrap=bootstrap)

@@ -52,6 +52,7 @@ from edge_toolkit.quantize.variants import (
 )
 
 FAILED_DIR = "failed"
+PRUNE_LR_FACTOR = 0.3
 CARD_FORMAT = ("ZIP archive appended after the TFLite flatbuffer, one member "
                "edge_toolkit_card.json (edge_toolkit.card.embed_card / read_card)")
 THRESHOLD_NOTE = ("threshold(s) and temperature kept from the parent run (chosen on val at "
@@ -71,9 +72,11 @@ class ExportConfig:
     sparsity: float = 0.5
     qat_epochs: int = 3
     qat_lr: float = 1e-5
-    prune_epochs: int = 6
-    prune_lr: float = 1e-4
+    prune_epochs: int = 4
+    prune_lr: float | None = None  # default: PRUNE_LR_FACTOR x the run's last learning rate
     prune_depthwise: bool = False
+    freeze_bn: bool | None = None  # BatchNorm frozen while fine-tuning; None: as in training
+    qat_depthwise_per_channel: bool = True  # see quantize/qat.py; False = stock tfmot
     calibration_images: int = DEFAULT_IMAGES
     tolerance: float = 0.02
     input_type: str = "uint8"
@@ -179,12 +182,33 @@ class ExportContext:
             "seed", self.training.get("seed", 0))
         self.seed = int(seed)
         self.batch_size = int(cfg.batch_size or self.training.get("batch_size") or 32)
+        self.prune_lr, self.freeze_bn = self._fine_tune_defaults()
         self.cache: dict[str, Any] = {}
         self._model: Any = None
         self._dataset: Any = None
         self._splits: dict[str, LoadedSplit] = {}
         self._rep: np.ndarray | None = None
         self._parent_probs: np.ndarray | None = None
+
+    def _fine_tune_defaults(self) -> tuple[float, bool]:
+        """Pruning LR and BatchNorm handling, as the run was trained: transfer families
+        (MobileNetV2) were fine-tuned with BN frozen at `fine_tune_lr`; the others trained BN
+        at `learning_rate`. Pruning defaults to PRUNE_LR_FACTOR x that last rate (1e-4 overfit
+        MobileNetV2 in 4 epochs; 3e-5 left a pruned scratch CNN unrecovered)."""
+        from edge_toolkit.train.models import get_family
+
+        try:
+            transfer = get_family(self.card.family).has_backbone
+        except ValueError:
+            transfer = True
+        t = self.training
+        if transfer and int(t.get("fine_tune_epochs", 1) or 0) > 0:
+            last_lr = float(t.get("fine_tune_lr") or 1e-4)
+        else:
+            last_lr = float(t.get("learning_rate") or 1e-3)
+        prune_lr = PRUNE_LR_FACTOR * last_lr if self.cfg.prune_lr is None else self.cfg.prune_lr
+        freeze = self.cfg.freeze_bn if self.cfg.freeze_bn is not None else transfer
+        return float(prune_lr), bool(freeze)
 
     @property
     def augment(self) -> Any:
@@ -284,18 +308,43 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")[:300]
 
 
+def operating_points(ctx: ExportContext, p: np.ndarray, check: dict[str, Any]
+                     ) -> dict[str, Any]:
+    """Temperature and thresholds for this file, chosen on val like the trainer does, and the
+    check's sensitivity, specificity and agreement restated at them (as the file will run)."""
+    from edge_toolkit.metrics import at_threshold
+    from edge_toolkit.train.calibrate import choose_operating_points
+
+    y = ctx.val.y
+    ops = choose_operating_points(y, p, ctx.card.target_sensitivity)
+    q = apply_temperature(p, ops["temperature"])
+    q_parent = apply_temperature(ctx.parent_probs, ctx.card.temperature)
+    op = at_threshold(y, q, ops["threshold"])
+    check["at_parent_threshold"] = {k: check[k] for k in ("threshold", "temperature",
+                                                          "sensitivity", "specificity",
+                                                          "agreement")}
+    check.update(threshold=ops["threshold"], temperature=ops["temperature"],
+                 sensitivity=op["sensitivity"], specificity=op["specificity"],
+                 accuracy=op["accuracy"], confusion=op["confusion"],
+                 agreement=float(np.mean((q >= ops["threshold"])
+                                         == (q_parent >= ctx.card.threshold))))
+    return ops
+
+
 def variant_card(ctx: ExportContext, variant: Variant, p: np.ndarray, check: dict[str, Any],
                  file_sparsity: float, settings: dict[str, Any], info: dict[str, Any],
-                 io: dict[str, Any], versions: dict[str, str]) -> ModelCard:
+                 io: dict[str, Any], versions: dict[str, str], ops: dict[str, Any]
+                 ) -> ModelCard:
     """The parent's card, re-stamped for this file: variant, parent, measured sparsity,
-    export settings, validation and val metrics measured on this file."""
+    export settings, its own operating points, validation and val metrics on this file."""
     from edge_toolkit.train.calibrate import report_splits
 
     parent = ctx.card
     card = ModelCard.from_dict(json.loads(parent.to_json()))
-    thresholds = parent.thresholds or {"stored": parent.threshold}
+    card.temperature, card.threshold = ops["temperature"], ops["threshold"]
+    card.thresholds = ops["thresholds"]
     val = ctx.val
-    metrics = report_splits({"val": (val.y, p)}, parent.temperature, thresholds,
+    metrics = report_splits({"val": (val.y, p)}, card.temperature, card.thresholds,
                             ctx.cfg.bootstrap)
     parent_val = (parent.metrics.get("val") or {}).get("auc")
     card.variant = variant.name
@@ -313,7 +362,9 @@ def variant_card(ctx: ExportContext, variant: Variant, p: np.ndarray, check: dic
         "thresholds": THRESHOLD_NOTE,
         "parent": {"run": ctx.run.name, "path": str(ctx.run.resolve()),
                    "variant": parent.variant, "data_fingerprint": parent.data_fingerprint,
-                   "created": parent.created, "card_val_auc": parent_val},
+                   "created": parent.created, "card_val_auc": parent_val,
+                   "threshold": parent.threshold, "thresholds": parent.thresholds,
+                   "temperature": parent.temperature},
         "training": parent.export.get("training"),
         "card_format": CARD_FORMAT,
     }
@@ -351,7 +402,9 @@ def export_variant(ctx: ExportContext, variant: Variant, out: Path,
         check = compare_to_parent(ctx.val.y, p, ctx.parent_probs, ctx.card, cfg.tolerance)
         file_sparsity = sparsity(bare, weight_tensors(bare))
         io = {"input": inp.to_dict(), "output": outp.to_dict()}
-        card = variant_card(ctx, variant, p, check, file_sparsity, settings, info, io, versions)
+        ops = operating_points(ctx, p, check)
+        card = variant_card(ctx, variant, p, check, file_sparsity, settings, info, io, versions,
+                            ops)
         data = embed_card(bare, card)
         path = _file_for(out, family, variant, check["status"])
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -400,7 +453,8 @@ def export_run(run_dir: str | Path, cfg: ExportConfig | None = None, log: Any = 
     parent_auc = roc_auc(val.y, apply_temperature(p_parent, ctx.card.temperature))
     log(f"parent {ctx.run.name} ({ctx.card.family}): Keras float val AUC {parent_auc:.4f} on "
         f"{len(val.y)} images; threshold {ctx.card.threshold:.4f}, temperature "
-        f"{ctx.card.temperature:.3f}")
+        f"{ctx.card.temperature:.3f}; fine-tuning batch {ctx.batch_size}, pruning LR "
+        f"{ctx.prune_lr:g}, BatchNorm {'frozen' if ctx.freeze_bn else 'trained'}")
     versions = _versions()
     report = ExportReport(
         run=str(ctx.run), out=str(out), family=ctx.card.family,
@@ -410,7 +464,8 @@ def export_run(run_dir: str | Path, cfg: ExportConfig | None = None, log: Any = 
                 "keras_bytes": (ctx.run / "model.keras").stat().st_size,
                 "params": int(ctx.model.count_params())},
         config=asdict(cfg) | {"variants": [v.name for v in variants],
-                              "batch_size": ctx.batch_size, "seed": ctx.seed},
+                              "batch_size": ctx.batch_size, "seed": ctx.seed,
+                              "prune_lr": ctx.prune_lr, "freeze_bn": ctx.freeze_bn},
         versions=versions)
     for variant in variants:
         report.results.append(export_variant(ctx, variant, out, versions))
@@ -442,12 +497,14 @@ def report_markdown(report: ExportReport) -> str:
         "",
         f"Parent: Keras float model, val AUC {_fmt(p['val_auc'], '.4f')} on {p['val_n']} "
         f"images; threshold {_fmt(p['threshold'], '.4f')}, temperature "
-        f"{_fmt(p['temperature'], '.3f')} (kept for every variant); data "
+        f"{_fmt(p['temperature'], '.3f')} (each variant's own are re-chosen on val); data "
         f"{p['data_fingerprint']}.",
         f"Settings: tolerance {c['tolerance']}, input type {c['input_type']}, output type "
         f"{c['output_type']}, calibration images {c['calibration_images']}, sparsity "
         f"{c['sparsity']}, QAT {c['qat_epochs']} epochs at {c['qat_lr']:g}, pruning "
-        f"{c['prune_epochs']} epochs at {c['prune_lr']:g}; {report.seconds:.0f} s in all.",
+        f"{c['prune_epochs']} epochs at {c['prune_lr']:g}, BatchNorm "
+        f"{'frozen' if c['freeze_bn'] else 'trained'} while fine-tuning; "
+        f"{report.seconds:.0f} s in all.",
         "",
         "| variant | status | size KiB | x float32 | gzip KiB | sparsity | val AUC | dAUC | "
         "sens | spec | agreement | mean abs dp | input | s |",
@@ -469,8 +526,10 @@ def report_markdown(report: ExportReport) -> str:
         lines += [f"- {r.variant} ({r.status}): {r.reason}" for r in problems]
     lines += [
         "",
-        "dAUC: val AUC minus the Keras float parent's. sens/spec: at the parent's stored "
-        "threshold. agreement: fraction of val images with the parent's decision. Sparsity: "
+        "dAUC: val AUC minus the Keras float parent's. sens/spec: at the file's own stored "
+        "threshold (chosen on val for the target sensitivity). agreement: fraction of val "
+        "images where the file and the parent, each at its own threshold, decide the same. "
+        "Sparsity: "
         "exact zeros in the file's conv/dense weights. gzip: `gzip -9` of the whole file. "
         f"Files that failed validation are in `{FAILED_DIR}/`, not beside the shipped ones. "
         "Each file carries its model card (`edge-toolkit card FILE`).",

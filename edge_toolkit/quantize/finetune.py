@@ -56,6 +56,20 @@ class BestByValAUC(keras.callbacks.Callback):
             self.model.set_weights(self.best_weights)
 
 
+def freeze_batchnorm(model: Any) -> int:
+    """Put every BatchNormalization layer (bare or inside a tfmot wrapper) in inference mode
+    with frozen parameters; returns how many. Low-LR fine-tuning should not re-estimate
+    statistics from small augmented batches, and MobileNetV2 runs were trained with BN frozen
+    (ImageNet statistics): letting BN train would change the network under QAT."""
+    n = 0
+    for layer in model.layers:
+        inner = getattr(layer, "layer", layer)
+        if isinstance(inner, keras.layers.BatchNormalization):
+            layer.trainable = False
+            n += 1
+    return n
+
+
 def augment_config(card_training: dict[str, Any]) -> AugmentConfig:
     known = AugmentConfig.__dataclass_fields__
     return AugmentConfig(**{k: v for k, v in (card_training.get("augment") or {}).items()
@@ -78,7 +92,8 @@ def fine_tune(model: Any, ctx: Any, epochs: int, lr: float, label: str,
             aug.flip != "none"]):
         augmenter = build_augmenter(aug, value_range, ctx.seed)
     ds = make_dataset(train.x, train.y, ctx.batch_size, augmenter, shuffle=True,
-                      seed=ctx.seed, value_range=value_range)
+                      seed=ctx.seed)
+    frozen = freeze_batchnorm(model) if ctx.freeze_bn else 0
     model.compile(optimizer=keras.optimizers.Adam(lr), loss="binary_crossentropy")
     best = BestByValAUC(val.x, val.y, first_epoch, ctx.log, label)
     model.fit(ds, epochs=epochs, class_weight=class_weights(train.y),
@@ -88,4 +103,5 @@ def fine_tune(model: Any, ctx: Any, epochs: int, lr: float, label: str,
             "best_epoch": best.best_epoch, "keras_val_auc": best.best_auc,
             "val_auc_per_epoch": best.history, "augment": aug.to_dict(),
             "class_weights": class_weights(train.y), "train_images": int(len(train.y)),
+            "frozen_batchnorm_layers": frozen,
             "seconds": round(time.perf_counter() - t0, 1)}

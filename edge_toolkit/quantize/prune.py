@@ -88,7 +88,7 @@ def prune(ctx: Any) -> tuple[Any, dict[str, Any]]:
     ctx.log(f"pruned: {n_wrapped} layers to {cfg.sparsity:.0%} sparsity, steps {begin}..{end} "
             f"every {freq} ({steps} steps/epoch, {cfg.prune_epochs} epochs)")
     first_epoch = max(0, math.ceil(end / steps) - 1)  # first epoch that ends at the target
-    info = fine_tune(wrapped, ctx, cfg.prune_epochs, cfg.prune_lr, "pruned",
+    info = fine_tune(wrapped, ctx, cfg.prune_epochs, ctx.prune_lr, "pruned",
                      callbacks=(tfmot.sparsity.keras.UpdatePruningStep(),),
                      first_epoch=first_epoch)
     stripped = tfmot.sparsity.keras.strip_pruning(wrapped)

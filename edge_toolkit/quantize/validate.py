@@ -18,7 +18,13 @@ from typing import Any
 import numpy as np
 
 from edge_toolkit.card import CARD_MEMBER, TFLITE_IDENTIFIER, CardError, ModelCard, split_tflite
-from edge_toolkit.metrics import apply_temperature, at_threshold, roc_auc
+from edge_toolkit.metrics import (
+    apply_temperature,
+    at_threshold,
+    roc_auc,
+    threshold_balanced,
+    threshold_for_sensitivity,
+)
 from edge_toolkit.quantize.variants import FAILED_VALIDATION, VALIDATED
 
 INSTALL_HINT = ("no TFLite interpreter: pip install ai-edge-litert "
@@ -84,10 +90,14 @@ def check_flatbuffer(bare: bytes) -> None:
                               f"{root}, the file has {len(bare)} bytes")
 
 
-def read_model(source: str | Path | bytes, require_card: bool = True
+def read_model(source: str | Path | bytes, require_card: bool = True, verify: bool = True
                ) -> tuple[bytes, ModelCard | None]:
     """(bare flatbuffer, card) of a `.tflite` file or its bytes, with a clear error for a
-    wrong, truncated or corrupted file, or (when `require_card`) a file with no card."""
+    wrong, truncated or corrupted file, or (when `require_card`) a file with no card.
+
+    `verify` loads the flatbuffer in the interpreter (a few ms), so a file cut short inside
+    the model, which the header checks cannot see, is reported as truncated, not as cardless.
+    """
     name = "<bytes>"
     if isinstance(source, (str, Path)):
         name = str(source)
@@ -105,16 +115,20 @@ def read_model(source: str | Path | bytes, require_card: bool = True
         check_flatbuffer(bare)
     except (TFLiteFileError, CardError) as exc:
         raise TFLiteFileError(f"{name}: {exc}") from None
-    if card is None:
-        if CARD_MEMBER.encode() in data[-65536:] or b"PK\x03\x04" in data[-65536:]:
-            raise TFLiteFileError(
-                f"{name}: the model card archive at the end of the file is truncated or "
-                "corrupted (the file was cut short or altered after export)")
-        if require_card:
-            raise MissingCardError(
-                f"{name}: no edge_toolkit model card in this file, so its labels, "
-                "preprocessing and threshold are unknown; export it with `edge-toolkit "
-                "export`, or embed a card with edge_toolkit.card.embed_card")
+    if card is None and CARD_MEMBER.encode() in data[-(1 << 20):]:
+        raise TFLiteFileError(
+            f"{name}: the model card archive at the end of the file is truncated or "
+            "corrupted (the file was cut short or altered after export)")
+    if verify:
+        try:
+            make_interpreter(bare, num_threads=1, delegates=False)
+        except TFLiteFileError as exc:
+            raise TFLiteFileError(f"{name}: {exc}") from None
+    if card is None and require_card:
+        raise MissingCardError(
+            f"{name}: no edge_toolkit model card in this file, so its labels, "
+            "preprocessing and threshold are unknown; export it with `edge-toolkit "
+            "export`, or embed a card with edge_toolkit.card.embed_card")
     return bare, card
 
 
@@ -239,4 +253,13 @@ def compare_to_parent(y: np.ndarray, p: np.ndarray, p_parent: np.ndarray, card: 
         "agreement": float(same.mean()) if len(y) else float("nan"),
         "mean_abs_diff": float(np.mean(np.abs(q - q_parent))) if len(y) else float("nan"),
         "max_abs_diff": float(np.max(np.abs(q - q_parent))) if len(y) else float("nan"),
+        # not applied (the card keeps the parent's): what val would choose for this file
+        "suggested_thresholds": _suggest(y, q, card.target_sensitivity),
     }
+
+
+def _suggest(y: np.ndarray, q: np.ndarray, target: float) -> dict[str, float] | None:
+    if len(set(np.asarray(y).tolist())) < 2:
+        return None
+    return {"high_sensitivity": threshold_for_sensitivity(y, q, target),
+            "balanced": threshold_balanced(y, q)}
