@@ -64,7 +64,7 @@ class ModelCard:
         return asdict(self)
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True, default=_jsonable)
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True, default=jsonable)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelCard:
@@ -104,7 +104,7 @@ class ModelCard:
         return next(lb for lb in self.labels if lb != self.positive_label)
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
     """numpy scalars and paths in metrics must not break JSON writing."""
     if hasattr(obj, "item"):
         return obj.item()

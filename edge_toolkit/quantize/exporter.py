@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_toolkit.card import ModelCard, embed_card
+from edge_toolkit.card import ModelCard, embed_card, jsonable
 from edge_toolkit.data import LoadedSplit, discover, load_samples
 from edge_toolkit.metrics import apply_temperature, roc_auc
 from edge_toolkit.preprocess import PreprocessConfig
@@ -153,17 +153,9 @@ class ExportReport:
     def write(self, folder: str | Path | None = None) -> tuple[Path, Path]:
         folder = Path(folder or self.out)
         js, md = folder / "report.json", folder / "report.md"
-        js.write_text(json.dumps(self.to_dict(), indent=2, default=_jsonable) + "\n")
+        js.write_text(json.dumps(self.to_dict(), indent=2, default=jsonable) + "\n")
         md.write_text(self.markdown() + "\n")
         return js, md
-
-
-def _jsonable(obj: Any) -> Any:
-    if hasattr(obj, "item"):
-        return obj.item()
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    return str(obj)
 
 
 class ExportContext:

@@ -27,9 +27,6 @@ from edge_toolkit.metrics import (
 )
 from edge_toolkit.quantize.variants import FAILED_VALIDATION, VALIDATED
 
-INSTALL_HINT = ("no TFLite interpreter: pip install ai-edge-litert "
-                "(or tflite-runtime where LiteRT has no wheel)")
-
 
 class TFLiteFileError(ValueError):
     """A file is not a loadable TFLite model: wrong file, truncated or corrupted."""
@@ -40,19 +37,15 @@ class MissingCardError(CardError):
 
 
 def interpreter_class() -> type:
-    """LiteRT's Interpreter, else tflite-runtime's; never TensorFlow's."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter
+    """The device runtime's interpreter (LiteRT, else tflite-runtime; never TensorFlow's):
+    validation must run exactly what the device runs."""
+    from edge_toolkit.runtime.interpreter import BackendMissingError
+    from edge_toolkit.runtime.interpreter import interpreter_class as runtime_choice
 
-        return Interpreter
-    except ImportError:
-        pass
     try:
-        from tflite_runtime.interpreter import Interpreter  # type: ignore[import-not-found]
-
-        return Interpreter
-    except ImportError:
-        raise ImportError(INSTALL_HINT) from None
+        return runtime_choice()[0]
+    except BackendMissingError as exc:
+        raise ImportError(str(exc)) from None
 
 
 def make_interpreter(model: bytes, num_threads: int | None = None,
