@@ -125,3 +125,30 @@ def test_augment_config_from_cli_strings():
     assert aug.rotation == 0.5 and aug.flip == "vertical"
     with pytest.raises(ValueError):
         parse_augment(AugmentConfig(), ("spin=1",))
+
+
+@pytest.mark.parametrize("setup,message", [
+    ("one_class", "needs images of both classes"),
+    ("empty", "no image files found"),
+    ("unknown", "unknown class folder"),
+    ("missing", "no such dataset folder"),
+])
+def test_train_cli_bad_dataset_is_one_clear_line(tmp_path, setup, message):
+    from click.testing import CliRunner
+    from conftest import write_tiny_dataset
+
+    from edge_toolkit.train.cli import train as train_cmd
+
+    root = tmp_path / "d"
+    if setup == "one_class":
+        write_tiny_dataset(root, classes=("fractured",))
+    elif setup == "empty":
+        (root / "train" / "fractured").mkdir(parents=True)
+        (root / "train" / "normal").mkdir(parents=True)
+    elif setup == "unknown":
+        write_tiny_dataset(root, classes=("fractured", "elbows"))
+    res = CliRunner().invoke(train_cmd, ["--data", str(root), "--model", "scratch_cnn",
+                                         "--out", str(tmp_path / "runs")])
+    assert res.exit_code == 1
+    assert message in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1
