@@ -22,7 +22,7 @@ from typing import Any
 import click
 import numpy as np
 
-from edge_toolkit.card import ModelCard, read_card
+from edge_toolkit.card import CardError, ModelCard, read_card
 from edge_toolkit.data import discover, load_samples
 from edge_toolkit.metrics import apply_temperature, at_threshold, bootstrap_auc_ci, roc_auc
 from edge_toolkit.preprocess import PreprocessConfig
@@ -70,11 +70,14 @@ def row_from_file(path: Path) -> Row:
     """A row for a loose .tflite file: what its card says, status from the card's export."""
     from edge_toolkit.quantize.inspect import gzip_size
 
-    card = read_card(path)
+    try:
+        card = read_card(path)
+    except (OSError, CardError) as exc:
+        raise click.ClickException(f"{path}: {exc}") from None
     if card is None:
         raise click.ClickException(f"{path}: no model card; benchmark needs carded models")
     data = path.read_bytes()
-    status = card.export.get("status", VALIDATED) if card.export else VALIDATED
+    status = ((card.export or {}).get("validation") or {}).get("status", VALIDATED)
     return Row(family=card.family, variant=card.variant, status=status, file=str(path),
                size_bytes=len(data), gzip_bytes=gzip_size(data), sparsity=card.sparsity)
 
@@ -332,6 +335,18 @@ def below_floor(result: dict[str, Any], min_auc: float) -> list[str]:
     return bad
 
 
+def parse_threads(text: str) -> list[int]:
+    """'1,2' -> [1, 2], or a click usage error naming the option."""
+    try:
+        out = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        out = []
+    if not out or min(out) < 1:
+        raise click.BadParameter(f"{text!r}: expected thread counts like 1,2",
+                                 param_hint="--threads")
+    return out
+
+
 @click.command()
 @click.argument("sources", nargs=-1, required=True,
                 type=click.Path(exists=True, path_type=Path))
@@ -348,7 +363,7 @@ def benchmark(sources: tuple[Path, ...], data: Path | None, out: Path | None, th
               runs: int, warmup: int, bootstrap: int, min_auc: float | None) -> None:
     """Accuracy vs size vs latency for every variant of the given run folders (after
     `edge-toolkit export`) or .tflite files, in one table (Markdown, CSV, JSON, PNG)."""
-    thread_list = [int(t) for t in threads.split(",") if t.strip()]
+    thread_list = parse_threads(threads)
     result = run_benchmark(list(sources), data, thread_list, warmup, runs, bootstrap,
                            log=lambda m: click.echo(m, err=True))
     dest = out or (sources[0] if sources[0].is_dir() else sources[0].parent)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+import zlib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,14 @@ class ModelCard:
         missing = [n for n in required if n not in data]
         if missing:
             raise CardError(f"model card lacks {', '.join(missing)}")
+        if not isinstance(data["preprocessing"], dict):
+            raise CardError("model card's preprocessing is not an object")
+        labels = data.get("labels", ["not fractured", "fractured"])
+        positive = data.get("positive_label", "fractured")
+        if not isinstance(labels, list) or len(set(map(str, labels))) != 2 \
+                or positive not in labels:
+            raise CardError("model card needs two distinct labels, one of them the "
+                            "positive label")
         return cls(**{k: v for k, v in data.items() if k in known})
 
     @classmethod
@@ -128,6 +137,11 @@ def split_tflite(data: bytes) -> tuple[bytes, ModelCard | None]:
             card = ModelCard.from_json(zf.read(CARD_MEMBER).decode("utf-8"))
     except zipfile.BadZipFile:
         return data, None
+    except CardError:
+        raise
+    except (zlib.error, UnicodeDecodeError, EOFError, ValueError) as exc:
+        raise CardError(f"the embedded model card is damaged ({exc.__class__.__name__})"
+                        ) from None
     bare = data[:archive_start] if archive_start > 0 else data
     return bare, card
 

@@ -40,9 +40,13 @@ def load_predictor(model: Path) -> tuple[ModelCard, Predict]:
         raise EvaluationError(f"{model}: {exc}") from None
     if card is None:
         raise EvaluationError(f"{model}: no model card in this file")
-    from edge_toolkit.runtime.classifier import Classifier
+    from edge_toolkit.runtime.classifier import Classifier, ModelError
+    from edge_toolkit.runtime.interpreter import BackendMissingError
 
-    clf = Classifier.load(model)
+    try:
+        clf = Classifier.load(model)
+    except (ModelError, BackendMissingError) as exc:
+        raise EvaluationError(str(exc)) from None
     return card, clf.predict_raw_batch
 
 

@@ -57,11 +57,18 @@ def to_luminance(img: Image.Image) -> Image.Image:
     return img
 
 
+def orient(img: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation tag; untagged images pass through without a copy."""
+    if img.getexif().get(0x0112, 1) in (0, 1):
+        return img
+    return ImageOps.exif_transpose(img)
+
+
 def open_image(img_or_path: str | Path | Image.Image, max_pixels: int = DEFAULT_MAX_PIXELS
                ) -> Image.Image:
     """Decode a file (or take a PIL image), apply EXIF orientation, return 8-bit grayscale."""
     if isinstance(img_or_path, Image.Image):
-        return to_luminance(ImageOps.exif_transpose(img_or_path))
+        return to_luminance(orient(img_or_path))
     path = Path(img_or_path)
     try:
         if path.is_symlink() and not path.exists():
@@ -82,8 +89,7 @@ def open_image(img_or_path: str | Path | Image.Image, max_pixels: int = DEFAULT_
                     raise ImageLoadError(
                         path, f"too many pixels ({w}x{h} > {max_pixels:,}); possible pixel bomb")
                 img.load()
-                img = ImageOps.exif_transpose(img)
-                return to_luminance(img)
+                return to_luminance(orient(img))
     except ImageLoadError:
         raise
     except UnidentifiedImageError:

@@ -161,9 +161,11 @@ def pipeline(data: Path | None, families: str, variants: str, weights: Path | No
         click.echo(msg)
         sys.stdout.flush()
 
+    from edge_toolkit.benchmark import parse_threads
+
     fams = [f.strip() for f in families.split(",") if f.strip()]
     _, ok = run_pipeline(data, folder, fams, variants, weights,
-                         [int(t) for t in threads.split(",")], epochs, fine_tune_epochs, size,
+                         parse_threads(threads), epochs, fine_tune_epochs, size,
                          min_auc, log, resume=resume)
     log(f"pipeline folder: {folder}")
     if not ok:

@@ -152,3 +152,15 @@ def test_train_cli_bad_dataset_is_one_clear_line(tmp_path, setup, message):
     assert res.exit_code == 1
     assert message in res.output and "Traceback" not in res.output
     assert len(res.output.strip().splitlines()) == 1
+
+
+def test_mixed_precision_run_saves_a_float32_model(tmp_path):
+    """A GPU run trains in mixed float16; what it saves must convert and quantize."""
+    data = write_synthetic(tmp_path / "data", {"train": 8, "val": 6, "test": 4}, size=16)
+    cfg = TrainConfig(data=str(data), family="scratch_cnn", out=str(tmp_path / "runs"),
+                      name="mp", model={"input_size": 16, "width": 4, "stages": 2}, epochs=1,
+                      batch_size=8, bootstrap=0, mixed_precision=True)
+    run = train(cfg, log=lambda m: None)
+    model = keras.models.load_model(run / "model.keras", compile=False)
+    assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
+    assert keras.mixed_precision.global_policy().name == "float32"

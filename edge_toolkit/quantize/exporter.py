@@ -11,8 +11,9 @@ in the file's weights, embed the model card, write `<family>-<variant>.tflite`, 
 A variant whose val AUC is more than `tolerance` below the Keras float parent's is written to
 `failed/` (not beside the shipped files) with status failed-validation; a variant that raises
 is export-failed with a one-line reason, and the others go on. `report.json` and `report.md`
-hold the table. Thresholds and temperature are the parent's (chosen on val at training) and
-are not re-chosen; the card reports each variant's real val metrics at them.
+hold the table. Quantization and fine-tuning shift a model's outputs, so each variant's
+temperature and thresholds are chosen again on val (never test), as training does; the
+parent's stay in the card under export.parent.
 """
 
 from __future__ import annotations

@@ -246,7 +246,7 @@ def compare_to_parent(y: np.ndarray, p: np.ndarray, p_parent: np.ndarray, card: 
         "agreement": float(same.mean()) if len(y) else float("nan"),
         "mean_abs_diff": float(np.mean(np.abs(q - q_parent))) if len(y) else float("nan"),
         "max_abs_diff": float(np.max(np.abs(q - q_parent))) if len(y) else float("nan"),
-        # not applied (the card keeps the parent's): what val would choose for this file
+        # what val chooses for this file (the exporter stores it as the card's own)
         "suggested_thresholds": _suggest(y, q, card.target_sensitivity),
     }
 

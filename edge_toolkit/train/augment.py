@@ -9,6 +9,8 @@ from typing import Any
 from edge_toolkit.preprocess import VALUE_RANGES
 from edge_toolkit.train.tfsetup import keras, tf
 
+F32 = "float32"  # inputs stay float32 under a mixed-precision policy; the model casts
+
 
 @dataclass(frozen=True)
 class AugmentConfig:
@@ -30,16 +32,17 @@ def build_augmenter(cfg: AugmentConfig, value_range: str, seed: int = 0) -> Any:
     lo, hi = VALUE_RANGES[value_range]
     steps = []
     if cfg.flip != "none":
-        steps.append(keras.layers.RandomFlip(cfg.flip, seed=seed))
+        steps.append(keras.layers.RandomFlip(cfg.flip, seed=seed, dtype=F32))
     if cfg.rotation:
         steps.append(keras.layers.RandomRotation(cfg.rotation, fill_mode="constant",
-                                                 fill_value=lo, seed=seed + 1))
+                                                 fill_value=lo, seed=seed + 1, dtype=F32))
     if cfg.zoom:
         steps.append(keras.layers.RandomZoom(cfg.zoom, fill_mode="constant", fill_value=lo,
-                                             seed=seed + 2))
+                                             seed=seed + 2, dtype=F32))
     if cfg.shift:
         steps.append(keras.layers.RandomTranslation(cfg.shift, cfg.shift, fill_mode="constant",
-                                                    fill_value=lo, seed=seed + 3))
+                                                    fill_value=lo, seed=seed + 3,
+                                                    dtype=F32))
     geometric = keras.Sequential(steps, name="augment") if steps else None
 
     def augment(x: Any, training: bool = True) -> Any:

@@ -186,9 +186,13 @@ def train(cfg: TrainConfig, log: Log = print) -> Path:
     if ckpt_path.exists():
         model.load_weights(str(ckpt_path))  # best val AUC over both phases
         ckpt_path.unlink()
+    keras.mixed_precision.set_global_policy("float32")
+    if mixed:  # save a float32 model: the TFLite converter and tfmot reject mixed precision
+        weights_now = model.get_weights()
+        model, _ = build_model(cfg.family, **model_cfg)
+        model.set_weights(weights_now)
     for layer in model.layers:
         layer.trainable = True
-    keras.mixed_precision.set_global_policy("float32")
 
     probs = {s: (v.y, predict(model, v.x)) for s, v in splits.items()}
     ops = choose_operating_points(*probs["val"], cfg.target_sensitivity)
