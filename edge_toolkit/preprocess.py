@@ -86,6 +86,23 @@ def normalize(pixels: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     return x
 
 
+def quantize(x: np.ndarray, scale: float, zero_point: int, dtype: np.dtype,
+             work: np.ndarray | None = None) -> np.ndarray:
+    """Preprocessed floats -> an integer input tensor: rint(x / scale + zero_point), clipped.
+
+    The one rounding rule for the device, export validation and benchmarks. With 8-bit
+    inputs every pixel lands near a .5 boundary (x / scale = pixel - 127.5), so two formulas
+    that differ only in float rounding disagree on many pixels and shift int8 outputs.
+    `work` (float32, x's shape) avoids allocating on the device's per-image path.
+    """
+    info = np.iinfo(dtype)
+    w = np.divide(x, np.float32(scale), out=work, dtype=np.float32)
+    w += np.float32(zero_point)
+    np.rint(w, out=w)
+    np.clip(w, info.min, info.max, out=w)
+    return w.astype(dtype, copy=False)
+
+
 def preprocess(source: str | Path | Image.Image, cfg: PreprocessConfig) -> np.ndarray:
     """File or PIL image -> float32 (size, size, channels). Raises ImageLoadError."""
     img = open_image(source, max_pixels=cfg.max_pixels)

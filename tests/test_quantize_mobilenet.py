@@ -44,3 +44,31 @@ def test_mobilenetv2_pqat_keeps_zeros_and_quantizes_depthwise_per_channel(tmp_pa
     for op in depthwise:
         d = interp._get_tensor_details(op["inputs"][1], 0)
         assert len(d["quantization_parameters"]["scales"]) == d["shape"][-1]  # per channel
+    # the device runs exactly what export validated: same input rounding, same outputs
+    import numpy as np
+
+    from edge_toolkit.data import discover, load_samples
+    from edge_toolkit.preprocess import PreprocessConfig
+    from edge_toolkit.quantize.validate import predict_tflite
+    from edge_toolkit.runtime.classifier import Classifier
+
+    assert card.preprocessing["value_range"] == "-1,1"  # pixels sit on rounding boundaries
+    val = load_samples(discover(card.dataset["root"]).split("val"),
+                       PreprocessConfig.from_dict(card.preprocessing))
+    ours = predict_tflite(bare, val.x)
+    theirs = Classifier.load(path).predict_raw_batch(val.x)
+    np.testing.assert_array_equal(ours, theirs)
+
+
+def test_quantize_is_one_rounding_rule_for_pixels():
+    import numpy as np
+
+    from edge_toolkit.preprocess import PreprocessConfig, normalize, quantize
+
+    pixels = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    x = normalize(pixels, PreprocessConfig(size=16, channels=1, value_range="-1,1"))
+    q = quantize(x, 2 / 255, 128, np.uint8)
+    assert q.dtype == np.uint8 and q.shape == x.shape
+    assert np.abs(q[..., 0].astype(int) - pixels.astype(int) - 1).max() <= 1
+    work = np.empty(x.shape, np.float32)
+    np.testing.assert_array_equal(quantize(x, 2 / 255, 128, np.uint8, work=work), q)

@@ -25,6 +25,7 @@ from edge_toolkit.metrics import (
     threshold_balanced,
     threshold_for_sensitivity,
 )
+from edge_toolkit.preprocess import quantize
 from edge_toolkit.quantize.variants import FAILED_VALIDATION, VALIDATED
 
 
@@ -163,9 +164,7 @@ def quantize_input(x: np.ndarray, io: TensorIO) -> np.ndarray:
     """Preprocessed float images -> what the input tensor takes (its own scale/zero point)."""
     if not io.quantized:
         return np.asarray(x, dtype=io.dtype)
-    info = np.iinfo(io.dtype)
-    q = np.round(np.asarray(x, np.float32) / np.float32(io.scale)) + io.zero_point
-    return np.clip(q, info.min, info.max).astype(io.dtype)
+    return quantize(np.asarray(x, np.float32), io.scale, io.zero_point, io.dtype)
 
 
 def dequantize_output(y: np.ndarray, io: TensorIO) -> np.ndarray:

@@ -27,7 +27,7 @@ from PIL import Image
 from edge_toolkit.card import CARD_MEMBER, CardError, ModelCard, split_tflite
 from edge_toolkit.images import ImageLoadError
 from edge_toolkit.metrics import apply_temperature
-from edge_toolkit.preprocess import PreprocessConfig, preprocess
+from edge_toolkit.preprocess import PreprocessConfig, preprocess, quantize
 from edge_toolkit.runtime.interpreter import BackendMissingError, create_interpreter
 from edge_toolkit.runtime.results import Result, error_result
 from edge_toolkit.runtime.sources import Source, expand_paths, resolve_key
@@ -168,8 +168,6 @@ class Classifier:
             if not self._in_scale:
                 raise ModelError(f"{self.model_path}: integer input without quantization "
                                  "parameters")
-            info = np.iinfo(self._in_dtype)
-            self._q_range = (float(info.min), float(info.max))
             self._work = np.empty(self.config.shape, np.float32)
         elif self._in_dtype != np.float32:
             raise ModelError(f"{self.model_path}: unsupported input type {self._in_dtype}")
@@ -181,12 +179,9 @@ class Classifier:
         """One preprocessed (H, W, C) float image -> the model's own probability."""
         if self._in_dtype == np.float32:
             self._input[0] = x
-        else:  # q = round(x / scale + zero_point), clipped to the integer type
-            np.divide(x, self._in_scale, out=self._work)
-            self._work += self._in_zero
-            np.rint(self._work, out=self._work)
-            np.clip(self._work, *self._q_range, out=self._work)
-            self._input[0] = self._work
+        else:  # the shared rounding rule, so the device runs what export validated
+            self._input[0] = quantize(x, self._in_scale, self._in_zero, self._in_dtype,
+                                      work=self._work)
         self.interpreter.set_tensor(self._in_index, self._input)
         self.interpreter.invoke()
         y = float(self.interpreter.get_tensor(self._out_index).reshape(-1)[self._out_pos])
