@@ -22,7 +22,7 @@ from typing import Any
 import click
 import numpy as np
 
-from edge_toolkit.card import CardError, ModelCard, read_card
+from edge_toolkit.card import ModelCard, read_card
 from edge_toolkit.data import discover, load_samples
 from edge_toolkit.metrics import apply_temperature, at_threshold, bootstrap_auc_ci, roc_auc
 from edge_toolkit.preprocess import PreprocessConfig
@@ -68,14 +68,10 @@ def rows_from_run(run: Path) -> list[Row]:
 
 def row_from_file(path: Path) -> Row:
     """A row for a loose .tflite file: what its card says, status from the card's export."""
+    from edge_toolkit.card_cli import require_card
     from edge_toolkit.quantize.inspect import gzip_size
 
-    try:
-        card = read_card(path)
-    except (OSError, CardError) as exc:
-        raise click.ClickException(f"{path}: {exc}") from None
-    if card is None:
-        raise click.ClickException(f"{path}: no model card; benchmark needs carded models")
+    card = require_card(path)
     data = path.read_bytes()
     status = ((card.export or {}).get("validation") or {}).get("status", VALIDATED)
     return Row(family=card.family, variant=card.variant, status=status, file=str(path),

@@ -102,3 +102,24 @@ def test_resume_reuses_trained_models(pipeline_run):
     assert (folder / "scratch_cnn" / "model.keras").stat().st_mtime_ns == before
     stages = json.loads((folder / "pipeline.json").read_text())["stages"]
     assert [s["stage"] for s in stages] == ["export scratch_cnn", "benchmark"]
+
+
+def test_loose_files_keep_their_validation_status(pipeline_run, tmp_path):
+    from edge_toolkit.benchmark import row_from_file
+    from edge_toolkit.card import embed_card, read_card
+
+    folder, _, _ = pipeline_run
+    src = folder / "scratch_cnn" / "export" / "scratch_cnn-int8-ptq.tflite"
+    assert row_from_file(src).status == "validated"
+    card = read_card(src)
+    card.export["validation"]["status"] = "failed-validation"
+    failed = tmp_path / "failed.tflite"
+    failed.write_bytes(embed_card(src.read_bytes(), card))
+    row = row_from_file(failed)
+    assert row.status == "failed-validation" and row.variant == "int8-ptq"
+    bad = tmp_path / "bad.tflite"
+    bad.write_text("not a model")
+    import click
+
+    with pytest.raises(click.ClickException, match="not a TFLite model"):
+        row_from_file(bad)
