@@ -56,6 +56,12 @@ class ModelCard:
     dataset: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     export: dict[str, Any] = field(default_factory=dict)
+    # Class-activation map: which output is the last feature map and the head's weights
+    # (None in models exported before heatmaps existed: they classify without one).
+    heatmap: dict[str, Any] | None = None
+    # Input gate: quality limits and the out-of-distribution score's parameters and threshold
+    # (None: the model carries no gate of its own).
+    gate: dict[str, Any] | None = None
     versions: dict[str, str] = field(default_factory=lambda: {"edge_toolkit": __version__})
     created: str | None = None
     notes: str = "Research and education use only; not a diagnosis."
