@@ -23,8 +23,15 @@ import click
 import numpy as np
 
 from edge_toolkit.card import ModelCard, read_card
-from edge_toolkit.data import discover, load_samples
-from edge_toolkit.metrics import apply_temperature, at_threshold, bootstrap_auc_ci, roc_auc
+from edge_toolkit.data import load_samples
+from edge_toolkit.metrics import (
+    apply_temperature,
+    at_threshold,
+    bootstrap_auc_ci,
+    paired_auc_delta,
+    roc_auc,
+)
+from edge_toolkit.multisource import by_source, card_roots, dataset_for_card
 from edge_toolkit.preprocess import PreprocessConfig
 from edge_toolkit.quantize.variants import EXPORT_FAILED, VALIDATED, VARIANTS
 
@@ -44,6 +51,12 @@ class Row:
     gzip_bytes: int | None = None
     sparsity: float | None = None
     accuracy: dict[str, dict[str, Any]] = field(default_factory=dict)  # split -> metrics
+    # split -> AUC difference from the float reference of the same run, paired bootstrap CI
+    paired: dict[str, dict[str, Any]] = field(default_factory=dict)
+    run: str | None = None  # the training run the file was exported from
+    # where the run's data is: from the run folder's own card.json (the card inside a
+    # .tflite names its datasets, never the training machine's folders)
+    data: list[str] | None = None
     latency: dict[str, dict[str, float]] = field(default_factory=dict)  # threads -> p50/p90
     peak_rss_mb: float | None = None
     backend: str | None = None
@@ -56,12 +69,15 @@ def rows_from_run(run: Path) -> list[Row]:
         raise click.ClickException(f"{run}: no export/report.json; run `edge-toolkit export "
                                    f"{run}` first")
     report = json.loads(report_path.read_text())
+    run_card = run / "card.json"
+    roots = card_roots(ModelCard.load(run_card).dataset) if run_card.is_file() else None
     rows = []
     for r in report["results"]:
         file = str(run / "export" / r["file"]) if r.get("file") else None
         rows.append(Row(family=report["family"], variant=r["variant"], status=r["status"],
                         file=file, reason=r.get("reason"), size_bytes=r.get("size_bytes"),
-                        gzip_bytes=r.get("gzip_bytes"), sparsity=r.get("sparsity")))
+                        gzip_bytes=r.get("gzip_bytes"), sparsity=r.get("sparsity"),
+                        run=run.name, data=roots or None))
     order = list(VARIANTS)
     return sorted(rows, key=lambda r: order.index(r.variant) if r.variant in order else 99)
 
@@ -75,48 +91,85 @@ def row_from_file(path: Path) -> Row:
     data = path.read_bytes()
     status = ((card.export or {}).get("validation") or {}).get("status", VALIDATED)
     return Row(family=card.family, variant=card.variant, status=status, file=str(path),
-               size_bytes=len(data), gzip_bytes=gzip_size(data), sparsity=card.sparsity)
+               size_bytes=len(data), gzip_bytes=gzip_size(data), sparsity=card.sparsity,
+               run=card.parent)
+
+
+Split = tuple[np.ndarray, np.ndarray, list[str]]  # images, labels, source of each
+Scored = tuple[np.ndarray, np.ndarray]  # labels, calibrated probabilities
 
 
 class SplitCache:
-    """Preprocessed val/test arrays, built once per preprocessing recipe and shared by every
-    variant that uses it (all variants of one family)."""
+    """Preprocessed val/test arrays with each image's source, built once per dataset and
+    preprocessing recipe and shared by every variant that uses it."""
 
-    def __init__(self, data: Path | None) -> None:
-        self.data = data
-        self._cache: dict[tuple, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    def __init__(self, data: Path | list[Path] | None) -> None:
+        self.data = [data] if isinstance(data, str | Path) else data
+        self._cache: dict[tuple, dict[str, Split]] = {}
 
-    def get(self, card: ModelCard) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        root = self.data or Path(card.dataset.get("root", ""))
+    def get(self, card: ModelCard, hint: list[str] | None = None) -> dict[str, Split]:
+        """`hint`: the run folder's dataset folders, used when no --data was given."""
+        roots = [str(d) for d in self.data] if self.data else (hint or card_roots(card.dataset))
         cfg = PreprocessConfig.from_dict(card.preprocessing)
-        key = (str(root), cfg, card.dataset.get("val_fraction"), card.dataset.get("seed"))
+        key = (tuple(roots), cfg, card.dataset.get("val_fraction"), card.dataset.get("seed"))
         if key not in self._cache:
-            ds = discover(root, val_fraction=card.dataset.get("val_fraction", 0.15),
-                          seed=card.dataset.get("seed", 0))
+            ds = dataset_for_card(card.dataset, roots)
             out = {}
             for split in SPLITS:
                 if split in ds.splits:
                     loaded = load_samples(ds.split(split), cfg)
-                    out[split] = (loaded.x, loaded.y)
+                    out[split] = (loaded.x, loaded.y, loaded.sources)
             self._cache[key] = out
         return self._cache[key]
 
 
-def measure_accuracy(path: Path, cache: SplitCache, bootstrap: int, threads: int
-                     ) -> dict[str, dict[str, Any]]:
-    """AUC with a 95% interval, sensitivity and specificity at the stored threshold, per split."""
+def _accuracy(y: np.ndarray, p: np.ndarray, threshold: float, bootstrap: int
+              ) -> dict[str, Any]:
+    op = at_threshold(y, p, threshold)
+    lo, hi = bootstrap_auc_ci(y, p, n=bootstrap)
+    return {"n": int(len(y)), "positives": int(np.sum(y)), "auc": roc_auc(y, p),
+            "auc_ci95": [lo, hi], "sensitivity": op["sensitivity"],
+            "specificity": op["specificity"], "threshold": threshold}
+
+
+def measure_accuracy(path: Path, cache: SplitCache, bootstrap: int, threads: int,
+                     data: list[str] | None = None
+                     ) -> tuple[dict[str, dict[str, Any]], dict[str, Scored]]:
+    """Per split: AUC with a 95% interval, sensitivity and specificity at the stored
+    threshold, pooled and (with several sources) per source; and the calibrated
+    probabilities, for paired comparisons between files."""
     from edge_toolkit.runtime.classifier import Classifier
 
     clf = Classifier.load(path, num_threads=threads)
-    out = {}
-    for split, (x, y) in cache.get(clf.card).items():
+    out, probs = {}, {}
+    for split, (x, y, sources) in cache.get(clf.card, data).items():
         p = apply_temperature(clf.predict_raw_batch(x), clf.card.temperature)
-        op = at_threshold(y, p, clf.card.threshold)
-        lo, hi = bootstrap_auc_ci(y, p, n=bootstrap)
-        out[split] = {"n": int(len(y)), "auc": roc_auc(y, p), "auc_ci95": [lo, hi],
-                      "sensitivity": op["sensitivity"], "specificity": op["specificity"],
-                      "threshold": clf.card.threshold}
-    return out
+        out[split] = _accuracy(y, p, clf.card.threshold, bootstrap)
+        masks = by_source(sources)
+        if len(masks) > 1:
+            out[split]["sources"] = {name: _accuracy(y[m], p[m], clf.card.threshold,
+                                                     bootstrap) for name, m in masks.items()}
+        probs[split] = (y, p)
+    return out, probs
+
+
+def paired_deltas(rows: list[Row], probs: dict[int, dict[str, Scored]],
+                  bootstrap: int) -> None:
+    """Fill each row's `paired`: its AUC minus its run's float reference's, per split, with
+    a paired bootstrap interval over the same images."""
+    from edge_toolkit.quantize.variants import VARIANTS
+
+    refs = {(r.family, r.run): i for i, r in enumerate(rows)
+            if i in probs and VARIANTS.get(r.variant) and VARIANTS[r.variant].reference}
+    for i, row in enumerate(rows):
+        j = refs.get((row.family, row.run))
+        if i not in probs or j is None or i == j:
+            continue
+        for split, (y, p) in probs[i].items():
+            y_ref, p_ref = probs[j].get(split, (None, None))
+            if p_ref is not None and np.array_equal(y, y_ref):
+                row.paired[split] = {"reference": rows[j].variant} | paired_auc_delta(
+                    y, p, p_ref, n=bootstrap)
 
 
 def measure_latency(row: Row, threads: list[int], warmup: int, runs: int) -> None:
@@ -141,12 +194,14 @@ def run_benchmark(sources: list[Path], data: Path | None = None, threads: list[i
         else:
             rows.append(row_from_file(src))
     cache = SplitCache(data)
-    for row in rows:
+    probs: dict[int, dict[str, Scored]] = {}
+    for i, row in enumerate(rows):
         if not row.file or row.status == EXPORT_FAILED:
             log(f"{row.family} {row.variant}: {row.status} ({row.reason}); not measured")
             continue
         try:
-            row.accuracy = measure_accuracy(Path(row.file), cache, bootstrap, max(threads))
+            row.accuracy, probs[i] = measure_accuracy(Path(row.file), cache, bootstrap,
+                                                      max(threads), row.data)
             measure_latency(row, list(threads), warmup, runs)
         except Exception as exc:  # one broken file must not lose the table
             row.reason = f"benchmark failed: {exc}"
@@ -156,7 +211,8 @@ def run_benchmark(sources: list[Path], data: Path | None = None, threads: list[i
         p50 = row.latency.get(str(threads[0]), {}).get("p50_ms", float("nan"))
         log(f"{row.family} {row.variant}: val AUC {val:.3f}, p50 {p50:.2f} ms "
             f"@{threads[0]} thread(s)")
-    baseline = global_cue_baseline(data or _first_root(rows), log)
+    paired_deltas(rows, probs, bootstrap)
+    baseline = global_cue_baseline(_first_root(rows, data), log)
     return {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "command": " ".join(["edge-toolkit", "benchmark", *sys.argv[2:]]),
             "host": {"machine": platform.machine(), "processor": platform.processor(),
@@ -167,12 +223,18 @@ def run_benchmark(sources: list[Path], data: Path | None = None, threads: list[i
             "rows": [asdict(r) for r in rows]}
 
 
-def _first_root(rows: list[Row]) -> Path | None:
+def _first_root(rows: list[Row], data: Path | list[Path] | None = None) -> Path | None:
+    """The first dataset folder, for the global-cue baseline (one source's)."""
+    if data:
+        return Path(data if isinstance(data, str | Path) else data[0])
     for r in rows:
+        if r.data:
+            return Path(r.data[0])
         if r.file:
             card = read_card(r.file)
-            if card and card.dataset.get("root"):
-                return Path(card.dataset["root"])
+            roots = card_roots(card.dataset) if card else []
+            if roots:
+                return Path(roots[0])
     return None
 
 
@@ -204,10 +266,47 @@ def _auc_cell(acc: dict[str, Any]) -> str:
     return f"{acc['auc']:.3f} [{lo:.2f}, {hi:.2f}]"
 
 
+def _delta_cell(paired: dict[str, Any] | None) -> str:
+    if not paired:
+        return "–"
+    lo, hi = paired["ci95"]
+    return f"{paired['delta']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+
+
+def _sources(result: dict[str, Any], split: str = "test") -> list[str]:
+    names: list[str] = []
+    for r in result["rows"]:
+        for name in (r["accuracy"].get(split) or {}).get("sources") or {}:
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def per_source_markdown(result: dict[str, Any], split: str = "test") -> list[str]:
+    """Each file's AUC and sensitivity/specificity at its stored threshold, per source."""
+    names = _sources(result, split)
+    if not names:
+        return []
+    head = ["family", "variant"]
+    for n in names:
+        head += [f"{n} {split} AUC [95% CI]", f"{n} sens / spec"]
+    lines = ["", f"Per source ({split} split; sensitivity/specificity at the stored threshold):",
+             "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in result["rows"]:
+        src = (r["accuracy"].get(split) or {}).get("sources") or {}
+        cells = [r["family"], r["variant"]]
+        for n in names:
+            a = src.get(n)
+            cells += [_auc_cell(a or {}), f"{_f(a and a['sensitivity'])} / "
+                      f"{_f(a and a['specificity'])}" if a else "–"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(result: dict[str, Any]) -> str:
     threads = result["threads"]
     head = ["family", "variant", "status", "size KiB", "gzip KiB", "sparsity", "val AUC [95% CI]",
-            "test AUC [95% CI]", "test sens", "test spec"]
+            "test AUC [95% CI]", "test ΔAUC vs float [95% CI]", "test sens", "test spec"]
     head += [f"p50/p90 ms @{t}t" for t in threads] + ["peak MiB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in result["rows"]:
@@ -216,12 +315,14 @@ def markdown(result: dict[str, Any]) -> str:
                  _f(r["size_bytes"] and r["size_bytes"] / 1024, ".0f"),
                  _f(r["gzip_bytes"] and r["gzip_bytes"] / 1024, ".0f"),
                  _f(r["sparsity"], ".2f"), _auc_cell(acc.get("val", {})), _auc_cell(test),
+                 _delta_cell((r.get("paired") or {}).get("test")),
                  _f(test.get("sensitivity")), _f(test.get("specificity"))]
         for t in threads:
             lat = r["latency"].get(str(t))
             cells.append(f"{lat['p50_ms']:.2f} / {lat['p90_ms']:.2f}" if lat else "–")
         cells.append(_f(r["peak_rss_mb"], ".0f"))
         lines.append("| " + " | ".join(cells) + " |")
+    lines += per_source_markdown(result)
     base = result.get("baseline")
     if base and base.get("splits"):
         parts = [f"{s} {_auc_cell(v)}" for s, v in base["splits"].items()]
@@ -233,7 +334,10 @@ def markdown(result: dict[str, Any]) -> str:
     if notes:
         lines += ["", "Notes:", *notes]
     h = result["host"]
-    lines += ["", f"Sensitivity and specificity at each file's stored threshold (chosen on val). "
+    lines += ["", "ΔAUC: the file's AUC minus its run's float32 file's on the same images, "
+              "with a paired bootstrap interval (an interval that excludes 0 is a real "
+              "difference).",
+              "", f"Sensitivity and specificity at each file's stored threshold (chosen on val). "
               f"Latency: {result['runs']} timed invokes after {result['warmup']} warm-up, "
               f"{h['machine']} with {h['cpu_count']} CPUs, Python {h['python']}, "
               f"{result['created']}, in one run ({result['seconds']} s)."]
@@ -245,7 +349,10 @@ def write_csv(result: dict[str, Any], path: Path) -> None:
     cols = ["family", "variant", "status", "reason", "size_bytes", "gzip_bytes", "sparsity"]
     for s in SPLITS:
         cols += [f"{s}_auc", f"{s}_auc_lo", f"{s}_auc_hi", f"{s}_sensitivity",
-                 f"{s}_specificity"]
+                 f"{s}_specificity", f"{s}_delta_auc", f"{s}_delta_lo", f"{s}_delta_hi"]
+        for n in _sources(result, s):
+            cols += [f"{s}_{n}_auc", f"{s}_{n}_auc_lo", f"{s}_{n}_auc_hi",
+                     f"{s}_{n}_sensitivity", f"{s}_{n}_specificity"]
     for t in threads:
         cols += [f"p50_ms_{t}t", f"p90_ms_{t}t"]
     cols += ["peak_rss_mb"]
@@ -256,11 +363,18 @@ def write_csv(result: dict[str, Any], path: Path) -> None:
             out = {k: r[k] for k in cols[:7]}
             for s in SPLITS:
                 a = r["accuracy"].get(s)
-                if a:
-                    out.update({f"{s}_auc": a["auc"], f"{s}_auc_lo": a["auc_ci95"][0],
-                                f"{s}_auc_hi": a["auc_ci95"][1],
-                                f"{s}_sensitivity": a["sensitivity"],
-                                f"{s}_specificity": a["specificity"]})
+                parts = [(f"{s}_", a)] + [(f"{s}_{n}_", v) for n, v in
+                                          ((a or {}).get("sources") or {}).items()]
+                for prefix, m in parts:
+                    if m:
+                        out.update({f"{prefix}auc": m["auc"], f"{prefix}auc_lo": m["auc_ci95"][0],
+                                    f"{prefix}auc_hi": m["auc_ci95"][1],
+                                    f"{prefix}sensitivity": m["sensitivity"],
+                                    f"{prefix}specificity": m["specificity"]})
+                d = (r.get("paired") or {}).get(s)
+                if d:
+                    out.update({f"{s}_delta_auc": d["delta"], f"{s}_delta_lo": d["ci95"][0],
+                                f"{s}_delta_hi": d["ci95"][1]})
             for t in threads:
                 lat = r["latency"].get(str(t))
                 if lat:
@@ -269,8 +383,44 @@ def write_csv(result: dict[str, Any], path: Path) -> None:
             w.writerow(out)
 
 
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both size (smaller) and AUC (higher),
+    in order of size: the files worth shipping."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], -np.inf
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def _place_labels(ax: Any, xy: list[tuple[float, float]], texts: list[str]) -> None:
+    """Put each label at the first of several offsets around its point where it overlaps no
+    label already placed (greedy, in display space), so clustered variants stay readable."""
+    fig = ax.figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    offsets = [(6, 6), (6, -14), (-6, 6), (-6, -14), (8, 18), (8, -26), (-8, 18), (-8, -26),
+               (10, 30), (10, -38), (-10, 30), (-10, -38)]
+    placed: list[Any] = []
+    for (x, y), text in zip(xy, texts):
+        ann = None
+        for dx, dy in offsets:
+            if ann is not None:
+                ann.remove()
+            ann = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points",
+                              fontsize=7, ha="left" if dx > 0 else "right",
+                              arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.5"})
+            box = ann.get_window_extent(renderer).expanded(1.05, 1.1)
+            if not any(box.overlaps(b) for b in placed):
+                break
+        placed.append(ann.get_window_extent(renderer))
+
+
 def chart(result: dict[str, Any], path: Path) -> bool:
-    """AUC (val) against file size, marker area by p50 latency: the Pareto front at a glance."""
+    """AUC (test where measured, else val) with its 95% interval against file size, marker
+    area by p50 latency, the Pareto front drawn, labels kept apart."""
     try:
         import matplotlib
 
@@ -279,30 +429,41 @@ def chart(result: dict[str, Any], path: Path) -> bool:
     except ImportError:
         return False
     t = str(result["threads"][0])
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    families = sorted({r["family"] for r in result["rows"]})
+    split = "test" if any(r["accuracy"].get("test") for r in result["rows"]) else "val"
+    pts = [r for r in result["rows"] if r["accuracy"].get(split) and r["latency"].get(t)
+           and r["size_bytes"]]
+    fig, ax = plt.subplots(figsize=(9, 6))
+    families = sorted({r["family"] for r in pts})
+    xy, texts = [], []
     for fam, marker in zip(families, "os^Dv"):
-        pts = [r for r in result["rows"] if r["family"] == fam and r["accuracy"].get("val")
-               and r["latency"].get(t)]
-        if not pts:
-            continue
-        xs = [r["size_bytes"] / 1024 for r in pts]
-        ys = [r["accuracy"]["val"]["auc"] for r in pts]
-        lat = np.array([r["latency"][t]["p50_ms"] for r in pts])
-        sizes = 40 + 400 * lat / max(lat.max(), 1e-9)
-        ax.scatter(xs, ys, s=sizes, marker=marker, alpha=0.6, label=fam)
-        for r, x, y, ms in zip(pts, xs, ys, lat):
-            ax.annotate(f"{r['variant']}\n{ms:.1f} ms", (x, y), fontsize=7,
-                        xytext=(4, 4), textcoords="offset points")
-    base = (result.get("baseline") or {}).get("splits", {}).get("val")
+        mine = [r for r in pts if r["family"] == fam]
+        xs = np.array([r["size_bytes"] / 1024 for r in mine])
+        ys = np.array([r["accuracy"][split]["auc"] for r in mine])
+        ci = np.array([r["accuracy"][split]["auc_ci95"] for r in mine], dtype=float)
+        lat = np.array([r["latency"][t]["p50_ms"] for r in mine])
+        err = np.abs(np.vstack([ys - ci[:, 0], ci[:, 1] - ys]))
+        ax.errorbar(xs, ys, yerr=np.nan_to_num(err), fmt="none", ecolor="0.6", lw=0.8,
+                    capsize=2, zorder=1)
+        ax.scatter(xs, ys, s=40 + 300 * lat / max(float(lat.max()), 1e-9), marker=marker,
+                   alpha=0.7, label=fam, zorder=2)
+        for r, x, y, ms in zip(mine, xs, ys, lat):
+            xy.append((x, y))
+            texts.append(f"{fam} {r['variant']} ({ms:.1f} ms)")
+    if xy:
+        front = pareto_front(xy)
+        ax.plot([xy[i][0] for i in front], [xy[i][1] for i in front], "k--", lw=0.8,
+                label="Pareto front", zorder=0)
+    base = (result.get("baseline") or {}).get("splits", {}).get(split)
     if base:
-        ax.axhline(base["auc"], color="grey", ls=":", label="global-cue baseline (val)")
+        ax.axhline(base["auc"], color="grey", ls=":", label=f"global-cue baseline ({split})")
     ax.set_xscale("log")
     ax.set_xlabel("file size (KiB, log scale)")
-    ax.set_ylabel("val AUC")
+    ax.set_ylabel(f"{split} AUC (95% CI)")
     ax.set_title(f"accuracy vs size; marker area = p50 latency @{t} thread(s)")
-    ax.legend(loc="lower right", fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
+    _place_labels(ax, xy, texts)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True

@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                  "Classify image files, folders or globs with a .tflite model (no TensorFlow)."),
     "capture": ("edge_toolkit.runtime.cli:capture",
                 "Capture from a Raspberry Pi camera, save, then classify each picture."),
+    "calibrate": ("edge_toolkit.runtime.calibrate_cli:calibrate",
+                  "Re-choose a model's threshold on your own labelled images (no TensorFlow)."),
     "bench": ("edge_toolkit.runtime.cli:bench",
               "Benchmark interpreter latency and memory of one or more .tflite models."),
     "benchmark": ("edge_toolkit.benchmark:benchmark",

@@ -12,7 +12,7 @@ import random
 import re
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +52,7 @@ class Sample:
     path: Path
     label: int
     split: str
+    source: str = ""  # which dataset folder (site) it came from: reports are per source
 
 
 @dataclass
@@ -60,6 +61,11 @@ class Dataset:
     samples: list[Sample]
     carved_val: bool = False
     class_folders: dict[str, str] = field(default_factory=dict)
+    sources: dict[str, Path] = field(default_factory=dict)  # source name -> its folder
+
+    @property
+    def source_names(self) -> list[str]:
+        return list(self.sources) or sorted({s.source for s in self.samples})
 
     def split(self, name: str) -> list[Sample]:
         return [s for s in self.samples if s.split == name]
@@ -123,7 +129,7 @@ def carve_validation(samples: list[Sample], fraction: float = 0.15, seed: int = 
         for k in keys:
             to_val = taken < want
             taken += len(groups[k]) if to_val else 0
-            out += [Sample(s.path, s.label, "val" if to_val else "train") for s in groups[k]]
+            out += [replace(s, split="val" if to_val else "train") for s in groups[k]]
     return out
 
 
@@ -142,7 +148,9 @@ def discover(root: str | Path, val_fraction: float = 0.15, seed: int = 0) -> Dat
     samples: list[Sample] = []
     for split, d in split_dirs.items():
         samples += _read_split(d, split, class_folders)
-    ds = Dataset(root, samples, class_folders=class_folders)
+    samples = [replace(s, source=root.name) for s in samples]
+    sources = {root.name: root}
+    ds = Dataset(root, samples, class_folders=class_folders, sources=sources)
     train = ds.split("train")
     present = {s.label for s in train}
     if not train:
@@ -153,7 +161,7 @@ def discover(root: str | Path, val_fraction: float = 0.15, seed: int = 0) -> Dat
                            "has images")
     if "val" not in split_dirs:
         ds = Dataset(root, carve_validation(samples, val_fraction, seed), carved_val=True,
-                     class_folders=class_folders)
+                     class_folders=class_folders, sources=sources)
     return ds
 
 
@@ -165,6 +173,7 @@ class LoadedSplit:
     y: np.ndarray
     paths: list[Path]
     skipped: list[tuple[str, str]]
+    sources: list[str] = field(default_factory=list)  # per kept image, as `paths`
 
 
 def load_samples(samples: list[Sample], cfg: PreprocessConfig, workers: int = 4
@@ -179,7 +188,7 @@ def load_samples(samples: list[Sample], cfg: PreprocessConfig, workers: int = 4
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = list(pool.map(one, samples))
-    xs, ys, paths, skipped = [], [], [], []
+    xs, ys, paths, skipped, sources = [], [], [], [], []
     for s, r in zip(samples, results):
         if isinstance(r, ImageLoadError):
             skipped.append((str(s.path), r.reason))
@@ -187,5 +196,6 @@ def load_samples(samples: list[Sample], cfg: PreprocessConfig, workers: int = 4
             xs.append(r)
             ys.append(s.label)
             paths.append(s.path)
+            sources.append(s.source)
     x = np.stack(xs) if xs else np.zeros((0, *cfg.shape), np.float32)
-    return LoadedSplit(x, np.asarray(ys, np.int64), paths, skipped)
+    return LoadedSplit(x, np.asarray(ys, np.int64), paths, skipped, sources)

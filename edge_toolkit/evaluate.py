@@ -6,14 +6,15 @@ TensorFlow). Temperature and thresholds are read from the card, never re-chosen 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edge_toolkit.card import CardError, ModelCard, read_card
-from edge_toolkit.data import DatasetError, discover, load_samples
+from edge_toolkit.data import Dataset, DatasetError, load_samples
+from edge_toolkit.multisource import FLAT_SPLIT, dataset_for_card, discover_scoring, merge
 from edge_toolkit.preprocess import PreprocessConfig
 
 Predict = Callable[[np.ndarray], np.ndarray]
@@ -50,34 +51,42 @@ def load_predictor(model: Path) -> tuple[ModelCard, Predict]:
     return card, clf.predict_raw_batch
 
 
-def dataset_root(card: ModelCard, data: Path | None) -> Path:
-    root = data or (Path(card.dataset["root"]) if card.dataset.get("root") else None)
-    if root is None:
-        raise EvaluationError("no dataset given and the card names none: use --data")
-    return root
+def scoring_dataset(card: ModelCard, data: Sequence[str | Path] | None) -> Dataset:
+    """The folders to score on: `data` (any layout, flat folders included), else the
+    folders the model was trained on, split as training split them."""
+    try:
+        if data:
+            return merge([discover_scoring(d) for d in data])
+        return dataset_for_card(card.dataset)
+    except DatasetError as exc:
+        raise EvaluationError(str(exc)) from None
 
 
-def evaluate_model(model: Path, data: Path | None = None, splits: list[str] | None = None,
+def evaluate_model(model: Path, data: Sequence[str | Path] | Path | None = None,
+                   splits: list[str] | None = None,
                    bootstrap: int = 1000) -> tuple[dict[str, Any], str]:
-    """Metrics per split at the card's thresholds, and a printable summary."""
+    """Metrics per split, pooled and per source, at the card's thresholds; and a summary.
+    A flat folder's images form the split `all`, which is always scored."""
     from edge_toolkit.train.calibrate import format_metrics, report_splits
 
     card, predict = load_predictor(Path(model))
-    root = dataset_root(card, data)
-    try:
-        ds = discover(root, val_fraction=card.dataset.get("val_fraction", 0.15),
-                      seed=card.dataset.get("seed", 0))
-    except DatasetError as exc:
-        raise EvaluationError(str(exc)) from None
+    if isinstance(data, str | Path):
+        data = [data]
+    ds = scoring_dataset(card, data)
     pre = PreprocessConfig.from_dict(card.preprocessing)
-    probs = {}
-    for split in splits or ["val", "test"]:
-        if split not in ds.splits:
+    wanted = [*(splits or ["val", "test"]), FLAT_SPLIT]
+    probs, sources = {}, {}
+    for split in wanted:
+        if split not in {s.split for s in ds.samples}:
             continue
-        loaded = load_samples(ds.split(split), pre)
+        loaded = load_samples([s for s in ds.samples if s.split == split], pre)
+        if len(loaded.y) == 0:
+            continue
         probs[split] = (loaded.y, np.asarray(predict(loaded.x), dtype=np.float64))
+        sources[split] = loaded.sources
     if not probs:
-        raise EvaluationError(f"{root}: none of the splits {splits} exist")
+        names = ", ".join(ds.source_names)
+        raise EvaluationError(f"{names}: no readable images in the splits {splits}")
     thresholds = card.thresholds or {"stored": card.threshold}
-    metrics = report_splits(probs, card.temperature, thresholds, bootstrap)
+    metrics = report_splits(probs, card.temperature, thresholds, bootstrap, sources)
     return metrics, format_metrics(metrics)

@@ -47,6 +47,28 @@ def bootstrap_auc_ci(y: np.ndarray, p: np.ndarray, n: int = 1000, seed: int = 0,
     return float(lo), float(hi)
 
 
+def paired_auc_delta(y: np.ndarray, p: np.ndarray, p_ref: np.ndarray, n: int = 1000,
+                     seed: int = 0, level: float = 0.95) -> dict[str, Any]:
+    """AUC(p) - AUC(p_ref) on the same images, with a paired, class-stratified bootstrap
+    interval: both models are scored on each resample, so the images' own difficulty cancels
+    and a small, real cost can be told from noise (unpaired intervals overlap far more)."""
+    y = np.asarray(y).astype(int)
+    p, p_ref = np.asarray(p, np.float64), np.asarray(p_ref, np.float64)
+    if not (len(y) == len(p) == len(p_ref)):
+        raise ValueError("paired AUC needs both models' outputs on the same images")
+    delta = roc_auc(y, p) - roc_auc(y, p_ref)
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    if len(pos) == 0 or len(neg) == 0 or n <= 0:
+        return {"delta": float(delta), "ci95": [float("nan"), float("nan")], "n": int(len(y))}
+    rng = np.random.default_rng(seed)
+    deltas = np.empty(n)
+    for i in range(n):
+        idx = np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
+        deltas[i] = roc_auc(y[idx], p[idx]) - roc_auc(y[idx], p_ref[idx])
+    lo, hi = np.quantile(deltas, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return {"delta": float(delta), "ci95": [float(lo), float(hi)], "n": int(len(y))}
+
+
 def roc_curve(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(fpr, tpr, thresholds) with a decision `p >= threshold`, thresholds descending."""
     y = np.asarray(y).astype(bool)
@@ -64,6 +86,19 @@ def confusion(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, int]:
     pred = np.asarray(p) >= threshold
     return {"tp": int((pred & y).sum()), "fp": int((pred & ~y).sum()),
             "tn": int((~pred & ~y).sum()), "fn": int((~pred & y).sum())}
+
+
+def proportion_ci(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion k/n (sensible at 0, n and small n, unlike the
+    normal approximation): for sensitivity and specificity on a clinic's few images."""
+    if n <= 0:
+        return (float("nan"), float("nan"))
+    z = {0.9: 1.6449, 0.95: 1.96, 0.99: 2.5758}.get(level, 1.96)
+    phat = k / n
+    denom = 1 + z * z / n
+    centre = (phat + z * z / (2 * n)) / denom
+    half = z * math.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def _ratio(a: float, b: float) -> float:
@@ -106,6 +141,13 @@ def logit(p: np.ndarray) -> np.ndarray:
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
+
+
+def log_loss(y: np.ndarray, p: np.ndarray) -> float:
+    """Mean binary cross-entropy of probabilities `p` for labels `y`."""
+    y = np.asarray(y, dtype=np.float64)
+    q = np.clip(np.asarray(p, dtype=np.float64), _EPS, 1 - _EPS)
+    return float(-np.mean(y * np.log(q) + (1 - y) * np.log1p(-q))) if len(y) else float("nan")
 
 
 def apply_temperature(p: np.ndarray, temperature: float) -> np.ndarray:

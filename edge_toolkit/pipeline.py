@@ -56,24 +56,31 @@ class Stages:
         return all(r["ok"] for r in self.results)
 
 
-def run_pipeline(data: Path | None, out: Path, families: list[str], variants: str,
+def run_pipeline(data: Path | list[Path] | None, out: Path, families: list[str], variants: str,
                  weights: Path | None, threads: list[int], epochs: int | None,
                  fine_tune_epochs: int | None, size: int | None, min_auc: float | None,
-                 log: Any = print, resume: bool = False) -> tuple[Path, bool]:
-    """Every stage, in order; returns (pipeline folder, whether every stage succeeded)."""
+                 log: Any = print, resume: bool = False, site_shift: bool = True
+                 ) -> tuple[Path, bool]:
+    """Every stage, in order; returns (pipeline folder, whether every stage succeeded).
+    With several dataset folders (sources), one model per family is trained on all of them,
+    and (`site_shift`) each family is also trained on each source alone and every model
+    scored on every source's test split."""
     from edge_toolkit.benchmark import below_floor, markdown, run_benchmark, write_outputs
     from edge_toolkit.quantize.exporter import ExportConfig, export_run
+    from edge_toolkit.site_shift import leave_one_source_out, site_shift_markdown, write_site_shift
     from edge_toolkit.synthetic import write_synthetic
     from edge_toolkit.train.trainer import TrainConfig, train
 
     out.mkdir(parents=True, exist_ok=True)
     stages = Stages(log)
-    demo = data is None
+    roots = [data] if isinstance(data, str | Path) else list(data or [])
+    demo = not roots
     if demo:
         data = stages.run("synthetic data", write_synthetic, out / "data-synthetic",
                           {"train": 120, "val": 60, "test": 60}, 96)
         log("   SYNTHETIC phantoms: the scores below say nothing about real X-rays")
-    runs = []
+        roots = [data] if data is not None else []
+    runs, shifts = [], []
     for family in families:
         model: dict[str, Any] = dict(DEMO_MODELS.get(family, {})) if demo else {}
         if size:
@@ -86,8 +93,8 @@ def run_pipeline(data: Path | None, out: Path, families: list[str], variants: st
             train_kw["epochs"] = epochs
         if fine_tune_epochs is not None:
             train_kw["fine_tune_epochs"] = fine_tune_epochs
-        cfg = TrainConfig(data=str(data), family=family, out=str(out), name=family,
-                          model=model, **train_kw)
+        cfg = TrainConfig(data=[str(r) for r in roots] if len(roots) > 1 else str(roots[0]),
+                          family=family, out=str(out), name=family, model=model, **train_kw)
         done = out / family
         if resume and (done / "model.keras").exists() and (done / "card.json").exists():
             log(f"== train {family}: reusing {done} (--resume)")
@@ -100,6 +107,13 @@ def run_pipeline(data: Path | None, out: Path, families: list[str], variants: st
         if stages.run(f"export {family}", export_run, run, exp,
                       log=lambda m: log(f"   {m}")) is not None:
             runs.append(run)
+        if site_shift and len(roots) > 1:
+            shift = stages.run(f"site shift {family}", leave_one_source_out, cfg, roots,
+                               out / "site-shift", run, 200 if demo else 1000,
+                               lambda m: log(f"   {m}"), resume)
+            if shift is not None:
+                shifts.append(shift)
+                write_site_shift(shifts, out)
     result = None
     if runs:
         result = stages.run("benchmark", run_benchmark, runs, None, threads,
@@ -110,12 +124,17 @@ def run_pipeline(data: Path | None, out: Path, families: list[str], variants: st
             log(f"   wrote {p}")
         log("")
         log(markdown(result))
+    if shifts:
+        log("")
+        log("Site shift (each family trained on one source, scored on every source's test):")
+        log(site_shift_markdown(shifts))
         if min_auc is not None:
             for line in below_floor(result, min_auc):
                 stages.results.append({"stage": "min-auc", "ok": False, "reason": line})
                 log(f"!! below --min-auc: {line}")
     (out / "pipeline.json").write_text(json.dumps(
-        {"data": str(data), "synthetic": demo, "families": families, "variants": variants,
+        {"data": [str(r) for r in roots], "synthetic": demo, "families": families,
+         "variants": variants,
          "stages": [{k: v for k, v in r.items() if k != "traceback"} for r in stages.results]},
         indent=2) + "\n")
     failed = [r for r in stages.results if not r["ok"]]
@@ -125,9 +144,13 @@ def run_pipeline(data: Path | None, out: Path, families: list[str], variants: st
 
 
 @click.command()
-@click.option("--data", type=click.Path(file_okay=False, path_type=Path),
-              help="Dataset folder DATA/{train,val,test}/<class>/. Default: built-in "
-                   "synthetic phantoms (a demo of the machinery, not of accuracy).")
+@click.option("--data", multiple=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Dataset folder DATA/{train,val,test}/<class>/; repeat it for several "
+                   "sources (sites). Default: built-in synthetic phantoms (a demo of the "
+                   "machinery, not of accuracy).")
+@click.option("--site-shift/--no-site-shift", default=True, show_default=True,
+              help="With several --data: also train each family on each source alone and "
+                   "score every model on every source's test split.")
 @click.option("--families", default="mobilenetv2,scratch_cnn", show_default=True,
               help="Model families from the registry, comma-separated.")
 @click.option("--variants", default="all", show_default=True,
@@ -143,7 +166,8 @@ def run_pipeline(data: Path | None, out: Path, families: list[str], variants: st
 @click.option("--name", help="Pipeline folder name (default: pipeline-TIMESTAMP).")
 @click.option("--resume", is_flag=True,
               help="Reuse models already trained in the pipeline folder (after a crash).")
-def pipeline(data: Path | None, families: str, variants: str, weights: Path | None,
+def pipeline(data: tuple[Path, ...], site_shift: bool, families: str, variants: str,
+             weights: Path | None,
              size: int | None, epochs: int | None, fine_tune_epochs: int | None, threads: str,
              min_auc: float | None, out: str, name: str | None, resume: bool) -> None:
     """Train -> export every variant -> validate -> benchmark table, in one run folder.
@@ -164,9 +188,9 @@ def pipeline(data: Path | None, families: str, variants: str, weights: Path | No
     from edge_toolkit.benchmark import parse_threads
 
     fams = [f.strip() for f in families.split(",") if f.strip()]
-    _, ok = run_pipeline(data, folder, fams, variants, weights,
+    _, ok = run_pipeline(list(data), folder, fams, variants, weights,
                          parse_threads(threads), epochs, fine_tune_epochs, size,
-                         min_auc, log, resume=resume)
+                         min_auc, log, resume=resume, site_shift=site_shift)
     log(f"pipeline folder: {folder}")
     if not ok:
         sys.exit(1)

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from edge_toolkit.card import ModelCard, embed_card, jsonable
-from edge_toolkit.data import LoadedSplit, discover, load_samples
+from edge_toolkit.data import DatasetError, LoadedSplit, load_samples
 from edge_toolkit.metrics import apply_temperature, roc_auc
 from edge_toolkit.preprocess import PreprocessConfig
 from edge_toolkit.quantize.inspect import gzip_size, sparsity, weight_tensors
@@ -82,7 +82,7 @@ class ExportConfig:
     tolerance: float = 0.02
     input_type: str = "uint8"
     output_type: str = "float32"
-    data: str | None = None  # default: the dataset root named in the run's card
+    data: str | list[str] | None = None  # default: the dataset folder(s) in the run's card
     batch_size: int | None = None  # fine-tuning batch size (default: the run's)
     seed: int | None = None  # default: the run's
     bootstrap: int = 1000  # AUC interval resamples in each card's metrics
@@ -218,25 +218,20 @@ class ExportContext:
         return self._model
 
     @property
-    def data_root(self) -> Path:
-        root = self.cfg.data or self.card.dataset.get("root")
-        if not root:
-            raise ExportError("the run's card names no dataset: pass --data")
-        if not Path(root).is_dir():
-            raise ExportError(f"dataset folder {root} not found: pass --data")
-        return Path(root)
-
-    @property
     def dataset(self) -> Any:
         if self._dataset is None:
-            ds = discover(self.data_root, val_fraction=self.card.dataset.get("val_fraction",
-                                                                                0.15),
-                          seed=self.card.dataset.get("seed", 0))
+            from edge_toolkit.multisource import dataset_for_card
+
+            data = [self.cfg.data] if isinstance(self.cfg.data, str) else self.cfg.data
+            try:
+                ds = dataset_for_card(self.card.dataset, data)
+            except DatasetError as exc:
+                raise ExportError(str(exc)) from None
             fp = self.card.data_fingerprint
             if fp and ds.fingerprint() != fp:
-                self.log(f"WARNING: {self.data_root} differs from the run's training data "
-                         f"(fingerprint {ds.fingerprint()} vs {fp}); validation numbers are "
-                         "on this data")
+                self.log(f"WARNING: {', '.join(ds.source_names)} differs from the run's "
+                         f"training data (fingerprint {ds.fingerprint()} vs {fp}); "
+                         "validation numbers are on this data")
             self._dataset = ds
         return self._dataset
 
@@ -247,7 +242,8 @@ class ExportContext:
             for path, reason in loaded.skipped:
                 self.log(f"skipped {path}: {reason}")
             if len(loaded.y) == 0:
-                raise ExportError(f"{self.data_root}: no readable {name} images")
+                raise ExportError(f"{', '.join(self.dataset.source_names)}: no readable "
+                                  f"{name} images")
             self.log(f"{name}: {len(loaded.y)} images ({int(loaded.y.sum())} "
                      f"{self.card.positive_label}), {time.perf_counter() - t:.1f}s")
             self._splits[name] = loaded
@@ -260,6 +256,11 @@ class ExportContext:
     @property
     def val(self) -> LoadedSplit:
         return self.split("val")
+
+    @property
+    def test(self) -> LoadedSplit | None:
+        """The test split, only ever reported (None when the dataset has none)."""
+        return self.split("test") if "test" in self.dataset.splits else None
 
     @property
     def representative(self) -> np.ndarray:
@@ -309,7 +310,7 @@ def operating_points(ctx: ExportContext, p: np.ndarray, check: dict[str, Any]
     from edge_toolkit.train.calibrate import choose_operating_points
 
     y = ctx.val.y
-    ops = choose_operating_points(y, p, ctx.card.target_sensitivity)
+    ops = choose_operating_points(y, p, ctx.card.target_sensitivity, ctx.val.sources)
     q = apply_temperature(p, ops["temperature"])
     q_parent = apply_temperature(ctx.parent_probs, ctx.card.temperature)
     op = at_threshold(y, q, ops["threshold"])
@@ -326,19 +327,26 @@ def operating_points(ctx: ExportContext, p: np.ndarray, check: dict[str, Any]
 
 def variant_card(ctx: ExportContext, variant: Variant, p: np.ndarray, check: dict[str, Any],
                  file_sparsity: float, settings: dict[str, Any], info: dict[str, Any],
-                 io: dict[str, Any], versions: dict[str, str], ops: dict[str, Any]
-                 ) -> ModelCard:
+                 io: dict[str, Any], versions: dict[str, str], ops: dict[str, Any],
+                 p_test: np.ndarray | None = None) -> ModelCard:
     """The parent's card, re-stamped for this file: variant, parent, measured sparsity,
-    export settings, its own operating points, validation and val metrics on this file."""
+    export settings, its own operating points, validation, and this file's metrics on val
+    (and test, reported only), pooled and per source. The card names its datasets and their
+    fingerprints, never the folders of the machine that trained it."""
     from edge_toolkit.train.calibrate import report_splits
 
     parent = ctx.card
     card = ModelCard.from_dict(json.loads(parent.to_json()))
     card.temperature, card.threshold = ops["temperature"], ops["threshold"]
     card.thresholds = ops["thresholds"]
-    val = ctx.val
-    metrics = report_splits({"val": (val.y, p)}, card.temperature, card.thresholds,
-                            ctx.cfg.bootstrap)
+    card.dataset = {k: v for k, v in parent.dataset.items() if k not in ("root", "roots")}
+    val, test = ctx.val, ctx.test
+    probs = {"val": (val.y, p)}
+    sources = {"val": val.sources}
+    if test is not None and p_test is not None:
+        probs["test"], sources["test"] = (test.y, p_test), test.sources
+    metrics = report_splits(probs, card.temperature, card.thresholds, ctx.cfg.bootstrap,
+                            sources)
     parent_val = (parent.metrics.get("val") or {}).get("auc")
     card.variant = variant.name
     card.parent = ctx.run.name
@@ -392,12 +400,13 @@ def export_variant(ctx: ExportContext, variant: Variant, out: Path,
         interp = make_interpreter(bare, cfg.threads)
         inp, outp = io_details(interp)
         p = predict_tflite(interp, ctx.val.x)
+        p_test = predict_tflite(interp, ctx.test.x) if ctx.test is not None else None
         check = compare_to_parent(ctx.val.y, p, ctx.parent_probs, ctx.card, cfg.tolerance)
         file_sparsity = sparsity(bare, weight_tensors(bare))
         io = {"input": inp.to_dict(), "output": outp.to_dict()}
         ops = operating_points(ctx, p, check)
         card = variant_card(ctx, variant, p, check, file_sparsity, settings, info, io, versions,
-                            ops)
+                            ops, p_test)
         data = embed_card(bare, card)
         path = _file_for(out, family, variant, check["status"])
         path.parent.mkdir(parents=True, exist_ok=True)

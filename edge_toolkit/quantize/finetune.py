@@ -1,9 +1,10 @@
 """Fine-tuning for QAT and pruning, the way the run was trained (imports TensorFlow).
 
-Same train split (rediscovered from the card), same preprocessing, same augmentation, class
-weights and batch size as the parent run; a low learning rate; the epoch kept is the one with
-the best validation AUC (computed in numpy on the whole val split after each epoch), among the
-epochs allowed (pruning only counts epochs that reached the target sparsity).
+Same train split (rediscovered from the card), same preprocessing, same augmentation,
+per-image weights (class and source balance) and batch size as the parent run; a low learning
+rate; the epoch kept is the one with the best validation AUC (in numpy on the whole val split
+after each epoch; the mean over sources, as training selects), among the epochs allowed
+(pruning only counts epochs that reached the target sparsity).
 """
 
 from __future__ import annotations
@@ -13,25 +14,28 @@ from typing import Any
 
 import numpy as np
 
-from edge_toolkit.metrics import roc_auc
 from edge_toolkit.train.augment import AugmentConfig, build_augmenter, make_dataset
 from edge_toolkit.train.tfsetup import keras, set_seed
 
 
-def class_weights(y: np.ndarray) -> dict[int, float]:
-    """Inverse-frequency weights, as in training (`edge_toolkit.train.trainer`)."""
-    from edge_toolkit.train.trainer import class_weights as _cw
+def training_weights(ctx: Any) -> np.ndarray:
+    """Per-image weights as in training: classes balanced within each source, sources
+    balanced as the run's card says."""
+    from edge_toolkit.multisource import source_balanced_weights
 
-    return _cw(y)
+    train = ctx.train
+    return source_balanced_weights(train.y, train.sources,
+                                   float(ctx.card.dataset.get("source_balance", 1.0)))
 
 
 class BestByValAUC(keras.callbacks.Callback):
     """Keep the weights of the epoch with the best val AUC among epochs >= `first_epoch`."""
 
     def __init__(self, x: np.ndarray, y: np.ndarray, first_epoch: int = 0,
-                 log: Any = None, label: str = "") -> None:
+                 log: Any = None, label: str = "", sources: list[str] | None = None) -> None:
         super().__init__()
         self.x, self.y, self.first_epoch = x, y, first_epoch
+        self.sources = sources or [""] * len(y)
         self.log, self.label = log, label
         self.best_auc = -np.inf
         self.best_epoch: int | None = None
@@ -39,8 +43,10 @@ class BestByValAUC(keras.callbacks.Callback):
         self.history: list[float] = []
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        from edge_toolkit.train.trainer import selection_auc, source_aucs
+
         p = self.model.predict(self.x, batch_size=64, verbose=0).reshape(-1)
-        auc = roc_auc(self.y, p)
+        auc = selection_auc(source_aucs(self.y, p, self.sources))  # as training selects
         self.history.append(float(auc))
         eligible = epoch >= self.first_epoch
         if self.log:
@@ -91,17 +97,18 @@ def fine_tune(model: Any, ctx: Any, epochs: int, lr: float, label: str,
     if any([aug.rotation, aug.zoom, aug.shift, aug.brightness, aug.contrast,
             aug.flip != "none"]):
         augmenter = build_augmenter(aug, value_range, ctx.seed)
+    weights = training_weights(ctx)
     ds = make_dataset(train.x, train.y, ctx.batch_size, augmenter, shuffle=True,
-                      seed=ctx.seed)
+                      seed=ctx.seed, weights=weights)
     frozen = freeze_batchnorm(model) if ctx.freeze_bn else 0
     model.compile(optimizer=keras.optimizers.Adam(lr), loss="binary_crossentropy")
-    best = BestByValAUC(val.x, val.y, first_epoch, ctx.log, label)
-    model.fit(ds, epochs=epochs, class_weight=class_weights(train.y),
-              callbacks=[*callbacks, best], verbose=0)
+    best = BestByValAUC(val.x, val.y, first_epoch, ctx.log, label, val.sources)
+    model.fit(ds, epochs=epochs, callbacks=[*callbacks, best], verbose=0)
     best.restore()
     return {"epochs": epochs, "learning_rate": lr, "batch_size": ctx.batch_size,
             "best_epoch": best.best_epoch, "keras_val_auc": best.best_auc,
             "val_auc_per_epoch": best.history, "augment": aug.to_dict(),
-            "class_weights": class_weights(train.y), "train_images": int(len(train.y)),
+            "sample_weights": {"min": float(weights.min()), "max": float(weights.max())},
+            "train_images": int(len(train.y)),
             "frozen_batchnorm_layers": frozen,
             "seconds": round(time.perf_counter() - t0, 1)}

@@ -22,6 +22,7 @@ class Variant:
     fine_tune: str | None  # None | "qat" | "prune" | "prune+qat": trains before converting
     builder: str  # "module:function" that returns the Keras model to convert (TF side)
     requires: tuple[str, ...] = ()  # variants whose intermediate model this one reuses
+    reference: bool = False  # the float file every other variant is compared with
 
     @property
     def needs_fine_tuning(self) -> bool:
@@ -38,7 +39,7 @@ class Variant:
 _BUILD = "edge_toolkit.quantize.convert"
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("float32", "plain float32 TFLite: the reference", "float32", False, None,
-            f"{_BUILD}:build_float"),
+            f"{_BUILD}:build_float", reference=True),
     Variant("float16", "float16 weights (half the size), float32 compute on CPU", "float16",
             False, None, f"{_BUILD}:build_float"),
     Variant("dynamic", "dynamic-range quantization: int8 weights, float activations",

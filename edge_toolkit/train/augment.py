@@ -64,13 +64,16 @@ def build_augmenter(cfg: AugmentConfig, value_range: str, seed: int = 0) -> Any:
 
 
 def make_dataset(x: Any, y: Any, batch_size: int, augmenter: Any | None = None,
-                 shuffle: bool = False, seed: int = 0) -> Any:
-    """A batched tf.data pipeline over in-memory preprocessed arrays."""
-    ds = tf.data.Dataset.from_tensor_slices((x, y.astype("float32")))
+                 shuffle: bool = False, seed: int = 0, weights: Any | None = None) -> Any:
+    """A batched tf.data pipeline over in-memory preprocessed arrays; with `weights`, each
+    element carries its sample weight (class and source balance) as Keras expects."""
+    tensors = (x, y.astype("float32")) if weights is None else (
+        x, y.astype("float32"), weights.astype("float32"))
+    ds = tf.data.Dataset.from_tensor_slices(tensors)
     if shuffle:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
     if augmenter is not None:
-        ds = ds.map(lambda a, b: (augmenter(a, training=True), b),
+        ds = ds.map(lambda a, *rest: (augmenter(a, training=True), *rest),
                     num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -41,8 +41,13 @@ def parse_augment(base: Any, items: tuple[str, ...]) -> Any:
 
 
 @click.command()
-@click.option("--data", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Dataset folder: DATA/{train,val,test}/<class>/<images>.")
+@click.option("--data", required=True, multiple=True,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Dataset folder: DATA/{train,val,test}/<class>/<images>. Repeat it to train "
+                   "one model on several sources (sites); reports are then per source.")
+@click.option("--source-balance", type=click.FloatRange(0, 1), default=1.0, show_default=True,
+              help="With several sources: 1 = each source weighs the same in training, "
+                   "0 = each weighs by its size (classes are balanced within each source).")
 @click.option("--model", "family", type=click.Choice(FAMILIES), default="mobilenetv2",
               show_default=True, help="Model family from the registry.")
 @click.option("--size", type=int, help="Input size in pixels (default: the family's).")
@@ -74,7 +79,8 @@ def parse_augment(base: Any, items: tuple[str, ...]) -> Any:
 @click.option("--seed", default=0, show_default=True)
 @click.option("--mixed-precision/--no-mixed-precision", default=None,
               help="Default: on with a GPU, off on CPU.")
-def train(data: Path, family: str, size: int | None, alpha: float | None,
+def train(data: tuple[Path, ...], source_balance: float, family: str, size: int | None,
+          alpha: float | None,
           weights: Path | None, channels: int | None, fit: str | None, epochs: int | None,
           fine_tune_epochs: int | None, batch_size: int, learning_rate: float | None,
           fine_tune_lr: float | None, patience: int | None, target_sensitivity: float,
@@ -97,11 +103,14 @@ def train(data: Path, family: str, size: int | None, alpha: float | None,
         aug = parse_augment(aug, aug_overrides)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--aug") from None
-    cfg = TrainConfig(data=str(data), family=family, out=out, name=name, model=model,
+    roots = [str(d) for d in data]
+    cfg = TrainConfig(data=roots[0] if len(roots) == 1 else roots, family=family, out=out,
+                      name=name, model=model,
                       preprocessing={"fit": fit}, augment=aug, epochs=epochs,
                       fine_tune_epochs=fine_tune_epochs, batch_size=batch_size,
                       learning_rate=learning_rate, fine_tune_lr=fine_tune_lr, patience=patience,
                       target_sensitivity=target_sensitivity, seed=seed,
+                      source_balance=source_balance,
                       mixed_precision=mixed_precision)
     try:
         run_training(cfg, log=_log)
@@ -111,13 +120,18 @@ def train(data: Path, family: str, size: int | None, alpha: float | None,
 
 @click.command()
 @click.argument("model", type=click.Path(exists=True, path_type=Path))
-@click.option("--data", type=click.Path(file_okay=False, path_type=Path),
-              help="Dataset folder (default: the one named in the model card).")
-@click.option("--splits", default="val,test", show_default=True)
+@click.option("--data", multiple=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Dataset folder to score on, repeatable: the Kaggle layout, or a flat "
+                   "folder of class folders ('fractured', 'not fractured'), e.g. another "
+                   "hospital's images. Default: the folders the model was trained on.")
+@click.option("--splits", default="val,test", show_default=True,
+              help="Splits to score (a flat folder is scored whole).")
 @click.option("--bootstrap", default=1000, show_default=True, help="Bootstrap resamples.")
 @click.option("--json", "as_json", is_flag=True, help="Print metrics as JSON.")
-def evaluate(model: Path, data: Path | None, splits: str, bootstrap: int, as_json: bool) -> None:
-    """Evaluate MODEL (a run folder, or a .tflite file with a card) on each split.
+def evaluate(model: Path, data: tuple[Path, ...], splits: str, bootstrap: int,
+             as_json: bool) -> None:
+    """Evaluate MODEL (a run folder, or a .tflite file with a card) on each split, pooled and
+    per source: on its own data, or on any other folder (site-shift check).
 
     Thresholds and temperature are those stored in the card (chosen on val at training
     time); nothing is re-chosen here, least of all on test."""

@@ -20,7 +20,14 @@ from typing import Any
 import numpy as np
 
 from edge_toolkit.card import ModelCard
-from edge_toolkit.data import LABELS, Dataset, LoadedSplit, discover, load_samples
+from edge_toolkit.data import LABELS, Dataset, LoadedSplit, load_samples
+from edge_toolkit.metrics import log_loss, roc_auc
+from edge_toolkit.multisource import (
+    by_source,
+    describe_sources,
+    discover_sources,
+    source_balanced_weights,
+)
 from edge_toolkit.preprocess import PreprocessConfig
 from edge_toolkit.train import plots
 from edge_toolkit.train.augment import AugmentConfig, build_augmenter, make_dataset
@@ -34,7 +41,7 @@ Log = Callable[[str], None]
 
 @dataclass
 class TrainConfig:
-    data: str
+    data: str | list[str]  # one dataset folder, or several sources trained on as one
     family: str = "mobilenetv2"
     out: str = "runs"
     name: str | None = None
@@ -49,6 +56,9 @@ class TrainConfig:
     fine_tune_lr: float | None = None
     patience: int | None = None
     target_sensitivity: float = 0.95
+    # 0: each source weighs by its size; 1: every source weighs the same (classes are
+    # balanced within each source either way)
+    source_balance: float = 1.0
     val_fraction: float = 0.15
     seed: int = 0
     mixed_precision: bool | None = None
@@ -68,6 +78,10 @@ def resolve_defaults(cfg: TrainConfig) -> TrainConfig:
     fill = {k: family.training.get(k, v) for k, v in FALLBACK.items()
             if getattr(cfg, k) is None}
     return replace(cfg, **fill)
+
+
+def data_roots(cfg: TrainConfig) -> list[str]:
+    return [cfg.data] if isinstance(cfg.data, str | Path) else [str(d) for d in cfg.data]
 
 
 def class_weights(y: np.ndarray) -> dict[int, float]:
@@ -113,24 +127,57 @@ def _run_dir(cfg: TrainConfig) -> Path:
     return path
 
 
-def _fit_phase(model: Any, train_ds: Any, val_ds: Any, epochs: int, lr: float, weights: dict,
+def source_aucs(y: np.ndarray, p: np.ndarray, sources: list[str]) -> dict[str, float]:
+    """AUC of each source (NaN where a source has one class only)."""
+    return {name: roc_auc(y[m], p[m]) for name, m in by_source(sources).items()}
+
+
+def selection_auc(aucs: dict[str, float]) -> float:
+    """The checkpoint criterion: the mean of the sources' validation AUCs, so every site
+    counts the same whatever its size (one source: its AUC)."""
+    vals = [a for a in aucs.values() if not np.isnan(a)]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def _val_monitor(model: Any, val: LoadedSplit) -> Any:
+    """Writes `val_auc` (mean of per-source AUCs), `val_loss` and each source's AUC into
+    the epoch's logs before early stopping and the checkpoint read them."""
+
+    class ValMonitor(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            if logs is None:
+                return
+            p = predict(model, val.x)
+            aucs = source_aucs(val.y, p, val.sources)
+            logs["val_loss"] = log_loss(val.y, p)
+            logs["val_auc"] = selection_auc(aucs)
+            if len(aucs) > 1:
+                logs.update({f"val_auc_{k}": v for k, v in aucs.items()})
+
+    return ValMonitor()
+
+
+def _fit_phase(model: Any, train_ds: Any, val: LoadedSplit, epochs: int, lr: float,
                cfg: TrainConfig, checkpoint: Any, phase: int, log: Log) -> list[dict[str, float]]:
     if epochs <= 0:
         return []
     model.compile(optimizer=keras.optimizers.Adam(lr), loss="binary_crossentropy",
-                  metrics=[keras.metrics.AUC(name="auc")])
+                  weighted_metrics=[keras.metrics.AUC(name="auc")])
     stop = keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=cfg.patience,
                                          restore_best_weights=True)
 
     class Progress(keras.callbacks.Callback):
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             logs = logs or {}
+            per_source = " ".join(f"{k[8:]} {v:.4f}" for k, v in logs.items()
+                                  if k.startswith("val_auc_"))
             log(f"phase {phase} epoch {epoch + 1}/{epochs}: loss {logs.get('loss', 0):.4f} "
                 f"auc {logs.get('auc', 0):.4f} val_loss {logs.get('val_loss', 0):.4f} "
-                f"val_auc {logs.get('val_auc', 0):.4f}")
+                f"val_auc {logs.get('val_auc', 0):.4f}" + (f" ({per_source})" if per_source
+                                                             else ""))
 
-    hist = model.fit(train_ds, validation_data=val_ds, epochs=epochs, class_weight=weights,
-                     callbacks=[stop, checkpoint, Progress()], verbose=0)
+    hist = model.fit(train_ds, epochs=epochs, verbose=0,
+                     callbacks=[_val_monitor(model, val), stop, checkpoint, Progress()])
     rows = [{k: float(v[i]) for k, v in hist.history.items()} | {"phase": phase}
             for i in range(len(hist.history["loss"]))]
     if rows:
@@ -144,7 +191,10 @@ def train(cfg: TrainConfig, log: Log = print) -> Path:
     set_seed(cfg.seed)
     cfg = resolve_defaults(cfg)
     family = get_family(cfg.family)
-    ds = discover(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    roots = data_roots(cfg)
+    ds = discover_sources(roots, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    if len(roots) > 1:
+        log(f"sources: {', '.join(ds.source_names)} (balance {cfg.source_balance:g})")
     for line in leak_warnings(ds):
         log(f"WARNING: {line}")
     if ds.carved_val:
@@ -164,25 +214,24 @@ def train(cfg: TrainConfig, log: Log = print) -> Path:
     log(f"devices: {strategy.num_replicas_in_sync} replica(s), mixed precision {mixed}")
     batch = cfg.batch_size * strategy.num_replicas_in_sync
     augmenter = build_augmenter(cfg.augment, pre.value_range, cfg.seed)
+    weights = source_balanced_weights(train_s.y, train_s.sources, cfg.source_balance)
     train_ds = make_dataset(train_s.x, train_s.y, batch, augmenter, shuffle=True,
-                            seed=cfg.seed)
-    val_ds = make_dataset(val_s.x, val_s.y, batch)
+                            seed=cfg.seed, weights=weights)
     with strategy.scope():
         model, model_cfg = build_model(cfg.family, **model_cfg)
-    weights = class_weights(train_s.y)
     ckpt_path = run / "best.weights.h5"
     checkpoint = keras.callbacks.ModelCheckpoint(str(ckpt_path), monitor="val_auc", mode="max",
                                                  save_best_only=True, save_weights_only=True)
     history: list[dict[str, float]] = []
     with strategy.scope():
         _set_trainable(model, cfg.family, model_cfg, trainable=False)
-        history += _fit_phase(model, train_ds, val_ds, cfg.epochs, cfg.learning_rate, weights,
-                              cfg, checkpoint, 1, log)
+        history += _fit_phase(model, train_ds, val_s, cfg.epochs, cfg.learning_rate, cfg,
+                              checkpoint, 1, log)
         if family.has_backbone and model_cfg.get("weights") and cfg.fine_tune_epochs > 0:
             n = _set_trainable(model, cfg.family, model_cfg, trainable=True)
             log(f"fine-tuning from {model_cfg.get('fine_tune_at')}: {n} trainable tensors")
-            history += _fit_phase(model, train_ds, val_ds, cfg.fine_tune_epochs,
-                                  cfg.fine_tune_lr, weights, cfg, checkpoint, 2, log)
+            history += _fit_phase(model, train_ds, val_s, cfg.fine_tune_epochs,
+                                  cfg.fine_tune_lr, cfg, checkpoint, 2, log)
     if ckpt_path.exists():
         model.load_weights(str(ckpt_path))  # best val AUC over both phases
         ckpt_path.unlink()
@@ -195,8 +244,10 @@ def train(cfg: TrainConfig, log: Log = print) -> Path:
         layer.trainable = True
 
     probs = {s: (v.y, predict(model, v.x)) for s, v in splits.items()}
-    ops = choose_operating_points(*probs["val"], cfg.target_sensitivity)
-    metrics = report_splits(probs, ops["temperature"], ops["thresholds"], cfg.bootstrap)
+    sources = {s: v.sources for s, v in splits.items()}
+    ops = choose_operating_points(*probs["val"], cfg.target_sensitivity, sources["val"])
+    metrics = report_splits(probs, ops["temperature"], ops["thresholds"], cfg.bootstrap,
+                            sources)
     log(format_metrics(metrics))
     card = ModelCard(
         family=cfg.family, input_size=pre.size, channels=pre.channels,
@@ -205,9 +256,11 @@ def train(cfg: TrainConfig, log: Log = print) -> Path:
         target_sensitivity=cfg.target_sensitivity, temperature=ops["temperature"],
         model_config=model_cfg, variant="keras", parent=None,
         data_fingerprint=ds.fingerprint(),
-        dataset={"root": str(Path(cfg.data).resolve()), "counts": ds.counts(),
+        dataset={"root": str(Path(roots[0]).resolve()),
+                 "roots": [str(Path(r).resolve()) for r in roots],
+                 "sources": describe_sources(ds), "counts": ds.counts(),
                  "carved_val": ds.carved_val, "val_fraction": cfg.val_fraction,
-                 "seed": cfg.seed,
+                 "seed": cfg.seed, "source_balance": cfg.source_balance,
                  "skipped": {s: len(v.skipped) for s, v in splits.items()}},
         metrics=metrics,
         export={"training": {k: v for k, v in asdict(cfg).items() if k not in ("data", "out")}
@@ -243,10 +296,11 @@ def write_predictions(path: Path, probs: dict[str, tuple[np.ndarray, np.ndarray]
                       splits: dict[str, LoadedSplit]) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["split", "path", "label", "probability_raw"])
+        w.writerow(["split", "source", "path", "label", "probability_raw"])
         for split, (y, p) in probs.items():
-            for path_, yi, pi in zip(splits[split].paths, y, p):
-                w.writerow([split, str(path_), int(yi), f"{pi:.6f}"])
+            loaded = splits[split]
+            for path_, src, yi, pi in zip(loaded.paths, loaded.sources, y, p):
+                w.writerow([split, src, str(path_), int(yi), f"{pi:.6f}"])
 
 
 def plot_evaluation(run: Path, card: ModelCard,

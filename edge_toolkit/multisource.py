@@ -1,0 +1,181 @@
+"""Several dataset folders (sites) read as one, and any folder scored as a site.
+
+A clinic's images always come from "another hospital": training takes one or more sources,
+every report is split per source, and a model can be scored on a folder it never saw,
+including a flat `fractured/` + `not fractured/` folder with no splits. No TensorFlow.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_toolkit.data import (
+    SPLITS,
+    Dataset,
+    DatasetError,
+    Sample,
+    _read_split,
+    class_id,
+    discover,
+    group_key,
+)
+
+FLAT_SPLIT = "all"  # the one split of a folder that has class folders but no split folders
+MANIFEST = "manifest.csv"
+GROUP_COLUMNS = ("group", "block")  # fracture-xray: source family; FracAtlas: patient block
+
+
+def source_names(roots: Sequence[str | Path]) -> list[str]:
+    """Each folder's name, made unique (`data`, `data-2`) when two folders share one."""
+    seen: Counter[str] = Counter()
+    names = []
+    for root in roots:
+        name = Path(root).resolve().name or str(root)
+        seen[name] += 1
+        names.append(name if seen[name] == 1 else f"{name}-{seen[name]}")
+    return names
+
+
+def discover_sources(roots: Sequence[str | Path], val_fraction: float = 0.15,
+                     seed: int = 0) -> Dataset:
+    """Read one or more training dataset folders as one Dataset whose samples know their
+    source. Each folder keeps its own splits (or gets its own carved validation split)."""
+    if not roots:
+        raise DatasetError("no dataset folder given")
+    names = source_names(roots)
+    parts = [discover(r, val_fraction=val_fraction, seed=seed) for r in roots]
+    if len(parts) == 1:
+        return parts[0]
+    samples = [replace(s, source=name) for ds, name in zip(parts, names) for s in ds.samples]
+    return Dataset(Path(roots[0]), samples, carved_val=any(ds.carved_val for ds in parts),
+                   class_folders=parts[0].class_folders,
+                   sources={name: Path(r) for name, r in zip(names, roots)})
+
+
+def discover_scoring(root: str | Path, name: str | None = None) -> Dataset:
+    """A folder to score a model on: the Kaggle layout (any of train/val/test, no carve-out,
+    one class is enough), or class folders with no split folders (one split, `all`)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: no such dataset folder")
+    name = name or source_names([root])[0]
+    dirs = [d for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+    split_dirs = [d for d in dirs if d.name.lower() in SPLITS]
+    class_folders: dict[str, str] = {}
+    samples: list[Sample] = []
+    if split_dirs:
+        for d in split_dirs:
+            samples += _read_split(d, d.name.lower(), class_folders)
+    elif dirs and all(class_id(d.name) is not None for d in dirs):
+        samples = _read_split(root, FLAT_SPLIT, class_folders)
+    else:
+        found = [d.name for d in dirs] or "no folders"
+        raise DatasetError(f"{root}: neither split folders (train/val/test) nor class folders "
+                           f"('fractured', 'not fractured'); found {found}")
+    samples = [replace(s, source=name) for s in samples]
+    if not samples:
+        raise DatasetError(f"{root}: no image files found")
+    return Dataset(root, samples, class_folders=class_folders, sources={name: root})
+
+
+def merge(datasets: Sequence[Dataset]) -> Dataset:
+    """Several scoring datasets as one (their source names must differ)."""
+    if len(datasets) == 1:
+        return datasets[0]
+    sources: dict[str, Path] = {}
+    for ds in datasets:
+        for name, root in ds.sources.items():
+            if name in sources:
+                raise DatasetError(f"two dataset folders are both called {name!r}")
+            sources[name] = root
+    return Dataset(datasets[0].root, [s for ds in datasets for s in ds.samples],
+                   sources=sources)
+
+
+def _manifest_groups(root: Path) -> dict[Path, str]:
+    """path -> group from a dataset's manifest.csv (`group` or `block` column), if any."""
+    path = root / MANIFEST
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        column = next((c for c in GROUP_COLUMNS if c in (reader.fieldnames or [])), None)
+        if column is None or "path" not in (reader.fieldnames or []):
+            return {}
+        return {(root / row["path"]).resolve(): row[column] for row in reader}
+
+
+def sample_groups(ds: Dataset) -> list[str]:
+    """A group id per sample: images of one group (a source family, a patient) must stay
+    in one fold. From each source's manifest.csv where it has one, else the file-name family;
+    prefixed by the source, so groups never join across sites."""
+    manifests = {name: _manifest_groups(root) for name, root in ds.sources.items()}
+    out = []
+    for s in ds.samples:
+        found = manifests.get(s.source, {}).get(s.path.resolve())
+        out.append(f"{s.source}:{found if found is not None else group_key(s.path)}")
+    return out
+
+
+def source_balanced_weights(y: np.ndarray, sources: Sequence[str],
+                            balance: float = 1.0) -> np.ndarray:
+    """Per-image training weights, mean 1: classes balanced within each source, and each
+    source's total weight moved from its size (balance 0) to an equal share (balance 1), so
+    a small site is not drowned by a large one."""
+    y = np.asarray(y).astype(int)
+    src = np.asarray(sources)
+    w = np.zeros(len(y), np.float64)
+    names = sorted(set(src.tolist()))
+    for name in names:
+        m = src == name
+        n_s = int(m.sum())
+        share = (len(y) / (len(names) * n_s)) ** balance
+        for c in (0, 1):
+            mc = m & (y == c)
+            if mc.any():
+                w[mc] = share * n_s / (2 * int(mc.sum()))
+    return (w / w.mean()).astype(np.float32) if len(w) else w.astype(np.float32)
+
+
+def by_source(sources: Sequence[str]) -> dict[str, np.ndarray]:
+    """Boolean masks per source name, in name order."""
+    src = np.asarray(sources)
+    return {name: src == name for name in sorted(set(src.tolist()))}
+
+
+def describe_sources(ds: Dataset) -> list[dict[str, Any]]:
+    """What a card records of each source: its name and counts, never a machine's folders."""
+    out = []
+    for name in ds.source_names:
+        part = Dataset(ds.root, [s for s in ds.samples if s.source == name])
+        out.append({"name": name, "counts": part.counts(), "fingerprint": part.fingerprint()})
+    return out
+
+
+
+def card_roots(dataset_info: dict[str, Any]) -> list[str]:
+    """The training folders a run's card names (`roots`, or the older single `root`)."""
+    roots = dataset_info.get("roots") or ([dataset_info["root"]] if dataset_info.get("root")
+                                          else [])
+    return [str(r) for r in roots]
+
+
+def dataset_for_card(dataset_info: dict[str, Any],
+                     data: Sequence[str | Path] | None = None) -> Dataset:
+    """The dataset a run was trained on, split exactly as training split it (same carve-out
+    seed and fraction), from the card's folders or from `data` standing in for them."""
+    roots = [str(d) for d in data] if data else card_roots(dataset_info)
+    if not roots:
+        raise DatasetError("the model card names no dataset folder: pass --data")
+    missing = [r for r in roots if not Path(r).is_dir()]
+    if missing:
+        raise DatasetError(f"dataset folder {missing[0]} not found: pass --data")
+    return discover_sources(roots, val_fraction=float(dataset_info.get("val_fraction", 0.15)),
+                            seed=int(dataset_info.get("seed", 0)))
