@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from edge_toolkit.train.augment import AugmentConfig, build_augmenter, make_dataset
-from edge_toolkit.train.tfsetup import keras, set_seed
+from edge_toolkit.train.tfsetup import determinism, keras, set_seed
 
 
 def training_weights(ctx: Any) -> np.ndarray:
@@ -89,7 +89,8 @@ def fine_tune(model: Any, ctx: Any, epochs: int, lr: float, label: str,
     if epochs < 1:
         raise ValueError(f"{label}: needs at least one fine-tuning epoch")
     t0 = time.perf_counter()
-    set_seed(ctx.seed)
+    repro = determinism(bool(ctx.freeze_bn))
+    set_seed(ctx.seed, repro["deterministic"])
     train, val = ctx.train, ctx.val
     aug = ctx.augment
     value_range = ctx.preprocess.value_range
@@ -110,5 +111,5 @@ def fine_tune(model: Any, ctx: Any, epochs: int, lr: float, label: str,
             "val_auc_per_epoch": best.history, "augment": aug.to_dict(),
             "sample_weights": {"min": float(weights.min()), "max": float(weights.max())},
             "train_images": int(len(train.y)),
-            "frozen_batchnorm_layers": frozen,
+            "frozen_batchnorm_layers": frozen, "determinism": repro,
             "seconds": round(time.perf_counter() - t0, 1)}

@@ -30,19 +30,42 @@ def import_tf() -> tuple[ModuleType, ModuleType]:
 tf, keras = import_tf()
 
 
-def set_seed(seed: int) -> None:
-    """Seed Python, numpy and TensorFlow so a run can be repeated."""
+def set_seed(seed: int, deterministic: bool = True) -> None:
+    """Seed Python, numpy and TensorFlow so a run can be repeated; with `deterministic`,
+    also make every op deterministic (see `determinism`: not possible for every GPU run)."""
     import numpy as np
 
     random.seed(seed)
     np.random.seed(seed)
     tf.random.set_seed(seed)
-    # same seed, same data -> same model (tf.data's parallel random augmentation included)
-    tf.config.experimental.enable_op_determinism()
+    if deterministic:
+        # same seed, same data -> same model (tf.data's parallel random augmentation included)
+        tf.config.experimental.enable_op_determinism()
 
 
 def gpus() -> list[Any]:
     return tf.config.list_physical_devices("GPU")
+
+
+def determinism(frozen_batchnorm_training: bool, devices: list[Any] | None = None
+                ) -> dict[str, Any]:
+    """What reproducibility this device can honour, decided before TensorFlow is asked.
+
+    On a CPU every op has a deterministic kernel. On a GPU, op determinism plus training
+    through BatchNormalization frozen in inference mode (fine-tuning a pretrained backbone,
+    QAT/pruning with frozen BN) raises UnimplementedError: there is no deterministic GPU
+    kernel for that backward pass. Such runs are seeded but not bit-reproducible, and the
+    card says so."""
+    devices = gpus() if devices is None else devices
+    if not devices:
+        return {"deterministic": True, "device": "cpu",
+                "reason": "CPU kernels are deterministic: same seed and data, same model"}
+    if frozen_batchnorm_training:
+        return {"deterministic": False, "device": "gpu",
+                "reason": "no deterministic GPU kernel for the backward pass of BatchNorm "
+                          "frozen in inference mode: seeded, not bit-reproducible"}
+    return {"deterministic": True, "device": "gpu",
+            "reason": "op determinism on: same seed, data and GPU model, same model"}
 
 
 def strategy_and_precision(mixed_precision: bool | None = None) -> tuple[Any, bool]:

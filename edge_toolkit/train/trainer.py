@@ -34,7 +34,13 @@ from edge_toolkit.train.augment import AugmentConfig, build_augmenter, make_data
 from edge_toolkit.train.calibrate import choose_operating_points, format_metrics, report_splits
 from edge_toolkit.train.models import build_model, get_family, preprocess_config
 from edge_toolkit.train.models import set_backbone_trainable as _set_trainable
-from edge_toolkit.train.tfsetup import keras, set_seed, strategy_and_precision, versions
+from edge_toolkit.train.tfsetup import (
+    determinism,
+    keras,
+    set_seed,
+    strategy_and_precision,
+    versions,
+)
 
 Log = Callable[[str], None]
 
@@ -55,6 +61,10 @@ class TrainConfig:
     learning_rate: float | None = None
     fine_tune_lr: float | None = None
     patience: int | None = None
+    # "probe": the head of a pretrained backbone is fitted in closed form (train/probe.py)
+    # before fine-tuning; "train": by SGD for `epochs`
+    head: str | None = None
+    probe_l2: float | None = None  # the probe's L2 penalty; 0 = choose it on val
     target_sensitivity: float = 0.95
     # 0: each source weighs by its size; 1: every source weighs the same (classes are
     # balanced within each source either way)
@@ -67,7 +77,7 @@ class TrainConfig:
 
 
 FALLBACK = {"epochs": 12, "fine_tune_epochs": 8, "learning_rate": 1e-3, "fine_tune_lr": 2e-5,
-            "patience": 4}
+            "patience": 4, "head": "train", "probe_l2": 0.0}
 
 
 def resolve_defaults(cfg: TrainConfig) -> TrainConfig:
@@ -157,6 +167,27 @@ def _val_monitor(model: Any, val: LoadedSplit) -> Any:
     return ValMonitor()
 
 
+def _probe_phase(model: Any, train_s: LoadedSplit, weights: np.ndarray, val_s: LoadedSplit,
+                 cfg: TrainConfig, log: Log) -> tuple[dict[str, Any], dict[str, float]]:
+    """Phase 1 as a linear probe: the head fitted exactly on the frozen backbone's features;
+    returns the probe's record and its history row (scored on val like an epoch)."""
+    from edge_toolkit.train.probe import probe
+
+    t = time.perf_counter()
+    record = probe(model, train_s.x, train_s.y, weights, val_s.x, val_s.y, val_s.sources,
+                   float(cfg.probe_l2 or 0.0), log)
+    p = predict(model, val_s.x)
+    aucs = source_aucs(val_s.y, p, val_s.sources)
+    row = {"phase": 1, "phase_start": 1, "val_auc": selection_auc(aucs),
+           "val_loss": log_loss(val_s.y, p)}
+    row |= {f"val_auc_{k}": v for k, v in aucs.items()} if len(aucs) > 1 else {}
+    per_source = " ".join(f"{k} {v:.4f}" for k, v in aucs.items()) if len(aucs) > 1 else ""
+    log(f"phase 1 linear probe (L2 {record['l2']:g}): val_loss {row['val_loss']:.4f} "
+        f"val_auc {row['val_auc']:.4f}" + (f" ({per_source})" if per_source else "")
+        + f", {time.perf_counter() - t:.0f}s")
+    return record, row
+
+
 def _fit_phase(model: Any, train_ds: Any, val: LoadedSplit, epochs: int, lr: float,
                cfg: TrainConfig, checkpoint: Any, phase: int, log: Log) -> list[dict[str, float]]:
     if epochs <= 0:
@@ -188,9 +219,13 @@ def _fit_phase(model: Any, train_ds: Any, val: LoadedSplit, epochs: int, lr: flo
 def train(cfg: TrainConfig, log: Log = print) -> Path:
     """Train, calibrate on val, report every split, write the run folder; return its path."""
     t0 = time.perf_counter()
-    set_seed(cfg.seed)
     cfg = resolve_defaults(cfg)
     family = get_family(cfg.family)
+    model_weights = cfg.model.get("weights", family.defaults.get("weights"))
+    repro = determinism(bool(family.has_backbone and model_weights and cfg.fine_tune_epochs))
+    set_seed(cfg.seed, repro["deterministic"])
+    if not repro["deterministic"]:
+        log(f"note: not bit-reproducible on this device ({repro['reason']})")
     roots = data_roots(cfg)
     ds = discover_sources(roots, val_fraction=cfg.val_fraction, seed=cfg.seed)
     if len(roots) > 1:
@@ -223,11 +258,19 @@ def train(cfg: TrainConfig, log: Log = print) -> Path:
     checkpoint = keras.callbacks.ModelCheckpoint(str(ckpt_path), monitor="val_auc", mode="max",
                                                  save_best_only=True, save_weights_only=True)
     history: list[dict[str, float]] = []
+    probe_record = None
+    pretrained = family.has_backbone and bool(model_cfg.get("weights"))
     with strategy.scope():
         _set_trainable(model, cfg.family, model_cfg, trainable=False)
-        history += _fit_phase(model, train_ds, val_s, cfg.epochs, cfg.learning_rate, cfg,
-                              checkpoint, 1, log)
-        if family.has_backbone and model_cfg.get("weights") and cfg.fine_tune_epochs > 0:
+        if cfg.head == "probe" and pretrained:
+            probe_record, row = _probe_phase(model, train_s, weights, val_s, cfg, log)
+            model.save_weights(str(ckpt_path))  # the probe is the first candidate
+            checkpoint.best = row["val_auc"]
+            history.append(row)
+        else:
+            history += _fit_phase(model, train_ds, val_s, cfg.epochs, cfg.learning_rate, cfg,
+                                  checkpoint, 1, log)
+        if pretrained and cfg.fine_tune_epochs > 0:
             n = _set_trainable(model, cfg.family, model_cfg, trainable=True)
             log(f"fine-tuning from {model_cfg.get('fine_tune_at')}: {n} trainable tensors")
             history += _fit_phase(model, train_ds, val_s, cfg.fine_tune_epochs,
@@ -265,6 +308,7 @@ def train(cfg: TrainConfig, log: Log = print) -> Path:
         metrics=metrics,
         export={"training": {k: v for k, v in asdict(cfg).items() if k not in ("data", "out")}
                 | {"mixed_precision": mixed, "params": int(model.count_params()),
+                   "probe": probe_record, "determinism": repro,
                    "epochs_run": len(history),
                    "wall_seconds": round(time.perf_counter() - t0, 1)}},
         versions=versions(), created=datetime.now(timezone.utc).isoformat(timespec="seconds"),

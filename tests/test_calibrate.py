@@ -1,0 +1,121 @@
+"""`edge-toolkit calibrate`: a clinic re-chooses the operating point on its own labelled
+images, TF-free. Good case, too few positives, one class, bad CSV rows, a card-less model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+from tiny_models import RUNTIME_MODELS, cached_models
+
+from edge_toolkit.card import read_card
+from edge_toolkit.runtime.calibrate_cli import calibrate
+from edge_toolkit.runtime.classifier import Classifier
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    return cached_models(tmp_path_factory, RUNTIME_MODELS)
+
+
+def write_clinic(root: Path, positives: int, negatives: int, seed: int = 0) -> Path:
+    """Class folders of textured images; fractured ones tend to be brighter, so the tiny
+    model (whose output follows brightness) separates them imperfectly."""
+    rng = np.random.default_rng(seed)
+    for cls, n, mean in (("fractured", positives, 150), ("not fractured", negatives, 100)):
+        folder = root / cls
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            level = np.clip(rng.normal(mean, 40), 0, 255)
+            pixels = np.clip(level + rng.normal(0, 20, (40, 40)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{i:03d}.png")
+    return root
+
+
+def run(*args: object):
+    return CliRunner().invoke(calibrate, [str(a) for a in args])
+
+
+def test_recalibrates_and_records_both_operating_points(models, tmp_path):
+    data = write_clinic(tmp_path / "clinic", 40, 60)
+    out = tmp_path / "local.tflite"
+    res = run(models["float"], data, "-o", out, "--target-sensitivity", 0.9, "--json")
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.output[res.output.index("{"):res.output.rindex("}") + 1])
+    assert report["images"] == 100 and report["positives"] == 40
+    assert report["after"]["sensitivity"] >= 0.9
+    assert report["before"]["threshold"] == pytest.approx(0.5)
+    lo, hi = report["after"]["sensitivity_ci95"]
+    assert lo <= report["after"]["sensitivity"] <= hi
+    assert 0 <= report["cross_validated"]["sensitivity"] <= 1
+    card = read_card(out)
+    assert card.threshold == pytest.approx(report["after"]["threshold"])
+    assert card.temperature == pytest.approx(report["temperature_after"])
+    rec = card.export["recalibrations"][-1]
+    assert rec["images"] == 100 and rec["positives"] == 40 and rec["negatives"] == 60
+    assert rec["before"]["threshold"] == pytest.approx(0.5)
+    assert rec["data_fingerprint"].startswith("sha256:")
+    clf = Classifier.load(out)  # the device loads it, at the new threshold
+    assert clf.threshold == pytest.approx(card.threshold)
+    # same flatbuffer: the model's answers do not change, only how they are read
+    x = clf.preprocess(next((data / "fractured").iterdir()))
+    assert clf.predict_raw_batch(x[None])[0] == pytest.approx(
+        Classifier.load(models["float"]).predict_raw_batch(x[None])[0])
+
+
+def test_a_csv_of_path_label_works_with_a_header(models, tmp_path):
+    data = write_clinic(tmp_path / "imgs", 25, 25)
+    lines = ["path,label"] + [f"{p.relative_to(tmp_path)},{p.parent.name}"
+                              for p in sorted(data.rglob("*.png"))]
+    (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
+    res = run(models["float"], tmp_path / "labels.csv", "-o", tmp_path / "m.tflite")
+    assert res.exit_code == 0, res.output
+    assert "50 images (25 fractured, 25 not fractured)" in res.output
+    assert (tmp_path / "m.tflite").exists()
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("few_positives", "too few images for a meaningful threshold: 5 fractured"),
+    ("one_class", "only one class"),
+    ("bad_rows", "2 bad row(s): line 3: unknown label 'maybe'"),
+])
+def test_unusable_data_is_one_line_and_writes_nothing(models, tmp_path, case, expected):
+    if case == "few_positives":
+        data = write_clinic(tmp_path / "c", 5, 60)
+    elif case == "one_class":
+        data = write_clinic(tmp_path / "c", 0, 60)
+        (data / "fractured").rmdir()
+    else:
+        imgs = write_clinic(tmp_path / "c", 25, 25)
+        rows = [f"{p},{p.parent.name}" for p in sorted(imgs.rglob("*.png"))]
+        rows.insert(2, "c/fractured/000.png,maybe")
+        rows.insert(5, "missing.png,fractured")
+        data = tmp_path / "labels.csv"
+        data.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out.tflite"
+    res = run(models["float"], data, "-o", out)
+    assert res.exit_code != 0
+    errors = [line for line in res.output.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and expected in errors[0], res.output
+    assert "Traceback" not in res.output
+    assert not out.exists()
+
+
+def test_a_model_without_a_card_is_refused(models, tmp_path):
+    data = write_clinic(tmp_path / "c", 25, 25)
+    res = run(models["bare"], data, "-o", tmp_path / "out.tflite")
+    assert res.exit_code != 0 and "no edge_toolkit model card" in res.output
+    assert not (tmp_path / "out.tflite").exists()
+
+
+def test_never_overwrites_the_model_it_recalibrates(models, tmp_path):
+    data = write_clinic(tmp_path / "c", 25, 25)
+    copy = tmp_path / "m.tflite"
+    copy.write_bytes(Path(models["float"]).read_bytes())
+    res = run(copy, data, "-o", copy)
+    assert res.exit_code != 0 and "refusing to overwrite" in res.output
+    assert copy.read_bytes() == Path(models["float"]).read_bytes()
