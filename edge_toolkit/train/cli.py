@@ -84,6 +84,11 @@ def parse_augment(base: Any, items: tuple[str, ...]) -> Any:
 @click.option("--seed", default=0, show_default=True)
 @click.option("--mixed-precision/--no-mixed-precision", default=None,
               help="Default: on with a GPU, off on CPU.")
+@click.option("--folds", type=click.IntRange(2), default=None,
+              help="Instead of one training: grouped, stratified K-fold cross-validation over "
+                   "the pooled train+val images (groups from each source's manifest.csv, "
+                   "`group` or `block` column, else file families); prints each source's AUC "
+                   "mean ± sd over folds and writes crossval.json.")
 def train(data: tuple[Path, ...], source_balance: float, family: str, size: int | None,
           alpha: float | None,
           weights: Path | None, channels: int | None, fit: str | None, epochs: int | None,
@@ -92,7 +97,7 @@ def train(data: tuple[Path, ...], source_balance: float, family: str, size: int 
           probe_l2: float | None, target_sensitivity: float,
           no_augment: bool, aug_overrides: tuple[str, ...], dropout: float | None,
           fine_tune_at: str | None, out: str, name: str | None, seed: int,
-          mixed_precision: bool | None) -> None:
+          mixed_precision: bool | None, folds: int | None) -> None:
     """Train a model family on a dataset folder and write a run folder with the model, its
     card, history, metrics and plots. Uses a GPU when TensorFlow sees one."""
     _need_tf()
@@ -120,7 +125,12 @@ def train(data: tuple[Path, ...], source_balance: float, family: str, size: int 
                       source_balance=source_balance,
                       mixed_precision=mixed_precision)
     try:
-        run_training(cfg, log=_log)
+        if folds:
+            from edge_toolkit.train.trainer import cross_validate
+
+            cross_validate(cfg, folds, log=_log)
+        else:
+            run_training(cfg, log=_log)
     except (DatasetError, ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from None
 

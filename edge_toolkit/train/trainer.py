@@ -216,8 +216,9 @@ def _fit_phase(model: Any, train_ds: Any, val: LoadedSplit, epochs: int, lr: flo
     return rows
 
 
-def train(cfg: TrainConfig, log: Log = print) -> Path:
-    """Train, calibrate on val, report every split, write the run folder; return its path."""
+def train(cfg: TrainConfig, log: Log = print, dataset: Dataset | None = None) -> Path:
+    """Train, calibrate on val, report every split, write the run folder; return its path.
+    `dataset` stands in for the folders (cross-validation folds)."""
     t0 = time.perf_counter()
     cfg = resolve_defaults(cfg)
     family = get_family(cfg.family)
@@ -227,7 +228,7 @@ def train(cfg: TrainConfig, log: Log = print) -> Path:
     if not repro["deterministic"]:
         log(f"note: not bit-reproducible on this device ({repro['reason']})")
     roots = data_roots(cfg)
-    ds = discover_sources(roots, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    ds = dataset or discover_sources(roots, val_fraction=cfg.val_fraction, seed=cfg.seed)
     if len(roots) > 1:
         log(f"sources: {', '.join(ds.source_names)} (balance {cfg.source_balance:g})")
     for line in leak_warnings(ds):
@@ -362,3 +363,41 @@ def plot_evaluation(run: Path, card: ModelCard,
     conf = {s: m["operating_points"]["high_sensitivity"]["confusion"]
             for s, m in card.metrics.items() if "high_sensitivity" in m["operating_points"]}
     plots.confusion_plot(conf, card.labels, run / "confusion_matrix.png")
+
+
+def cross_validate(cfg: TrainConfig, folds: int = 5, log: Log = print) -> dict[str, Any]:
+    """Grouped, stratified k-fold cross-validation of one training recipe over the pooled
+    train+val images (test stays out): each fold trains on the rest and is scored on its
+    held-out images, per source. Returns per-fold AUCs and their mean and sd; writes
+    `crossval.json` beside the fold runs."""
+    from dataclasses import replace
+
+    from edge_toolkit.crossval import make_folds, summarize_folds
+
+    t0 = time.perf_counter()
+    ds = discover_sources(data_roots(cfg), val_fraction=cfg.val_fraction, seed=cfg.seed)
+    plan = make_folds(ds, folds, cfg.seed)
+    base = cfg.name or f"{cfg.family}-cv{folds}"
+    scores = []
+    for k in range(folds):
+        train_part, held = plan.split(k)
+        fold_ds = Dataset(ds.root, train_part + held, class_folders=ds.class_folders,
+                          sources=ds.sources)
+        log(f"== fold {k + 1}/{folds}: {len(train_part)} train, {len(held)} held out")
+        run = train(replace(cfg, name=f"{base}/fold{k + 1}", bootstrap=0), log=log,
+                    dataset=fold_ds)
+        val = ModelCard.load(run / "card.json").metrics["val"]
+        per_source = {name: m["auc"] for name, m in (val.get("sources") or {}).items()}
+        scores.append({"pooled": val["auc"], **per_source,
+                       "mean_of_sources": selection_auc(per_source) if per_source
+                       else val["auc"]})
+    result = {"folds": folds, "config": {k: v for k, v in asdict(cfg).items()
+                                         if k not in ("data", "out")},
+              "sources": ds.source_names, "per_fold": scores,
+              "summary": summarize_folds(scores),
+              "seconds": round(time.perf_counter() - t0, 1)}
+    out = Path(cfg.out) / base
+    (out / "crossval.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
+    for key, v in result["summary"].items():
+        log(f"cross-validated AUC {key}: {v['mean']:.3f} ± {v['sd']:.3f} over {v['n']} folds")
+    return result

@@ -1,0 +1,108 @@
+"""Training on several sources, per-source reports, site shift (leave one source out),
+cross-validation folds and the per-device determinism decision, on tiny synthetic sites."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+pytest.importorskip("tensorflow")
+
+from edge_toolkit.card import ModelCard  # noqa: E402
+from edge_toolkit.evaluate import evaluate_model  # noqa: E402
+from edge_toolkit.site_shift import (  # noqa: E402
+    leave_one_source_out,
+    site_shift_markdown,
+)
+from edge_toolkit.synthetic import write_synthetic  # noqa: E402
+from edge_toolkit.train.tfsetup import determinism  # noqa: E402
+from edge_toolkit.train.trainer import TrainConfig, cross_validate, train  # noqa: E402
+
+TINY = {"input_size": 16, "width": 4, "stages": 2}
+
+
+@pytest.fixture(scope="module")
+def sites(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sites")
+    a = write_synthetic(root / "site-a", {"train": 10, "val": 6, "test": 5}, size=24, seed=1)
+    b = write_synthetic(root / "site-b", {"train": 6, "val": 6, "test": 5}, size=24, seed=2)
+    return root, a, b
+
+
+def cfg_for(root, data, name):
+    return TrainConfig(data=data, family="scratch_cnn", out=str(root / "runs"), name=name,
+                       model=dict(TINY), epochs=1, batch_size=8, bootstrap=20)
+
+
+@pytest.fixture(scope="module")
+def both_run(sites):
+    root, a, b = sites
+    return train(cfg_for(root, [str(a), str(b)], "both"), log=lambda m: None)
+
+
+def test_one_model_on_two_sources_reports_each(both_run):
+    card = ModelCard.load(both_run / "card.json")
+    assert [s["name"] for s in card.dataset["sources"]] == ["site-a", "site-b"]
+    assert len(card.dataset["roots"]) == 2 and card.dataset["source_balance"] == 1.0
+    for split in ("val", "test"):
+        per = card.metrics[split]["sources"]
+        assert set(per) == {"site-a", "site-b"}
+        n = 12 if split == "val" else 10
+        assert per["site-a"]["n"] == n and per["site-b"]["n"] == n
+        assert "high_sensitivity" in per["site-b"]["operating_points"]
+    rows = list(csv.DictReader(open(both_run / "predictions.csv")))
+    assert {r["source"] for r in rows} == {"site-a", "site-b"}
+    assert card.export["training"]["determinism"]["device"] == "cpu"
+
+
+def test_evaluate_scores_a_run_on_another_flat_folder(both_run, sites, tmp_path):
+    root, a, _ = sites
+    flat = tmp_path / "other-hospital"
+    for cls in ("fractured", "not fractured"):
+        (flat / cls).mkdir(parents=True)
+        for i, src in enumerate(sorted((a / "test" / cls).iterdir())):
+            (flat / cls / f"{i}.png").write_bytes(src.read_bytes())
+    metrics, text = evaluate_model(both_run, [flat], bootstrap=20)
+    assert set(metrics) == {"all"} and metrics["all"]["n"] == 10
+    assert "all: n=10" in text
+    metrics2, _ = evaluate_model(both_run, [a, flat], bootstrap=20)
+    assert set(metrics2) == {"val", "test", "all"}
+    assert metrics2["test"]["n"] == 10 and "sources" not in metrics2["test"]  # one site there
+    assert metrics2["all"]["n"] == 10
+
+
+def test_leave_one_source_out_scores_every_model_on_every_site(sites, both_run):
+    root, a, b = sites
+    res = leave_one_source_out(cfg_for(root, [str(a), str(b)], "x"), [a, b],
+                               root / "shift", both_run, bootstrap=20, log=lambda m: None)
+    assert res["sources"] == ["site-a", "site-b"]
+    trained = [r["trained_on"] for r in res["rows"]]
+    assert trained == [["site-a"], ["site-b"], ["site-a", "site-b"]]
+    for row in res["rows"]:
+        assert set(row["scores"]) == {"site-a", "site-b"}
+        assert row["scores"]["site-b"]["n"] == 10
+    only_a = ModelCard.load(root / "shift" / "scratch_cnn-only-site-a" / "card.json")
+    assert [s["name"] for s in only_a.dataset["sources"]] == ["site-a"]
+    md = site_shift_markdown([res])
+    assert md.count("(unseen)") == 2 and "site-a + site-b" in md
+
+
+def test_cross_validation_trains_each_fold_on_the_rest(sites):
+    root, a, b = sites
+    res = cross_validate(cfg_for(root, [str(a), str(b)], "cv"), folds=2, log=lambda m: None)
+    assert len(res["per_fold"]) == 2
+    assert {"site-a", "site-b", "pooled", "mean_of_sources"} <= set(res["summary"])
+    saved = json.loads((root / "runs" / "cv" / "crossval.json").read_text())
+    assert saved["summary"]["pooled"]["n"] == 2
+    for k in (1, 2):
+        card = ModelCard.load(root / "runs" / "cv" / f"fold{k}" / "card.json")
+        assert "test" not in card.metrics  # folds pool train+val; test stays out
+
+
+def test_determinism_is_decided_per_device():
+    assert determinism(True, devices=[])["deterministic"] is True
+    gpu_frozen_bn = determinism(True, devices=["/physical_device:GPU:0"])
+    assert gpu_frozen_bn["deterministic"] is False and "BatchNorm" in gpu_frozen_bn["reason"]
+    assert determinism(False, devices=["/physical_device:GPU:0"])["deterministic"] is True
