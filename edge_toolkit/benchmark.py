@@ -24,6 +24,7 @@ import numpy as np
 
 from edge_toolkit.card import ModelCard, read_card
 from edge_toolkit.data import discover, load_samples
+from edge_toolkit.files import read_regular
 from edge_toolkit.metrics import apply_temperature, at_threshold, bootstrap_auc_ci, roc_auc
 from edge_toolkit.preprocess import PreprocessConfig
 from edge_toolkit.quantize.variants import EXPORT_FAILED, VALIDATED, VARIANTS
@@ -72,7 +73,7 @@ def row_from_file(path: Path) -> Row:
     from edge_toolkit.quantize.inspect import gzip_size
 
     card = require_card(path)
-    data = path.read_bytes()
+    data = read_regular(path)
     status = ((card.export or {}).get("validation") or {}).get("status", VALIDATED)
     return Row(family=card.family, variant=card.variant, status=status, file=str(path),
                size_bytes=len(data), gzip_bytes=gzip_size(data), sparsity=card.sparsity)

@@ -25,10 +25,15 @@ import numpy as np
 from PIL import Image
 
 from edge_toolkit.card import CARD_MEMBER, CardError, ModelCard, split_tflite
+from edge_toolkit.files import read_regular
 from edge_toolkit.images import ImageLoadError
 from edge_toolkit.metrics import apply_temperature
 from edge_toolkit.preprocess import PreprocessConfig, preprocess, quantize
-from edge_toolkit.runtime.interpreter import BackendMissingError, create_interpreter
+from edge_toolkit.runtime.interpreter import (
+    BackendMissingError,
+    check_threads,
+    create_interpreter,
+)
 from edge_toolkit.runtime.results import Result, error_result
 from edge_toolkit.runtime.sources import Source, expand_paths, resolve_key
 
@@ -106,8 +111,10 @@ class Classifier:
         Raises ModelError (MissingCardError for a card-less model) or BackendMissingError.
         """
         path = Path(path)
+        if num_threads is not None:
+            check_threads(num_threads)  # ValueError: before LiteRT crashes on 65536
         try:
-            data = path.read_bytes()
+            data = read_regular(path)
         except IsADirectoryError:
             raise ModelError(f"{path}: is a folder, not a .tflite file") from None
         except OSError as exc:
@@ -115,7 +122,7 @@ class Classifier:
         try:
             bare, card = split_tflite(data)
         except CardError as exc:
-            raise ModelError(f"{path}: {exc}") from None
+            raise ModelError("\n".join(exc.lines(path))) from None
         try:
             interp, backend = create_interpreter(bare, num_threads, interpreter_class)
         except BackendMissingError:

@@ -18,6 +18,7 @@ INSTALL_HINT = (
     "(or `pip install tflite-runtime` on systems without a LiteRT wheel, e.g. 32-bit Raspberry "
     "Pi OS)"
 )
+MAX_THREADS = 64  # LiteRT crashes (segfault) on absurd counts such as 65536
 # Lines the native runtime prints on every start; they are not news to anyone.
 _NOISE = ("INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",)
 
@@ -51,6 +52,15 @@ def default_threads() -> int:
     return max(1, min(4, cores))
 
 
+def check_threads(num_threads: int) -> int:
+    """An interpreter thread count from 1 to MAX_THREADS, or ValueError saying so."""
+    if isinstance(num_threads, bool) or not isinstance(num_threads, int) \
+            or not 1 <= num_threads <= MAX_THREADS:
+        raise ValueError(f"thread count must be an integer from 1 to {MAX_THREADS}, not "
+                         f"{num_threads!r}")
+    return num_threads
+
+
 def create_interpreter(model: bytes, num_threads: int | None = None,
                        cls: type | None = None) -> tuple[Any, str]:
     """Build and allocate an interpreter for flatbuffer bytes; returns (interpreter, backend).
@@ -62,7 +72,7 @@ def create_interpreter(model: bytes, num_threads: int | None = None,
         cls, backend = interpreter_class()
     else:
         backend = f"{cls.__module__}.{cls.__qualname__}"
-    threads = default_threads() if num_threads is None else max(1, int(num_threads))
+    threads = default_threads() if num_threads is None else check_threads(num_threads)
     with _HeldStderr() as held:
         try:
             interp = cls(model_content=model, num_threads=threads)
