@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import tempfile
 import unicodedata
 from pathlib import Path
 
@@ -101,9 +102,7 @@ def prepare_output(path: str | os.PathLike[str], *, folder: bool = False) -> Pat
                               f"{shown(target_dir)} ({exc.strerror or exc})") from None
     if not target_dir.is_dir():
         raise OutputPathError(errno.ENOTDIR, f"{shown(target_dir)} is not a folder")
-    if not os.access(target_dir, os.W_OK | os.X_OK):
-        why = "read-only file system" if _read_only_fs(target_dir) else "permission denied"
-        raise OutputPathError(errno.EACCES, f"cannot write in {shown(target_dir)} ({why})")
+    probe_folder(target_dir)
     if not folder and os.path.lexists(path):
         try:
             mode = os.stat(path).st_mode
@@ -117,6 +116,21 @@ def prepare_output(path: str | os.PathLike[str], *, folder: bool = False) -> Pat
             raise OutputPathError(errno.EACCES, f"cannot write {shown(path)} (permission "
                                   "denied)")
     return path
+
+
+def probe_folder(folder: Path) -> None:
+    """Create and remove a hidden file in `folder`: the one sure test that it is writable
+    (access() says yes to root on /sys, and knows nothing of quotas or odd mounts)."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".edge-toolkit-probe-", dir=folder)
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        if _read_only_fs(folder):
+            why = "read-only file system"
+        raise OutputPathError(exc.errno or errno.EACCES,
+                              f"cannot write in {shown(folder)} ({why})") from None
+    os.close(fd)
+    os.unlink(name)
 
 
 def _read_only_fs(folder: Path) -> bool:

@@ -215,18 +215,31 @@ def test_unwritable_output_is_refused_before_any_work(model, images, tmp_path):
     assert "ms" not in res.stdout  # refused before measuring
 
 
+def pretend_read_only(monkeypatch, folder) -> None:
+    """Root writes anywhere, so make the write probe in `folder` fail as on a read-only mount."""
+    import errno
+    import tempfile
+
+    real = tempfile.mkstemp
+
+    def mkstemp(*args, **kw):
+        if str(kw.get("dir")) == str(folder):
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+
+
 def test_read_only_output_folder_is_refused_before_any_work(model, images, tmp_path,
                                                             monkeypatch):
     ro = tmp_path / "ro"
     ro.mkdir()
-    real = os.access
-    monkeypatch.setattr(os, "access", lambda p, m, **kw: False if str(p) == str(ro)
-                        else real(p, m, **kw))  # root writes anywhere: pretend it cannot
+    pretend_read_only(monkeypatch, ro)
     res = invoke(classify, model, *images, "-o", ro / "res.csv")
     assert res.exit_code == 2 and len(error_lines(res)) == 1
-    assert f"cannot write in {ro}" in res.stderr
+    assert f"cannot write in {ro} (Read-only file system)" in res.stderr
     res = invoke(bench, model, "--in-process", "--runs", "1", "-o", ro / "b.json")
-    assert res.exit_code == 2 and f"cannot write in {ro}" in res.stderr
+    assert res.exit_code == 2 and f"cannot write in {ro} (Read-only file system)" in res.stderr
 
 
 def test_missing_output_folder_is_created(model, tmp_path):
@@ -234,3 +247,87 @@ def test_missing_output_folder_is_created(model, tmp_path):
     res = invoke(bench, model, "--in-process", "--runs", "1", "--warmup", "0", "-t", "1",
                  "-f", "json", "-o", out)
     assert res.exit_code == 0 and json.loads(out.read_text())["models"]
+
+
+# -- audit ------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def datasets(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "ds"
+    for split in ("train", "test"):
+        for cls in ("fractured", "not fractured"):
+            (root / "empty" / split / cls).mkdir(parents=True)
+            folder = root / "unreadable" / split / cls
+            folder.mkdir(parents=True)
+            for i in range(3):
+                if split == "train":
+                    (folder / f"{cls[0]}{i}.png").write_text(f"junk {cls} {i}")
+                else:
+                    Image.new("L", (20, 20), 40 * i + (cls == "fractured")).save(
+                        folder / f"{cls[0]}{i}.png")
+            folder = root / "dead" / split / cls
+            folder.mkdir(parents=True)
+            (folder / "x.png").write_text(f"junk {split} {cls}")
+    return root
+
+
+def audit_run(*args):
+    from edge_toolkit.audit.cli import audit
+
+    return invoke(audit, *args, "--no-shortcuts")
+
+
+def test_audit_of_an_empty_dataset_says_so(datasets):
+    res = audit_run(datasets / "empty")
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert error_lines(res) == [f"Error: {datasets / 'empty'}: no image files in its train/, "
+                                "val/ or test/ folders (0 files with other names): an empty "
+                                "dataset"]
+
+
+def test_audit_of_a_fully_unreadable_dataset_says_so(datasets):
+    res = audit_run(datasets / "dead")
+    assert res.exit_code == 2
+    lines = error_lines(res)
+    assert len(lines) == 1 and "none of its 4 image files could be read" in lines[0]
+
+
+def test_unreadable_train_split_is_never_clean(datasets):
+    res = audit_run(datasets / "unreadable", "--json")
+    assert res.exit_code == 0
+    doc = json.loads(res.stdout)
+    assert doc["verdict"].startswith("VERDICT: NOT CHECKED - no train/ image could be read")
+    assert doc["leakage"]["train_readable"] == 0
+    assert "CLEAN" not in doc["verdict"]
+
+
+def test_unreadable_eval_split_is_never_clean(datasets, tmp_path):
+    import shutil
+
+    mixed = tmp_path / "mixed"
+    shutil.copytree(datasets / "unreadable" / "test", mixed / "train")
+    shutil.copytree(datasets / "dead" / "test", mixed / "test")
+    res = audit_run(mixed)
+    assert res.exit_code == 0
+    assert "VERDICT: NOT CHECKED - no image could be read in test/ (2 files)." in res.stdout
+
+
+@pytest.mark.parametrize("option", ["--report", "--resplit"])
+def test_audit_outputs_checked_before_the_work(datasets, tmp_path, monkeypatch, option):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should be")
+    res = audit_run(datasets / "unreadable", option, blocker / "out")
+    assert res.exit_code == 2
+    assert error_lines(res) == [f"Error: {option}: {blocker} exists and is not a folder"]
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    pretend_read_only(monkeypatch, ro)
+    res = audit_run(datasets / "unreadable", option, ro / "out")
+    assert res.exit_code == 2
+    assert error_lines(res) == [f"Error: {option}: cannot write in {ro} (Read-only file "
+                                "system)"]
+    res = audit_run(datasets / "unreadable", option, tmp_path / "new" / "folder" / "out")
+    assert res.exit_code == 0 and (tmp_path / "new" / "folder" / "out").exists()

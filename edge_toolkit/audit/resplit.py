@@ -30,6 +30,7 @@ from edge_toolkit.audit.groups import DisjointSet
 from edge_toolkit.audit.hashing import NEAR_THRESHOLD
 from edge_toolkit.audit.scan import Record, Scan
 from edge_toolkit.data import LABELS, SPLITS
+from edge_toolkit.files import OutputPathError, prepare_output
 
 MANIFEST = "resplit_manifest.csv"
 
@@ -97,6 +98,10 @@ def check_output(root: Path, out: Path) -> None:
         raise ResplitError(f"{out}: is inside the source dataset {root}; choose a folder outside")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ResplitError(f"{out}: exists and is not empty; choose a new folder")
+    try:  # the new split is built beside `out`, then renamed into place
+        prepare_output(out, folder=out.is_dir())
+    except OutputPathError as exc:
+        raise ResplitError(f"--resplit: {exc}") from None
 
 
 def plan(sc: Scan, fractions: dict[str, float], seed: int = 0, near: bool = True,
