@@ -173,10 +173,22 @@ def jsonable(obj: Any) -> Any:
     return str(obj)
 
 
+def check_flatbuffer(data: bytes) -> None:
+    """Cheap structural checks that name the problem before the interpreter does."""
+    if not data:
+        raise CardError("empty file (0 bytes), not a TFLite model")
+    if len(data) < 8 or data[4:8] != TFLITE_IDENTIFIER:
+        raise CardError("not a TFLite model (no TFL3 flatbuffer identifier at bytes 4-8: "
+                        "wrong file, or its start is damaged)")
+    root = int.from_bytes(data[:4], "little")
+    if root + 4 > len(data):
+        raise CardError(f"TFLite flatbuffer is truncated: its root table is at byte {root}, "
+                        f"the file has {len(data)} bytes")
+
+
 def split_tflite(data: bytes) -> tuple[bytes, ModelCard | None]:
     """Split a file's bytes into the bare flatbuffer and its card (None when it has none)."""
-    if len(data) < 8 or data[4:8] != TFLITE_IDENTIFIER:
-        raise CardError("not a TFLite model (no TFL3 flatbuffer identifier)")
+    check_flatbuffer(data)
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             infos = {i.filename: i for i in zf.infolist()}
@@ -194,6 +206,7 @@ def split_tflite(data: bytes) -> tuple[bytes, ModelCard | None]:
         raise CardError(f"the embedded model card is damaged ({exc.__class__.__name__})"
                         ) from None
     bare = data[:archive_start] if archive_start > 0 else data
+    check_flatbuffer(bare)
     return bare, card
 
 

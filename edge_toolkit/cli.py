@@ -28,7 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
                 "Capture from a Raspberry Pi camera, save, then classify each picture."),
     "bench": ("edge_toolkit.runtime.cli:bench",
               "Benchmark interpreter latency and memory of one or more .tflite models."),
-    "benchmark": ("edge_toolkit.benchmark:benchmark",
+    "benchmark": ("edge_toolkit.benchmark_cli:benchmark",
                   "Accuracy vs size vs latency table over every exported variant."),
     "audit": ("edge_toolkit.audit.cli:audit",
               "Audit a dataset for duplicates, split leakage and shortcut features."),

@@ -161,7 +161,7 @@ def pipeline(data: Path | None, families: str, variants: str, weights: Path | No
         click.echo(msg)
         sys.stdout.flush()
 
-    from edge_toolkit.benchmark import parse_threads
+    from edge_toolkit.benchmark_cli import parse_threads
 
     fams = [f.strip() for f in families.split(",") if f.strip()]
     _, ok = run_pipeline(data, folder, fams, variants, weights,

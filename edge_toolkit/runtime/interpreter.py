@@ -13,6 +13,8 @@ import os
 import tempfile
 from typing import Any
 
+import numpy as np
+
 INSTALL_HINT = (
     "no TFLite interpreter found: `pip install ai-edge-litert` "
     "(or `pip install tflite-runtime` on systems without a LiteRT wheel, e.g. 32-bit Raspberry "
@@ -62,25 +64,49 @@ def check_threads(num_threads: int) -> int:
 
 
 def create_interpreter(model: bytes, num_threads: int | None = None,
-                       cls: type | None = None) -> tuple[Any, str]:
+                       cls: type | None = None, *, delegates: bool = True) -> tuple[Any, str]:
     """Build and allocate an interpreter for flatbuffer bytes; returns (interpreter, backend).
 
     Raises ValueError for bytes that are not a loadable model (the message says why).
     `num_threads=None` means `default_threads()`: LiteRT itself would silently use one.
+    `delegates=False` skips XNNPACK so every op and constant stays visible (weight
+    inspection); only the LiteRT and tflite-runtime interpreters take it.
     """
     if cls is None:
         cls, backend = interpreter_class()
     else:
         backend = f"{cls.__module__}.{cls.__qualname__}"
     threads = default_threads() if num_threads is None else check_threads(num_threads)
+    kwargs: dict[str, Any] = {"model_content": model, "num_threads": threads}
+    if not delegates:
+        kwargs["experimental_op_resolver_type"] = _no_delegates(cls)
     with _HeldStderr() as held:
         try:
-            interp = cls(model_content=model, num_threads=threads)
+            interp = cls(**kwargs)
             interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             detail = " ".join(held.lines(drop_all=True))
             raise ValueError(f"{exc}{' (' + detail + ')' if detail else ''}".strip()) from None
     return interp, backend
+
+
+def _no_delegates(cls: type) -> Any:
+    """The op resolver without default delegates, from the interpreter's own package."""
+    import importlib
+
+    module = importlib.import_module(cls.__module__)
+    resolver = getattr(module, "OpResolverType", None)
+    if resolver is None:
+        raise ValueError(f"{cls.__module__}.{cls.__qualname__} cannot run without delegates")
+    return resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+
+
+def tensor_io(detail: dict[str, Any]) -> dict[str, Any]:
+    """One tensor's dtype, shape and quantization, as recorded in cards and reports."""
+    scale, zero = detail.get("quantization", (0.0, 0))
+    return {"dtype": np.dtype(detail["dtype"]).name,
+            "shape": [int(d) for d in detail["shape"]],
+            "scale": float(scale), "zero_point": int(zero)}
 
 
 class _HeldStderr:
