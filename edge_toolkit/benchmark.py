@@ -101,9 +101,10 @@ class SplitCache:
         info = card.dataset_info
         root = self.data or Path(info.root or "")
         cfg = card.preprocess_config
-        key = (str(root), cfg, info.val_fraction, info.seed)
+        key = (str(root), cfg, info.val_fraction, info.seed, info.val_grouping)
         if key not in self._cache:
-            ds = discover(root, val_fraction=info.val_fraction, seed=info.seed)
+            ds = discover(root, val_fraction=info.val_fraction, seed=info.seed,
+                          val_grouping=info.val_grouping)
             out = {}
             for split in SPLITS:
                 if split in ds.splits:

@@ -175,6 +175,8 @@ class DatasetInfo(_Section):
     seed: int = DEFAULT_SEED
     val_fraction: float = DEFAULT_VAL_FRACTION
     carved_val: bool | None = None
+    # how a carved val was grouped; cards from before content grouping carved by name
+    val_grouping: str = "name"
     counts: dict[str, Any] = field(default_factory=dict)
     skipped: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -190,6 +192,10 @@ class DatasetInfo(_Section):
         if not (is_number(vf) and 0 <= vf < 1):
             c.bad("val_fraction", "a number in [0, 1)", vf)
         c.kind("carved_val", data.get("carved_val"), bool, "true, false or null", optional=True)
+        from edge_toolkit.data import VAL_GROUPINGS
+
+        if data.get("val_grouping") not in (None, *VAL_GROUPINGS):
+            c.bad("val_grouping", f"one of {', '.join(VAL_GROUPINGS)}", data["val_grouping"])
         for name in ("counts", "skipped"):
             c.kind(name, data.get(name, {}), dict, "an object")
         c.kind("sources", data.get("sources"), list, "a list or null", optional=True)

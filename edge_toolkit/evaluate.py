@@ -65,8 +65,9 @@ def evaluate_model(model: Path, data: Path | None = None, splits: list[str] | No
     card, predict = load_predictor(Path(model))
     root = dataset_root(card, data)
     try:
-        ds = discover(root, val_fraction=card.dataset.get("val_fraction", 0.15),
-                      seed=card.dataset.get("seed", 0))
+        info = card.dataset_info
+        ds = discover(root, val_fraction=info.val_fraction, seed=info.seed,
+                      val_grouping=info.val_grouping)
     except DatasetError as exc:
         raise EvaluationError(str(exc)) from None
     pre = PreprocessConfig.from_dict(card.preprocessing)

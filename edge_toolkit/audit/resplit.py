@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_toolkit.audit.duplicates import find_duplicates, name_families
+from edge_toolkit.audit.duplicates import content_families
 from edge_toolkit.audit.groups import DisjointSet
 from edge_toolkit.audit.hashing import NEAR_THRESHOLD
 from edge_toolkit.audit.scan import Record, Scan
@@ -127,10 +127,8 @@ def plan(sc: Scan, fractions: dict[str, float], seed: int = 0, near: bool = True
         else:
             seen.add(r.sha256)
             keep.append(i)
-    dups = find_duplicates(sc, near=near, threshold=threshold, indices=keep)
+    families = content_families(sc, near=near, threshold=threshold, indices=keep)
     dsu = DisjointSet(len(keep))
-    dsu.union_by_key([dups.group[i] for i in keep])
-    families = name_families(recs)
     dsu.union_by_key([families[i] for i in keep])
     units = [[keep[k] for k in comp] for comp in dsu.components()]
     result.groups = len(units)

@@ -18,7 +18,6 @@ parent's stay in the card under export.parent.
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import time
@@ -32,6 +31,7 @@ import numpy as np
 
 from edge_toolkit.card import ModelCard, Validation, embed_card, jsonable
 from edge_toolkit.data import LoadedSplit, discover, load_samples
+from edge_toolkit.lazy import resolve
 from edge_toolkit.metrics import apply_temperature, roc_auc
 from edge_toolkit.quantize.inspect import gzip_size, sparsity, weight_tensors
 from edge_toolkit.quantize.representative import DEFAULT_IMAGES, representative_images
@@ -182,7 +182,7 @@ class ExportContext:
         (MobileNetV2) were fine-tuned with BN frozen at `fine_tune_lr`; the others trained BN
         at `learning_rate`. Pruning defaults to PRUNE_LR_FACTOR x that last rate (1e-4 overfit
         MobileNetV2 in 4 epochs; 3e-5 left a pruned scratch CNN unrecovered)."""
-        from edge_toolkit.train.models import get_family
+        from edge_toolkit.families import get_family
 
         try:
             transfer = get_family(self.card.family).has_backbone
@@ -224,7 +224,8 @@ class ExportContext:
     def dataset(self) -> Any:
         if self._dataset is None:
             info = self.card.dataset_info
-            ds = discover(self.data_root, val_fraction=info.val_fraction, seed=info.seed)
+            ds = discover(self.data_root, val_fraction=info.val_fraction, seed=info.seed,
+                          val_grouping=info.val_grouping)
             fp = self.card.data_fingerprint
             if fp and ds.fingerprint() != fp:
                 self.log(f"WARNING: {self.data_root} differs from the run's training data "
@@ -268,11 +269,6 @@ class ExportContext:
             p = self.model.predict(self.val.x, batch_size=64, verbose=0).reshape(-1)
             self._parent_probs = p.astype(np.float64)
         return self._parent_probs
-
-
-def resolve(ref: str) -> Any:
-    module, attr = ref.split(":")
-    return getattr(importlib.import_module(module), attr)
 
 
 def _versions() -> dict[str, str]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-FAMILIES = ("mobilenetv2", "scratch_cnn", "seed_cnn")  # keep in step with train.models
+from edge_toolkit.families import list_families
 
 
 def _log(msg: str) -> None:
@@ -43,7 +43,7 @@ def parse_augment(base: Any, items: tuple[str, ...]) -> Any:
 @click.command()
 @click.option("--data", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Dataset folder: DATA/{train,val,test}/<class>/<images>.")
-@click.option("--model", "family", type=click.Choice(FAMILIES), default="mobilenetv2",
+@click.option("--model", "family", type=click.Choice(list_families()), default="mobilenetv2",
               show_default=True, help="Model family from the registry.")
 @click.option("--size", type=int, help="Input size in pixels (default: the family's).")
 @click.option("--alpha", type=float, help="MobileNetV2 width multiplier.")

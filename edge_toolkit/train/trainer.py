@@ -207,7 +207,8 @@ def train(cfg: TrainConfig, log: Log = print) -> Path:
         data_fingerprint=ds.fingerprint(),
         dataset={"root": str(Path(cfg.data).resolve()), "counts": ds.counts(),
                  "carved_val": ds.carved_val, "val_fraction": cfg.val_fraction,
-                 "seed": cfg.seed,
+                 "seed": cfg.seed, "val_grouping": ds.val_grouping,
+                 "name": Path(cfg.data).resolve().name,
                  "skipped": {s: len(v.skipped) for s, v in splits.items()}},
         metrics=metrics,
         export={"training": {k: v for k, v in asdict(cfg).items() if k not in ("data", "out")}
