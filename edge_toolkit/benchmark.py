@@ -52,6 +52,7 @@ class Row:
     latency: dict[str, dict[str, float]] = field(default_factory=dict)  # threads -> p50/p90
     peak_rss_mb: float | None = None
     backend: str | None = None
+    data_root: str | None = None  # the run's dataset folder here (exported cards name none)
 
 
 def rows_from_run(run: Path) -> list[Row]:
@@ -61,12 +62,14 @@ def rows_from_run(run: Path) -> list[Row]:
         raise BenchmarkError(f"{run}: no export/report.json; run `edge-toolkit export {run}` "
                              "first")
     report = json.loads(report_path.read_text())
+    root = _run_root(run)
     rows = []
     for r in report["results"]:
         file = str(run / "export" / r["file"]) if r.get("file") else None
         rows.append(Row(family=report["family"], variant=r["variant"], status=r["status"],
                         file=file, reason=r.get("reason"), size_bytes=r.get("size_bytes"),
-                        gzip_bytes=r.get("gzip_bytes"), sparsity=r.get("sparsity")))
+                        gzip_bytes=r.get("gzip_bytes"), sparsity=r.get("sparsity"),
+                        data_root=root))
     order = list(VARIANTS)
     return sorted(rows, key=lambda r: order.index(r.variant) if r.variant in order else 99)
 
@@ -97,9 +100,10 @@ class SplitCache:
         self.data = data
         self._cache: dict[tuple, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
 
-    def get(self, card: ModelCard) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    def get(self, card: ModelCard, default_root: str | None = None
+            ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         info = card.dataset_info
-        root = self.data or Path(info.root or "")
+        root = self.data or Path(info.root or default_root or "")
         cfg = card.preprocess_config
         key = (str(root), cfg, info.val_fraction, info.seed, info.val_grouping)
         if key not in self._cache:
@@ -114,14 +118,14 @@ class SplitCache:
         return self._cache[key]
 
 
-def measure_accuracy(path: Path, cache: SplitCache, bootstrap: int, threads: int
-                     ) -> dict[str, dict[str, Any]]:
+def measure_accuracy(path: Path, cache: SplitCache, bootstrap: int, threads: int,
+                     default_root: str | None = None) -> dict[str, dict[str, Any]]:
     """AUC with a 95% interval, sensitivity and specificity at the stored threshold, per split."""
     from edge_toolkit.runtime.classifier import Classifier
 
     clf = Classifier.load(path, num_threads=threads)
     out = {}
-    for split, (x, y) in cache.get(clf.card).items():
+    for split, (x, y) in cache.get(clf.card, default_root).items():
         p = apply_temperature(clf.predict_raw_batch(x), clf.card.temperature)
         op = at_threshold(y, p, clf.card.threshold)
         lo, hi = bootstrap_auc_ci(y, p, n=bootstrap)
@@ -162,7 +166,8 @@ def run_benchmark(sources: list[Path], data: Path | None = None, threads: list[i
             log(f"{row.family} {row.variant}: {row.status} ({row.reason}); not measured")
             continue
         try:
-            row.accuracy = measure_accuracy(Path(row.file), cache, bootstrap, max(threads))
+            row.accuracy = measure_accuracy(Path(row.file), cache, bootstrap, max(threads),
+                                            row.data_root)
             measure_latency(row, list(threads), warmup, runs)
         except Exception as exc:  # one broken file must not lose the table
             row.reason = f"benchmark failed: {exc}"
@@ -189,8 +194,18 @@ def invoked_command() -> str:
     return shlex.join([prog, *sys.argv[1:]])
 
 
+def _run_root(run: Path) -> str | None:
+    """The dataset folder named in a run's own card.json (None when it names none)."""
+    try:
+        return ModelCard.load(run / "card.json").dataset_info.root
+    except (OSError, CardError, ValueError):
+        return None
+
+
 def _first_root(rows: list[Row]) -> Path | None:
     for r in rows:
+        if r.data_root:
+            return Path(r.data_root)
         if r.file:
             card = read_card(r.file)
             if card and card.dataset_info.root:

@@ -218,7 +218,7 @@ class SplitMetrics(_Section):
     def problems(cls, data: dict[str, Any]) -> list[str]:
         c = _Checker()
         for name in ("n", "positives"):
-            if name in data and not (is_int(data[name]) and data[name] >= 0):
+            if data.get(name) is not None and not (is_int(data[name]) and data[name] >= 0):
                 c.bad(name, "a count (integer >= 0)", data[name])
         c.score("auc", data.get("auc"))
         c.kind("operating_points", data.get("operating_points", {}), dict, "an object")

@@ -50,8 +50,9 @@ FAILED_DIR = "failed"
 PRUNE_LR_FACTOR = 0.3
 CARD_FORMAT = ("ZIP archive appended after the TFLite flatbuffer, one member "
                "edge_toolkit_card.json (edge_toolkit.card.embed_card / read_card)")
-THRESHOLD_NOTE = ("threshold(s) and temperature kept from the parent run (chosen on val at "
-                  "training); not re-chosen for this variant; metrics are this file's at them")
+THRESHOLD_NOTE = ("threshold(s) and temperature re-chosen on val for this file, as training "
+                  "chose the parent's (quantization and fine-tuning shift outputs); the "
+                  "parent's are under export.parent; metrics are this file's at its own")
 
 
 class ExportError(RuntimeError):
@@ -331,6 +332,12 @@ def variant_card(ctx: ExportContext, variant: Variant, p: np.ndarray, check: Val
     card.parent = ctx.run.name
     card.sparsity = round(float(file_sparsity), 6)
     card.metrics = metrics
+    # a file travels: it names its data (name, fingerprint, split recipe), not this
+    # machine's folders (the run's own card.json keeps the root, for later commands here)
+    card.dataset = {k: v for k, v in parent.dataset.items() if k != "root"}
+    card.dataset.setdefault("name", Path(str(parent.dataset.get("root", ""))).name or None)
+    if card.model_config.get("weights"):  # the weights file by name, not by folder
+        card.model_config["weights"] = Path(str(card.model_config["weights"])).name
     card.export = {
         "variant": variant.name, "description": variant.description,
         "weights": variant.weights, "full_integer": variant.full_integer,
@@ -340,17 +347,25 @@ def variant_card(ctx: ExportContext, variant: Variant, p: np.ndarray, check: Val
         "fine_tune": info,
         "validation": check.to_dict(),
         "thresholds": THRESHOLD_NOTE,
-        "parent": {"run": ctx.run.name, "path": str(ctx.run.resolve()),
+        "parent": {"run": ctx.run.name,
                    "variant": parent.variant, "data_fingerprint": parent.data_fingerprint,
                    "created": parent.created, "card_val_auc": parent_val,
                    "threshold": parent.threshold, "thresholds": parent.thresholds,
                    "temperature": parent.temperature},
-        "training": parent.export.get("training"),
+        "training": _without_folders(parent.export.get("training")),
         "card_format": CARD_FORMAT,
     }
     card.versions = versions
     card.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     return card
+
+
+def _without_folders(training: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The training settings with the weights file named, not its folder on this machine."""
+    if not training or not (training.get("model") or {}).get("weights"):
+        return training
+    model = dict(training["model"], weights=Path(str(training["model"]["weights"])).name)
+    return {**training, "model": model}
 
 
 def _file_for(out: Path, family: str, variant: Variant, status: str) -> Path:
