@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import platform
+import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -19,11 +21,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import click
 import numpy as np
 
-from edge_toolkit.card import ModelCard, read_card
+from edge_toolkit.card import CardError, ModelCard, load_card, read_card
 from edge_toolkit.data import load_samples
+from edge_toolkit.files import read_regular
 from edge_toolkit.metrics import (
     apply_temperature,
     at_threshold,
@@ -32,10 +34,13 @@ from edge_toolkit.metrics import (
     roc_auc,
 )
 from edge_toolkit.multisource import by_source, card_roots, dataset_for_card
-from edge_toolkit.preprocess import PreprocessConfig
-from edge_toolkit.quantize.variants import EXPORT_FAILED, VALIDATED, VARIANTS
+from edge_toolkit.quantize.variants import EXPORT_FAILED, NOT_VALIDATED, VALIDATED, VARIANTS
 
 SPLITS = ("val", "test")
+
+
+class BenchmarkError(ValueError):
+    """A source cannot be benchmarked at all (no export report, no readable card)."""
 
 
 @dataclass
@@ -66,11 +71,10 @@ def rows_from_run(run: Path) -> list[Row]:
     """Rows of one run folder from its export report (every variant, failed ones too)."""
     report_path = run / "export" / "report.json"
     if not report_path.exists():
-        raise click.ClickException(f"{run}: no export/report.json; run `edge-toolkit export "
-                                   f"{run}` first")
+        raise BenchmarkError(f"{run}: no export/report.json; run `edge-toolkit export {run}` "
+                             "first")
     report = json.loads(report_path.read_text())
-    run_card = run / "card.json"
-    roots = card_roots(ModelCard.load(run_card).dataset) if run_card.is_file() else None
+    roots = _run_roots(run)
     rows = []
     for r in report["results"]:
         file = str(run / "export" / r["file"]) if r.get("file") else None
@@ -83,13 +87,19 @@ def rows_from_run(run: Path) -> list[Row]:
 
 
 def row_from_file(path: Path) -> Row:
-    """A row for a loose .tflite file: what its card says, status from the card's export."""
-    from edge_toolkit.card_cli import require_card
+    """A row for a loose .tflite file: what its card says; its status is the card's own
+    validation record, and "not-validated" when the card holds none."""
     from edge_toolkit.quantize.inspect import gzip_size
 
-    card = require_card(path)
-    data = path.read_bytes()
-    status = ((card.export or {}).get("validation") or {}).get("status", VALIDATED)
+    try:
+        card = load_card(path)
+        data = read_regular(path)
+    except CardError as exc:
+        raise BenchmarkError("\n".join(exc.lines(path))) from None
+    except OSError as exc:
+        raise BenchmarkError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    validation = card.export_info.validation
+    status = validation.status if validation is not None else NOT_VALIDATED
     return Row(family=card.family, variant=card.variant, status=status, file=str(path),
                size_bytes=len(data), gzip_bytes=gzip_size(data), sparsity=card.sparsity,
                run=card.parent)
@@ -110,14 +120,15 @@ class SplitCache:
     def get(self, card: ModelCard, hint: list[str] | None = None) -> dict[str, Split]:
         """`hint`: the run folder's dataset folders, used when no --data was given."""
         roots = [str(d) for d in self.data] if self.data else (hint or card_roots(card.dataset))
-        cfg = PreprocessConfig.from_dict(card.preprocessing)
-        key = (tuple(roots), cfg, card.dataset.get("val_fraction"), card.dataset.get("seed"))
+        info = card.dataset_info
+        key = (tuple(roots), card.preprocess_config, info.val_fraction, info.seed,
+               info.val_grouping)
         if key not in self._cache:
             ds = dataset_for_card(card.dataset, roots)
             out = {}
             for split in SPLITS:
                 if split in ds.splits:
-                    loaded = load_samples(ds.split(split), cfg)
+                    loaded = load_samples(ds.split(split), card.preprocess_config)
                     out[split] = (loaded.x, loaded.y, loaded.sources)
             self._cache[key] = out
         return self._cache[key]
@@ -184,8 +195,12 @@ def measure_latency(row: Row, threads: list[int], warmup: int, runs: int) -> Non
 
 def run_benchmark(sources: list[Path], data: Path | None = None, threads: list[int] = (1, 2),
                   warmup: int = 5, runs: int = 50, bootstrap: int = 1000,
-                  log: Any = print) -> dict[str, Any]:
-    """Measure every row; a row that cannot be measured keeps its reason and the rest go on."""
+                  log: Any = print, command: str | None = None) -> dict[str, Any]:
+    """Measure every row; a row that cannot be measured keeps its reason and the rest go on.
+
+    `command` is recorded as what was run (default: this process's own command line, so a
+    benchmark run by `pipeline` says `pipeline`). Raises BenchmarkError for a source that
+    cannot be read at all."""
     t0 = time.perf_counter()
     rows: list[Row] = []
     for src in sources:
@@ -214,13 +229,27 @@ def run_benchmark(sources: list[Path], data: Path | None = None, threads: list[i
     paired_deltas(rows, probs, bootstrap)
     baseline = global_cue_baseline(_first_root(rows, data), log)
     return {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join(["edge-toolkit", "benchmark", *sys.argv[2:]]),
+            "command": command or invoked_command(),
             "host": {"machine": platform.machine(), "processor": platform.processor(),
                      "python": platform.python_version(), "system": platform.system(),
-                     "cpu_count": __import__("os").cpu_count()},
+                     "cpu_count": os.cpu_count()},
             "threads": list(threads), "runs": runs, "warmup": warmup,
             "seconds": round(time.perf_counter() - t0, 1), "baseline": baseline,
             "rows": [asdict(r) for r in rows]}
+
+
+def invoked_command() -> str:
+    """This process's command line as a shell would take it back (`edge-toolkit ...`)."""
+    prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
+    return shlex.join([prog, *sys.argv[1:]])
+
+
+def _run_roots(run: Path) -> list[str]:
+    """The dataset folders named in a run's own card.json (empty when it names none)."""
+    try:
+        return card_roots(ModelCard.load(run / "card.json").dataset)
+    except (OSError, CardError, ValueError):
+        return []
 
 
 def _first_root(rows: list[Row], data: Path | list[Path] | None = None) -> Path | None:
@@ -490,46 +519,3 @@ def below_floor(result: dict[str, Any], min_auc: float) -> list[str]:
         if auc is None or not auc >= min_auc:
             bad.append(f"{r['family']} {r['variant']}: val AUC {_f(auc)} < {min_auc}")
     return bad
-
-
-def parse_threads(text: str) -> list[int]:
-    """'1,2' -> [1, 2], or a click usage error naming the option."""
-    try:
-        out = [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        out = []
-    if not out or min(out) < 1:
-        raise click.BadParameter(f"{text!r}: expected thread counts like 1,2",
-                                 param_hint="--threads")
-    return out
-
-
-@click.command()
-@click.argument("sources", nargs=-1, required=True,
-                type=click.Path(exists=True, path_type=Path))
-@click.option("--data", type=click.Path(file_okay=False, path_type=Path),
-              help="Dataset folder (default: the one named in each model card).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for benchmark.{md,csv,json,png} (default: the first run folder).")
-@click.option("--threads", default="1,2", show_default=True, help="Thread counts to time.")
-@click.option("--runs", default=50, show_default=True, help="Timed invokes per thread count.")
-@click.option("--warmup", default=5, show_default=True)
-@click.option("--bootstrap", default=1000, show_default=True, help="AUC interval resamples.")
-@click.option("--min-auc", type=float, help="Exit 1 if a validated variant's val AUC is lower.")
-def benchmark(sources: tuple[Path, ...], data: Path | None, out: Path | None, threads: str,
-              runs: int, warmup: int, bootstrap: int, min_auc: float | None) -> None:
-    """Accuracy vs size vs latency for every variant of the given run folders (after
-    `edge-toolkit export`) or .tflite files, in one table (Markdown, CSV, JSON, PNG)."""
-    thread_list = parse_threads(threads)
-    result = run_benchmark(list(sources), data, thread_list, warmup, runs, bootstrap,
-                           log=lambda m: click.echo(m, err=True))
-    dest = out or (sources[0] if sources[0].is_dir() else sources[0].parent)
-    for p in write_outputs(result, dest):
-        click.echo(f"wrote {p}", err=True)
-    click.echo(markdown(result))
-    if min_auc is not None:
-        bad = below_floor(result, min_auc)
-        if bad:
-            for line in bad:
-                click.echo(f"below --min-auc: {line}", err=True)
-            sys.exit(1)

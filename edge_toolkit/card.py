@@ -4,7 +4,9 @@ A card travels with every artefact: as `card.json` beside a Keras model in a run
 inside every `.tflite` file as a ZIP archive appended after the flatbuffer (the flatbuffer
 loader ignores trailing bytes; any ZIP reader finds the archive from the end of the file, so
 `unzip -p model.tflite edge_toolkit_card.json` shows it). The runtime therefore needs no side
-files and no TensorFlow. This module imports only the standard library.
+files and no TensorFlow. This module imports only the standard library (numpy and PIL only
+when the preprocessing is checked). Every field is checked when a card is read:
+`card_sections.card_problems` lists one line per invalid field.
 """
 
 from __future__ import annotations
@@ -15,9 +17,20 @@ import zipfile
 import zlib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_toolkit import __version__
+from edge_toolkit.card_sections import (  # noqa: F401  (Validation: re-exported)
+    DatasetInfo,
+    ExportInfo,
+    SplitMetrics,
+    Validation,
+    card_problems,
+    safe_repr,
+)
+
+if TYPE_CHECKING:
+    from edge_toolkit.preprocess import PreprocessConfig
 
 CARD_SCHEMA = "edge_toolkit.card/1"
 CARD_MEMBER = "edge_toolkit_card.json"
@@ -25,7 +38,19 @@ TFLITE_IDENTIFIER = b"TFL3"  # flatbuffer file identifier at bytes 4..8
 
 
 class CardError(ValueError):
-    """A model file is missing its card, or the card cannot be read."""
+    """A model file is missing its card, or the card cannot be read or is invalid.
+
+    `problems` holds one line per invalid field (empty for other failures), so a caller can
+    print each on its own line prefixed with the file name.
+    """
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = list(problems or [])
+
+    def lines(self, name: str | Path) -> list[str]:
+        """The error as lines naming `name`: one per problem, or the message."""
+        return [f"{name}: {p}" for p in self.problems] or [f"{name}: {self}"]
 
 
 @dataclass
@@ -75,24 +100,23 @@ class ModelCard:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelCard:
+        """Build a card from its JSON object, checking every field (see `card_problems`)."""
         if not isinstance(data, dict):
             raise CardError("model card is not a JSON object")
         schema = data.get("schema", "")
         if not str(schema).startswith("edge_toolkit.card/"):
-            raise CardError(f"unknown model card schema {schema!r}")
-        known = {f.name for f in fields(cls)}
-        required = ("family", "input_size", "channels", "preprocessing")
-        missing = [n for n in required if n not in data]
+            raise CardError(f"unknown model card schema {safe_repr(schema)}")
+        missing = [n for n in ("family", "input_size", "channels", "preprocessing")
+                   if n not in data]
         if missing:
             raise CardError(f"model card lacks {', '.join(missing)}")
-        if not isinstance(data["preprocessing"], dict):
-            raise CardError("model card's preprocessing is not an object")
-        labels = data.get("labels", ["not fractured", "fractured"])
-        positive = data.get("positive_label", "fractured")
-        if not isinstance(labels, list) or len(set(map(str, labels))) != 2 \
-                or positive not in labels:
-            raise CardError("model card needs two distinct labels, one of them the "
-                            "positive label")
+        problems = card_problems(data)
+        if problems:
+            lines = [f"invalid model card: {p}" for p in problems]
+            raise CardError(lines[0] if len(lines) == 1 else
+                            f"invalid model card ({len(lines)} problems): "
+                            + "; ".join(problems), lines)
+        known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
     @classmethod
@@ -109,6 +133,27 @@ class ModelCard:
     @classmethod
     def load(cls, path: str | Path) -> ModelCard:
         return cls.from_json(Path(path).read_text())
+
+    # Typed views of the loose sections: validated when the card is read, defaults stated once.
+
+    @property
+    def preprocess_config(self) -> PreprocessConfig:
+        from edge_toolkit.preprocess import PreprocessConfig
+
+        return PreprocessConfig.from_dict(self.preprocessing)
+
+    @property
+    def dataset_info(self) -> DatasetInfo:
+        return DatasetInfo.from_dict(self.dataset)
+
+    @property
+    def export_info(self) -> ExportInfo:
+        return ExportInfo.from_dict(self.export)
+
+    def split_metrics(self, split: str) -> SplitMetrics | None:
+        """The metrics of one split (None when the card has none for it)."""
+        found = self.metrics.get(split)
+        return SplitMetrics.from_dict(found) if isinstance(found, dict) else None
 
     @property
     def positive_index(self) -> int:
@@ -128,10 +173,22 @@ def jsonable(obj: Any) -> Any:
     return str(obj)
 
 
+def check_flatbuffer(data: bytes) -> None:
+    """Cheap structural checks that name the problem before the interpreter does."""
+    if not data:
+        raise CardError("empty file (0 bytes), not a TFLite model")
+    if len(data) < 8 or data[4:8] != TFLITE_IDENTIFIER:
+        raise CardError("not a TFLite model (no TFL3 flatbuffer identifier at bytes 4-8: "
+                        "wrong file, or its start is damaged)")
+    root = int.from_bytes(data[:4], "little")
+    if root + 4 > len(data):
+        raise CardError(f"TFLite flatbuffer is truncated: its root table is at byte {root}, "
+                        f"the file has {len(data)} bytes")
+
+
 def split_tflite(data: bytes) -> tuple[bytes, ModelCard | None]:
     """Split a file's bytes into the bare flatbuffer and its card (None when it has none)."""
-    if len(data) < 8 or data[4:8] != TFLITE_IDENTIFIER:
-        raise CardError("not a TFLite model (no TFL3 flatbuffer identifier)")
+    check_flatbuffer(data)
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             infos = {i.filename: i for i in zf.infolist()}
@@ -149,6 +206,7 @@ def split_tflite(data: bytes) -> tuple[bytes, ModelCard | None]:
         raise CardError(f"the embedded model card is damaged ({exc.__class__.__name__})"
                         ) from None
     bare = data[:archive_start] if archive_start > 0 else data
+    check_flatbuffer(bare)
     return bare, card
 
 
@@ -163,4 +221,15 @@ def embed_card(model: bytes, card: ModelCard) -> bytes:
 
 def read_card(path: str | Path) -> ModelCard | None:
     """Read the card of a `.tflite` file; None if the file has no card."""
-    return split_tflite(Path(path).read_bytes())[1]
+    from edge_toolkit.files import read_regular
+
+    return split_tflite(read_regular(path))[1]
+
+
+def load_card(path: str | Path) -> ModelCard:
+    """The card of a `.tflite` file; CardError (no card, damaged, invalid) or OSError (cannot
+    read it, or not a regular file) otherwise."""
+    found = read_card(path)
+    if found is None:
+        raise CardError("no edge_toolkit model card in this file")
+    return found

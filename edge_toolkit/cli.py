@@ -7,11 +7,10 @@ TensorFlow at module level either: they import it inside the command body.
 
 from __future__ import annotations
 
-import importlib
-
 import click
 
 from edge_toolkit import __version__
+from edge_toolkit.lazy import resolve
 
 # name -> (module:attribute, one-line help shown by `edge-toolkit --help`)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -30,7 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
                   "Re-choose a model's threshold on your own labelled images (no TensorFlow)."),
     "bench": ("edge_toolkit.runtime.cli:bench",
               "Benchmark interpreter latency and memory of one or more .tflite models."),
-    "benchmark": ("edge_toolkit.benchmark:benchmark",
+    "benchmark": ("edge_toolkit.benchmark_cli:benchmark",
                   "Accuracy vs size vs latency table over every exported variant."),
     "audit": ("edge_toolkit.audit.cli:audit",
               "Audit a dataset for duplicates, split leakage and shortcut features."),
@@ -49,8 +48,7 @@ class LazyGroup(click.Group):
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in COMMANDS:
             return None
-        module_name, attr = COMMANDS[cmd_name][0].split(":")
-        return getattr(importlib.import_module(module_name), attr)
+        return resolve(COMMANDS[cmd_name][0])
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, help_) for name, (_, help_) in COMMANDS.items()]

@@ -3,6 +3,12 @@
 Discovery, class-name mapping, a seeded validation carve-out when `val/` is absent, a content
 fingerprint, and bulk loading through the shared preprocessing with a report of every file
 that could not be read. No TensorFlow.
+
+The one home of the dataset facts: labels, split names and their folder aliases, class
+folder names, and the file-name family rule (`12-rotated1.jpg` is `12.jpg`); the audit
+imports them. The carve-out keeps the audit's content families whole (exact and near copies
+and file-name families, `audit.duplicates.content_families`): on the Kaggle data a carve by
+file name alone put exact or near copies of 79 of 190 val images in train.
 """
 
 from __future__ import annotations
@@ -27,8 +33,12 @@ _CLASS_ALIASES = {
     "notfractured": 0, "nonfractured": 0, "unfractured": 0, "nofracture": 0, "normal": 0,
     "negative": 0, "no": 0, "healthy": 0,
 }
-_SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
-                  "validation": "val", "test": "test", "testing": "test"}
+SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
+                 "validation": "val", "test": "test", "testing": "test"}
+FAMILY_MARK = "-rotated"  # `12-rotated1.jpg` is a copy of `12.jpg` (the Kaggle naming)
+# How a carved val split is grouped: "content" (the audit's content families; the default)
+# or "name" (file-name families only: how runs carved before content grouping existed).
+VAL_GROUPINGS = ("content", "name")
 
 
 class DatasetError(ValueError):
@@ -41,10 +51,20 @@ def class_id(folder_name: str) -> int | None:
     return _CLASS_ALIASES.get(key)
 
 
+def split_name(folder_name: str) -> str | None:
+    """Map a split folder name to train/val/test ('Training', 'valid' ...); None if none."""
+    return SPLIT_ALIASES.get(folder_name.lower())
+
+
 def group_key(path: Path) -> str:
     """Family of an image: `12-rotated1-rotated2.jpg` and `12.jpg` are one source image."""
-    stem = re.split(r"-rotated", path.stem, maxsplit=1)[0]
+    stem = re.split(re.escape(FAMILY_MARK), path.stem, maxsplit=1)[0]
     return f"{path.parent.name}/{stem}"
+
+
+def has_family_mark(path: Path) -> bool:
+    """Whether a file name says it derives from another (`12-rotated1.jpg`)."""
+    return FAMILY_MARK in path.stem
 
 
 @dataclass(frozen=True)
@@ -62,6 +82,7 @@ class Dataset:
     carved_val: bool = False
     class_folders: dict[str, str] = field(default_factory=dict)
     sources: dict[str, Path] = field(default_factory=dict)  # source name -> its folder
+    val_grouping: str | None = None  # how val was carved (None: val/ was given)
 
     @property
     def source_names(self) -> list[str]:
@@ -112,19 +133,39 @@ def _read_split(split_dir: Path, split: str, class_folders: dict[str, str]) -> l
     return samples
 
 
-def carve_validation(samples: list[Sample], fraction: float = 0.15, seed: int = 0
-                     ) -> list[Sample]:
-    """Move a class-stratified, family-grouped `fraction` of train to val, reproducibly."""
+def family_keys(train: list[Sample], grouping: str = "content") -> list[str]:
+    """A family key per train sample: files with one key go to one side of the carve-out."""
+    if grouping == "name":
+        return [group_key(s.path) for s in train]
+    if grouping != "content":
+        raise ValueError(f"val grouping must be one of {VAL_GROUPINGS}, not {grouping!r}")
+    # The audit's grouping (numpy and PIL only, no TensorFlow), imported here because the
+    # audit itself builds on this module's facts.
+    from edge_toolkit.audit.duplicates import sample_families
+
+    ids = sample_families(train)
+    first: dict[int, str] = {}
+    for s, g in sorted(zip(train, ids), key=lambda t: str(t[0].path)):
+        first.setdefault(g, str(s.path))  # its first file: the order does not hang on ids
+    return [first[g] for g in ids]
+
+
+def carve_validation(samples: list[Sample], fraction: float = 0.15, seed: int = 0,
+                     grouping: str = "content") -> list[Sample]:
+    """Move a class-stratified `fraction` of train to val, reproducibly, never splitting a
+    family (`family_keys`: content families by default, or file-name families only)."""
     rng = random.Random(seed)
     out = [s for s in samples if s.split != "train"]
-    for label in (0, 1):
-        groups: dict[str, list[Sample]] = defaultdict(list)
-        for s in samples:
-            if s.split == "train" and s.label == label:
-                groups[group_key(s.path)].append(s)
+    train = [s for s in samples if s.split == "train"]
+    members: dict[str, list[Sample]] = defaultdict(list)
+    for s, key in zip(train, family_keys(train, grouping)):
+        members[key].append(s)
+    majority = {k: int(2 * sum(s.label for s in v) >= len(v)) for k, v in members.items()}
+    for label in (0, 1):  # a family goes with its majority label (ties: positive)
+        groups = {k: v for k, v in members.items() if majority[k] == label}
         keys = sorted(groups)
         rng.shuffle(keys)
-        want = round(fraction * sum(len(v) for v in groups.values()))
+        want = round(fraction * sum(s.label == label for s in train))
         taken = 0
         for k in keys:
             to_val = taken < want
@@ -133,13 +174,17 @@ def carve_validation(samples: list[Sample], fraction: float = 0.15, seed: int = 
     return out
 
 
-def discover(root: str | Path, val_fraction: float = 0.15, seed: int = 0) -> Dataset:
-    """Read a dataset folder; raise DatasetError with what was found when it is unusable."""
+def discover(root: str | Path, val_fraction: float = 0.15, seed: int = 0,
+             val_grouping: str = "content") -> Dataset:
+    """Read a dataset folder; raise DatasetError with what was found when it is unusable.
+
+    Without `val/`, `val_fraction` of train is carved as val (`carve_validation`, grouped by
+    `val_grouping`); a card records all three so later commands rebuild the same split."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: no such dataset folder")
-    split_dirs = {_SPLIT_ALIASES[d.name.lower()]: d for d in sorted(root.iterdir())
-                  if d.is_dir() and d.name.lower() in _SPLIT_ALIASES}
+    split_dirs = {split_name(d.name): d for d in sorted(root.iterdir())
+                  if d.is_dir() and split_name(d.name)}
     if "train" not in split_dirs:
         found = sorted(d.name for d in root.iterdir() if d.is_dir())
         raise DatasetError(f"{root}: no train/ folder; found {found or 'no folders'}. "
@@ -160,8 +205,9 @@ def discover(root: str | Path, val_fraction: float = 0.15, seed: int = 0) -> Dat
         raise DatasetError(f"{split_dirs['train']}: needs images of both classes; only {have} "
                            "has images")
     if "val" not in split_dirs:
-        ds = Dataset(root, carve_validation(samples, val_fraction, seed), carved_val=True,
-                     class_folders=class_folders, sources=sources)
+        ds = Dataset(root, carve_validation(samples, val_fraction, seed, val_grouping),
+                     carved_val=True, class_folders=class_folders, sources=sources,
+                     val_grouping=val_grouping)
     return ds
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from edge_toolkit.files import kind_of
+
 DEFAULT_MAX_PIXELS = 50_000_000  # a 7071x7071 film scan; anything bigger is a pixel bomb
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -77,6 +79,8 @@ def open_image(img_or_path: str | Path | Image.Image, max_pixels: int = DEFAULT_
             raise ImageLoadError(path, "no such file")
         if path.is_dir():
             raise ImageLoadError(path, "is a directory")
+        if not path.is_file():  # a FIFO would block the decoder forever
+            raise ImageLoadError(path, f"is {kind_of(path.stat().st_mode)}, not a regular file")
         if not os.access(path, os.R_OK):
             raise ImageLoadError(path, "permission denied")
         if path.stat().st_size == 0:

@@ -44,19 +44,22 @@ def source_names(roots: Sequence[str | Path]) -> list[str]:
 
 
 def discover_sources(roots: Sequence[str | Path], val_fraction: float = 0.15,
-                     seed: int = 0) -> Dataset:
+                     seed: int = 0, val_grouping: str = "content") -> Dataset:
     """Read one or more training dataset folders as one Dataset whose samples know their
     source. Each folder keeps its own splits (or gets its own carved validation split)."""
     if not roots:
         raise DatasetError("no dataset folder given")
     names = source_names(roots)
-    parts = [discover(r, val_fraction=val_fraction, seed=seed) for r in roots]
+    parts = [discover(r, val_fraction=val_fraction, seed=seed, val_grouping=val_grouping)
+             for r in roots]
     if len(parts) == 1:
         return parts[0]
     samples = [replace(s, source=name) for ds, name in zip(parts, names) for s in ds.samples]
-    return Dataset(Path(roots[0]), samples, carved_val=any(ds.carved_val for ds in parts),
+    carved = any(ds.carved_val for ds in parts)
+    return Dataset(Path(roots[0]), samples, carved_val=carved,
                    class_folders=parts[0].class_folders,
-                   sources={name: Path(r) for name, r in zip(names, roots)})
+                   sources={name: Path(r) for name, r in zip(names, roots)},
+                   val_grouping=val_grouping if carved else None)
 
 
 def discover_scoring(root: str | Path, name: str | None = None) -> Dataset:
@@ -177,5 +180,7 @@ def dataset_for_card(dataset_info: dict[str, Any],
     missing = [r for r in roots if not Path(r).is_dir()]
     if missing:
         raise DatasetError(f"dataset folder {missing[0]} not found: pass --data")
+    # cards from before content grouping carved val by file name
     return discover_sources(roots, val_fraction=float(dataset_info.get("val_fraction", 0.15)),
-                            seed=int(dataset_info.get("seed", 0)))
+                            seed=int(dataset_info.get("seed", 0)),
+                            val_grouping=str(dataset_info.get("val_grouping") or "name"))

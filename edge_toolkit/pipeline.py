@@ -185,7 +185,7 @@ def pipeline(data: tuple[Path, ...], site_shift: bool, families: str, variants: 
         click.echo(msg)
         sys.stdout.flush()
 
-    from edge_toolkit.benchmark import parse_threads
+    from edge_toolkit.benchmark_cli import parse_threads
 
     fams = [f.strip() for f in families.split(",") if f.strip()]
     _, ok = run_pipeline(list(data), folder, fams, variants, weights,

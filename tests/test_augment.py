@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from extras import require
 
-pytest.importorskip("tensorflow")
+require("tensorflow")
 
 from edge_toolkit.train.augment import AugmentConfig, build_augmenter  # noqa: E402
 

@@ -176,3 +176,35 @@ def test_card_absent_or_file_not_tflite():
         split_tflite(b"GIF89a....")
     with pytest.raises(CardError, match="lacks"):
         ModelCard.from_dict({"schema": "edge_toolkit.card/1", "family": "x"})
+
+
+def test_carve_keeps_content_families_whole(tmp_path):
+    """Exact and near copies under unrelated names (as in the Kaggle data, where a carve by
+    name put copies of 79 of 190 val images in train) never straddle the carve-out."""
+    from PIL import Image
+
+    from edge_toolkit.audit.leakage import quick_leak_check
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "d"
+    for label, cls in ((1, "fractured"), (0, "not fractured")):
+        folder = root / "train" / cls
+        folder.mkdir(parents=True)
+        for i in range(12):
+            base = np.kron(rng.integers(0, 255, (8, 8)), np.ones((8, 8))).astype(np.uint8)
+            img = Image.fromarray(base, "L")
+            img.save(folder / f"a{label}{i:02d}.png")
+            img.save(folder / f"copy-{label}{i:02d}.png")  # exact copy, another name
+            img.transpose(Image.Transpose.FLIP_LEFT_RIGHT).resize((80, 80)).save(
+                folder / f"z{label}{i:02d}.jpg", quality=95)  # near copy
+    (root / "test").mkdir()
+    leaks = {}
+    for grouping in ("name", "content"):
+        ds = discover(root, val_fraction=0.25, seed=0, val_grouping=grouping)
+        assert ds.carved_val and ds.val_grouping == grouping
+        assert {s.label for s in ds.split("val")} == {0, 1}
+        leaks[grouping] = quick_leak_check(root, samples=ds.samples).splits["val"]
+    assert leaks["name"].leaked > 0  # by name, copies land on both sides
+    assert leaks["content"].leaked == 0 and leaks["content"].files in (15, 18, 21)
+    with pytest.raises(ValueError, match="val grouping"):
+        discover(root, val_grouping="nope")

@@ -6,12 +6,14 @@ import csv
 import json
 
 import pytest
+from extras import require
 
-pytest.importorskip("tensorflow")
+require("tensorflow")
 
 from click.testing import CliRunner  # noqa: E402
 
-from edge_toolkit.benchmark import below_floor, benchmark, markdown  # noqa: E402
+from edge_toolkit.benchmark import below_floor, markdown  # noqa: E402
+from edge_toolkit.benchmark_cli import benchmark  # noqa: E402
 from edge_toolkit.pipeline import run_pipeline  # noqa: E402
 from edge_toolkit.synthetic import write_synthetic  # noqa: E402
 
@@ -117,9 +119,13 @@ def test_loose_files_keep_their_validation_status(pipeline_run, tmp_path):
     failed.write_bytes(embed_card(src.read_bytes(), card))
     row = row_from_file(failed)
     assert row.status == "failed-validation" and row.variant == "int8-ptq"
+    del card.export["validation"]  # a card without a validation record claims nothing
+    loose = tmp_path / "loose.tflite"
+    loose.write_bytes(embed_card(src.read_bytes(), card))
+    assert row_from_file(loose).status == "not-validated"
     bad = tmp_path / "bad.tflite"
     bad.write_text("not a model")
-    import click
+    from edge_toolkit.benchmark import BenchmarkError
 
-    with pytest.raises(click.ClickException, match="not a TFLite model"):
+    with pytest.raises(BenchmarkError, match="not a TFLite model"):
         row_from_file(bad)

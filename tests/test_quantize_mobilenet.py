@@ -4,9 +4,10 @@ DepthwiseConv, Add), shrunk to alpha 0.35 at 32 px with random weights so it fit
 from __future__ import annotations
 
 import pytest
+from extras import require
 
-pytest.importorskip("tensorflow_model_optimization")
-pytest.importorskip("ai_edge_litert")
+require("tensorflow_model_optimization")
+require("ai_edge_litert", "device")
 
 from quantize_fixtures import make_tiny_run  # noqa: E402
 
@@ -16,9 +17,10 @@ from edge_toolkit.quantize.variants import EXPORT_FAILED  # noqa: E402
 
 @pytest.mark.slow
 def test_mobilenetv2_pqat_keeps_zeros_and_quantizes_depthwise_per_channel(tmp_path):
+    from edge_toolkit.card import split_tflite
     from edge_toolkit.quantize.exporter import ExportConfig, export_run
     from edge_toolkit.quantize.inspect import inspect_file
-    from edge_toolkit.quantize.validate import make_interpreter, read_model
+    from edge_toolkit.runtime.interpreter import create_interpreter
 
     run = make_tiny_run(tmp_path, name="mnv2", epochs=1, family="mobilenetv2",
                         model_overrides={"input_size": 32, "alpha": 0.35},
@@ -37,8 +39,8 @@ def test_mobilenetv2_pqat_keeps_zeros_and_quantizes_depthwise_per_channel(tmp_pa
     assert card.export["fine_tune"]["qat"]["frozen_batchnorm_layers"] == 52  # as trained
     # depthwise kernels stay dense by default, so the file is a little under the target
     assert 0.40 <= r.sparsity <= 0.52
-    bare, _ = read_model(path)
-    interp = make_interpreter(bare, delegates=False)
+    bare, _ = split_tflite(open(path, "rb").read())
+    interp, _ = create_interpreter(bare, 1, delegates=False)
     depthwise = [op for op in interp._get_ops_details() if op["op_name"] == "DEPTHWISE_CONV_2D"]
     assert len(depthwise) == 17
     for op in depthwise:
@@ -47,15 +49,14 @@ def test_mobilenetv2_pqat_keeps_zeros_and_quantizes_depthwise_per_channel(tmp_pa
     # the device runs exactly what export validated: same input rounding, same outputs
     import numpy as np
 
+    from edge_toolkit.card import ModelCard
     from edge_toolkit.data import discover, load_samples
-    from edge_toolkit.preprocess import PreprocessConfig
-    from edge_toolkit.quantize.validate import predict_tflite
     from edge_toolkit.runtime.classifier import Classifier
 
     assert card.preprocessing["value_range"] == "-1,1"  # pixels sit on rounding boundaries
-    val = load_samples(discover(card.dataset["root"]).split("val"),
-                       PreprocessConfig.from_dict(card.preprocessing))
-    ours = predict_tflite(bare, val.x)
+    parent = ModelCard.load(run / "card.json")
+    val = load_samples(discover(parent.dataset_info.root).split("val"), card.preprocess_config)
+    ours = Classifier.from_bytes(bare, card).predict_raw_batch(val.x)
     theirs = Classifier.load(path).predict_raw_batch(val.x)
     np.testing.assert_array_equal(ours, theirs)
 

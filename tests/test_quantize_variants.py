@@ -8,17 +8,11 @@ import sys
 import numpy as np
 import pytest
 
-from edge_toolkit.card import ModelCard
+from edge_toolkit.card import ModelCard, Validation
+from edge_toolkit.preprocess import quantize
 from edge_toolkit.quantize.inspect import gzip_size
 from edge_toolkit.quantize.representative import pick, representative_images
-from edge_toolkit.quantize.validate import (
-    TensorIO,
-    TFLiteFileError,
-    compare_to_parent,
-    dequantize_output,
-    quantize_input,
-    read_model,
-)
+from edge_toolkit.quantize.validate import compare_to_parent
 from edge_toolkit.quantize.variants import (
     DEFAULT_VARIANTS,
     FAILED_VALIDATION,
@@ -27,6 +21,7 @@ from edge_toolkit.quantize.variants import (
     parse_variants,
     variant_of_file,
 )
+from edge_toolkit.runtime.classifier import Classifier, ModelError
 
 
 def test_table_lists_every_variant_of_the_issue():
@@ -82,20 +77,14 @@ def test_representative_pick_is_seeded_and_warns_below_100():
 
 
 def test_input_quantization_uses_the_tensors_own_parameters():
-    u8 = TensorIO(0, (1, 4, 4, 1), "uint8", 1 / 255, 0)
+    u8 = (1 / 255, 0, np.uint8)
     x = np.array([0.0, 128 / 255, 1.0, 2.0], np.float32)
-    assert quantize_input(x, u8).tolist() == [0, 128, 255, 255]
+    assert quantize(x, *u8).tolist() == [0, 128, 255, 255]
     pixels = np.arange(256)  # the shared preprocessing's [0, 1] values map back to pixels
-    assert (quantize_input(pixels.astype(np.float32) / np.float32(255), u8) == pixels).all()
-    i8 = TensorIO(0, (1, 4, 4, 3), "int8", 0.01, 5)
-    assert quantize_input(np.array([-1.33, -2.0, 0.0, 0.5, 2.0]), i8).tolist() == [
+    assert (quantize(pixels.astype(np.float32) / np.float32(255), *u8) == pixels).all()
+    i8 = (0.01, 5, np.int8)
+    assert quantize(np.array([-1.33, -2.0, 0.0, 0.5, 2.0], np.float32), *i8).tolist() == [
         -128, -128, 5, 55, 127]
-    out = TensorIO(1, (1, 1), "int8", 1 / 256, -128)
-    assert dequantize_output(np.array([-128, 0, 127]), out).tolist() == pytest.approx(
-        [0.0, 0.5, 255 / 256])
-    f32 = TensorIO(0, (1, 4, 4, 1), "float32", 0.0, 0)
-    assert quantize_input(x, f32).dtype == np.float32
-    assert not f32.quantized
 
 
 def test_compare_to_parent_marks_an_auc_drop_beyond_tolerance():
@@ -103,26 +92,32 @@ def test_compare_to_parent_marks_an_auc_drop_beyond_tolerance():
     y = np.array([0, 0, 0, 1, 1, 1])
     parent = np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9])
     same = compare_to_parent(y, parent, parent, card, 0.02)
-    assert same["status"] == VALIDATED and same["agreement"] == 1.0
-    assert same["delta_auc"] == 0 and same["sensitivity"] == 1 and same["specificity"] == 1
+    assert same.status == VALIDATED and same.ok and same.agreement == 1.0
+    assert same.delta_auc == 0 and same.sensitivity == 1 and same.specificity == 1
     worse = np.array([0.1, 0.2, 0.75, 0.7, 0.8, 0.9])  # one negative above two positives
     check = compare_to_parent(y, worse, parent, card, 0.02)
-    assert check["status"] == FAILED_VALIDATION
-    assert "below the float parent" in check["reason"]
-    assert check["agreement"] == pytest.approx(5 / 6)
-    assert compare_to_parent(y, worse, parent, card, 0.5)["status"] == VALIDATED
-    assert compare_to_parent(y, parent, parent, card, -1)["status"] == FAILED_VALIDATION
+    assert check.status == FAILED_VALIDATION
+    assert "below the float parent" in check.reason
+    assert check.agreement == pytest.approx(5 / 6)
+    assert compare_to_parent(y, worse, parent, card, 0.5).status == VALIDATED
+    assert compare_to_parent(y, parent, parent, card, -1).status == FAILED_VALIDATION
+    # the record round-trips through the card's typed export section
+    back = Validation.from_dict(check.to_dict())
+    assert back.status == check.status and back.reason == check.reason
 
 
-def test_read_model_names_what_is_wrong(tmp_path):
-    with pytest.raises(TFLiteFileError, match="empty file"):
-        read_model(b"")
-    with pytest.raises(TFLiteFileError, match="no 'TFL3'"):
-        read_model(b"\x00" * 64)
-    with pytest.raises(TFLiteFileError, match="truncated"):
-        read_model(b"\xff\xff\x00\x00TFL3" + b"\x00" * 16)  # root table past the end
-    with pytest.raises(TFLiteFileError, match="cannot read"):
-        read_model(tmp_path / "missing.tflite")
+def test_model_file_errors_name_what_is_wrong(tmp_path):
+    cases = {"empty.tflite": (b"", "empty file"),
+             "zeros.tflite": (b"\x00" * 64, "no TFL3"),
+             "cut.tflite": (b"\xff\xff\x00\x00TFL3" + b"\x00" * 16, "truncated")}
+    for name, (data, message) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ModelError, match=message):
+            Classifier.load(tmp_path / name)
+        with pytest.raises(ModelError, match=message):
+            Classifier.from_bytes(data)
+    with pytest.raises(ModelError, match="cannot read"):
+        Classifier.load(tmp_path / "missing.tflite")
 
 
 def test_gzip_size_sees_zeros():

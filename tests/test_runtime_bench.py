@@ -30,7 +30,7 @@ def test_bench_json_compares_models_in_child_processes(models, tmp_path):
     assert res.exit_code == 0, res.output
     report = json.loads(res.stdout)
     assert report["host"]["backend"] == "ai-edge-litert"
-    assert [m["variant"] for m in report["models"]] == ["float32", "int8-uint8"]
+    assert [m["variant"] for m in report["models"]] == ["float32", "int8-ptq"]
     for m in report["models"]:
         assert {"model", "size_bytes", "peak_rss_kb", "baseline_rss_kb", "input_dtype",
                 "backend"} <= set(m)

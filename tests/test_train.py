@@ -7,8 +7,9 @@ import json
 
 import numpy as np
 import pytest
+from extras import require
 
-pytest.importorskip("tensorflow")
+require("tensorflow")
 
 from edge_toolkit.card import ModelCard  # noqa: E402
 from edge_toolkit.synthetic import write_synthetic  # noqa: E402

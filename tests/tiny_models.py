@@ -110,7 +110,7 @@ def make_tflite(path: str | Path, *, size: int = 32, channels: int = 1, int8: bo
     if with_card:
         overrides = {"family": f"{arch}-untrained"} if arch != "tiny" else {}
         card = tiny_card(size=size, channels=channels, value_range=value_range,
-                         variant=f"int8-{input_type}" if int8 else "float32",
+                         variant="int8-ptq" if int8 else "float32",
                          card_overrides={**overrides, **(card_overrides or {})})
         flat = embed_card(flat, card)
     path = Path(path)

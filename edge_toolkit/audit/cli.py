@@ -13,8 +13,16 @@ from pathlib import Path
 import click
 
 from edge_toolkit.audit.hashing import NEAR_THRESHOLD
+from edge_toolkit.files import OutputPathError, prepare_output, shown
+from edge_toolkit.runtime.writers import atomic_write
 
 EXIT_LEAK = 3
+
+
+class AuditFailure(click.ClickException):
+    """The folder cannot be audited or an output cannot be written: one line, exit 2."""
+
+    exit_code = 2
 
 
 @click.command("audit")
@@ -62,12 +70,17 @@ def audit(data: Path, as_json: bool, report_path: Path | None, fail_on_leak: boo
     from edge_toolkit.audit.scan import AuditError
 
     shares = None
+    if report_path is not None:  # a missing or read-only folder fails now, not after the work
+        try:
+            prepare_output(report_path)
+        except OutputPathError as exc:
+            raise AuditFailure(f"--report: {exc}") from None
     if resplit_out is not None:  # refuse a bad output before spending time on the audit
         try:
             rs.check_output(data, resplit_out)
             shares = rs.parse_fractions(fractions) if fractions else None
         except (rs.ResplitError, ValueError) as exc:
-            raise click.UsageError(str(exc)) from None
+            raise AuditFailure(str(exc)) from None
     elif fractions:
         raise click.UsageError("--fractions only applies with --resplit")
 
@@ -76,7 +89,7 @@ def audit(data: Path, as_json: bool, report_path: Path | None, fail_on_leak: boo
         report = run_audit(data, near=near, threshold=threshold, shortcuts=shortcuts,
                            bootstrap=bootstrap, workers=workers, progress=progress)
     except AuditError as exc:
-        raise click.BadParameter(str(exc), param_hint="DATA") from None
+        raise AuditFailure(str(exc)) from None
     finally:
         if progress is not None:
             click.echo("\r" + " " * 40 + "\r", nl=False, err=True)
@@ -91,11 +104,18 @@ def audit(data: Path, as_json: bool, report_path: Path | None, fail_on_leak: boo
             result = rs.write(report.scan, resplit_out, shares, seed=seed, near=near,
                               threshold=threshold)
         except rs.ResplitError as exc:
-            raise click.UsageError(str(exc)) from None
+            raise AuditFailure(str(exc)) from None
+        except OSError as exc:
+            raise AuditFailure(f"--resplit: cannot write {shown(resplit_out)} "
+                               f"({exc.strerror or exc})") from None
         doc["resplit"] = result.to_dict()
 
     if report_path is not None:
-        report_path.write_text(json.dumps(doc, indent=2) + "\n")
+        try:
+            atomic_write(report_path, json.dumps(doc, indent=2) + "\n")
+        except OSError as exc:
+            raise AuditFailure(f"--report: cannot write {shown(report_path)} "
+                               f"({exc.strerror or exc})") from None
     if as_json:
         click.echo(json.dumps(doc, indent=2))
     else:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from edge_toolkit.audit.groups import DisjointSet
 from edge_toolkit.audit.hashing import NEAR_THRESHOLD, near_duplicate_pairs
 from edge_toolkit.audit.scan import Record, Scan
-from edge_toolkit.data import LABELS, group_key
+from edge_toolkit.data import LABELS, group_key, has_family_mark
 
 
 @dataclass
@@ -100,5 +100,31 @@ def name_families(records: list[Record]) -> list[str | None]:
     often as one image (its content hash decides that), while `12-rotated1.jpg` names its
     source outright."""
     keys = [f"{LABELS[r.label]}/{group_key(r.path).split('/', 1)[1]}" for r in records]
-    rotated = {k for k, r in zip(keys, records) if "-rotated" in r.path.stem}
+    rotated = {k for k, r in zip(keys, records) if has_family_mark(r.path)}
     return [k if k in rotated else None for k in keys]
+
+
+def content_families(sc: Scan, near: bool = True, threshold: float = NEAR_THRESHOLD,
+                     indices: list[int] | None = None) -> list[int]:
+    """Family id per record: connected components of exact copies, verified near copies and
+    file-name families. What `--resplit` keeps whole and the val carve-out
+    (`data.carve_validation`) never splits. Records outside `indices` stay alone."""
+    dups = find_duplicates(sc, near=near, threshold=threshold, indices=indices)
+    chosen = set(range(len(sc.records)) if indices is None else indices)
+    dsu = DisjointSet(len(sc.records))
+    dsu.union_by_key([g if i in chosen else None for i, g in enumerate(dups.group)])
+    dsu.union_by_key([f if i in chosen else None
+                      for i, f in enumerate(name_families(sc.records))])
+    return [int(g) for g in dsu.roots()]
+
+
+def sample_families(samples: list, near: bool = True, threshold: float = NEAR_THRESHOLD,
+                    workers: int | None = None) -> list[int]:
+    """`content_families` of a caller's own samples (objects with .path, .label, .split):
+    each file is read (and, with `near`, decoded) once."""
+    from pathlib import Path
+
+    from edge_toolkit.audit.scan import scan
+
+    sc = scan(Path("/"), decode=near, workers=workers, samples=samples)
+    return content_families(sc, near=near, threshold=threshold)

@@ -121,7 +121,8 @@ def signatures(thumbs: np.ndarray, chunk: int = 512) -> np.ndarray:
 
 def descriptors(signatures: np.ndarray) -> np.ndarray:
     """Rotation- and flip-invariant unit vectors (n x RINGS*DESCRIPTOR_HARMONICS), float32."""
-    d = np.abs(signatures[:, :, :DESCRIPTOR_HARMONICS]).reshape(len(signatures), -1)
+    d = np.abs(signatures[:, :, :DESCRIPTOR_HARMONICS]).reshape(
+        len(signatures), RINGS * DESCRIPTOR_HARMONICS)  # explicit: 0 images is no error
     norm = np.linalg.norm(d, axis=1, keepdims=True)
     return (d / np.where(norm > 0, norm, 1.0)).astype(np.float32)
 

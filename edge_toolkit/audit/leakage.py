@@ -36,6 +36,7 @@ class SplitLeak:
 
     split: str
     files: int
+    readable: int | None = None  # files that could be read (None: not counted)
     exact: int = 0  # files whose bytes are also in train
     near_only: int = 0  # files without an exact copy but in a near-duplicate group with train
     examples: list[dict[str, str]] = field(default_factory=list)
@@ -53,7 +54,7 @@ class SplitLeak:
                 f"exact copy in train, {self.near_only} more a near copy{near}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"files": self.files, "exact_in_train": self.exact,
+        return {"files": self.files, "readable": self.readable, "exact_in_train": self.exact,
                 "exact_in_train_pct": round(self.pct(self.exact), 2),
                 "near_only_in_train": self.near_only,
                 "exact_or_near_in_train": self.leaked,
@@ -72,6 +73,7 @@ class LeakSummary:
     near_checked: bool
     threshold: float
     seconds: float = 0.0
+    train_readable: int | None = None  # None: not counted (every train file assumed read)
 
     @property
     def leaked(self) -> bool:
@@ -84,6 +86,13 @@ class LeakSummary:
             return "VERDICT: NOT CHECKED - no train/ split to compare val/test against."
         if not self.splits:
             return "VERDICT: NOT CHECKED - no val/ or test/ split."
+        if self.train_readable == 0:
+            return ("VERDICT: NOT CHECKED - no train/ image could be read, so nothing can be "
+                    "compared against train.")
+        blind = [s for s in self.splits.values() if s.readable == 0]
+        if not self.leaked and blind:
+            return ("VERDICT: NOT CHECKED - no image could be read in "
+                    + ", ".join(f"{s.split}/ ({s.files} files)" for s in blind) + ".")
         if not self.leaked:
             extra = (f" (but {self.test_in_val} test images have a copy in val)"
                      if self.test_in_val else "")
@@ -109,7 +118,8 @@ class LeakSummary:
     def to_dict(self) -> dict[str, Any]:
         return {"leaked": self.leaked, "verdict": self.verdict(), "near_checked": self.near_checked,
                 "near_threshold": self.threshold if self.near_checked else None,
-                "has_train": self.has_train, "test_with_copy_in_val": self.test_in_val,
+                "has_train": self.has_train, "train_readable": self.train_readable,
+                "test_with_copy_in_val": self.test_in_val,
                 "splits": {k: v.to_dict() for k, v in self.splits.items()}}
 
 
@@ -125,11 +135,13 @@ def compute_leakage(root: str, records: list[Record], dups: Duplicates) -> LeakS
             sha_in_train.setdefault(r.sha256, i)
     splits: dict[str, SplitLeak] = {}
     counts: dict[str, int] = defaultdict(int)
+    readable: dict[str, int] = defaultdict(int)
     for r in records:
         counts[r.split] += 1
+        readable[r.split] += r.readable
     for name in EVAL_SPLITS:
         if counts[name]:
-            splits[name] = SplitLeak(name, counts[name])
+            splits[name] = SplitLeak(name, counts[name], readable[name])
     test_in_val = 0
     for i, r in enumerate(records):
         if r.split not in splits:
@@ -149,7 +161,8 @@ def compute_leakage(root: str, records: list[Record], dups: Duplicates) -> LeakS
         if r.split == "test" and ("val", g) in first_in:
             test_in_val += 1
     has_train = counts["train"] > 0
-    return LeakSummary(root, has_train, splits, test_in_val, dups.near_checked, dups.threshold)
+    return LeakSummary(root, has_train, splits, test_in_val, dups.near_checked, dups.threshold,
+                       train_readable=readable["train"])
 
 
 def quick_leak_check(root: str | Path, near: bool = True,

@@ -46,6 +46,7 @@ def run_audit(root: str | Path, near: bool = True, threshold: float = NEAR_THRES
     """Scan, group, summarise leakage and (optionally) the shortcut baseline of a folder."""
     t0 = time.perf_counter()
     sc = scan(root, decode=True, workers=workers, progress=progress)
+    check_readable(sc)
     dups = find_duplicates(sc, near=near, threshold=threshold)
     leak = compute_leakage(str(root), sc.records, dups)
     t1 = time.perf_counter()
@@ -73,6 +74,20 @@ def run_audit(root: str | Path, near: bool = True, threshold: float = NEAR_THRES
                     "total": t2 - t0},
     }
     return AuditReport(json_safe(data), leak, sc, dups)
+
+
+def check_readable(sc: Scan) -> None:
+    """Refuse a dataset with no image to audit: say it is empty, or that nothing in it
+    could be read (with the first reason), instead of reporting on nothing."""
+    from edge_toolkit.audit.scan import AuditError
+
+    if not sc.records:
+        raise AuditError(f"{sc.root}: no image files in its train/, val/ or test/ folders "
+                         f"({len(sc.ignored)} files with other names): an empty dataset")
+    if not any(r.readable for r in sc.records):
+        first = sc.records[0]
+        raise AuditError(f"{sc.root}: none of its {len(sc.records)} image files could be read "
+                         f"(e.g. {first.rel}: {first.error})")
 
 
 def json_safe(obj: Any) -> Any:

@@ -25,11 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_toolkit.audit.duplicates import find_duplicates, name_families
+from edge_toolkit.audit.duplicates import content_families
 from edge_toolkit.audit.groups import DisjointSet
 from edge_toolkit.audit.hashing import NEAR_THRESHOLD
 from edge_toolkit.audit.scan import Record, Scan
 from edge_toolkit.data import LABELS, SPLITS
+from edge_toolkit.files import OutputPathError, prepare_output
 
 MANIFEST = "resplit_manifest.csv"
 
@@ -97,6 +98,10 @@ def check_output(root: Path, out: Path) -> None:
         raise ResplitError(f"{out}: is inside the source dataset {root}; choose a folder outside")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ResplitError(f"{out}: exists and is not empty; choose a new folder")
+    try:  # the new split is built beside `out`, then renamed into place
+        prepare_output(out, folder=out.is_dir())
+    except OutputPathError as exc:
+        raise ResplitError(f"--resplit: {exc}") from None
 
 
 def plan(sc: Scan, fractions: dict[str, float], seed: int = 0, near: bool = True,
@@ -122,10 +127,8 @@ def plan(sc: Scan, fractions: dict[str, float], seed: int = 0, near: bool = True
         else:
             seen.add(r.sha256)
             keep.append(i)
-    dups = find_duplicates(sc, near=near, threshold=threshold, indices=keep)
+    families = content_families(sc, near=near, threshold=threshold, indices=keep)
     dsu = DisjointSet(len(keep))
-    dsu.union_by_key([dups.group[i] for i in keep])
-    families = name_families(recs)
     dsu.union_by_key([families[i] for i in keep])
     units = [[keep[k] for k in comp] for comp in dsu.components()]
     result.groups = len(units)

@@ -31,11 +31,9 @@ from edge_toolkit.audit.hashing import (
     signatures,
     thumbnail,
 )
-from edge_toolkit.data import SPLITS, class_id
+from edge_toolkit.data import SPLITS, class_id, split_name
 from edge_toolkit.images import DEFAULT_MAX_PIXELS, ImageLoadError, is_image_name, open_image
 
-SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
-                 "validation": "val", "test": "test", "testing": "test"}
 DRAFT_SIDE = 256  # JPEGs decode at the smallest DCT scale that keeps both sides >= this
 _EXIF_ORIENTATION = 0x0112
 
@@ -91,8 +89,8 @@ def list_dataset(root: Path) -> tuple[list[Record], list[str], list[str]]:
     """(records without content, ignored non-image files, unrecognised folders) under `root`."""
     if not root.is_dir():
         raise AuditError(f"{root}: no such dataset folder")
-    split_dirs = sorted((SPLIT_ALIASES[d.name.lower()], d) for d in root.iterdir()
-                        if d.is_dir() and d.name.lower() in SPLIT_ALIASES)
+    split_dirs = sorted((split_name(d.name), d) for d in root.iterdir()
+                        if d.is_dir() and split_name(d.name))
     if not split_dirs:
         found = sorted(d.name for d in root.iterdir() if d.is_dir())
         raise AuditError(f"{root}: no train/, val/ or test/ folder; found {found or 'no folders'}."

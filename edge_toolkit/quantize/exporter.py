@@ -18,10 +18,8 @@ parent's stay in the card under export.parent.
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
-import os
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -31,19 +29,13 @@ from typing import Any
 
 import numpy as np
 
-from edge_toolkit.card import ModelCard, embed_card, jsonable
+from edge_toolkit.card import ModelCard, Validation, embed_card, jsonable
 from edge_toolkit.data import DatasetError, LoadedSplit, load_samples
+from edge_toolkit.lazy import resolve
 from edge_toolkit.metrics import apply_temperature, roc_auc
-from edge_toolkit.preprocess import PreprocessConfig
 from edge_toolkit.quantize.inspect import gzip_size, sparsity, weight_tensors
 from edge_toolkit.quantize.representative import DEFAULT_IMAGES, representative_images
-from edge_toolkit.quantize.validate import (
-    compare_to_parent,
-    io_details,
-    make_interpreter,
-    predict_tflite,
-    read_model,
-)
+from edge_toolkit.quantize.validate import compare_to_parent
 from edge_toolkit.quantize.variants import (
     EXPORT_FAILED,
     FAILED_VALIDATION,
@@ -51,13 +43,16 @@ from edge_toolkit.quantize.variants import (
     Variant,
     parse_variants,
 )
+from edge_toolkit.runtime.classifier import Classifier
+from edge_toolkit.runtime.interpreter import default_threads
 
 FAILED_DIR = "failed"
 PRUNE_LR_FACTOR = 0.3
 CARD_FORMAT = ("ZIP archive appended after the TFLite flatbuffer, one member "
                "edge_toolkit_card.json (edge_toolkit.card.embed_card / read_card)")
-THRESHOLD_NOTE = ("threshold(s) and temperature kept from the parent run (chosen on val at "
-                  "training); not re-chosen for this variant; metrics are this file's at them")
+THRESHOLD_NOTE = ("threshold(s) and temperature re-chosen on val for this file, as training "
+                  "chose the parent's (quantization and fine-tuning shift outputs); the "
+                  "parent's are under export.parent; metrics are this file's at its own")
 
 
 class ExportError(RuntimeError):
@@ -170,9 +165,9 @@ class ExportContext:
         self.card = ModelCard.load(card_path)
         self.cfg, self.log = cfg, log
         self.training: dict[str, Any] = dict(self.card.export.get("training") or {})
-        self.preprocess = PreprocessConfig.from_dict(self.card.preprocessing)
+        self.preprocess = self.card.preprocess_config
         seed = cfg.seed if cfg.seed is not None else self.card.dataset.get(
-            "seed", self.training.get("seed", 0))
+            "seed", self.training.get("seed", self.card.dataset_info.seed))
         self.seed = int(seed)
         self.batch_size = int(cfg.batch_size or self.training.get("batch_size") or 32)
         self.prune_lr, self.freeze_bn = self._fine_tune_defaults()
@@ -188,7 +183,7 @@ class ExportContext:
         (MobileNetV2) were fine-tuned with BN frozen at `fine_tune_lr`; the others trained BN
         at `learning_rate`. Pruning defaults to PRUNE_LR_FACTOR x that last rate (1e-4 overfit
         MobileNetV2 in 4 epochs; 3e-5 left a pruned scratch CNN unrecovered)."""
-        from edge_toolkit.train.models import get_family
+        from edge_toolkit.families import get_family
 
         try:
             transfer = get_family(self.card.family).has_backbone
@@ -278,11 +273,6 @@ class ExportContext:
         return self._parent_probs
 
 
-def resolve(ref: str) -> Any:
-    module, attr = ref.split(":")
-    return getattr(importlib.import_module(module), attr)
-
-
 def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -302,7 +292,7 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")[:300]
 
 
-def operating_points(ctx: ExportContext, p: np.ndarray, check: dict[str, Any]
+def operating_points(ctx: ExportContext, p: np.ndarray, check: Validation
                      ) -> dict[str, Any]:
     """Temperature and thresholds for this file, chosen on val like the trainer does, and the
     check's sensitivity, specificity and agreement restated at them (as the file will run)."""
@@ -314,18 +304,16 @@ def operating_points(ctx: ExportContext, p: np.ndarray, check: dict[str, Any]
     q = apply_temperature(p, ops["temperature"])
     q_parent = apply_temperature(ctx.parent_probs, ctx.card.temperature)
     op = at_threshold(y, q, ops["threshold"])
-    check["at_parent_threshold"] = {k: check[k] for k in ("threshold", "temperature",
-                                                          "sensitivity", "specificity",
-                                                          "agreement")}
-    check.update(threshold=ops["threshold"], temperature=ops["temperature"],
-                 sensitivity=op["sensitivity"], specificity=op["specificity"],
-                 accuracy=op["accuracy"], confusion=op["confusion"],
-                 agreement=float(np.mean((q >= ops["threshold"])
-                                         == (q_parent >= ctx.card.threshold))))
+    check.at_parent_threshold = {k: getattr(check, k) for k in (
+        "threshold", "temperature", "sensitivity", "specificity", "agreement")}
+    check.threshold, check.temperature = ops["threshold"], ops["temperature"]
+    check.sensitivity, check.specificity = op["sensitivity"], op["specificity"]
+    check.accuracy, check.confusion = op["accuracy"], op["confusion"]
+    check.agreement = float(np.mean((q >= ops["threshold"]) == (q_parent >= ctx.card.threshold)))
     return ops
 
 
-def variant_card(ctx: ExportContext, variant: Variant, p: np.ndarray, check: dict[str, Any],
+def variant_card(ctx: ExportContext, variant: Variant, p: np.ndarray, check: Validation,
                  file_sparsity: float, settings: dict[str, Any], info: dict[str, Any],
                  io: dict[str, Any], versions: dict[str, str], ops: dict[str, Any],
                  p_test: np.ndarray | None = None) -> ModelCard:
@@ -339,7 +327,6 @@ def variant_card(ctx: ExportContext, variant: Variant, p: np.ndarray, check: dic
     card = ModelCard.from_dict(json.loads(parent.to_json()))
     card.temperature, card.threshold = ops["temperature"], ops["threshold"]
     card.thresholds = ops["thresholds"]
-    card.dataset = {k: v for k, v in parent.dataset.items() if k not in ("root", "roots")}
     val, test = ctx.val, ctx.test
     probs = {"val": (val.y, p)}
     sources = {"val": val.sources}
@@ -352,6 +339,12 @@ def variant_card(ctx: ExportContext, variant: Variant, p: np.ndarray, check: dic
     card.parent = ctx.run.name
     card.sparsity = round(float(file_sparsity), 6)
     card.metrics = metrics
+    # a file travels: it names its data (name, fingerprint, split recipe), not this
+    # machine's folders (the run's own card.json keeps the root, for later commands here)
+    card.dataset = {k: v for k, v in parent.dataset.items() if k not in ("root", "roots")}
+    card.dataset.setdefault("name", Path(str(parent.dataset.get("root", ""))).name or None)
+    if card.model_config.get("weights"):  # the weights file by name, not by folder
+        card.model_config["weights"] = Path(str(card.model_config["weights"])).name
     card.export = {
         "variant": variant.name, "description": variant.description,
         "weights": variant.weights, "full_integer": variant.full_integer,
@@ -359,19 +352,27 @@ def variant_card(ctx: ExportContext, variant: Variant, p: np.ndarray, check: dic
         "representative_images": settings.get("representative_images", 0),
         "calibration_seed": ctx.seed if variant.full_integer else None,
         "fine_tune": info,
-        "validation": check,
+        "validation": check.to_dict(),
         "thresholds": THRESHOLD_NOTE,
-        "parent": {"run": ctx.run.name, "path": str(ctx.run.resolve()),
+        "parent": {"run": ctx.run.name,
                    "variant": parent.variant, "data_fingerprint": parent.data_fingerprint,
                    "created": parent.created, "card_val_auc": parent_val,
                    "threshold": parent.threshold, "thresholds": parent.thresholds,
                    "temperature": parent.temperature},
-        "training": parent.export.get("training"),
+        "training": _without_folders(parent.export.get("training")),
         "card_format": CARD_FORMAT,
     }
     card.versions = versions
     card.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     return card
+
+
+def _without_folders(training: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The training settings with the weights file named, not its folder on this machine."""
+    if not training or not (training.get("model") or {}).get("weights"):
+        return training
+    model = dict(training["model"], weights=Path(str(training["model"]["weights"])).name)
+    return {**training, "model": model}
 
 
 def _file_for(out: Path, family: str, variant: Variant, status: str) -> Path:
@@ -382,6 +383,29 @@ def _file_for(out: Path, family: str, variant: Variant, status: str) -> Path:
 def _remove_stale(out: Path, family: str, variant: Variant) -> None:
     for status in (VALIDATED, FAILED_VALIDATION):
         _file_for(out, family, variant, status).unlink(missing_ok=True)
+
+
+READ_BACK_IMAGES = 32  # val images re-run through the written file
+
+
+def read_back(path: Path, card: ModelCard, x: np.ndarray, p: np.ndarray,
+              threads: int | None) -> None:
+    """Reload the written file as the device will (`Classifier.load`) and check that its
+    card and its outputs are the ones validated; ExportError otherwise."""
+    from edge_toolkit.runtime.classifier import ModelError
+
+    try:
+        back = Classifier.load(path, num_threads=threads)
+    except ModelError as exc:
+        raise ExportError(f"the written file does not load: {exc}") from None
+    if back.card.to_json() != card.to_json():
+        raise ExportError(f"{path}: the card did not read back intact")
+    n = min(len(x), READ_BACK_IMAGES)
+    again = back.predict_raw_batch(x[:n])
+    if not np.allclose(again, p[:n], rtol=0, atol=1e-6):
+        worst = float(np.max(np.abs(again - p[:n])))
+        raise ExportError(f"{path}: read back, it predicts differently from what was "
+                          f"validated (max difference {worst:.2g})")
 
 
 def export_variant(ctx: ExportContext, variant: Variant, out: Path,
@@ -397,36 +421,35 @@ def export_variant(ctx: ExportContext, variant: Variant, out: Path,
         model, info = resolve(variant.builder)(ctx)
         rep = ctx.representative if variant.full_integer else None
         bare, settings = to_tflite(model, variant, rep, cfg.input_type, cfg.output_type)
-        interp = make_interpreter(bare, cfg.threads)
-        inp, outp = io_details(interp)
-        p = predict_tflite(interp, ctx.val.x)
-        p_test = predict_tflite(interp, ctx.test.x) if ctx.test is not None else None
+        # the device's own path: the runtime Classifier, fed the card about to be embedded
+        clf = Classifier.from_bytes(bare, ctx.card, name=f"{variant.name} (converted)",
+                                    num_threads=cfg.threads)
+        p = clf.predict_raw_batch(ctx.val.x)
+        p_test = clf.predict_raw_batch(ctx.test.x) if ctx.test is not None else None
         check = compare_to_parent(ctx.val.y, p, ctx.parent_probs, ctx.card, cfg.tolerance)
         file_sparsity = sparsity(bare, weight_tensors(bare))
-        io = {"input": inp.to_dict(), "output": outp.to_dict()}
+        io = clf.tensor_io()
         ops = operating_points(ctx, p, check)
         card = variant_card(ctx, variant, p, check, file_sparsity, settings, info, io, versions,
                             ops, p_test)
         data = embed_card(bare, card)
-        path = _file_for(out, family, variant, check["status"])
+        path = _file_for(out, family, variant, check.status)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
-        back_bare, back_card = read_model(path)
-        if back_bare != bare or back_card is None or back_card.to_json() != card.to_json():
-            raise ExportError(f"{path}: the card or model did not read back intact")
+        read_back(path, card, ctx.val.x, p, cfg.threads)
         result = VariantResult(
-            variant=variant.name, status=check["status"], reason=check["reason"],
+            variant=variant.name, status=check.status, reason=check.reason,
             file=str(path.relative_to(out)), size_bytes=len(data), gzip_bytes=gzip_size(data),
-            sparsity=file_sparsity, val_auc=check["auc"], delta_auc=check["delta_auc"],
-            sensitivity=check["sensitivity"], specificity=check["specificity"],
-            agreement=check["agreement"], mean_abs_diff=check["mean_abs_diff"],
+            sparsity=file_sparsity, val_auc=check.auc, delta_auc=check.delta_auc,
+            sensitivity=check.sensitivity, specificity=check.specificity,
+            agreement=check.agreement, mean_abs_diff=check.mean_abs_diff,
             input=io["input"], output=io["output"])
         ctx.log(f"{variant.name}: {result.status}, {len(data):,} bytes (gzip "
                 f"{result.gzip_bytes:,}), sparsity {file_sparsity:.1%}, val AUC "
-                f"{check['auc']:.4f} ({check['delta_auc']:+.4f}), agreement "
-                f"{check['agreement']:.1%} -> {path}")
-        if check["reason"]:
-            ctx.log(f"WARNING: {variant.name} failed validation: {check['reason']}")
+                f"{check.auc:.4f} ({check.delta_auc:+.4f}), agreement "
+                f"{check.agreement:.1%} -> {path}")
+        if check.reason:
+            ctx.log(f"WARNING: {variant.name} failed validation: {check.reason}")
     except Exception as exc:  # one variant failing must not stop the others
         _remove_stale(out, family, variant)
         result = VariantResult(variant=variant.name, status=EXPORT_FAILED,
@@ -447,7 +470,7 @@ def export_run(run_dir: str | Path, cfg: ExportConfig | None = None, log: Any = 
     out = Path(cfg.out) if cfg.out else ctx.run / "export"
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads is None:
-        cfg.threads = max(1, min(4, os.cpu_count() or 1))
+        cfg.threads = default_threads()
     val = ctx.val
     if len(set(val.y.tolist())) < 2:
         raise ExportError("the validation split needs images of both classes")

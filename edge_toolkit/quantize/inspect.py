@@ -17,7 +17,21 @@ from typing import Any
 
 import numpy as np
 
-from edge_toolkit.quantize.validate import io_details, make_interpreter, read_model
+from edge_toolkit.card import CARD_MEMBER, CardError, split_tflite
+from edge_toolkit.files import read_regular
+from edge_toolkit.runtime.interpreter import create_interpreter, tensor_io
+
+
+class InspectError(ValueError):
+    """The bytes are not a loadable TFLite model; the message says why."""
+
+
+def _interpreter(bare: bytes, delegates: bool) -> object:
+    try:
+        return create_interpreter(bare, 1, delegates=delegates)[0]
+    except ValueError as exc:
+        raise InspectError(f"the TFLite interpreter cannot load this model ({exc}); the file "
+                           "is truncated or corrupted") from None
 
 # op name -> index of its weight tensor among the op's inputs
 WEIGHT_OPS = {"CONV_2D": 1, "DEPTHWISE_CONV_2D": 1, "FULLY_CONNECTED": 1, "TRANSPOSE_CONV": 1,
@@ -41,7 +55,7 @@ class WeightTensor:
 
 def weight_tensors(bare: bytes) -> list[WeightTensor]:
     """The weight tensor of every conv/dense op in a bare flatbuffer (each tensor once)."""
-    interp = make_interpreter(bare, delegates=False)
+    interp: Any = _interpreter(bare, delegates=False)
     ops = interp._get_ops_details()  # stable in LiteRT and tflite-runtime; no public twin
     producer = {int(t): op for op in ops for t in op["outputs"]}
     seen: set[int] = set()
@@ -81,9 +95,15 @@ def gzip_size(data: bytes) -> int:
 def inspect_bytes(data: bytes) -> dict[str, Any]:
     """Size, gzip size, sparsity, weight dtypes and input/output types of a `.tflite`'s bytes
     (card allowed but not required)."""
-    bare, card = read_model(data, require_card=False)
+    try:
+        bare, card = split_tflite(data)
+    except CardError as exc:
+        raise InspectError(str(exc)) from None
+    if card is None and CARD_MEMBER.encode() in data:
+        raise InspectError("the embedded model card is damaged (file truncated?)")
     weights = weight_tensors(bare)
-    inp, out = io_details(make_interpreter(bare))
+    interp: Any = _interpreter(bare, delegates=True)
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
     dtypes: dict[str, int] = {}
     for w in weights:
         dtypes[w.dtype] = dtypes.get(w.dtype, 0) + w.size
@@ -92,13 +112,13 @@ def inspect_bytes(data: bytes) -> dict[str, Any]:
         "model_bytes": len(bare), "card_bytes": len(data) - len(bare),
         "sparsity": sparsity(bare, weights), "weight_elements": sum(w.size for w in weights),
         "weight_dtypes": dtypes, "weight_tensors": len(weights),
-        "input": inp.to_dict(), "output": out.to_dict(),
+        "input": tensor_io(inp), "output": tensor_io(out),
         "variant": card.variant if card else None,
     }
 
 
 def inspect_file(path: str | Path) -> dict[str, Any]:
-    return inspect_bytes(Path(path).read_bytes()) | {"path": str(path)}
+    return inspect_bytes(read_regular(path)) | {"path": str(path)}
 
 
 def layer_table(bare: bytes) -> list[dict[str, Any]]:

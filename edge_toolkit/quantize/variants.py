@@ -61,6 +61,7 @@ DEFAULT_VARIANTS = tuple(VARIANTS)
 VALIDATED = "validated"
 FAILED_VALIDATION = "failed-validation"
 EXPORT_FAILED = "export-failed"
+NOT_VALIDATED = "not-validated"  # a loose file whose card holds no validation record
 
 
 def get_variant(name: str) -> Variant:

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from edge_toolkit.card import CardError, split_tflite
+from edge_toolkit.files import read_regular
 from edge_toolkit.runtime.interpreter import create_interpreter, interpreter_class
 
 
@@ -56,7 +57,7 @@ def bench_model(model: str | Path, threads: list[int], warmup: int = 5, runs: in
                 seed: int = 0) -> dict[str, Any]:
     """Benchmark one model in this process; see the module docstring for what is measured."""
     path = Path(model)
-    data = path.read_bytes()
+    data = read_regular(path)
     try:
         bare, card = split_tflite(data)
     except CardError as exc:

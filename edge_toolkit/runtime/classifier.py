@@ -25,10 +25,16 @@ import numpy as np
 from PIL import Image
 
 from edge_toolkit.card import CARD_MEMBER, CardError, ModelCard, split_tflite
+from edge_toolkit.files import read_regular
 from edge_toolkit.images import ImageLoadError
 from edge_toolkit.metrics import apply_temperature
 from edge_toolkit.preprocess import PreprocessConfig, preprocess, quantize
-from edge_toolkit.runtime.interpreter import BackendMissingError, create_interpreter
+from edge_toolkit.runtime.interpreter import (
+    BackendMissingError,
+    check_threads,
+    create_interpreter,
+    tensor_io,
+)
 from edge_toolkit.runtime.results import Result, error_result
 from edge_toolkit.runtime.sources import Source, expand_paths, resolve_key
 
@@ -106,8 +112,10 @@ class Classifier:
         Raises ModelError (MissingCardError for a card-less model) or BackendMissingError.
         """
         path = Path(path)
+        if num_threads is not None:
+            check_threads(num_threads)  # ValueError: before LiteRT crashes on 65536
         try:
-            data = path.read_bytes()
+            data = read_regular(path)
         except IsADirectoryError:
             raise ModelError(f"{path}: is a folder, not a .tflite file") from None
         except OSError as exc:
@@ -115,7 +123,7 @@ class Classifier:
         try:
             bare, card = split_tflite(data)
         except CardError as exc:
-            raise ModelError(f"{path}: {exc}") from None
+            raise ModelError("\n".join(exc.lines(path))) from None
         try:
             interp, backend = create_interpreter(bare, num_threads, interpreter_class)
         except BackendMissingError:
@@ -137,6 +145,45 @@ class Classifier:
                   model_id=hashlib.sha256(data).hexdigest()[:12], model_bytes=len(data),
                   threshold=value)
         return clf
+
+    @classmethod
+    def from_bytes(cls, model: bytes, card: ModelCard | None = None, *, name: str = "<bytes>",
+                   num_threads: int | None = None, delegates: bool = True,
+                   interpreter_class: type | None = None) -> Classifier:
+        """A Classifier for a flatbuffer's bytes (bare or carded) before any file exists:
+        export validation predicts through it with the card it is about to embed. `card`
+        stands in for an embedded one. Raises ModelError (MissingCardError without any card),
+        BackendMissingError, or ValueError for a thread count out of range."""
+        if num_threads is not None:
+            check_threads(num_threads)
+        data = bytes(model)
+        try:
+            bare, embedded = split_tflite(data)
+        except CardError as exc:
+            raise ModelError("\n".join(exc.lines(name))) from None
+        if embedded is None and CARD_MEMBER.encode() in data:
+            raise ModelError(f"{name}: the embedded model card is damaged (file truncated?)")
+        card = card or embedded
+        if card is None:
+            raise MissingCardError(missing_card_message(name))
+        try:
+            interp, backend = create_interpreter(bare, num_threads, interpreter_class,
+                                                 delegates=delegates)
+        except BackendMissingError:
+            raise
+        except ValueError as exc:
+            raise ModelError(f"{name}: not a valid TFLite model, truncated or corrupt ({exc})"
+                             ) from None
+        return cls(interp, card, backend=backend, model_path=name, has_card=embedded is not None,
+                   model_id=hashlib.sha256(data).hexdigest()[:12], model_bytes=len(data))
+
+    def tensor_io(self) -> dict[str, dict[str, Any]]:
+        """The input and (classification) output tensors' dtype, shape and quantization, as
+        export records them in the card."""
+        inp = self.interpreter.get_input_details()[0]
+        out = next(d for d in self.interpreter.get_output_details()
+                   if d["index"] == self._out_index)
+        return {"input": tensor_io(inp), "output": tensor_io(out)}
 
     def _bind_tensors(self) -> None:
         """Check the model against its card and allocate the per-image buffers once."""

@@ -25,8 +25,9 @@ from typing import Any, TextIO
 
 import click
 
+from edge_toolkit.files import OutputPathError, prepare_output, shown
 from edge_toolkit.runtime.classifier import CardlessOptions, Classifier, ModelError
-from edge_toolkit.runtime.interpreter import BackendMissingError, default_threads
+from edge_toolkit.runtime.interpreter import MAX_THREADS, BackendMissingError, default_threads
 from edge_toolkit.runtime.progress import BarSafeStream, Progress, wants_bar
 from edge_toolkit.runtime.results import (
     EXIT_INTERRUPTED,
@@ -39,6 +40,7 @@ from edge_toolkit.runtime.writers import (
     FORMATS,
     Existing,
     OutputError,
+    OutputLock,
     Writer,
     format_for,
     open_writer,
@@ -84,7 +86,8 @@ def _model_options(f: Any) -> Any:
     f = click.option("--threshold", metavar="P|NAME",
                      help="Decision threshold: a probability, or the name of an operating point "
                           "stored in the card (e.g. balanced) [default: the card's].")(f)
-    f = click.option("-t", "--threads", type=click.IntRange(min=1), default=default_threads,
+    f = click.option("-t", "--threads", type=click.IntRange(1, MAX_THREADS),
+                     default=default_threads,
                      show_default="all cores, up to 4", help="Interpreter threads.")(f)
     return f
 
@@ -140,7 +143,7 @@ def load_classifier(model: Path, threads: int, threshold: str | None,
     try:
         clf = Classifier.load(model, num_threads=threads, threshold=value, cardless=opts)
     except (ModelError, BackendMissingError) as exc:
-        raise RuntimeFailure(str(exc)) from None
+        raise RuntimeFailure(str(exc).replace(str(model), shown(model))) from None
     if clf.has_card and cardless:
         given = ", ".join("--" + k.replace("_", "-") for k in cardless)
         raise RuntimeFailure(f"{model} carries a model card, which fixes its preprocessing; "
@@ -162,7 +165,8 @@ class Batch:
             self.ok += 1
         else:
             self.failed += 1
-            self.progress.echo(f"error: {result.file}: {result.error}", sys.stderr)
+            self.progress.echo(f"error: {shown(result.file)}: {shown(result.error or '')}",
+                               sys.stderr)
         self.writer.write(result)
         self.progress.update()
 
@@ -178,14 +182,27 @@ def _open_output(fmt: str | None, output: Path | None, overwrite: bool,
         if fmt == "table":
             raise OutputError("--output needs --format csv, json or jsonl (a table cannot be "
                               "resumed)")
-        output.parent.mkdir(parents=True, exist_ok=True)
+        prepare_output(output)
         if overwrite:
             return fmt, Existing(fresh=True)
         return fmt, read_existing(output, fmt, model_id)
-    except OutputError as exc:
+    except (OutputError, OutputPathError) as exc:
         raise RuntimeFailure(str(exc)) from None
     except OSError as exc:
-        raise RuntimeFailure(f"{output}: {exc.strerror or exc}") from None
+        raise RuntimeFailure(f"{shown(output or '')}: {exc.strerror or exc}") from None
+
+
+def _lock_output(ctx: click.Context, output: Path | None) -> None:
+    """Hold `--output` for this run: a second writer gets one line and exit 2."""
+    if output is None:
+        return
+    try:
+        prepare_output(output)
+        ctx.with_resource(OutputLock(output))
+    except (OutputError, OutputPathError) as exc:
+        raise RuntimeFailure(str(exc)) from None
+    except OSError as exc:
+        raise RuntimeFailure(f"{shown(output)}: cannot lock ({exc.strerror or exc})") from None
 
 
 def _make_writer(fmt: str, output: Path | None, existing: Existing, clf: Classifier,
@@ -290,6 +307,7 @@ def classify(ctx: click.Context, args: tuple[str, ...], model_opt: str | None, f
         "resize": resize})
     if verbose:
         click.echo(clf.describe(), err=True)
+    _lock_output(ctx, output)
     fmt, existing = _open_output(fmt, output, overwrite, clf.model_id)
     from edge_toolkit.runtime.sources import expand_paths
 
@@ -361,6 +379,7 @@ def capture(ctx: click.Context, model: Path | None, count: int, interval: float,
         except NoBundledModelError as exc:
             raise RuntimeFailure(str(exc)) from None
     clf = load_classifier(model, threads, threshold)
+    _lock_output(ctx, output)
     fmt, existing = _open_output(fmt, output, overwrite, None)
     bar = Progress(count, enabled=False)
     try:
@@ -409,8 +428,8 @@ def _thread_list(values: tuple[str, ...]) -> list[int]:
             part = part.strip()
             if not part:
                 continue
-            if not part.isdigit() or int(part) < 1:
-                raise click.BadParameter(f"{part!r} is not a positive integer",
+            if not part.isdigit() or not 1 <= int(part) <= MAX_THREADS:
+                raise click.BadParameter(f"{part!r} is not an integer from 1 to {MAX_THREADS}",
                                          param_hint="--threads")
             if int(part) not in out:
                 out.append(int(part))
@@ -451,6 +470,11 @@ def bench(ctx: click.Context, models: tuple[Path, ...], threads: tuple[str, ...]
     from edge_toolkit.runtime import bench as b
 
     thread_counts = _thread_list(threads)
+    if output is not None:
+        try:
+            prepare_output(output)
+        except OutputPathError as exc:
+            raise RuntimeFailure(str(exc)) from None
     report: dict[str, Any] = {"host": b.host_info(), "warmup": warmup, "runs": runs,
                               "models": [], "cold_start": []}
     failed = False
@@ -463,7 +487,8 @@ def bench(ctx: click.Context, models: tuple[Path, ...], threads: tuple[str, ...]
             report["models"].append(res)
         except (OSError, ValueError, RuntimeError) as exc:
             failed = True
-            click.echo(f"error: {model}: {getattr(exc, 'strerror', None) or exc}", err=True)
+            click.echo(f"error: {shown(model)}: {getattr(exc, 'strerror', None) or exc}",
+                       err=True)
     b.add_ratios(report["models"])
     if cold_image is not None:
         for res in report["models"]:
@@ -478,8 +503,11 @@ def bench(ctx: click.Context, models: tuple[Path, ...], threads: tuple[str, ...]
     if output is not None:
         from edge_toolkit.runtime.writers import atomic_write
 
-        output.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(output, text)
+        try:
+            atomic_write(output, text)
+        except OSError as exc:
+            raise RuntimeFailure(f"cannot write {shown(output)} ({exc.strerror or exc})"
+                                 ) from None
     else:
         click.echo(text, nl=False)
     ctx.exit(EXIT_USAGE if failed else 0)

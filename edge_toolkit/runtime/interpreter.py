@@ -13,11 +13,14 @@ import os
 import tempfile
 from typing import Any
 
+import numpy as np
+
 INSTALL_HINT = (
     "no TFLite interpreter found: `pip install ai-edge-litert` "
     "(or `pip install tflite-runtime` on systems without a LiteRT wheel, e.g. 32-bit Raspberry "
     "Pi OS)"
 )
+MAX_THREADS = 64  # LiteRT crashes (segfault) on absurd counts such as 65536
 # Lines the native runtime prints on every start; they are not news to anyone.
 _NOISE = ("INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",)
 
@@ -51,26 +54,59 @@ def default_threads() -> int:
     return max(1, min(4, cores))
 
 
+def check_threads(num_threads: int) -> int:
+    """An interpreter thread count from 1 to MAX_THREADS, or ValueError saying so."""
+    if isinstance(num_threads, bool) or not isinstance(num_threads, int) \
+            or not 1 <= num_threads <= MAX_THREADS:
+        raise ValueError(f"thread count must be an integer from 1 to {MAX_THREADS}, not "
+                         f"{num_threads!r}")
+    return num_threads
+
+
 def create_interpreter(model: bytes, num_threads: int | None = None,
-                       cls: type | None = None) -> tuple[Any, str]:
+                       cls: type | None = None, *, delegates: bool = True) -> tuple[Any, str]:
     """Build and allocate an interpreter for flatbuffer bytes; returns (interpreter, backend).
 
     Raises ValueError for bytes that are not a loadable model (the message says why).
     `num_threads=None` means `default_threads()`: LiteRT itself would silently use one.
+    `delegates=False` skips XNNPACK so every op and constant stays visible (weight
+    inspection); only the LiteRT and tflite-runtime interpreters take it.
     """
     if cls is None:
         cls, backend = interpreter_class()
     else:
         backend = f"{cls.__module__}.{cls.__qualname__}"
-    threads = default_threads() if num_threads is None else max(1, int(num_threads))
+    threads = default_threads() if num_threads is None else check_threads(num_threads)
+    kwargs: dict[str, Any] = {"model_content": model, "num_threads": threads}
+    if not delegates:
+        kwargs["experimental_op_resolver_type"] = _no_delegates(cls)
     with _HeldStderr() as held:
         try:
-            interp = cls(model_content=model, num_threads=threads)
+            interp = cls(**kwargs)
             interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             detail = " ".join(held.lines(drop_all=True))
             raise ValueError(f"{exc}{' (' + detail + ')' if detail else ''}".strip()) from None
     return interp, backend
+
+
+def _no_delegates(cls: type) -> Any:
+    """The op resolver without default delegates, from the interpreter's own package."""
+    import importlib
+
+    module = importlib.import_module(cls.__module__)
+    resolver = getattr(module, "OpResolverType", None)
+    if resolver is None:
+        raise ValueError(f"{cls.__module__}.{cls.__qualname__} cannot run without delegates")
+    return resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+
+
+def tensor_io(detail: dict[str, Any]) -> dict[str, Any]:
+    """One tensor's dtype, shape and quantization, as recorded in cards and reports."""
+    scale, zero = detail.get("quantization", (0.0, 0))
+    return {"dtype": np.dtype(detail["dtype"]).name,
+            "shape": [int(d) for d in detail["shape"]],
+            "scale": float(scale), "zero_point": int(zero)}
 
 
 class _HeldStderr:

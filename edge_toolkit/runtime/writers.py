@@ -28,7 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
+from edge_toolkit.files import new_file_mode, shown
 from edge_toolkit.runtime.results import FIELDS, Result
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; one writer per file is then up to the user
+    fcntl = None  # type: ignore[assignment]
 
 FORMATS = ("table", "csv", "json", "jsonl")
 FILE_FORMATS = ("csv", "json", "jsonl")
@@ -36,6 +42,75 @@ FILE_FORMATS = ("csv", "json", "jsonl")
 
 class OutputError(Exception):
     """An existing `--output` file cannot be resumed (not ours, or another model's)."""
+
+
+class OutputBusyError(OutputError):
+    """Another run holds the lock on this `--output` file."""
+
+
+def lock_path(output: Path) -> Path:
+    return output.with_name(f".{output.name}.lock")
+
+
+class OutputLock:
+    """An exclusive lock on an `--output` file for the whole run, so a second writer is
+    refused instead of duplicating or losing results.
+
+    The lock is a hidden `.FILE.lock` beside the output (the output itself is replaced
+    atomically, which would drop a lock held on it). flock is released by the kernel when the
+    process dies, so a crash leaves no stale lock; the file is removed on release, and a
+    locker that finds its file unlinked meanwhile retries on the new one.
+    """
+
+    def __init__(self, output: Path) -> None:
+        self.path = lock_path(output)
+        self.output = output
+        self._fd: int | None = None
+
+    def acquire(self) -> OutputLock:
+        if fcntl is None:
+            return self
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0),
+                         new_file_mode())
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+                os.close(fd)
+                raise OutputBusyError(
+                    f"{shown(self.output)}: another run is writing this file"
+                    f"{f' (pid {holder})' if holder.isdigit() else ''}; wait for it to "
+                    "finish or use another --output") from None
+            except OSError:
+                os.close(fd)
+                raise
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                self._fd = fd
+                return self
+            os.close(fd)  # released and removed by its holder meanwhile: lock the new one
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            self.path.unlink()
+        except OSError:
+            pass
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> OutputLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 class Writer(Protocol):
@@ -188,6 +263,11 @@ def atomic_write(path: Path, text: str) -> None:
     """Replace `path` with `text` so a reader (or a crash) sees the old or the new file whole."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        try:  # mkstemp makes 0600; keep the file's mode, or give a new one the umask's
+            mode = os.stat(path).st_mode & 0o7777
+        except OSError:
+            mode = new_file_mode()
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             f.write(text)
             f.flush()

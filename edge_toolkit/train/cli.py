@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-FAMILIES = ("mobilenetv2", "scratch_cnn", "seed_cnn")  # keep in step with train.models
+from edge_toolkit.families import list_families
 
 
 def _log(msg: str) -> None:
@@ -48,7 +48,7 @@ def parse_augment(base: Any, items: tuple[str, ...]) -> Any:
 @click.option("--source-balance", type=click.FloatRange(0, 1), default=1.0, show_default=True,
               help="With several sources: 1 = each source weighs the same in training, "
                    "0 = each weighs by its size (classes are balanced within each source).")
-@click.option("--model", "family", type=click.Choice(FAMILIES), default="mobilenetv2",
+@click.option("--model", "family", type=click.Choice(list_families()), default="mobilenetv2",
               show_default=True, help="Model family from the registry.")
 @click.option("--size", type=int, help="Input size in pixels (default: the family's).")
 @click.option("--alpha", type=float, help="MobileNetV2 width multiplier.")

@@ -1,4 +1,4 @@
-"""The model registry: every family is looked up by name, and its config travels in the card.
+"""The Keras builders of the model families (`edge_toolkit.families` holds the families as data).
 
 Every model is one flat functional `tf_keras` graph from the preprocessed image (values already
 in the card's range: normalisation lives in `edge_toolkit.preprocess`, not in a `Rescaling`
@@ -8,59 +8,26 @@ layers, so tfmot can prune and quantize it without surgery.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_toolkit.families import FAMILIES, Family, get_family, preprocess_config  # noqa: F401
 from edge_toolkit.train.tfsetup import keras
 
 layers = keras.layers
 HEAD_PREFIX = "head_"
 
 
-@dataclass(frozen=True)
-class ModelFamily:
-    """A registered family: how to build it and the defaults that make it work."""
-
-    name: str
-    build: Callable[[dict[str, Any]], Any]
-    defaults: dict[str, Any]
-    description: str
-    has_backbone: bool = False
-    preprocessing: dict[str, Any] = field(default_factory=dict)
-    training: dict[str, Any] = field(default_factory=dict)  # TrainConfig defaults that suit it
-
-    def config(self, **overrides: Any) -> dict[str, Any]:
-        unknown = set(overrides) - set(self.defaults)
-        if unknown:
-            raise ValueError(f"{self.name}: unknown option(s) {sorted(unknown)}; "
-                             f"known: {sorted(self.defaults)}")
-        cfg = dict(self.defaults)
-        cfg.update({k: v for k, v in overrides.items() if v is not None})
-        return cfg
-
-
-REGISTRY: dict[str, ModelFamily] = {}
-
-
-def register(family: ModelFamily) -> ModelFamily:
-    REGISTRY[family.name] = family
-    return family
-
-
-def get_family(name: str) -> ModelFamily:
-    try:
-        return REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown model family {name!r}; known: {sorted(REGISTRY)}") from None
+# The families (names, defaults, preprocessing, schedules) are data in edge_toolkit.families;
+# these names stay importable from here.
+REGISTRY = FAMILIES
 
 
 def build_model(name: str, **overrides: Any) -> tuple[Any, dict[str, Any]]:
     """Build a family by name; return (model, the full config to store in the card)."""
     family = get_family(name)
     cfg = family.config(**overrides)
-    return family.build(cfg), cfg
+    return family.build_function()(cfg), cfg
 
 
 def _head(x: Any, dropout: float) -> Any:
@@ -71,7 +38,7 @@ def _head(x: Any, dropout: float) -> Any:
     return layers.Dense(1, activation="sigmoid", dtype="float32", name=f"{HEAD_PREFIX}logistic")(x)
 
 
-def _mobilenetv2(cfg: dict[str, Any]) -> Any:
+def build_mobilenetv2(cfg: dict[str, Any]) -> Any:
     size, alpha, weights = int(cfg["input_size"]), float(cfg["alpha"]), cfg["weights"]
     if weights:
         path = Path(weights)
@@ -101,7 +68,7 @@ def _conv_bn_relu(x: Any, filters: int, name: str) -> Any:
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
-def _scratch_cnn(cfg: dict[str, Any]) -> Any:
+def build_scratch_cnn(cfg: dict[str, Any]) -> Any:
     """Four conv-BN-ReLU-pool stages doubling width, one more conv, then global pooling:
     about 245k parameters at width 16 (about 0.25 MB as int8), whatever the input size."""
     size, ch, width = int(cfg["input_size"]), int(cfg["channels"]), int(cfg["width"])
@@ -114,7 +81,7 @@ def _scratch_cnn(cfg: dict[str, Any]) -> Any:
     return keras.Model(inputs, _head(x, float(cfg["dropout"])), name="scratch_cnn")
 
 
-def _seed_cnn(cfg: dict[str, Any]) -> Any:
+def build_seed_cnn(cfg: dict[str, Any]) -> Any:
     """The seed notebooks' design (conv32-pool-conv64-pool-flatten-dense128): kept for
     comparison only; its flatten-into-dense layer holds almost all of its 7.4 M weights."""
     size, ch = int(cfg["input_size"]), int(cfg["channels"])
@@ -128,48 +95,6 @@ def _seed_cnn(cfg: dict[str, Any]) -> Any:
     x = layers.Dropout(float(cfg["dropout"]), name=f"{HEAD_PREFIX}dropout")(x)
     out = layers.Dense(1, activation="sigmoid", dtype="float32", name=f"{HEAD_PREFIX}logistic")(x)
     return keras.Model(inputs, out, name="seed_cnn")
-
-
-register(ModelFamily(
-    name="mobilenetv2",
-    build=_mobilenetv2,
-    # 96 px, short schedule: the best val AUC of the settings tried on fracture-xray
-    # (96/160 px, lr 1e-3/3e-4, see benchmarks/README.md); also the cheapest on a Pi
-    defaults={"input_size": 96, "alpha": 1.0, "weights": None, "dropout": 0.2,
-              "fine_tune_at": "block_13_expand"},
-    description="MobileNetV2 transfer learning (ImageNet weights from a file), RGB input",
-    has_backbone=True,
-    preprocessing={"channels": 3, "value_range": "-1,1"},
-    training={"epochs": 3, "fine_tune_epochs": 3, "learning_rate": 1e-3,
-              "fine_tune_lr": 1e-4, "patience": 4},
-))
-register(ModelFamily(
-    name="scratch_cnn",
-    build=_scratch_cnn,
-    defaults={"input_size": 128, "channels": 1, "width": 16, "stages": 4, "dropout": 0.3},
-    description="compact grayscale CNN with global pooling (~245k parameters)",
-    preprocessing={"value_range": "0,1"},
-    training={"epochs": 40, "learning_rate": 1e-3, "patience": 8},
-))
-register(ModelFamily(
-    name="seed_cnn",
-    build=_seed_cnn,
-    defaults={"input_size": 128, "channels": 1, "dropout": 0.5},
-    description="the seed flatten-dense CNN (7.4 M parameters at 128 px), for comparison",
-    preprocessing={"value_range": "0,1"},
-    training={"epochs": 30, "learning_rate": 1e-3, "patience": 6},
-))
-
-
-def preprocess_config(name: str, cfg: dict[str, Any], **overrides: Any) -> dict[str, Any]:
-    """The PreprocessConfig dict that goes with a built model (size and channels from cfg)."""
-    from edge_toolkit.preprocess import PreprocessConfig
-
-    family = get_family(name)
-    base = {"size": int(cfg["input_size"]), "channels": int(cfg.get("channels", 3))}
-    base.update(family.preprocessing)
-    base.update({k: v for k, v in overrides.items() if v is not None})
-    return PreprocessConfig(**base).to_dict()
 
 
 def set_backbone_trainable(model: Any, name: str, cfg: dict[str, Any], trainable: bool) -> int:

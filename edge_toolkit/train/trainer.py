@@ -305,6 +305,7 @@ def train(cfg: TrainConfig, log: Log = print, dataset: Dataset | None = None) ->
                  "sources": describe_sources(ds), "counts": ds.counts(),
                  "carved_val": ds.carved_val, "val_fraction": cfg.val_fraction,
                  "seed": cfg.seed, "source_balance": cfg.source_balance,
+                 "val_grouping": ds.val_grouping, "name": " + ".join(ds.source_names),
                  "skipped": {s: len(v.skipped) for s, v in splits.items()}},
         metrics=metrics,
         export={"training": {k: v for k, v in asdict(cfg).items() if k not in ("data", "out")}

@@ -1,0 +1,71 @@
+"""`edge-toolkit benchmark`: the command over `edge_toolkit.benchmark` (library code, which
+raises plain errors); here they become one line each and an exit code."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from edge_toolkit.files import OutputPathError, prepare_output
+from edge_toolkit.runtime.interpreter import MAX_THREADS
+
+
+def parse_threads(text: str) -> list[int]:
+    """'1,2' -> [1, 2], or a click usage error naming the option."""
+    try:
+        out = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        out = []
+    if not out or min(out) < 1 or max(out) > MAX_THREADS:
+        raise click.BadParameter(f"{text!r}: expected thread counts from 1 to {MAX_THREADS} "
+                                 "like 1,2", param_hint="--threads")
+    return out
+
+
+@click.command()
+@click.argument("sources", nargs=-1, required=True,
+                type=click.Path(exists=True, path_type=Path))
+@click.option("--data", type=click.Path(file_okay=False, path_type=Path),
+              help="Dataset folder (default: the one named in each model card).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for benchmark.{md,csv,json,png} (default: the first run folder).")
+@click.option("--threads", default="1,2", show_default=True, help="Thread counts to time.")
+@click.option("--runs", default=50, show_default=True, help="Timed invokes per thread count.")
+@click.option("--warmup", default=5, show_default=True)
+@click.option("--bootstrap", default=1000, show_default=True, help="AUC interval resamples.")
+@click.option("--min-auc", type=float, help="Exit 1 if a validated variant's val AUC is lower.")
+def benchmark(sources: tuple[Path, ...], data: Path | None, out: Path | None, threads: str,
+              runs: int, warmup: int, bootstrap: int, min_auc: float | None) -> None:
+    """Accuracy vs size vs latency for every variant of the given run folders (after
+    `edge-toolkit export`) or .tflite files, in one table (Markdown, CSV, JSON, PNG).
+
+    A loose .tflite whose card holds no validation record is listed as not-validated.
+    Exit 0; 1 when --min-auc is not met; 2 when a source cannot be read."""
+    from edge_toolkit.benchmark import (
+        BenchmarkError,
+        below_floor,
+        markdown,
+        run_benchmark,
+        write_outputs,
+    )
+
+    thread_list = parse_threads(threads)
+    dest = out or (sources[0] if sources[0].is_dir() else sources[0].parent)
+    try:
+        prepare_output(dest, folder=True)
+        result = run_benchmark(list(sources), data, thread_list, warmup, runs, bootstrap,
+                               log=lambda m: click.echo(m, err=True))
+    except (BenchmarkError, OutputPathError) as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)
+    for p in write_outputs(result, dest):
+        click.echo(f"wrote {p}", err=True)
+    click.echo(markdown(result))
+    if min_auc is not None:
+        bad = below_floor(result, min_auc)
+        if bad:
+            for line in bad:
+                click.echo(f"below --min-auc: {line}", err=True)
+            sys.exit(1)
