@@ -18,7 +18,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 50_000_000  # a 7071x7071 film scan; anything bigger is a pixel bomb
 WORK_SIZE = 1024  # large images are decoded with their short side reduced to about this
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".dcm",
+                  ".dicom")
 
 
 class ImageWarning(UserWarning):
@@ -112,8 +113,9 @@ def open_image(img_or_path: str | Path | Image.Image, max_pixels: int = DEFAULT_
 
     Large pictures come back with their short side reduced to about `WORK_SIZE` pixels (far
     more than any model input), decoded small where the format allows (JPEG draft mode), so
-    memory stays bounded (issue 12). A JPEG that lacks only its end marker loads with an
-    `ImageWarning`; one whose image data is cut short is an error.
+    memory stays bounded (issue 12). DICOM files go through `edge_toolkit.dicom`. A JPEG
+    that lacks only its end marker loads with an `ImageWarning`; one whose image data is cut
+    short is an error.
     """
     if isinstance(img_or_path, Image.Image):
         return to_luminance(orient(img_or_path))
@@ -129,6 +131,10 @@ def open_image(img_or_path: str | Path | Image.Image, max_pixels: int = DEFAULT_
             raise ImageLoadError(path, "permission denied")
         if path.stat().st_size == 0:
             raise ImageLoadError(path, "empty file (0 bytes)")
+        from edge_toolkit.dicom import is_dicom, read_dicom
+
+        if is_dicom(path):  # .dcm, or a suffix-less file with the DICM preamble
+            return read_dicom(path, max_pixels)
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:

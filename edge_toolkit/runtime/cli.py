@@ -20,6 +20,7 @@ import io
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -105,6 +106,23 @@ def _cardless_options(f: Any) -> Any:
     ]):
         f = opt(f)
     return f
+
+
+def _route_image_warnings() -> None:
+    """Loader warnings (a JPEG missing its end marker, a multi-frame DICOM): one
+    `warning: PATH: ...` line each on stderr, every time, not Python's two-line format."""
+    from edge_toolkit.images import ImageWarning
+
+    original = warnings.showwarning
+
+    def show(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, ImageWarning):
+            click.echo(f"warning: {message}", err=True)
+        else:
+            original(message, category, *args, **kwargs)
+
+    warnings.showwarning = show
+    warnings.simplefilter("always", ImageWarning)
 
 
 def _model_and_paths(args: tuple[str, ...], model_opt: str | None) -> tuple[Path, list[str]]:
@@ -284,6 +302,7 @@ def classify(ctx: click.Context, args: tuple[str, ...], model_opt: str | None, f
     Decision support for research and education, not a diagnosis.
     """
     started = time.perf_counter()
+    _route_image_warnings()
     model, paths = _model_and_paths(args, model_opt)
     clf = load_classifier(model, threads, threshold, {
         "value_range": value_range, "size": size, "channels": channels, "fit": fit,
