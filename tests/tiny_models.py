@@ -149,7 +149,8 @@ def _build_in_child(jobs: dict[Path, dict[str, Any]]) -> None:
 def make_images(folder: str | Path, n: int = 6, *, size: int = 48, seed: int = 0,
                 formats: tuple[str, ...] = ("png", "jpg")) -> list[Path]:
     """`n` small grayscale pictures of different brightness (so a tiny model's answers
-    differ), alternating formats; returns their paths."""
+    differ), alternating formats; returns their paths. Smooth structure plus mild noise, so
+    they pass the input gate's quality checks like a real picture (pure noise would not)."""
     import numpy as np
     from PIL import Image
 
@@ -159,7 +160,10 @@ def make_images(folder: str | Path, n: int = 6, *, size: int = 48, seed: int = 0
     paths = []
     for i in range(n):
         level = 255.0 * i / max(n - 1, 1)
-        pixels = np.clip(level + rng.normal(0, 25, (size, size + 8 * (i % 3))), 0, 255)
+        shape = (size, size + 8 * (i % 3))
+        yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+        pattern = 60 * np.sin(xx / 6.0 + i) * np.cos(yy / 8.0)
+        pixels = np.clip(40 + 0.7 * level + pattern + rng.normal(0, 4, shape), 0, 255)
         path = folder / f"img{i:03d}.{formats[i % len(formats)]}"
         Image.fromarray(pixels.astype(np.uint8)).save(path)
         paths.append(path)

@@ -25,11 +25,12 @@ import numpy as np
 from PIL import Image
 
 from edge_toolkit.card import CARD_MEMBER, CardError, ModelCard, split_tflite
-from edge_toolkit.images import ImageLoadError
+from edge_toolkit.images import ImageLoadError, open_image
 from edge_toolkit.metrics import apply_temperature
 from edge_toolkit.preprocess import PreprocessConfig, preprocess, quantize
+from edge_toolkit.runtime.gate import Gate
 from edge_toolkit.runtime.interpreter import BackendMissingError, create_interpreter
-from edge_toolkit.runtime.results import Result, error_result
+from edge_toolkit.runtime.results import Result, error_result, rejected_result
 from edge_toolkit.runtime.sources import Source, expand_paths, resolve_key
 
 
@@ -80,6 +81,7 @@ class Classifier:
         self.temperature = float(card.temperature)
         self.positive_label = card.positive_label
         self.negative_label = card.negative_label
+        self.gate: Gate | None = None  # the input gate; `load(gate=True)` sets the card's
         try:
             self.config = PreprocessConfig.from_dict(card.preprocessing)
         except (TypeError, ValueError) as exc:
@@ -96,13 +98,15 @@ class Classifier:
     @classmethod
     def load(cls, path: str | Path, *, num_threads: int | None = None,
              threshold: float | str | None = None, cardless: CardlessOptions | None = None,
-             interpreter_class: type | None = None) -> Classifier:
+             interpreter_class: type | None = None, gate: bool = True) -> Classifier:
         """Read a `.tflite`, check it, create its interpreter once.
 
         `threshold` overrides the card's: a number, or the name of one of the card's stored
         operating points (`card.thresholds`, e.g. "balanced"). `cardless` gives the settings a
         model without a card needs (then `threshold` is required too). `interpreter_class`
         injects another interpreter (benchmarks); by default LiteRT, then tflite-runtime.
+        `gate=False` turns the input gate off (`runtime.gate`: rejects what is not a usable
+        radiograph, with the limits and out-of-distribution parameters the card carries).
         Raises ModelError (MissingCardError for a card-less model) or BackendMissingError.
         """
         path = Path(path)
@@ -136,6 +140,11 @@ class Classifier:
         clf = cls(interp, card, backend=backend, model_path=str(path), has_card=has_card,
                   model_id=hashlib.sha256(data).hexdigest()[:12], model_bytes=len(data),
                   threshold=value)
+        if gate:
+            try:
+                clf.gate = Gate.from_card(card.gate, data, card.input_size)
+            except (ValueError, KeyError, TypeError, OSError) as exc:
+                raise ModelError(f"{path}: the card's input gate is unusable ({exc})") from None
         return clf
 
     def _bind_tensors(self) -> None:
@@ -219,14 +228,21 @@ class Classifier:
     def predict_file(self, path: str | Path, *, file: str | None = None) -> Result:
         """Classify one file; raises ImageLoadError (with `.reason`) if it cannot be read."""
         t0 = time.perf_counter()
-        x = preprocess(path, self.config)
-        return self._result(x, t0, file if file is not None else str(path), resolve_key(path))
+        img = open_image(path, max_pixels=self.config.max_pixels)
+        return self._gated(img, t0, file if file is not None else str(path), resolve_key(path))
 
     def predict_pil(self, img: Image.Image, *, file: str = "<image>") -> Result:
         """Classify an in-memory PIL image (any mode; reduced to grayscale like files)."""
         t0 = time.perf_counter()
-        x = preprocess(img, self.config)
-        return self._result(x, t0, file, "")
+        return self._gated(open_image(img), t0, file, "")
+
+    def _gated(self, img: Image.Image, t0: float, file: str, key: str) -> Result:
+        """A decoded grayscale picture through the input gate (when on), then the model."""
+        if self.gate is not None:
+            reason = self.gate.check_image(img)
+            if reason:
+                return rejected_result(file, key, reason, self.model_id)
+        return self._result(preprocess(img, self.config), t0, file, key)
 
     def _result(self, x: np.ndarray, t0: float, file: str, key: str) -> Result:
         t1 = time.perf_counter()
