@@ -39,6 +39,7 @@ from edge_toolkit.quantize.inspect import gzip_size, sparsity, weight_tensors
 from edge_toolkit.quantize.representative import DEFAULT_IMAGES, representative_images
 from edge_toolkit.quantize.validate import (
     compare_to_parent,
+    feature_io,
     io_details,
     make_interpreter,
     predict_tflite,
@@ -379,7 +380,7 @@ def _remove_stale(out: Path, family: str, variant: Variant) -> None:
 def export_variant(ctx: ExportContext, variant: Variant, out: Path,
                    versions: dict[str, str]) -> VariantResult:
     """Build, convert, validate, card, write and read back one variant; never raises."""
-    from edge_toolkit.quantize.convert import to_tflite
+    from edge_toolkit.quantize.convert import heatmap_section, to_tflite, with_feature_output
 
     t0 = time.perf_counter()
     cfg, family = ctx.cfg, ctx.card.family
@@ -387,17 +388,27 @@ def export_variant(ctx: ExportContext, variant: Variant, out: Path,
     _remove_stale(out, family, variant)
     try:
         model, info = resolve(variant.builder)(ctx)
+        # the last feature map as a second output (heatmaps, input gate), from the model as
+        # trained or fine-tuned; validation below still compares probabilities only
+        heatmap = heatmap_section(model)
+        model = with_feature_output(model)
         rep = ctx.representative if variant.full_integer else None
         bare, settings = to_tflite(model, variant, rep, cfg.input_type, cfg.output_type)
         interp = make_interpreter(bare, cfg.threads)
         inp, outp = io_details(interp)
+        feat = feature_io(interp)
+        if feat is not None and (heatmap is None
+                                 or list(feat.shape[1:]) != heatmap["feature_shape"]):
+            raise ExportError(f"feature output {feat.shape} does not match the head")
         p = predict_tflite(interp, ctx.val.x)
         check = compare_to_parent(ctx.val.y, p, ctx.parent_probs, ctx.card, cfg.tolerance)
         file_sparsity = sparsity(bare, weight_tensors(bare))
-        io = {"input": inp.to_dict(), "output": outp.to_dict()}
+        io = {"input": inp.to_dict(), "output": outp.to_dict(),
+              "features": feat.to_dict() if feat else None}
         ops = operating_points(ctx, p, check)
         card = variant_card(ctx, variant, p, check, file_sparsity, settings, info, io, versions,
                             ops)
+        card.heatmap = heatmap if feat is not None else None
         data = embed_card(bare, card)
         path = _file_for(out, family, variant, check["status"])
         path.parent.mkdir(parents=True, exist_ok=True)

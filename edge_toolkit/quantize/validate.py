@@ -151,13 +151,40 @@ class TensorIO:
                 "zero_point": self.zero_point}
 
 
+def _is_probability(d: dict[str, Any]) -> bool:
+    """A probability output has one element (sigmoid) or two (softmax) and is not a map."""
+    return len(d["shape"]) != 4 and int(np.prod(d["shape"][1:])) in (1, 2)
+
+
+def split_outputs(outs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(probability output, feature-map output or None), chosen by shape, never by index:
+    the converter may reorder outputs. The feature map is the one rank-4 output."""
+    if len(outs) == 1:
+        return outs[0], None
+    if len(outs) == 2:
+        maps = [d for d in outs if len(d["shape"]) == 4]
+        probs = [d for d in outs if _is_probability(d)]
+        if len(maps) == 1 and len(probs) == 1:
+            return probs[0], maps[0]
+    shapes = ", ".join(str(tuple(int(s) for s in d["shape"])) for d in outs)
+    raise TFLiteFileError(f"expected a probability output and at most one (1, h, w, C) "
+                          f"feature map, found outputs {shapes}")
+
+
 def io_details(interp: Any) -> tuple[TensorIO, TensorIO]:
-    """(input, output) of a single-input, single-output classifier."""
-    ins, outs = interp.get_input_details(), interp.get_output_details()
-    if len(ins) != 1 or len(outs) != 1:
-        raise TFLiteFileError(f"expected one input and one output, found {len(ins)} and "
-                              f"{len(outs)}")
-    return TensorIO.from_detail(ins[0]), TensorIO.from_detail(outs[0])
+    """(input, probability output) of a single-input classifier (with or without the
+    feature-map output)."""
+    ins = interp.get_input_details()
+    if len(ins) != 1:
+        raise TFLiteFileError(f"expected one input, found {len(ins)}")
+    prob, _ = split_outputs(interp.get_output_details())
+    return TensorIO.from_detail(ins[0]), TensorIO.from_detail(prob)
+
+
+def feature_io(interp: Any) -> TensorIO | None:
+    """The feature-map output (the input of the head's global pooling), if the file has one."""
+    _, feat = split_outputs(interp.get_output_details())
+    return None if feat is None else TensorIO.from_detail(feat)
 
 
 def quantize_input(x: np.ndarray, io: TensorIO) -> np.ndarray:
