@@ -409,7 +409,13 @@ def export_variant(ctx: ExportContext, variant: Variant, out: Path,
         card = variant_card(ctx, variant, p, check, file_sparsity, settings, info, io, versions,
                             ops)
         card.heatmap = heatmap if feat is not None else None
-        data = embed_card(bare, card)
+        members: dict[str, bytes] = {}
+        if feat is not None:  # the input gate's out-of-distribution fit, on this very file
+            from edge_toolkit.quantize.gate_fit import fit_gate
+
+            card.gate, members = fit_gate(bare, ctx.train.x, ctx.val.x,
+                                          num_threads=cfg.threads)
+        data = embed_card(bare, card, members)
         path = _file_for(out, family, variant, check["status"])
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)

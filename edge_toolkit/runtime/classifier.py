@@ -282,7 +282,12 @@ class Classifier:
             reason = self.gate.check_image(img)
             if reason:
                 return rejected_result(file, key, reason, self.model_id)
-        return self._result(preprocess(img, self.config), t0, file, key)
+        x = preprocess(img, self.config)
+        if self.gate is not None and self.gate.ood is not None and self.has_features:
+            _, reason = self.gate.check_features(self.infer(x).features)
+            if reason:
+                return rejected_result(file, key, reason, self.model_id)
+        return self._result(x, t0, file, key)
 
     def _result(self, x: np.ndarray, t0: float, file: str, key: str) -> Result:
         t1 = time.perf_counter()
