@@ -210,13 +210,39 @@ def split_tflite(data: bytes) -> tuple[bytes, ModelCard | None]:
     return bare, card
 
 
-def embed_card(model: bytes, card: ModelCard) -> bytes:
-    """Return `model` (a bare or carded flatbuffer) with `card` appended as a ZIP archive."""
+def embed_card(model: bytes, card: ModelCard, members: dict[str, bytes] | None = None) -> bytes:
+    """Return `model` (a bare or carded flatbuffer) with `card` appended as a ZIP archive.
+
+    Other members of an existing archive (the input gate's arrays) are kept unless `members`
+    replaces them; `members` adds files next to the card.
+    """
     bare, _ = split_tflite(model)
+    extra = {name: data for name in _member_names(model) if name != CARD_MEMBER
+             and (data := read_member(model, name)) is not None}
+    extra.update(members or {})
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr(CARD_MEMBER, card.to_json())
+        for name, data in sorted(extra.items()):
+            zf.writestr(name, data)
     return bare + buf.getvalue()
+
+
+def _member_names(data: bytes) -> list[str]:
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            return zf.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return []
+
+
+def read_member(data: bytes, name: str) -> bytes | None:
+    """One file of the archive appended to a model (`data`: the whole file), or None."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            return zf.read(name) if name in zf.namelist() else None
+    except (zipfile.BadZipFile, OSError, ValueError, zlib.error, EOFError):
+        return None
 
 
 def read_card(path: str | Path) -> ModelCard | None:

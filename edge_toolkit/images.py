@@ -8,6 +8,7 @@ traceback, so a batch can report the file and go on.
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -18,7 +19,13 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from edge_toolkit.files import kind_of
 
 DEFAULT_MAX_PIXELS = 50_000_000  # a 7071x7071 film scan; anything bigger is a pixel bomb
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+WORK_SIZE = 1024  # large images are decoded with their short side reduced to about this
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".dcm",
+                  ".dicom")
+
+
+class ImageWarning(UserWarning):
+    """A file loaded, but something about it deserves a line on stderr."""
 
 
 class ImageLoadError(Exception):
@@ -34,11 +41,15 @@ def is_image_name(path: str | Path) -> bool:
     return str(path).lower().endswith(IMAGE_SUFFIXES)
 
 
-def to_luminance(img: Image.Image) -> Image.Image:
-    """Reduce any PIL mode to 8-bit 'L', scaling 16/32-bit data by its own range."""
+def to_luminance(img: Image.Image, extrema: tuple[float, float] | None = None) -> Image.Image:
+    """Reduce any PIL mode to 8-bit 'L', scaling 16/32-bit data by its own range.
+
+    `extrema` (min, max) stands in for the image's own when `img` is one strip of a larger
+    picture, so every strip is scaled alike.
+    """
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
+        lo, hi = extrema if extrema is not None else (float(arr.min()), float(arr.max()))
         if img.mode != "F" and hi > 255:
             # Scale by the smallest bit depth that holds the data (12-bit films stored in
             # 16-bit PNGs are common), so a dark film stays dark and a bright one bright.
@@ -59,6 +70,38 @@ def to_luminance(img: Image.Image) -> Image.Image:
     return img
 
 
+def reduce_factor(width: int, height: int, work_size: int = WORK_SIZE) -> int:
+    """The integer factor that brings the short side down to about `work_size` (1 = keep)."""
+    return max(1, min(width, height) // work_size)
+
+
+def reduced_luminance(img: Image.Image, factor: int) -> Image.Image:
+    """A loaded image -> 8-bit 'L' shrunk by `factor` (box average), converted strip by strip.
+
+    Converting a 7000x7000 16-bit film to floats at full size takes about 400 MB; a strip of
+    rows at a time keeps every copy small, so only the decoded picture itself is full size.
+    """
+    if factor <= 1:
+        return to_luminance(img)
+    extrema = None
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        lo, hi = img.getextrema()
+        extrema = (float(lo), float(hi))
+    w, h = img.size
+    out = Image.new("L", (-(-w // factor), -(-h // factor)))
+    step = factor * max(1, 1_000_000 // (w * factor))  # about 1 Mpx per strip
+    for top in range(0, h, step):
+        strip = to_luminance(img.crop((0, top, w, min(h, top + step))), extrema)
+        out.paste(strip.reduce(factor), (0, top // factor))
+    return out
+
+
+_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+              4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+              6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}
+
+
 def orient(img: Image.Image) -> Image.Image:
     """Apply the EXIF orientation tag; untagged images pass through without a copy."""
     if img.getexif().get(0x0112, 1) in (0, 1):
@@ -68,7 +111,14 @@ def orient(img: Image.Image) -> Image.Image:
 
 def open_image(img_or_path: str | Path | Image.Image, max_pixels: int = DEFAULT_MAX_PIXELS
                ) -> Image.Image:
-    """Decode a file (or take a PIL image), apply EXIF orientation, return 8-bit grayscale."""
+    """Decode a file (or take a PIL image), apply EXIF orientation, return 8-bit grayscale.
+
+    Large pictures come back with their short side reduced to about `WORK_SIZE` pixels (far
+    more than any model input), decoded small where the format allows (JPEG draft mode), so
+    memory stays bounded (issue 12). DICOM files go through `edge_toolkit.dicom`. A JPEG
+    that lacks only its end marker loads with an `ImageWarning`; one whose image data is cut
+    short is an error.
+    """
     if isinstance(img_or_path, Image.Image):
         return to_luminance(orient(img_or_path))
     path = Path(img_or_path)
@@ -85,15 +135,14 @@ def open_image(img_or_path: str | Path | Image.Image, max_pixels: int = DEFAULT_
             raise ImageLoadError(path, "permission denied")
         if path.stat().st_size == 0:
             raise ImageLoadError(path, "empty file (0 bytes)")
+        from edge_toolkit.dicom import is_dicom, read_dicom
+
+        if is_dicom(path):  # .dcm, or a suffix-less file with the DICM preamble
+            return read_dicom(path, max_pixels)
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
-                w, h = img.size
-                if w * h > max_pixels:
-                    raise ImageLoadError(
-                        path, f"too many pixels ({w}x{h} > {max_pixels:,}); possible pixel bomb")
-                img.load()
-                return to_luminance(orient(img))
+                return _decode(img, path, max_pixels)
     except ImageLoadError:
         raise
     except UnidentifiedImageError:
@@ -109,3 +158,51 @@ def open_image(img_or_path: str | Path | Image.Image, max_pixels: int = DEFAULT_
         raise ImageLoadError(path, msg) from None
     except (ValueError, SyntaxError, MemoryError) as exc:
         raise ImageLoadError(path, f"cannot decode ({exc.__class__.__name__}: {exc})") from None
+
+
+def _decode(img: Image.Image, path: Path, max_pixels: int) -> Image.Image:
+    """An opened file -> reduced, oriented 8-bit grayscale (errors propagate to the caller)."""
+    w, h = img.size
+    if w * h > max_pixels:
+        raise ImageLoadError(path, f"too many pixels ({w}x{h} > {max_pixels:,}); possible "
+                                   "pixel bomb")
+    factor = reduce_factor(w, h)
+    draft = None
+    if img.format == "JPEG" and factor > 1:  # libjpeg decodes at 1/2, 1/4 or 1/8 directly
+        draft = ("L" if img.mode in ("L", "RGB") else img.mode, (w // factor, h // factor))
+        img.draft(*draft)
+    try:
+        img.load()
+    except OSError as exc:
+        if img.format != "JPEG" or "truncated" not in str(exc).lower():
+            raise
+        img = _without_end_marker(path, draft)
+    factor = reduce_factor(*img.size)
+    if factor == 1:
+        return to_luminance(orient(img))
+    orientation = img.getexif().get(0x0112, 1)
+    out = reduced_luminance(img, factor)
+    return out.transpose(_TRANSPOSE[orientation]) if orientation in _TRANSPOSE else out
+
+
+def _without_end_marker(path: Path, draft: tuple[str, tuple[int, int]] | None) -> Image.Image:
+    """Decode a JPEG whose end-of-image marker is missing, if that is all that is missing.
+
+    libjpeg fills a scan that runs out of data with flat blocks, so a cut-short file and one
+    missing only its last two bytes both "decode". Decoding twice, with different filler bytes
+    before the end marker, tells them apart: complete scan data ignores the filler, a cut-short
+    scan decodes it into different pixels.
+    """
+    data = path.read_bytes()
+    decoded = []
+    for filler in (b"\x00" * 64, b"\x55" * 64):
+        img = Image.open(io.BytesIO(data + filler + b"\xff\xd9"))
+        if draft is not None:
+            img.draft(*draft)
+        img.load()
+        decoded.append(img)
+    if decoded[0].tobytes() != decoded[1].tobytes():
+        raise ImageLoadError(path, "truncated or corrupt image data")
+    warnings.warn(ImageWarning(f"{path}: JPEG end marker missing; the image data is complete, "
+                               "loaded anyway"), stacklevel=2)
+    return decoded[0]

@@ -51,7 +51,10 @@ def tiny_card(*, size: int = 32, channels: int = 1, variant: str = "float32",
     return ModelCard(**fields)
 
 
-def _keras_model(size: int, channels: int, seed: int, arch: str = "tiny") -> Any:
+def _keras_model(size: int, channels: int, seed: int, arch: str = "tiny",
+                 features: str | None = None) -> Any:
+    """`features`: None (one output), "last" or "first": the feature map (the input of
+    `head_pool`) as a second output after or before the probability, as export adds it."""
     import tf_keras as keras
 
     keras.utils.set_random_seed(seed)
@@ -64,28 +67,41 @@ def _keras_model(size: int, channels: int, seed: int, arch: str = "tiny") -> Any
         raise ValueError(f"arch must be 'tiny' or 'mobilenetv2', not {arch!r}")
     inp = keras.Input((size, size, channels))
     x = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(inp)
-    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
+    fmap = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="head_pool")(fmap)
     # Large weights spread the output over (0, 1), so different images give different answers.
-    out = keras.layers.Dense(1, activation="sigmoid",
+    out = keras.layers.Dense(1, activation="sigmoid", name="head_logistic",
                              kernel_initializer=keras.initializers.RandomNormal(0.0, 20.0))(x)
+    if features == "last":
+        return keras.Model(inp, [out, fmap])
+    if features == "first":
+        return keras.Model(inp, [fmap, out])
     return keras.Model(inp, out)
+
+
+def heatmap_card_section(model: Any) -> dict[str, Any]:
+    """The card's heatmap section for a tiny model with a feature output."""
+    kernel, bias = model.get_layer("head_logistic").get_weights()
+    shape = [int(d) for d in model.get_layer("head_pool").input.shape[1:]]
+    return {"weights": [float(w) for w in kernel[:, 0]], "bias": float(bias[0]),
+            "feature_shape": shape}
 
 
 def make_tflite(path: str | Path, *, size: int = 32, channels: int = 1, int8: bool = False,
                 input_type: str = "uint8", card_overrides: dict[str, Any] | None = None,
                 with_card: bool = True, seed: int = 0, value_range: str = "-1,1",
-                arch: str = "tiny") -> Path:
+                arch: str = "tiny", features: str | None = None) -> Path:
     """Build, convert and write an untrained sigmoid classifier; returns `path`.
 
     `int8=True` gives a full-integer model whose input and output tensors are `input_type`
     (uint8 or int8), calibrated on random textured inputs in the card's value range.
     `arch="mobilenetv2"` gives a full-size (untrained) MobileNetV2 for latency benchmarks.
+    `features` ("last" or "first") adds the feature-map output and the card's heatmap section.
     """
     import numpy as np
     import tensorflow as tf
 
-    model = _keras_model(size, channels, seed, arch)
+    model = _keras_model(size, channels, seed, arch, features)
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     lo, hi = {"-1,1": (-1.0, 1.0), "0,1": (0.0, 1.0), "0,255": (0.0, 255.0)}[value_range]
     if int8:
@@ -108,7 +124,9 @@ def make_tflite(path: str | Path, *, size: int = 32, channels: int = 1, int8: bo
         converter.inference_output_type = dtype
     flat = converter.convert()
     if with_card:
-        overrides = {"family": f"{arch}-untrained"} if arch != "tiny" else {}
+        overrides: dict[str, Any] = {"family": f"{arch}-untrained"} if arch != "tiny" else {}
+        if features:
+            overrides["heatmap"] = heatmap_card_section(model)
         card = tiny_card(size=size, channels=channels, value_range=value_range,
                          variant="int8-ptq" if int8 else "float32",
                          card_overrides={**overrides, **(card_overrides or {})})
@@ -149,7 +167,8 @@ def _build_in_child(jobs: dict[Path, dict[str, Any]]) -> None:
 def make_images(folder: str | Path, n: int = 6, *, size: int = 48, seed: int = 0,
                 formats: tuple[str, ...] = ("png", "jpg")) -> list[Path]:
     """`n` small grayscale pictures of different brightness (so a tiny model's answers
-    differ), alternating formats; returns their paths."""
+    differ), alternating formats; returns their paths. Smooth structure plus mild noise, so
+    they pass the input gate's quality checks like a real picture (pure noise would not)."""
     import numpy as np
     from PIL import Image
 
@@ -159,7 +178,10 @@ def make_images(folder: str | Path, n: int = 6, *, size: int = 48, seed: int = 0
     paths = []
     for i in range(n):
         level = 255.0 * i / max(n - 1, 1)
-        pixels = np.clip(level + rng.normal(0, 25, (size, size + 8 * (i % 3))), 0, 255)
+        shape = (size, size + 8 * (i % 3))
+        yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+        pattern = 60 * np.sin(xx / 6.0 + i) * np.cos(yy / 8.0)
+        pixels = np.clip(40 + 0.7 * level + pattern + rng.normal(0, 4, shape), 0, 255)
         path = folder / f"img{i:03d}.{formats[i % len(formats)]}"
         Image.fromarray(pixels.astype(np.uint8)).save(path)
         paths.append(path)

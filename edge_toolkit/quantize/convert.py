@@ -79,3 +79,66 @@ def build_float(ctx: Any) -> tuple[Any, dict[str, Any]]:
     """float32, float16, dynamic and int8-ptq convert the trained Keras model as it is."""
     return ctx.model, {}
 
+
+
+FEATURE_LAYER = "head_pool"  # GlobalAveragePooling2D: its input is the last feature map
+HEAD_LAYER = "head_logistic"  # Dense(1) after it: the class activation map's weights
+
+
+def find_layer(model: Any, name: str) -> Any | None:
+    """The layer called `name`, bare or inside a tfmot wrapper (QAT names it quant_<name>,
+    pruning prune_low_magnitude_<name>; the wrapped layer keeps the name)."""
+    for layer in model.layers:
+        if layer.name == name or getattr(getattr(layer, "layer", None), "name", None) == name:
+            return layer
+    return None
+
+
+def with_feature_output(model: Any) -> Any:
+    """`model` with a second output, the last feature map (input of `head_pool`), for the
+    device's heatmaps and input gate; `model` itself if it has no `head_pool` (seed_cnn).
+    Built from the trained or fine-tuned model, so the layers and weights are shared."""
+    from edge_toolkit.train.tfsetup import keras
+
+    pool = find_layer(model, FEATURE_LAYER)
+    if pool is None:
+        return model
+    return keras.Model(model.input, [model.output, _input_in(model, pool)],
+                       name=f"{model.name}_features")
+
+
+def _input_in(model: Any, layer: Any) -> Any:
+    """`layer`'s input tensor in `model`'s own graph: a layer reused by cloning (pruning's
+    strip) has several inbound nodes, and `layer.input` is then ambiguous."""
+    nodes = getattr(layer, "_inbound_nodes", [])
+    if len(nodes) <= 1:
+        return layer.input
+    own = getattr(model, "_network_nodes", set())
+    for i in range(len(nodes)):
+        if f"{layer.name}_ib-{i}" in own:
+            return layer.get_input_at(i)
+    raise ValueError(f"layer {layer.name} is not connected in model {model.name}")
+
+
+def _variable(layer: Any, name: str) -> np.ndarray:
+    """A Dense layer's float `kernel` or `bias`, also through a tfmot wrapper (whose own
+    quantizer variables are named kernel_min and so on, hence the exact match)."""
+    for v in layer.weights:
+        if v.name.split("/")[-1].split(":")[0] == name:
+            return np.asarray(v.numpy(), np.float64)
+    raise ValueError(f"layer {layer.name} has no {name} variable")
+
+
+def heatmap_section(model: Any) -> dict[str, Any] | None:
+    """The card's `heatmap` section: the head's weights and the feature map's shape, or None
+    for a model without the GAP -> Dense(1) head. logit = mean_hw(sum_c w_c F) + bias."""
+    pool, head = find_layer(model, FEATURE_LAYER), find_layer(model, HEAD_LAYER)
+    if pool is None or head is None:
+        return None
+    kernel = _variable(head, "kernel")
+    shape = [int(d) for d in _input_in(model, pool).shape[1:]]
+    if kernel.shape != (shape[-1], 1):
+        raise ValueError(f"head kernel {kernel.shape} does not match {shape[-1]} features")
+    bias = _variable(head, "bias").reshape(-1)
+    return {"weights": [float(w) for w in kernel[:, 0]], "bias": float(bias[0]),
+            "feature_shape": shape}

@@ -411,7 +411,7 @@ def read_back(path: Path, card: ModelCard, x: np.ndarray, p: np.ndarray,
 def export_variant(ctx: ExportContext, variant: Variant, out: Path,
                    versions: dict[str, str]) -> VariantResult:
     """Build, convert, validate, card, write and read back one variant; never raises."""
-    from edge_toolkit.quantize.convert import to_tflite
+    from edge_toolkit.quantize.convert import heatmap_section, to_tflite, with_feature_output
 
     t0 = time.perf_counter()
     cfg, family = ctx.cfg, ctx.card.family
@@ -419,11 +419,18 @@ def export_variant(ctx: ExportContext, variant: Variant, out: Path,
     _remove_stale(out, family, variant)
     try:
         model, info = resolve(variant.builder)(ctx)
+        # the last feature map as a second output (heatmaps, input gate), from the model as
+        # trained or fine-tuned; validation below still compares probabilities only
+        heatmap = heatmap_section(model)
+        model = with_feature_output(model)
         rep = ctx.representative if variant.full_integer else None
         bare, settings = to_tflite(model, variant, rep, cfg.input_type, cfg.output_type)
         # the device's own path: the runtime Classifier, fed the card about to be embedded
         clf = Classifier.from_bytes(bare, ctx.card, name=f"{variant.name} (converted)",
                                     num_threads=cfg.threads)
+        if clf.has_features and (heatmap is None
+                                 or list(clf.feature_shape or ()) != heatmap["feature_shape"]):
+            raise ExportError(f"feature output {clf.feature_shape} does not match the head")
         p = clf.predict_raw_batch(ctx.val.x)
         p_test = clf.predict_raw_batch(ctx.test.x) if ctx.test is not None else None
         check = compare_to_parent(ctx.val.y, p, ctx.parent_probs, ctx.card, cfg.tolerance)
@@ -432,7 +439,13 @@ def export_variant(ctx: ExportContext, variant: Variant, out: Path,
         ops = operating_points(ctx, p, check)
         card = variant_card(ctx, variant, p, check, file_sparsity, settings, info, io, versions,
                             ops, p_test)
-        data = embed_card(bare, card)
+        card.heatmap = heatmap if clf.has_features else None
+        members: dict[str, bytes] = {}
+        if clf.has_features:  # the input gate's out-of-distribution fit, on this very file
+            from edge_toolkit.quantize.gate_fit import fit_gate
+
+            card.gate, members = fit_gate(clf, ctx.train.x, ctx.val.x)
+        data = embed_card(bare, card, members)
         path = _file_for(out, family, variant, check.status)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)

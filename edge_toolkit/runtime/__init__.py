@@ -16,6 +16,7 @@ durable output and resume), `progress`, `camera`, `bench` and `report`, `cli`.
 from edge_toolkit.runtime.classifier import (
     CardlessOptions,
     Classifier,
+    Inference,
     MissingCardError,
     ModelError,
     classify_paths,
@@ -27,6 +28,7 @@ __all__ = [
     "BackendMissingError",
     "CardlessOptions",
     "Classifier",
+    "Inference",
     "MissingCardError",
     "ModelError",
     "Result",

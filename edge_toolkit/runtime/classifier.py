@@ -26,17 +26,27 @@ from PIL import Image
 
 from edge_toolkit.card import CARD_MEMBER, CardError, ModelCard, split_tflite
 from edge_toolkit.files import read_regular
-from edge_toolkit.images import ImageLoadError
+from edge_toolkit.images import ImageLoadError, open_image
 from edge_toolkit.metrics import apply_temperature
 from edge_toolkit.preprocess import PreprocessConfig, preprocess, quantize
+from edge_toolkit.runtime.gate import Gate
 from edge_toolkit.runtime.interpreter import (
     BackendMissingError,
     check_threads,
     create_interpreter,
     tensor_io,
 )
-from edge_toolkit.runtime.results import Result, error_result
+from edge_toolkit.runtime.results import Result, error_result, rejected_result
 from edge_toolkit.runtime.sources import Source, expand_paths, resolve_key
+
+
+@dataclass(frozen=True)
+class Inference:
+    """One image through the model: `raw` is its own probability (before temperature);
+    `features` the last feature map, dequantized float32 (h, w, C), or None."""
+
+    raw: float
+    features: np.ndarray | None = None
 
 
 class ModelError(Exception):
@@ -86,6 +96,7 @@ class Classifier:
         self.temperature = float(card.temperature)
         self.positive_label = card.positive_label
         self.negative_label = card.negative_label
+        self.gate: Gate | None = None  # the input gate; `load(gate=True)` sets the card's
         try:
             self.config = PreprocessConfig.from_dict(card.preprocessing)
         except (TypeError, ValueError) as exc:
@@ -102,13 +113,15 @@ class Classifier:
     @classmethod
     def load(cls, path: str | Path, *, num_threads: int | None = None,
              threshold: float | str | None = None, cardless: CardlessOptions | None = None,
-             interpreter_class: type | None = None) -> Classifier:
+             interpreter_class: type | None = None, gate: bool = True) -> Classifier:
         """Read a `.tflite`, check it, create its interpreter once.
 
         `threshold` overrides the card's: a number, or the name of one of the card's stored
         operating points (`card.thresholds`, e.g. "balanced"). `cardless` gives the settings a
         model without a card needs (then `threshold` is required too). `interpreter_class`
         injects another interpreter (benchmarks); by default LiteRT, then tflite-runtime.
+        `gate=False` turns the input gate off (`runtime.gate`: rejects what is not a usable
+        radiograph, with the limits and out-of-distribution parameters the card carries).
         Raises ModelError (MissingCardError for a card-less model) or BackendMissingError.
         """
         path = Path(path)
@@ -144,6 +157,11 @@ class Classifier:
         clf = cls(interp, card, backend=backend, model_path=str(path), has_card=has_card,
                   model_id=hashlib.sha256(data).hexdigest()[:12], model_bytes=len(data),
                   threshold=value)
+        if gate:
+            try:
+                clf.gate = Gate.from_card(card.gate, data, card.input_size)
+            except (ValueError, KeyError, TypeError, OSError) as exc:
+                raise ModelError(f"{path}: the card's input gate is unusable ({exc})") from None
         return clf
 
     @classmethod
@@ -177,22 +195,27 @@ class Classifier:
         return cls(interp, card, backend=backend, model_path=name, has_card=embedded is not None,
                    model_id=hashlib.sha256(data).hexdigest()[:12], model_bytes=len(data))
 
-    def tensor_io(self) -> dict[str, dict[str, Any]]:
-        """The input and (classification) output tensors' dtype, shape and quantization, as
-        export records them in the card."""
+    def tensor_io(self) -> dict[str, dict[str, Any] | None]:
+        """The input, probability output and feature-map output (None without one) tensors'
+        dtype, shape and quantization, as export records them in the card."""
         inp = self.interpreter.get_input_details()[0]
-        out = next(d for d in self.interpreter.get_output_details()
-                   if d["index"] == self._out_index)
-        return {"input": tensor_io(inp), "output": tensor_io(out)}
+        by_index = {d["index"]: d for d in self.interpreter.get_output_details()}
+        feat = by_index.get(self._feat_index) if self._feat_index is not None else None
+        return {"input": tensor_io(inp), "output": tensor_io(by_index[self._out_index]),
+                "features": None if feat is None else tensor_io(feat)}
 
     def _bind_tensors(self) -> None:
-        """Check the model against its card and allocate the per-image buffers once."""
+        """Check the model against its card and allocate the per-image buffers once.
+
+        One or two outputs: the probability (one element, or two for a softmax card) and
+        optionally the last feature map (rank 4), told apart by shape, never by index."""
         inputs = self.interpreter.get_input_details()
         outputs = self.interpreter.get_output_details()
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise ModelError(f"{self.model_path}: expected one input and one output tensor, "
-                             f"found {len(inputs)} and {len(outputs)}")
-        inp, out = inputs[0], outputs[0]
+        if len(inputs) != 1 or len(outputs) not in (1, 2):
+            raise ModelError(f"{self.model_path}: expected one input and one or two output "
+                             f"tensors, found {len(inputs)} and {len(outputs)}")
+        inp = inputs[0]
+        out, feat = _split_outputs(outputs, self.card, self.model_path)
         want = (1, *self.config.shape)
         got = tuple(int(d) for d in inp["shape"])
         if got != want:
@@ -203,14 +226,17 @@ class Classifier:
         self._in_dtype = np.dtype(inp["dtype"])
         self._in_scale, self._in_zero = _quant(inp)
         self._out_scale, self._out_zero = _quant(out)
-        n_out = int(np.prod(out["shape"]))
-        if n_out == 1:
-            self._out_pos = 0
-        elif n_out == 2 and self.card.output == "softmax":
-            self._out_pos = self.card.positive_index
-        else:
-            raise ModelError(f"{self.model_path}: output shape {tuple(out['shape'])} does not "
-                             f"match a {self.card.output} output")
+        self._out_pos = 0 if int(np.prod(out["shape"])) == 1 else self.card.positive_index
+        self._feat_index = None if feat is None else feat["index"]
+        self._feat_scale, self._feat_zero = (0.0, 0) if feat is None else _quant(feat)
+        self.feature_shape: tuple[int, ...] | None = (
+            None if feat is None else tuple(int(d) for d in feat["shape"][1:]))
+        hm = self.card.heatmap
+        if hm is not None and self.feature_shape is not None:
+            if list(hm.get("feature_shape") or []) != list(self.feature_shape) \
+                    or len(hm.get("weights") or []) != self.feature_shape[-1]:
+                raise ModelError(f"{self.model_path}: the card's heatmap section does not "
+                                 f"match the feature output {self.feature_shape}")
         if self._in_dtype.kind in "iu":
             if not self._in_scale:
                 raise ModelError(f"{self.model_path}: integer input without quantization "
@@ -220,10 +246,22 @@ class Classifier:
             raise ModelError(f"{self.model_path}: unsupported input type {self._in_dtype}")
         self._input = np.zeros(want, self._in_dtype)
 
+    @property
+    def has_features(self) -> bool:
+        """The model has the feature-map output (models exported before it do not)."""
+        return self._feat_index is not None
+
+    @property
+    def has_heatmap(self) -> bool:
+        """Features and the card's head weights: a class activation map can be drawn."""
+        return self.has_features and self.card.heatmap is not None
+
     # -- inference -------------------------------------------------------------------------
 
-    def _invoke_raw(self, x: np.ndarray) -> float:
-        """One preprocessed (H, W, C) float image -> the model's own probability."""
+    def infer(self, x: np.ndarray, features: bool = True) -> Inference:
+        """One preprocessed (H, W, C) float image -> the model's own probability (before
+        temperature) and, when the model has them and `features`, the last feature map as
+        float32 (h, w, C). `features=False` skips reading and dequantizing the map."""
         if self._in_dtype == np.float32:
             self._input[0] = x
         else:  # the shared rounding rule, so the device runs what export validated
@@ -234,7 +272,19 @@ class Classifier:
         y = float(self.interpreter.get_tensor(self._out_index).reshape(-1)[self._out_pos])
         if self._out_scale:
             y = (y - self._out_zero) * self._out_scale
-        return y
+        fmap = None
+        if features and self._feat_index is not None:
+            f = self.interpreter.get_tensor(self._feat_index)[0]
+            if self._feat_scale:
+                fmap = ((f.astype(np.float32) - self._feat_zero)
+                        * np.float32(self._feat_scale))
+            else:
+                fmap = np.array(f, dtype=np.float32)
+        return Inference(raw=y, features=fmap)
+
+    def _invoke_raw(self, x: np.ndarray) -> float:
+        """One preprocessed (H, W, C) float image -> the model's own probability."""
+        return self.infer(x, features=False).raw
 
     def calibrate(self, raw: float) -> float:
         return float(apply_temperature(np.float64(raw), self.temperature))
@@ -266,14 +316,26 @@ class Classifier:
     def predict_file(self, path: str | Path, *, file: str | None = None) -> Result:
         """Classify one file; raises ImageLoadError (with `.reason`) if it cannot be read."""
         t0 = time.perf_counter()
-        x = preprocess(path, self.config)
-        return self._result(x, t0, file if file is not None else str(path), resolve_key(path))
+        img = open_image(path, max_pixels=self.config.max_pixels)
+        return self._gated(img, t0, file if file is not None else str(path), resolve_key(path))
 
     def predict_pil(self, img: Image.Image, *, file: str = "<image>") -> Result:
         """Classify an in-memory PIL image (any mode; reduced to grayscale like files)."""
         t0 = time.perf_counter()
+        return self._gated(open_image(img), t0, file, "")
+
+    def _gated(self, img: Image.Image, t0: float, file: str, key: str) -> Result:
+        """A decoded grayscale picture through the input gate (when on), then the model."""
+        if self.gate is not None:
+            reason = self.gate.check_image(img)
+            if reason:
+                return rejected_result(file, key, reason, self.model_id)
         x = preprocess(img, self.config)
-        return self._result(x, t0, file, "")
+        if self.gate is not None and self.gate.ood is not None and self.has_features:
+            _, reason = self.gate.check_features(self.infer(x).features)
+            if reason:
+                return rejected_result(file, key, reason, self.model_id)
+        return self._result(x, t0, file, key)
 
     def _result(self, x: np.ndarray, t0: float, file: str, key: str) -> Result:
         t1 = time.perf_counter()
@@ -318,6 +380,24 @@ def classify_paths(clf: Classifier, paths: Iterable[str | Path],
         if skip and src.key in skip:
             continue
         yield clf.classify_source(src)
+
+
+def _split_outputs(outputs: list[dict[str, Any]], card: ModelCard, path: str
+                   ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(probability output, feature-map output or None) by shape: the feature map is the
+    rank-4 output; the probability has one element, or two for a softmax card."""
+    feats = [d for d in outputs if len(d["shape"]) == 4] if len(outputs) == 2 else []
+    probs = [d for d in outputs if not any(d is f for f in feats)]
+    if len(probs) != 1 or len(feats) != len(outputs) - 1:
+        shapes = ", ".join(str(tuple(int(s) for s in d["shape"])) for d in outputs)
+        raise ModelError(f"{path}: outputs {shapes} are not a probability and at most one "
+                         "(1, h, w, C) feature map")
+    out = probs[0]
+    n_out = int(np.prod(out["shape"]))
+    if not (n_out == 1 or (n_out == 2 and card.output == "softmax")):
+        raise ModelError(f"{path}: output shape {tuple(out['shape'])} does not match a "
+                         f"{card.output} output")
+    return out, (feats[0] if feats else None)
 
 
 def _quant(detail: dict[str, Any]) -> tuple[float, int]:

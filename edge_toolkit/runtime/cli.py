@@ -5,10 +5,10 @@ Raspberry Pi with only the base install.
 
 Exit codes of classify and capture:
   0 all images classified (files already in a resumed --output count as done)
-  1 some images failed, the rest were classified
+  1 some images failed or were rejected by the input gate, the rest were classified
   2 usage or model error (bad option, unreadable/corrupt model, no card, no interpreter
     installed, no camera); nothing was classified
-  3 no image succeeded (all failed, or none found)
+  3 no image was classified (all failed or were rejected, or none found)
   130 interrupted; results already written to --output are kept
   141 stdout was closed by its reader (`| head`); stopped quietly
 bench: 0 when every model was measured, 2 when a model could not be (each named on stderr).
@@ -20,6 +20,7 @@ import io
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -51,9 +52,10 @@ EXIT_CODES_HELP = """
 \b
 Exit codes:
   0  every image was classified (files already in a resumed --output count)
-  1  some images failed (one `error: PATH: reason` line each on stderr)
+  1  some images failed (one `error: PATH: reason` line each on stderr) or were
+     rejected by the input gate (`rejected: PATH: reason`; --no-gate turns it off)
   2  usage or model error: bad option, unreadable/corrupt model, model without a card
-  3  no image succeeded: all failed, or no images were found
+  3  no image was classified: all failed or were rejected, or none were found
  130 interrupted (Ctrl-C): what was already written to --output is kept
  141 stdout closed by its reader (e.g. `| head`)
 """
@@ -83,6 +85,10 @@ def _output_options(rerun: str) -> Any:
 
 
 def _model_options(f: Any) -> Any:
+    f = click.option("--gate/--no-gate", default=True, show_default=True,
+                     help="Input gate: reject what is not a usable radiograph (blank, dark, "
+                          "blurred, noise, or unlike the model's training images) with "
+                          "status `rejected` and no label.")(f)
     f = click.option("--threshold", metavar="P|NAME",
                      help="Decision threshold: a probability, or the name of an operating point "
                           "stored in the card (e.g. balanced) [default: the card's].")(f)
@@ -110,6 +116,23 @@ def _cardless_options(f: Any) -> Any:
     return f
 
 
+def _route_image_warnings() -> None:
+    """Loader warnings (a JPEG missing its end marker, a multi-frame DICOM): one
+    `warning: PATH: ...` line each on stderr, every time, not Python's two-line format."""
+    from edge_toolkit.images import ImageWarning
+
+    original = warnings.showwarning
+
+    def show(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, ImageWarning):
+            click.echo(f"warning: {message}", err=True)
+        else:
+            original(message, category, *args, **kwargs)
+
+    warnings.showwarning = show
+    warnings.simplefilter("always", ImageWarning)
+
+
 def _model_and_paths(args: tuple[str, ...], model_opt: str | None) -> tuple[Path, list[str]]:
     from edge_toolkit.runtime.bundled import NoBundledModelError, split_model_and_paths
 
@@ -123,7 +146,7 @@ def _model_and_paths(args: tuple[str, ...], model_opt: str | None) -> tuple[Path
 
 
 def load_classifier(model: Path, threads: int, threshold: str | None,
-                    cardless: dict[str, Any] | None = None) -> Classifier:
+                    cardless: dict[str, Any] | None = None, gate: bool = True) -> Classifier:
     """Load for a command: every failure becomes one line and exit code 2."""
     cardless = {k: v for k, v in (cardless or {}).items() if v is not None}
     opts = None
@@ -141,7 +164,8 @@ def load_classifier(model: Path, threads: int, threshold: str | None,
         if isinstance(value, float) and not 0.0 <= value <= 1.0:
             raise click.BadParameter("must be between 0 and 1", param_hint="--threshold")
     try:
-        clf = Classifier.load(model, num_threads=threads, threshold=value, cardless=opts)
+        clf = Classifier.load(model, num_threads=threads, threshold=value, cardless=opts,
+                              gate=gate)
     except (ModelError, BackendMissingError) as exc:
         raise RuntimeFailure(str(exc).replace(str(model), shown(model))) from None
     if clf.has_card and cardless:
@@ -159,10 +183,14 @@ class Batch:
         self.progress = progress
         self.ok = 0
         self.failed = 0
+        self.rejected = 0  # by the input gate; they count as failed for the exit code
 
     def add(self, result: Result) -> None:
         if result.ok:
             self.ok += 1
+        elif result.status == "rejected":
+            self.rejected += 1
+            self.progress.echo(f"rejected: {result.file}: {result.error}", sys.stderr)
         else:
             self.failed += 1
             self.progress.echo(f"error: {shown(result.file)}: {shown(result.error or '')}",
@@ -261,9 +289,12 @@ def _finish(ctx: click.Context, batch: Batch, writer: Writer, safe: BarSafeStrea
     except OSError as exc:
         raise RuntimeFailure(f"cannot write {output or 'stdout'} ({exc.strerror or exc}); "
                              "rerun to resume") from None
-    code = EXIT_INTERRUPTED if interrupted else exit_code(batch.ok + skipped, batch.failed)
+    code = EXIT_INTERRUPTED if interrupted else exit_code(batch.ok + skipped,
+                                                          batch.failed + batch.rejected)
     if not quiet:
         parts = [f"{batch.ok} classified", f"{batch.failed} failed"]
+        if batch.rejected:
+            parts.append(f"{batch.rejected} rejected by the input gate")
         if skipped:
             parts.append(f"{skipped} already done in {output}")
         where = f"; results in {output}" if output else ""
@@ -287,8 +318,8 @@ def _finish(ctx: click.Context, batch: Batch, writer: Writer, safe: BarSafeStrea
 @click.option("-v", "--verbose", is_flag=True, help="Say which model and settings are used.")
 @click.pass_context
 def classify(ctx: click.Context, args: tuple[str, ...], model_opt: str | None, fmt: str | None,
-             output: Path | None, overwrite: bool, threads: int, threshold: str | None,
-             value_range: str | None, size: int | None, channels: str | None,
+             output: Path | None, overwrite: bool, gate: bool, threads: int,
+             threshold: str | None, value_range: str | None, size: int | None, channels: str | None,
              fit: str | None, resize: str | None, progress: bool | None, quiet: bool,
              verbose: bool) -> None:
     """Classify image files, folders (recursively) or globs with MODEL (.tflite).
@@ -298,13 +329,16 @@ def classify(ctx: click.Context, args: tuple[str, ...], model_opt: str | None, f
     Results: a table on the terminal, or --format csv|json|jsonl on stdout, or --output FILE
     (written as they come, durably; a rerun resumes, skipping files already done and retrying
     failed ones). Bad files get one `error: PATH: reason` line on stderr; the batch goes on.
+    Pictures that are not usable radiographs get status `rejected`, no label and a
+    `rejected: PATH: reason` line (--no-gate classifies them anyway).
     Decision support for research and education, not a diagnosis.
     """
     started = time.perf_counter()
+    _route_image_warnings()
     model, paths = _model_and_paths(args, model_opt)
     clf = load_classifier(model, threads, threshold, {
         "value_range": value_range, "size": size, "channels": channels, "fit": fit,
-        "resize": resize})
+        "resize": resize}, gate=gate)
     if verbose:
         click.echo(clf.describe(), err=True)
     _lock_output(ctx, output)
@@ -355,7 +389,7 @@ def classify(ctx: click.Context, args: tuple[str, ...], model_opt: str | None, f
 @click.option("-q", "--quiet", is_flag=True, help="No summary line on stderr.")
 @click.pass_context
 def capture(ctx: click.Context, model: Path | None, count: int, interval: float, save_dir: Path,
-            warmup: float, fmt: str | None, output: Path | None, overwrite: bool,
+            warmup: float, fmt: str | None, output: Path | None, overwrite: bool, gate: bool,
             threads: int, threshold: str | None, fake_camera: str | None,
             quiet: bool) -> None:
     """Take pictures with the Raspberry Pi camera, save each, then classify it with MODEL
@@ -378,7 +412,8 @@ def capture(ctx: click.Context, model: Path | None, count: int, interval: float,
             model = bundled_model()
         except NoBundledModelError as exc:
             raise RuntimeFailure(str(exc)) from None
-    clf = load_classifier(model, threads, threshold)
+    _route_image_warnings()
+    clf = load_classifier(model, threads, threshold, gate=gate)
     _lock_output(ctx, output)
     fmt, existing = _open_output(fmt, output, overwrite, None)
     bar = Progress(count, enabled=False)

@@ -70,6 +70,11 @@ def error_result(file: str, path: str, reason: str, model_id: str = "") -> Resul
     return Result(file=file, status="error", error=reason, path=path, model_id=model_id)
 
 
+def rejected_result(file: str, path: str, reason: str, model_id: str = "") -> Result:
+    """The input gate refused the picture: no label, `error` says why."""
+    return Result(file=file, status="rejected", error=reason, path=path, model_id=model_id)
+
+
 def exit_code(n_ok: int, n_failed: int) -> int:
     """The batch's exit code from its counts (files skipped as already done count as ok)."""
     if n_ok and not n_failed:

@@ -1,0 +1,183 @@
+"""DICOM input: files built with pydicom itself, through the same loader as every image."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edge_toolkit.images import ImageLoadError, ImageWarning, open_image
+
+pydicom = pytest.importorskip("pydicom", reason="the [dicom] extra (pydicom) is not installed")
+from pydicom.dataset import FileDataset, FileMetaDataset  # noqa: E402
+from pydicom.encaps import encapsulate  # noqa: E402
+from pydicom.uid import (  # noqa: E402
+    ExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    JPEGLosslessSV1,
+    RLELossless,
+    generate_uid,
+)
+
+DX = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
+SR = "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive SR
+
+
+def ramp(bits: int, h: int = 30, w: int = 40) -> np.ndarray:
+    """Left dark, right bright, across the full range of `bits`."""
+    top = 2 ** bits - 1
+    dtype = np.uint8 if bits <= 8 else np.uint16
+    return np.tile(np.linspace(0, top, w), (h, 1)).round().astype(dtype)
+
+
+def dataset(arr: np.ndarray, *, bits_stored: int, photometric: str = "MONOCHROME2",
+            sop: str = DX, frames: int = 1, **extra: object) -> FileDataset:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset("x", {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = sop
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = "1.2.3.4.5"
+    ds.PatientName = "Doe^Jane"
+    ds.PatientID = "ID-12345"
+    ds.Modality = "DX"
+    ds.Rows, ds.Columns = arr.shape[-2], arr.shape[-1]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = arr.dtype.itemsize * 8
+    ds.BitsStored = bits_stored
+    ds.HighBit = bits_stored - 1
+    ds.PixelRepresentation = 0
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    for key, value in extra.items():
+        setattr(ds, key, value)
+    ds.PixelData = arr.tobytes()
+    return ds
+
+
+def save(ds: FileDataset, path: Path) -> Path:
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def cols(img: Image.Image) -> np.ndarray:
+    return np.asarray(img, dtype=np.float64).mean(axis=0)
+
+
+@pytest.mark.parametrize("bits", [8, 12, 16])
+def test_monochrome2_at_each_bit_depth_is_a_full_range_ramp(tmp_path, bits):
+    img = open_image(save(dataset(ramp(bits), bits_stored=bits), tmp_path / "a.dcm"))
+    assert img.mode == "L" and img.size == (40, 30)
+    c = cols(img)
+    assert c[0] <= 1 and c[-1] >= 254 and np.all(np.diff(c) >= 0)
+
+
+def test_monochrome1_is_inverted(tmp_path):
+    img = open_image(save(dataset(ramp(12), bits_stored=12, photometric="MONOCHROME1"),
+                          tmp_path / "a.dcm"))
+    c = cols(img)
+    assert c[0] >= 254 and c[-1] <= 1  # low values are white in MONOCHROME1
+
+
+def test_rescale_then_window(tmp_path):
+    # Stored 0..4095, rescaled to -1024..3071 (CT-like units); window 0 +- 500 on those.
+    ds = dataset(ramp(12), bits_stored=12, RescaleSlope=1, RescaleIntercept=-1024,
+                 WindowCenter=0, WindowWidth=1000)
+    arr = np.asarray(open_image(save(ds, tmp_path / "a.dcm")), dtype=np.float64)
+    values = np.linspace(0, 4095, 40).round() - 1024
+    expected = np.clip((values + 0.5) / 999 + 0.5, 0, 1) * 255
+    assert np.abs(arr.mean(axis=0) - expected).max() <= 1.0
+    # Without the rescale the same window would put everything above +500: all white.
+    ds2 = dataset(ramp(12), bits_stored=12, WindowCenter=0, WindowWidth=1000)
+    plain = np.asarray(open_image(save(ds2, tmp_path / "b.dcm")))
+    assert plain[:, 10:].min() == 255
+
+
+def test_rescale_slope_without_window_uses_the_full_range(tmp_path):
+    ds = dataset(ramp(16), bits_stored=16, RescaleSlope=2, RescaleIntercept=-100)
+    c = cols(open_image(save(ds, tmp_path / "a.dcm")))
+    assert c[0] <= 1 and c[-1] >= 254
+
+
+def test_multiframe_takes_the_first_frame_with_a_warning(tmp_path):
+    frames = np.stack([ramp(8), 255 - ramp(8)])
+    path = save(dataset(frames, bits_stored=8, frames=2), tmp_path / "multi.dcm")
+    with pytest.warns(ImageWarning, match="2 frames"):
+        img = open_image(path)
+    assert cols(img)[0] < cols(img)[-1]  # the first frame's ramp rises
+
+
+def test_suffixless_file_with_the_preamble_is_read_and_study_is_hashed(tmp_path):
+    path = save(dataset(ramp(8), bits_stored=8), tmp_path / "IM000001")
+    img = open_image(path)
+    assert img.size == (40, 30)
+    study = img.info["study"]
+    assert len(study) == 16 and "1.2.3.4.5" not in study
+
+
+def test_rle_compressed_decodes(tmp_path):
+    ds = dataset(ramp(16), bits_stored=16)
+    ds.compress(RLELossless)
+    c = cols(open_image(save(ds, tmp_path / "rle.dcm")))
+    assert c[0] <= 1 and c[-1] >= 254
+
+
+def test_jpeg_baseline_decodes_with_pillow(tmp_path):
+    buf = io.BytesIO()
+    Image.fromarray(ramp(8)).save(buf, "JPEG", quality=95)
+    ds = dataset(ramp(8), bits_stored=8)
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.PixelData = encapsulate([buf.getvalue()])
+    ds["PixelData"].VR = "OB"
+    c = cols(open_image(save(ds, tmp_path / "jpeg.dcm")))
+    assert c[0] < 10 and c[-1] > 245
+
+
+def test_compressed_without_a_decoder_names_the_one_to_install(tmp_path):
+    ds = dataset(ramp(16), bits_stored=16)
+    ds.file_meta.TransferSyntaxUID = JPEGLosslessSV1
+    ds.PixelData = encapsulate([b"\xff\xd8\xff\xc3" + b"\0" * 32 + b"\xff\xd9"])
+    ds["PixelData"].VR = "OB"
+    path = save(ds, tmp_path / "lossless.dcm")
+    with pytest.raises(ImageLoadError) as err:
+        open_image(path)
+    assert "needs a decoder" in err.value.reason and "python-gdcm" in err.value.reason
+
+
+def test_structured_report_is_refused_as_holding_no_image(tmp_path):
+    ds = dataset(ramp(8), bits_stored=8, sop=SR)
+    del ds.PixelData
+    ds.Modality = "SR"
+    with pytest.raises(ImageLoadError, match="holds no image .Comprehensive SR"):
+        open_image(save(ds, tmp_path / "report.dcm"))
+
+
+@pytest.mark.parametrize("cut", ["header", "pixels", "garbage"])
+def test_broken_dicom_is_one_line_error_without_identifiers(tmp_path, cut):
+    good = save(dataset(ramp(16), bits_stored=16), tmp_path / "good.dcm").read_bytes()
+    bad = tmp_path / "bad.dcm"
+    if cut == "header":
+        bad.write_bytes(good[:200])
+    elif cut == "pixels":
+        bad.write_bytes(good[:-1000])
+    else:
+        bad.write_bytes(b"\0" * 128 + b"DICM" + b"\x13\x37" * 50)
+    with pytest.raises(ImageLoadError) as err:
+        open_image(bad)
+    msg = str(err.value)
+    assert "\n" not in msg and "Doe" not in msg and "ID-12345" not in msg
+    assert "damaged" in err.value.reason or "not a valid" in err.value.reason
+
+
+def test_large_dicom_is_reduced_before_the_luts(tmp_path):
+    arr = np.tile(np.linspace(0, 4095, 2400), (2200, 1)).round().astype(np.uint16)
+    img = open_image(save(dataset(arr, bits_stored=12), tmp_path / "big.dcm"))
+    assert img.size == (1200, 1100)
+    c = cols(img)
+    assert c[0] <= 1 and c[-1] >= 254
