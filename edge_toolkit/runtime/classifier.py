@@ -270,7 +270,11 @@ class Classifier:
 
     def _result(self, x: np.ndarray, t0: float, file: str, key: str) -> Result:
         t1 = time.perf_counter()
-        raw = self._invoke_raw(x)
+        return self.result_from(self.infer(x, features=False).raw, t0, t1, file, key)
+
+    def result_from(self, raw: float, t0: float, t1: float, file: str, key: str = "") -> Result:
+        """The Result for the model's raw probability of one image whose decoding started at
+        `t0` and inference at `t1` (perf_counter seconds)."""
         p = self.calibrate(raw)
         t2 = time.perf_counter()
         positive = p >= self.threshold
