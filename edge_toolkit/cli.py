@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                  "Classify image files, folders or globs with a .tflite model (no TensorFlow)."),
     "capture": ("edge_toolkit.runtime.cli:capture",
                 "Capture from a Raspberry Pi camera, save, then classify each picture."),
+    "serve": ("edge_toolkit.web.cli:serve",
+              "Serve the clinic web station: upload, heatmap, history (needs [web])."),
     "bench": ("edge_toolkit.runtime.cli:bench",
               "Benchmark interpreter latency and memory of one or more .tflite models."),
     "benchmark": ("edge_toolkit.benchmark:benchmark",

@@ -101,7 +101,8 @@ def _gap_detector(size: int, channels: int, features: str | None) -> Any:
     kernel[:, :, :, 0] = profile[None, :, None]
     kernel[2, 5:7, :, 1] = 0.5 / channels
     conv.set_weights([kernel, np.zeros(2, np.float32)])
-    head.set_weights([np.array([[3.0], [-1.0]], np.float32), np.array([0.2], np.float32)])
+    # set so a horizontal phantom with a fracture scores about 0.75, one without about 0.25
+    head.set_weights([np.array([[150.0], [-1.0]], np.float32), np.array([-3.4], np.float32)])
     outputs = {None: out, "last": [out, fmap], "first": [fmap, out]}[features]
     return keras.Model(inp, outputs)
 
@@ -285,6 +286,9 @@ def _main(argv: list[str]) -> None:
     parser.add_argument("--input-type", default="uint8")
     parser.add_argument("--no-card", action="store_true")
     parser.add_argument("--arch", default="tiny", choices=["tiny", "gap", "mobilenetv2"])
+    parser.add_argument("--features", choices=["last", "first"],
+                        help="add the feature-map output (and the card's heatmap section)")
+    parser.add_argument("--value-range", default="-1,1", choices=["-1,1", "0,1", "0,255"])
     args = parser.parse_args(argv)
     if args.batch:
         for path, kw in json.loads(args.batch).items():
@@ -293,7 +297,8 @@ def _main(argv: list[str]) -> None:
     if not args.out:
         parser.error("give OUT or --batch")
     make_tflite(args.out, size=args.size, channels=args.channels, int8=args.int8,
-                input_type=args.input_type, with_card=not args.no_card, arch=args.arch)
+                input_type=args.input_type, with_card=not args.no_card, arch=args.arch,
+                features=args.features, value_range=args.value_range)
 
 
 if __name__ == "__main__":

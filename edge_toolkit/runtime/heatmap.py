@@ -64,17 +64,18 @@ def content_box(width: int, height: int, cfg: PreprocessConfig
     return float(left), float(top), float(left + w), float(top + h)
 
 
-def to_original(cam: np.ndarray, width: int, height: int, cfg: PreprocessConfig
-                ) -> np.ndarray:
+def to_original(cam: np.ndarray, width: int, height: int, cfg: PreprocessConfig,
+                out_size: tuple[int, int] | None = None) -> np.ndarray:
     """Upsample an (h, w) map (covering the preprocessed square) bilinearly onto the
-    original picture's (height, width), cropping the letterbox bands away."""
+    original picture's (height, width), cropping the letterbox bands away; `out_size`
+    (width, height) gives it at another scale of the same picture (a display copy)."""
     cam = np.asarray(cam, np.float32)
     fh, fw = cam.shape
     left, top, right, bottom = content_box(width, height, cfg)
     sx, sy = fw / cfg.size, fh / cfg.size
     box = (left * sx, top * sy, right * sx, bottom * sy)
-    img = Image.fromarray(cam, mode="F").resize((width, height), Image.Resampling.BILINEAR,
-                                                 box=box)
+    img = Image.fromarray(cam, mode="F").resize(out_size or (width, height),
+                                                 Image.Resampling.BILINEAR, box=box)
     return np.asarray(img, np.float32)
 
 
@@ -129,18 +130,30 @@ def overlay(image: Image.Image, heat: np.ndarray, opacity: float = DEFAULT_OPACI
 @dataclass
 class Explanation:
     """One classified picture: its Result, the picture as the model saw it before resizing
-    (8-bit gray, EXIF-oriented) and the heat on it ((H, W) in [0, 1]; None without one)."""
+    (8-bit gray, EXIF-oriented; scaled down when `max_side` asked for it) and the heat on it
+    ((H, W) in [0, 1], the picture's size; None without one)."""
 
     result: Result
     image: Image.Image
     heat: np.ndarray | None
     cam: np.ndarray | None = None  # the raw (h, w) logit terms
+    original_size: tuple[int, int] | None = None  # (width, height) before scaling down
+
+
+def fit_within(width: int, height: int, max_side: int | None) -> tuple[int, int]:
+    """(width, height) scaled down, proportions kept, so neither side exceeds `max_side`."""
+    if not max_side or max(width, height) <= max_side:
+        return width, height
+    scale = max_side / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 def explain_image(clf: Classifier, img: Image.Image, *, file: str = "<image>", key: str = "",
-                  heatmap: bool = True) -> Explanation:
+                  heatmap: bool = True, max_side: int | None = None) -> Explanation:
     """Classify a picture and, when the model can, compute its heatmap from the same single
-    inference (the heat is skipped, and features not read, when `heatmap` is False)."""
+    inference (the heat is skipped, and features not read, when `heatmap` is False).
+    `max_side` scales the returned picture and heat down for display (a 12 MP film scan
+    does not need a 12 MP heatmap); classification always sees the full picture."""
     t0 = time.perf_counter()
     img = open_image(img, max_pixels=clf.config.max_pixels)
     x = normalize(resize_gray(img, clf.config), clf.config)
@@ -148,19 +161,24 @@ def explain_image(clf: Classifier, img: Image.Image, *, file: str = "<image>", k
     t1 = time.perf_counter()
     inf = clf.infer(x, features=want)
     result = clf.result_from(inf.raw, t0, t1, file, key)
+    original_size = img.size
+    size = fit_within(img.width, img.height, max_side)
+    if size != img.size:
+        img = img.resize(size, Image.Resampling.BILINEAR)
     if not want or inf.features is None:
-        return Explanation(result, img, None)
+        return Explanation(result, img, None, None, original_size)
     cam = class_activation_map(inf.features, clf.card.heatmap["weights"])
-    heat = normalize_heat(to_original(cam, img.width, img.height, clf.config))
-    return Explanation(result, img, heat, cam)
+    w0, h0 = original_size
+    heat = normalize_heat(to_original(cam, w0, h0, clf.config, out_size=size))
+    return Explanation(result, img, heat, cam, original_size)
 
 
 def explain_file(clf: Classifier, path: str | Path, *, file: str | None = None,
-                 heatmap: bool = True) -> Explanation:
+                 heatmap: bool = True, max_side: int | None = None) -> Explanation:
     """`explain_image` for a file; raises ImageLoadError for a bad one."""
     img = open_image(path, max_pixels=clf.config.max_pixels)
     return explain_image(clf, img, file=file if file is not None else str(path),
-                         key=resolve_key(path), heatmap=heatmap)
+                         key=resolve_key(path), heatmap=heatmap, max_side=max_side)
 
 
 def overlay_name(file: str | Path) -> str:
