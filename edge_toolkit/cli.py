@@ -27,6 +27,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                 "Capture from a Raspberry Pi camera, save, then classify each picture."),
     "calibrate": ("edge_toolkit.runtime.calibrate_cli:calibrate",
                   "Re-choose a model's threshold on your own labelled images (no TensorFlow)."),
+    "serve": ("edge_toolkit.web.cli:serve",
+              "Serve the clinic web station: upload, heatmap, history (needs [web])."),
     "bench": ("edge_toolkit.runtime.cli:bench",
               "Benchmark interpreter latency and memory of one or more .tflite models."),
     "benchmark": ("edge_toolkit.benchmark_cli:benchmark",

@@ -16,12 +16,22 @@ from PIL import Image, ImageFilter
 from edge_toolkit.data import LABELS, SPLITS
 
 
-def phantom(rng: np.random.Generator, fractured: bool, size: int = 128) -> np.ndarray:
-    """One grayscale uint8 phantom (size, size)."""
+def phantom(rng: np.random.Generator, fractured: bool, size: int = 128, *,
+            center: tuple[float, float] | None = None, angle: float | None = None,
+            fracture_at: float | None = None, slope: float | None = None) -> np.ndarray:
+    """One grayscale uint8 phantom (size, size).
+
+    The keywords pin the layout (tests that move a fracture): `center` (x, y) as fractions
+    of the side, the shaft's `angle` in radians (0: horizontal), the fracture's position
+    along the shaft as a fraction of its half length (-1..1) and its `slope`. The random
+    draws happen either way, so the default images do not change."""
     s = size * 2  # draw at 2x, downsample for smooth edges
     yy, xx = np.mgrid[0:s, 0:s].astype(np.float64)
     cx, cy = s * rng.uniform(0.4, 0.6), s * rng.uniform(0.4, 0.6)
-    angle = rng.uniform(0, np.pi)
+    if center is not None:
+        cx, cy = s * center[0], s * center[1]
+    drawn_angle = rng.uniform(0, np.pi)
+    angle = drawn_angle if angle is None else angle
     u = (xx - cx) * np.cos(angle) + (yy - cy) * np.sin(angle)  # along the shaft
     v = -(xx - cx) * np.sin(angle) + (yy - cy) * np.cos(angle)  # across it
     img = rng.uniform(10, 30) + np.zeros((s, s))
@@ -33,7 +43,9 @@ def phantom(rng: np.random.Generator, fractured: bool, size: int = 128) -> np.nd
     gap = np.zeros_like(v, dtype=bool)
     if fractured:
         u0 = rng.uniform(-0.5, 0.5) * half_len
-        slope = np.tan(rng.uniform(-1.0, 1.0))
+        u0 = u0 if fracture_at is None else fracture_at * half_len
+        drawn = np.tan(rng.uniform(-1.0, 1.0))
+        slope = drawn if slope is None else slope
         line = u - u0 - slope * v
         width = s * rng.uniform(0.02, 0.04)
         gap = np.abs(line) < width

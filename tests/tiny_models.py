@@ -63,8 +63,10 @@ def _keras_model(size: int, channels: int, seed: int, arch: str = "tiny",
                                               include_top=False, weights=None, pooling="avg")
         out = keras.layers.Dense(1, activation="sigmoid")(base.output)
         return keras.Model(base.input, out)
+    if arch == "gap":
+        return _gap_detector(size, channels, features)
     if arch != "tiny":
-        raise ValueError(f"arch must be 'tiny' or 'mobilenetv2', not {arch!r}")
+        raise ValueError(f"arch must be 'tiny', 'gap' or 'mobilenetv2', not {arch!r}")
     inp = keras.Input((size, size, channels))
     x = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(inp)
     fmap = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(x)
@@ -77,6 +79,32 @@ def _keras_model(size: int, channels: int, seed: int, arch: str = "tiny",
     if features == "first":
         return keras.Model(inp, [fmap, out])
     return keras.Model(inp, out)
+
+
+def _gap_detector(size: int, channels: int, features: str | None) -> Any:
+    """A hand-set (untrained) model that localizes: channel 0 of its feature map responds to
+    a dark vertical band between bright columns (the gap of a fracture across a horizontal
+    bone: bright, dark, bright along a row), channel 1 to plain brightness. The head weighs
+    the gap channel up and brightness down, so its class activation map peaks on the gap."""
+    import numpy as np
+    import tf_keras as keras
+
+    inp = keras.Input((size, size, channels))
+    conv = keras.layers.Conv2D(2, (5, 12), padding="same", activation="relu", name="detect")
+    x = conv(inp)
+    fmap = keras.layers.AveragePooling2D(2, name="pool2")(x)
+    pooled = keras.layers.GlobalAveragePooling2D(name="head_pool")(fmap)
+    head = keras.layers.Dense(1, activation="sigmoid", name="head_logistic")
+    out = head(pooled)
+    kernel = np.zeros((5, 12, channels, 2), np.float32)
+    profile = np.array([1] * 4 + [-2] * 4 + [1] * 4, np.float32) / (5 * channels)
+    kernel[:, :, :, 0] = profile[None, :, None]
+    kernel[2, 5:7, :, 1] = 0.5 / channels
+    conv.set_weights([kernel, np.zeros(2, np.float32)])
+    # set so a horizontal phantom with a fracture scores about 0.75, one without about 0.25
+    head.set_weights([np.array([[150.0], [-1.0]], np.float32), np.array([-3.4], np.float32)])
+    outputs = {None: out, "last": [out, fmap], "first": [fmap, out]}[features]
+    return keras.Model(inp, outputs)
 
 
 def heatmap_card_section(model: Any) -> dict[str, Any]:
@@ -108,6 +136,13 @@ def make_tflite(path: str | Path, *, size: int = 32, channels: int = 1, int8: bo
         rng = np.random.default_rng(seed)
 
         def representative():
+            if arch == "gap":  # what it will see: phantoms, fractured or not
+                from edge_toolkit.synthetic import phantom
+
+                for i in range(32):
+                    img = phantom(rng, bool(i % 2), size) / 255.0 * (hi - lo) + lo
+                    yield [np.repeat(img[None, :, :, None], channels, -1).astype(np.float32)]
+                return
             # Images of every brightness with some texture, like what tests feed: pure noise
             # would calibrate too narrow a range for flat dark or bright pictures.
             for _ in range(64):
@@ -254,7 +289,10 @@ def _main(argv: list[str]) -> None:
     parser.add_argument("--int8", action="store_true")
     parser.add_argument("--input-type", default="uint8")
     parser.add_argument("--no-card", action="store_true")
-    parser.add_argument("--arch", default="tiny", choices=["tiny", "mobilenetv2"])
+    parser.add_argument("--arch", default="tiny", choices=["tiny", "gap", "mobilenetv2"])
+    parser.add_argument("--features", choices=["last", "first"],
+                        help="add the feature-map output (and the card's heatmap section)")
+    parser.add_argument("--value-range", default="-1,1", choices=["-1,1", "0,1", "0,255"])
     args = parser.parse_args(argv)
     if args.batch:
         for path, kw in json.loads(args.batch).items():
@@ -263,7 +301,8 @@ def _main(argv: list[str]) -> None:
     if not args.out:
         parser.error("give OUT or --batch")
     make_tflite(args.out, size=args.size, channels=args.channels, int8=args.int8,
-                input_type=args.input_type, with_card=not args.no_card, arch=args.arch)
+                input_type=args.input_type, with_card=not args.no_card, arch=args.arch,
+                features=args.features, value_range=args.value_range)
 
 
 if __name__ == "__main__":

@@ -325,21 +325,38 @@ class Classifier:
         return self._gated(open_image(img), t0, file, "")
 
     def _gated(self, img: Image.Image, t0: float, file: str, key: str) -> Result:
-        """A decoded grayscale picture through the input gate (when on), then the model."""
-        if self.gate is not None:
-            reason = self.gate.check_image(img)
+        return self.classify_image(img, t0=t0, file=file, key=key)[0]
+
+    def classify_image(self, img: Image.Image, *, t0: float | None = None,
+                       file: str = "<image>", key: str = "", features: bool = False
+                       ) -> tuple[Result, Inference | None]:
+        """A decoded grayscale picture (`images.open_image`) through the input gate, when on,
+        then the model, in one inference: (Result, its Inference; None when the gate refused
+        the picture). `features` also reads the feature map (heatmaps); the gate's
+        out-of-distribution check reads it anyway. `t0`: when decoding started."""
+        t0 = time.perf_counter() if t0 is None else t0
+        gate = self.gate
+        if gate is not None:
+            reason = gate.check_image(img)
             if reason:
-                return rejected_result(file, key, reason, self.model_id)
+                return rejected_result(file, key, reason, self.model_id), None
         x = preprocess(img, self.config)
-        if self.gate is not None and self.gate.ood is not None and self.has_features:
-            _, reason = self.gate.check_features(self.infer(x).features)
+        ood = gate is not None and gate.ood is not None and self.has_features
+        t1 = time.perf_counter()
+        inf = self.infer(x, features=features or ood)
+        if ood:
+            _, reason = gate.check_features(inf.features)
             if reason:
-                return rejected_result(file, key, reason, self.model_id)
-        return self._result(x, t0, file, key)
+                return rejected_result(file, key, reason, self.model_id), None
+        return self.result_from(inf.raw, t0, t1, file, key), inf
 
     def _result(self, x: np.ndarray, t0: float, file: str, key: str) -> Result:
         t1 = time.perf_counter()
-        raw = self._invoke_raw(x)
+        return self.result_from(self.infer(x, features=False).raw, t0, t1, file, key)
+
+    def result_from(self, raw: float, t0: float, t1: float, file: str, key: str = "") -> Result:
+        """The Result for the model's raw probability of one image whose decoding started at
+        `t0` and inference at `t1` (perf_counter seconds)."""
         p = self.calibrate(raw)
         t2 = time.perf_counter()
         positive = p >= self.threshold

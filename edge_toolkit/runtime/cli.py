@@ -304,6 +304,54 @@ def _finish(ctx: click.Context, batch: Batch, writer: Writer, safe: BarSafeStrea
     ctx.exit(code)
 
 
+class OverlayWriter:
+    """classify --heatmap: classify each source and write its overlay PNG in one inference;
+    a file that cannot be written is a warning, never a lost result."""
+
+    def __init__(self, clf: Classifier, folder: Path, opacity: float) -> None:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RuntimeFailure(f"{folder}: {exc.strerror or exc}") from None
+        self.clf, self.folder, self.opacity = clf, folder, opacity
+        self.names: dict[str, str] = {}  # overlay name -> source key (no overwriting)
+
+    def _name(self, file: str, key: str) -> str:
+        from edge_toolkit.runtime.heatmap import overlay_name
+
+        name, n = overlay_name(file), 1
+        while self.names.get(name, key) != key:
+            name = overlay_name(f"{Path(file).stem}~{n}")
+            n += 1
+        self.names[name] = key
+        return name
+
+    def classify(self, src: Any, bar: Progress) -> Result:
+        from edge_toolkit.images import ImageLoadError
+        from edge_toolkit.runtime.heatmap import explain_file, overlay
+
+        if src.problem:
+            return self.clf.classify_source(src)
+        try:
+            ex = explain_file(self.clf, src.file, file=src.file)
+        except ImageLoadError as exc:
+            return error_result(src.file, src.key, exc.reason, self.clf.model_id)
+        except MemoryError:
+            return error_result(src.file, src.key, "out of memory decoding this image",
+                                self.clf.model_id)
+        except Exception as exc:  # one odd file must not end the batch
+            return error_result(src.file, src.key, f"unexpected {type(exc).__name__}: {exc}",
+                                self.clf.model_id)
+        if ex.heat is not None:
+            path = self.folder / self._name(src.file, src.key)
+            try:
+                overlay(ex.image, ex.heat, self.opacity).save(path, format="PNG")
+            except OSError as exc:
+                bar.echo(f"warning: {path}: heatmap not written ({exc.strerror or exc})",
+                         sys.stderr)
+        return ex.result
+
+
 @click.command(epilog=EXIT_CODES_HELP)
 @click.argument("args", nargs=-1, required=True, metavar="[MODEL.tflite] PATH...")
 @click.option("-m", "--model", "model_opt", metavar="MODEL",
@@ -312,6 +360,11 @@ def _finish(ctx: click.Context, batch: Batch, writer: Writer, safe: BarSafeStrea
 @_output_options("a rerun skips files already in it and retries failed ones")
 @_model_options
 @_cardless_options
+@click.option("--heatmap", "heatmap_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Also write a heatmap overlay PNG per image into this folder "
+                   "(NAME.heatmap.png; models exported with the feature-map output).")
+@click.option("--opacity", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True,
+              help="Heatmap overlay opacity.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr [default: when stderr is a terminal].")
 @click.option("-q", "--quiet", is_flag=True, help="No summary line on stderr.")
@@ -320,8 +373,8 @@ def _finish(ctx: click.Context, batch: Batch, writer: Writer, safe: BarSafeStrea
 def classify(ctx: click.Context, args: tuple[str, ...], model_opt: str | None, fmt: str | None,
              output: Path | None, overwrite: bool, gate: bool, threads: int,
              threshold: str | None, value_range: str | None, size: int | None, channels: str | None,
-             fit: str | None, resize: str | None, progress: bool | None, quiet: bool,
-             verbose: bool) -> None:
+             fit: str | None, resize: str | None, heatmap_dir: Path | None, opacity: float,
+             progress: bool | None, quiet: bool, verbose: bool) -> None:
     """Classify image files, folders (recursively) or globs with MODEL (.tflite).
 
     With no MODEL, the model bundled with the package is used. Each image is preprocessed
@@ -331,6 +384,7 @@ def classify(ctx: click.Context, args: tuple[str, ...], model_opt: str | None, f
     failed ones). Bad files get one `error: PATH: reason` line on stderr; the batch goes on.
     Pictures that are not usable radiographs get status `rejected`, no label and a
     `rejected: PATH: reason` line (--no-gate classifies them anyway).
+    --heatmap DIR writes where the model looked as an overlay PNG per image.
     Decision support for research and education, not a diagnosis.
     """
     started = time.perf_counter()
@@ -342,6 +396,13 @@ def classify(ctx: click.Context, args: tuple[str, ...], model_opt: str | None, f
     if verbose:
         click.echo(clf.describe(), err=True)
     _lock_output(ctx, output)
+    overlays = None
+    if heatmap_dir is not None:
+        if not clf.has_heatmap:
+            click.echo(f"warning: {model} has no feature-map output (exported before "
+                       "heatmaps existed): no heatmaps written", err=True)
+        else:
+            overlays = OverlayWriter(clf, heatmap_dir, opacity)
     fmt, existing = _open_output(fmt, output, overwrite, clf.model_id)
     from edge_toolkit.runtime.sources import expand_paths
 
@@ -359,7 +420,10 @@ def classify(ctx: click.Context, args: tuple[str, ...], model_opt: str | None, f
     interrupted = False
     try:
         for src in todo:
-            batch.add(clf.classify_source(src))
+            if overlays is None:
+                batch.add(clf.classify_source(src))
+            else:
+                batch.add(overlays.classify(src, bar))
     except KeyboardInterrupt:
         interrupted = True
     except BrokenPipeError:

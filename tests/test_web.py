@@ -1,0 +1,343 @@
+"""The clinic web station: pages, history, safety limits, login, and `edge-toolkit serve`."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from tiny_models import cached_models, make_bad_files
+
+pytest.importorskip("flask")
+pytest.importorskip("waitress")
+
+from edge_toolkit.runtime import Classifier  # noqa: E402
+from edge_toolkit.synthetic import phantom  # noqa: E402
+from edge_toolkit.web.app import Settings, create_app, package_files  # noqa: E402
+from edge_toolkit.web.station import Limits, Station  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+GAP = {"arch": "gap", "features": "last", "size": 64, "value_range": "0,1", "int8": True}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    pytest.importorskip("ai_edge_litert")
+    return cached_models(tmp_path_factory, {"gap": GAP, "single": {}})
+
+
+def xray_png(seed: int = 0, fractured: bool = True, side: int = 192) -> bytes:
+    arr = phantom(np.random.default_rng(seed), fractured, side, center=(0.5, 0.5), angle=0.0,
+                  fracture_at=0.3, slope=0.0)
+    buf = io.BytesIO()
+    Image.fromarray(arr[side // 6: side - side // 6]).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def make_client(model: Path, data: Path, token: str | None = None, limits: Limits | None = None,
+                camera=None, max_request: int = 8 * 1024 * 1024):
+    station = Station(Classifier.load(model), data, limits, camera)
+    app = create_app(station, Settings(token=token, secret_key=b"k" * 32,
+                                       max_request_bytes=max_request))
+    return station, app.test_client()
+
+
+def csrf_of(client) -> str:
+    page = client.get("/").get_data(as_text=True)
+    return re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+
+
+def upload(client, files: list[tuple[bytes, str]], **form):
+    data = {"csrf": csrf_of(client), **form,
+            "files": [(io.BytesIO(b), name) for b, name in files]}
+    return client.post("/upload", data=data, content_type="multipart/form-data")
+
+
+def rows(data: Path) -> list[dict]:
+    """The history as another process would read it: only what was committed."""
+    db = sqlite3.connect(data / "history.sqlite")
+    db.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in db.execute("SELECT * FROM results ORDER BY id")]
+    finally:
+        db.close()
+
+
+def test_upload_many_shows_each_result_already_committed(models, tmp_path):
+    station, client = make_client(models["gap"], tmp_path / "data")
+    resp = upload(client, [(xray_png(0), "a.png"), (xray_png(1, False), "b.png")],
+                  reference="STUDY-7")
+    page = resp.get_data(as_text=True)
+    assert resp.status_code == 200
+    assert "2 results saved" in page and "a.png" in page and "b.png" in page
+    assert "not a diagnosis" in page  # the disclaimer is on every page
+    stored = rows(tmp_path / "data")
+    assert [r["file_name"] for r in stored] == ["a.png", "b.png"]
+    for r in stored:
+        assert r["reference"] == "STUDY-7" and r["status"] == "ok"
+        assert r["label"] in ("fractured", "not fractured") and 0 <= r["probability"] <= 1
+        assert r["threshold"] == pytest.approx(0.5) and r["model_id"] == station.clf.model_id
+        assert f'id="label-{r["id"]}">{r["label"]}<' in page
+        for col in ("stored_image", "display", "heatmap"):
+            assert (tmp_path / "data" / r[col]).is_file()
+    assert stored[0]["probability"] > stored[1]["probability"]  # fracture vs none
+    # the picture and its heatmap are served; the heat layer is a transparent PNG
+    heat = client.get(f"/files/{stored[0]['id']}/heat.png")
+    assert heat.status_code == 200 and Image.open(io.BytesIO(heat.data)).mode == "RGBA"
+    original = client.get(f"/files/{stored[0]['id']}/original")
+    assert original.data == xray_png(0)
+
+
+def test_result_page_has_label_probability_threshold_model_and_opacity(models, tmp_path):
+    station, client = make_client(models["gap"], tmp_path / "data")
+    upload(client, [(xray_png(0), "a.png")])
+    page = client.get("/result/1").get_data(as_text=True)
+    r = rows(tmp_path / "data")[0]
+    assert f"{100 * r['probability']:.1f}%" in page and "threshold <strong>50.0%" in page
+    assert station.model_name in page and station.clf.model_id in page
+    assert 'type="range"' in page and 'id="heat-1"' in page
+    assert "Decision support for a trained reader, not a diagnosis." in page
+
+
+def test_single_output_model_shows_no_heatmap_and_says_so(models, tmp_path):
+    _, client = make_client(models["single"], tmp_path / "data")
+    page = upload(client, [(xray_png(0), "a.png")]).get_data(as_text=True)
+    assert 'type="range"' not in page and "no feature-map output" in page
+    assert rows(tmp_path / "data")[0]["heatmap"] is None
+
+
+def test_bad_uploads_each_get_a_clear_message_and_the_server_keeps_serving(models, tmp_path):
+    bad = make_bad_files(tmp_path / "bad")
+    big = np.random.default_rng(0).integers(0, 255, (400, 400), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(big).save(buf, format="PNG")
+    _, client = make_client(models["gap"], tmp_path / "data",
+                            limits=Limits(max_file_bytes=100_000, max_pixels=10_000_000),
+                            max_request=1_000_000)
+    cases = {
+        "notes.png": (bad["text"].read_bytes(), "not an image file"),
+        "bomb.png": (bad["bomb"].read_bytes(), "pixel bomb"),
+        "empty.png": (b"", "empty file"),
+        "big.png": (buf.getvalue(), "over the 0.1 MB limit"),
+        "truncated.jpg": (bad["truncated"].read_bytes(), "truncated"),
+    }
+    for name, (data, message) in cases.items():
+        resp = upload(client, [(data, name)])
+        page = resp.get_data(as_text=True)
+        assert resp.status_code == 400, name
+        assert f"{name}: " in page and message in page, (name, page[:2000])
+    # a bad file next to a good one: the good one is kept, the bad one named
+    resp = upload(client, [(bad["text"].read_bytes(), "notes.png"), (xray_png(0), "ok.png")])
+    page = resp.get_data(as_text=True)
+    assert resp.status_code == 200 and "notes.png: not an image file" in page
+    # a request over the whole-upload cap: a page saying so, not a dropped connection
+    resp = upload(client, [(b"\0" * 1_200_000, "huge.png")])
+    assert resp.status_code == 413 and "too large" in resp.get_data(as_text=True)
+    assert [r["file_name"] for r in rows(tmp_path / "data")] == ["ok.png"]
+    kept = {p.name for p in (tmp_path / "data" / "images").iterdir()}
+    assert kept == {Path(rows(tmp_path / "data")[0]["stored_image"]).name}  # nothing else
+    assert upload(client, [(xray_png(1), "again.png")]).status_code == 200
+
+
+def test_history_filters_csv_and_verdicts(models, tmp_path):
+    station, client = make_client(models["gap"], tmp_path / "data")
+    upload(client, [(xray_png(0), "=cmd.png"), (xray_png(1, False), "b.png")],
+           reference="ST-1")
+    upload(client, [(xray_png(2, False), "c.png")], reference="ST-2")
+    labels = {r["file_name"]: r["label"] for r in rows(tmp_path / "data")}
+    one = next(n for n in labels if labels[n] == labels["b.png"])
+    page = client.get("/history", query_string={"label": labels[one]}).get_data(as_text=True)
+    shown = re.findall(r"<td>([^<]*\.png)</td>", page)
+    assert sorted(shown) == sorted(n for n in labels if labels[n] == labels[one])
+    page = client.get("/history", query_string={"reference": "st-2"}).get_data(as_text=True)
+    assert re.findall(r"<td>([^<]*\.png)</td>", page) == ["c.png"]
+    today = rows(tmp_path / "data")[0]["created"][:10]
+    assert "3 results" in client.get("/history", query_string={"from": today, "to": today}
+                                     ).get_data(as_text=True)
+    assert "0 results" in client.get("/history", query_string={"to": "2000-01-01"}
+                                     ).get_data(as_text=True)
+    assert client.get("/history", query_string={"from": "yesterday"}).status_code == 400
+    # verdict
+    resp = client.post("/result/2/verdict", data={"csrf": csrf_of(client),
+                                                  "verdict": "disagree", "note": "callus"})
+    assert resp.status_code == 302
+    assert "Verdict saved" in client.get(resp.headers["Location"]).get_data(as_text=True)
+    r2 = rows(tmp_path / "data")[1]
+    assert (r2["verdict"], r2["note"]) == ("disagree", "callus") and r2["verdict_time"]
+    # CSV: every row, oldest first, formula-looking names defused
+    csv_resp = client.get("/history.csv")
+    assert csv_resp.headers["Content-Disposition"].startswith("attachment")
+    lines = csv_resp.get_data(as_text=True).splitlines()
+    assert lines[0].startswith("id,created,file_name,reference,status")
+    assert len(lines) == 4 and lines[1].split(",")[2] == "'=cmd.png"
+    assert "disagree,callus" in lines[2]
+    csv_one = client.get("/history.csv", query_string={"reference": "ST-2"}).get_data(
+        as_text=True).splitlines()
+    assert len(csv_one) == 2 and "c.png" in csv_one[1]
+
+
+def test_rejected_result_shows_the_reason_and_no_label(models, tmp_path):
+    station, client = make_client(models["gap"], tmp_path / "data")
+    rid = station.store.add({"uid": "x1", "created": "2026-01-01T00:00:00+00:00",
+                             "file_name": "blank.png", "stored_image": "images/x1.png",
+                             "source": "upload", "status": "rejected",
+                             "reason": "near-uniform frame: not a radiograph",
+                             "threshold": 0.5, "model_id": "m"})
+    page = client.get(f"/result/{rid}").get_data(as_text=True)
+    assert "Not assessed" in page and "near-uniform frame: not a radiograph" in page
+    assert "Probability of fracture" not in page
+    assert "not assessed" in client.get("/history").get_data(as_text=True)
+
+
+def test_forms_need_their_csrf_token_and_localhost_refuses_other_hosts(models, tmp_path):
+    _, client = make_client(models["gap"], tmp_path / "data")
+    resp = client.post("/upload", data={"files": [(io.BytesIO(xray_png()), "a.png")]},
+                       content_type="multipart/form-data")
+    assert resp.status_code == 400 and "expired" in resp.get_data(as_text=True)
+    assert client.get("/", headers={"Host": "attacker.example"}).status_code == 403
+    api = client.post("/api/classify", data={"files": [(io.BytesIO(xray_png()), "a.png")]},
+                      content_type="multipart/form-data")
+    assert api.status_code == 403  # a cross-site form cannot add X-Requested-With
+    api = client.post("/api/classify", data={"files": [(io.BytesIO(xray_png()), "a.png")]},
+                      content_type="multipart/form-data", headers={"X-Requested-With": "t"})
+    assert api.status_code == 200 and api.json["results"][0]["file_name"] == "a.png"
+    assert rows(tmp_path / "data")[0]["source"] == "api"
+
+
+def test_token_is_required_beyond_localhost(models, tmp_path):
+    _, client = make_client(models["gap"], tmp_path / "data", token="s3cret-token")
+    resp = client.get("/history")
+    assert resp.status_code == 302 and "/login" in resp.headers["Location"]
+    assert client.get("/history.csv").status_code == 302
+    assert client.get("/files/1/original").status_code == 302
+    assert client.get("/healthz").status_code == 200
+    files = {"files": [(io.BytesIO(xray_png()), "a.png")]}
+    assert client.post("/api/classify", data=files,
+                       content_type="multipart/form-data").status_code == 401
+    resp = client.post("/api/classify", data={"files": [(io.BytesIO(xray_png()), "a.png")]},
+                       content_type="multipart/form-data",
+                       headers={"Authorization": "Bearer s3cret-token"})
+    assert resp.status_code == 200
+    assert client.post("/login", data={"token": "wrong"}).status_code == 401
+    resp = client.post("/login", data={"token": "s3cret-token", "next": "/history"})
+    assert resp.status_code == 302 and resp.headers["Location"].endswith("/history")
+    assert "a.png" in client.get("/history").get_data(as_text=True)
+
+
+def test_every_asset_comes_from_the_package(models, tmp_path):
+    _, client = make_client(models["gap"], tmp_path / "data")
+    upload(client, [(xray_png(0), "a.png")])
+    for url in ("/", "/history", "/result/1"):
+        resp = client.get(url)
+        page = resp.get_data(as_text=True)
+        refs = re.findall(r'(?:src|href|action)="([^"]*)"', page)
+        assert refs and all(r.startswith("/") and not r.startswith("//") for r in refs), refs
+        assert "default-src 'self'" in resp.headers["Content-Security-Policy"]
+    for path in package_files():
+        if path.parent.name == "static":
+            assert client.get(f"/static/{path.name}").status_code == 200
+    assert {p.name for p in package_files()} >= {"app.js", "style.css", "index.html"}
+
+
+def test_capture_button_only_with_a_camera(models, tmp_path):
+    from edge_toolkit.runtime.camera import FakeCameraSource
+
+    pics = tmp_path / "cam"
+    pics.mkdir()
+    (pics / "shot.png").write_bytes(xray_png(3))
+    _, client = make_client(models["gap"], tmp_path / "d1",
+                            camera=lambda: FakeCameraSource(pics))
+    assert 'id="capture"' in client.get("/").get_data(as_text=True)
+    resp = client.post("/capture", data={"csrf": csrf_of(client), "reference": "CAM-1"})
+    assert resp.status_code == 302 and "/result/1" in resp.headers["Location"]
+    r = rows(tmp_path / "d1")[0]
+    assert r["source"] == "capture" and r["reference"] == "CAM-1"
+    _, client = make_client(models["gap"], tmp_path / "d2")
+    assert 'id="capture"' not in client.get("/").get_data(as_text=True)
+
+
+def test_runtime_and_cli_do_not_import_flask():
+    code = ("import sys, edge_toolkit.cli, edge_toolkit.runtime.cli, edge_toolkit.runtime.heatmap\n"
+            "from click.testing import CliRunner\n"
+            "out = CliRunner().invoke(edge_toolkit.cli.main, ['--help']).output\n"
+            "assert 'serve' in out, out\n"
+            "bad = [m for m in ('flask', 'waitress', 'werkzeug') if m in sys.modules]\n"
+            "assert not bad, bad\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+
+
+def start_server(model: Path, data: Path, *extra: str) -> tuple[subprocess.Popen, int, str]:
+    """`edge-toolkit serve` on a free port; returns (process, port, its startup lines)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "edge_toolkit.cli", "serve", str(model),
+                             "--port", "0", "--data", str(data), *extra],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            env=env)
+    lines = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        lines.append(line)
+        m = re.search(r"serving on http://\S+:(\d+)/", line)
+        if m:
+            return proc, int(m.group(1)), "".join(lines)
+    proc.kill()
+    raise AssertionError("server did not start: " + "".join(lines))
+
+
+def test_serve_runs_under_waitress_and_stops_cleanly_on_sigterm(models, tmp_path):
+    import urllib.request
+
+    proc, port, startup = start_server(models["gap"], tmp_path / "data", "--no-camera")
+    try:
+        assert "localhost only" in startup
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as r:
+            assert r.headers["Server"] == "edge-toolkit" and b'"ok"' in r.read()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.stderr.read()
+        code = proc.wait(timeout=30)
+    assert code == 0 and "stopped" in rest
+    db = sqlite3.connect(tmp_path / "data" / "history.sqlite")
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_serve_beyond_localhost_prints_and_requires_a_token(models, tmp_path):
+    import urllib.error
+    import urllib.request
+
+    proc, port, startup = start_server(models["gap"], tmp_path / "data", "--host", "0.0.0.0",
+                                       "--no-camera")
+    try:
+        token = re.search(r"access token \(first start; kept in (\S+)\): (\S+)", startup)
+        assert token, startup
+        assert Path(token.group(1)).read_text().strip() == token.group(2)
+        assert oct(Path(token.group(1)).stat().st_mode & 0o777) == "0o600"
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(urllib.request.Request(
+                f"http://127.0.0.1:{port}/api/classify", method="POST", data=b""), timeout=10)
+        assert err.value.code == 401
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.stderr.read()
+        assert proc.wait(timeout=30) == 0
+    proc, port, startup = start_server(models["gap"], tmp_path / "data", "--host", "0.0.0.0",
+                                       "--no-camera")
+    proc.send_signal(signal.SIGTERM)
+    proc.stderr.read()
+    proc.wait(timeout=30)
+    assert "access token: in" in startup and token.group(2) not in startup  # printed once
