@@ -154,7 +154,7 @@ def pipeline(data: Path | None, families: str, variants: str, weights: Path | No
         import tensorflow  # noqa: F401
     except ImportError:
         raise click.ClickException(
-            "the pipeline trains models: pip install 'edge-toolkit[train]'") from None
+            "the pipeline trains models: pip install 'fracture-edge-toolkit[train]'") from None
     folder = Path(out) / (name or f"pipeline-{datetime.now():%Y%m%d-%H%M%S}")
 
     def log(msg: str) -> None:

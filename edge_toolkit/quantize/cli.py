@@ -71,7 +71,7 @@ def export(run_dir: Path, variants: str, out: Path | None, sparsity: float, qat_
     except ImportError:
         raise click.ClickException(
             "export needs TensorFlow and tensorflow-model-optimization: "
-            "pip install 'edge-toolkit[train]'") from None
+            "pip install 'fracture-edge-toolkit[train]'") from None
     from edge_toolkit.card import CardError
     from edge_toolkit.data import DatasetError
     from edge_toolkit.quantize.exporter import ExportConfig, ExportError, export_run

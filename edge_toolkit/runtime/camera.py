@@ -20,7 +20,7 @@ from PIL import Image
 FAKE_CAMERA_ENV = "EDGE_TOOLKIT_FAKE_CAMERA"
 PICAMERA2_HINT = (
     "picamera2 is not installed: on Raspberry Pi OS `sudo apt install python3-picamera2` (and "
-    "create the venv with --system-site-packages), or `pip install edge-toolkit[camera]` "
+    "create the venv with --system-site-packages), or `pip install fracture-edge-toolkit[camera]` "
     "(needs libcap-dev and libcamera)"
 )
 NO_CAMERA_HINT = (

@@ -23,7 +23,7 @@ def _need_tf() -> None:
         import tf_keras  # noqa: F401
     except ImportError:
         raise click.ClickException(
-            "this command needs TensorFlow: pip install 'edge-toolkit[train]'") from None
+            "this command needs TensorFlow: pip install 'fracture-edge-toolkit[train]'") from None
 
 
 def parse_augment(base: Any, items: tuple[str, ...]) -> Any:
