@@ -18,6 +18,9 @@ def _log(msg: str) -> None:
 
 
 def _need_tf() -> None:
+    from edge_toolkit.train.quiet import quiet_tensorflow
+
+    quiet_tensorflow()  # before TensorFlow's first import
     try:
         import tensorflow  # noqa: F401
         import tf_keras  # noqa: F401

@@ -145,8 +145,8 @@ def train(cfg: TrainConfig, log: Log = print) -> Path:
     cfg = resolve_defaults(cfg)
     family = get_family(cfg.family)
     ds = discover(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed)
-    for line in leak_warnings(ds):
-        log(f"WARNING: {line}")
+    for line in leak_warnings(ds):  # the first line already says WARNING
+        log(line)
     if ds.carved_val:
         log(f"no val/ folder: carved {cfg.val_fraction:.0%} of train as validation "
             f"(seed {cfg.seed})")
