@@ -67,7 +67,8 @@ def eta_text(seconds: float) -> str:
 class EtaProgress(keras.callbacks.Callback):
     """A line every `every` seconds with batches done, time spent and time left: QAT, pruning
     and PQAT fine-tuning take minutes with nothing else to show. The estimate is the time per
-    batch so far (the per-epoch validation included) times the batches left."""
+    batch since the first one ended (the first also builds the graph; the per-epoch
+    validation is included) times the batches left."""
 
     def __init__(self, epochs: int, steps: int, log: Callable[[str], None], label: str,
                  every: float = 15.0, clock: Callable[[], float] = time.perf_counter) -> None:
@@ -76,6 +77,7 @@ class EtaProgress(keras.callbacks.Callback):
         self.every, self.clock = every, clock
         self.epoch = 0
         self.t0 = self.last = 0.0
+        self.first: tuple[float, int] | None = None  # (time, batches done) after batch one
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         self.t0 = self.last = self.clock()
@@ -85,16 +87,20 @@ class EtaProgress(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         now = self.clock()
+        total = self.epochs * self.steps
+        done = min(total, self.epoch * self.steps + batch + 1)
+        if self.first is None:
+            self.first = (now, done)
         if now - self.last < self.every:
             return
         self.last = now
-        total = self.epochs * self.steps
-        done = min(total, self.epoch * self.steps + batch + 1)
         spent = now - self.t0
-        left = spent / done * (total - done)
+        t1, d1 = self.first
+        left = (f"about {eta_text((now - t1) / (done - d1) * (total - done))} left"
+                if done > d1 else "estimating the time left")
         self.log(f"{self.label}: epoch {self.epoch + 1}/{self.epochs}, batch "
                  f"{min(batch + 1, self.steps)}/{self.steps} ({100 * done / total:.0f}%), "
-                 f"{eta_text(spent)} spent, about {eta_text(left)} left")
+                 f"{eta_text(spent)} spent, {left}")
 
 
 def freeze_batchnorm(model: Any) -> int:

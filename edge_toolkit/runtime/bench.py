@@ -191,10 +191,11 @@ def cpu_info(cpuinfo: str | None = None) -> dict[str, Any]:
         if sep and key.strip() not in fields:
             fields[key.strip()] = value.strip()
     flags = set((fields.get("flags") or fields.get("Features") or "").split())
-    model = (fields.get("model name") or fields.get("Model") or fields.get("Hardware")
-             or platform.processor() or platform.machine())
-    if "CPU part" in fields and "model name" not in fields:
-        model += f" (CPU part {fields['CPU part']})"
+    model = fields.get("model name") or fields.get("Model") or ""
+    if not model:  # ARM boards without a Model line: the core's part number at least
+        model = fields.get("Hardware") or platform.processor() or platform.machine()
+        if "CPU part" in fields:
+            model += f" (CPU part {fields['CPU part']})"
     return {"cpu_model": model, "int8_features": [f for f in INT8_FLAGS if f in flags]}
 
 
