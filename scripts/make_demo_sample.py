@@ -10,7 +10,8 @@ images round-robin over its groups (fracture-xray `group` = rotation family, fra
 family crosses splits (groups that cross splits in the source are left out). FracAtlas images
 showing implants (`hardware == 1`) are left out: implants almost only occur in fractured
 images, a shortcut the demo should not teach. Images are re-encoded grayscale, long side
-`--long-side`, JPEG quality 85. Deterministic for a given seed.
+`--long-side`, JPEG quality 85. Val/test images that `edge-toolkit audit` finds copied in
+train are dropped. Deterministic for a given seed.
 
     python scripts/make_demo_sample.py --shared ../shared/data --out demo
 """
@@ -28,8 +29,8 @@ from PIL import Image
 
 SOURCES = {"fracture-xray": "group", "fracatlas": "block"}
 LABELS = ("fractured", "not fractured")
-# images per split and class
-COUNTS = {"train": 50, "val": 20, "test": 20}
+# images per split and class (val larger than test: export validation compares AUCs on it)
+COUNTS = {"train": 55, "val": 30, "test": 15}
 
 
 def pick(rows: list[dict[str, str]], key: str, n: int, rng: random.Random) -> list[dict]:
@@ -60,6 +61,23 @@ def shrink(src: Path, dst: Path, long_side: int, quality: int) -> None:
         im.save(dst, "JPEG", quality=quality, optimize=True)
 
 
+def drop_leaks(target: Path, written: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Remove val/test images that the toolkit's own audit finds copied in train (a near
+    copy across groups, e.g. one patient imaged twice), so the sample audits clean."""
+    from edge_toolkit.audit import quick_leak_check
+
+    for _ in range(5):
+        leaks = quick_leak_check(target)
+        files = {e["file"] for s in leaks.splits.values() for e in s.examples}
+        if not files:
+            break
+        for rel in files:
+            (target / rel).unlink()
+            print(f"{target / rel}: dropped, a copy is in train")
+        written = [r for r in written if r["path"] not in files]
+    return written
+
+
 def make_source(shared: Path, out: Path, name: str, key: str, long_side: int, quality: int,
                 seed: int) -> int:
     rows = list(csv.DictReader(open(shared / name / "manifest.csv", newline="")))
@@ -69,8 +87,9 @@ def make_source(shared: Path, out: Path, name: str, key: str, long_side: int, qu
     rows = [r for r in rows if len(splits_of[r[key]]) == 1 and r.get("hardware", "0") != "1"]
     rng = random.Random(seed)
     target = out / name
-    if target.exists():
-        shutil.rmtree(target)
+    for split in COUNTS:  # LICENSE files beside the splits stay
+        if (target / split).exists():
+            shutil.rmtree(target / split)
     written = []
     for split, n in COUNTS.items():
         for label in LABELS:
@@ -79,6 +98,7 @@ def make_source(shared: Path, out: Path, name: str, key: str, long_side: int, qu
                 shrink(shared / name / r["path"], target / r["path"], long_side, quality)
                 written.append({"path": r["path"], "split": split, "label": label,
                                 "group": r[key], "source_path": r["path"]})
+    written = drop_leaks(target, written)
     with open(target / "manifest.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(written[0]))
         w.writeheader()
