@@ -174,8 +174,9 @@ def run_pipeline(data: Path | None, out: Path, families: list[str], variants: st
 
 @click.command()
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path),
-              help="Dataset folder DATA/{train,val,test}/<class>/. Default: built-in "
-                   "synthetic phantoms (a demo of the machinery, not of accuracy).")
+              help="Dataset folder DATA/{train,val,test}/<class>/. Default: the real "
+                   "demo sample in the repository's demo/ (a weak model; shows the job), "
+                   "or synthetic phantoms where there is none (an installed package).")
 @click.option("--families", default="mobilenetv2,scratch_cnn", show_default=True,
               help="Model families from the registry, comma-separated.")
 @click.option("--variants", default="all", show_default=True,
