@@ -9,10 +9,16 @@
 # the TensorFlow-free tests inside (their tiny models are built here first, where TensorFlow
 # is). Times under emulation say nothing about a Raspberry Pi's speed.
 #
+# qemu-user shows the guest the host's /proc/cpuinfo (x86), on which LiteRT's CPU detection
+# crashes (segmentation fault while creating the interpreter): the check binds a Raspberry Pi
+# 4 style cpuinfo over it and emulates that CPU (QEMU_CPU=cortex-a72, no dot product).
+#
 # Needs root, network for the first run (Debian packages and the wheelhouse), and:
 #   apt-get update && apt-get install -y debootstrap qemu-user-static binfmt-support
 # Usage (from the repository root):
 #   sudo scripts/arm64_check.sh          # env: N=20 IMAGES=DIR ROOTFS=DIR WORK=DIR HOST_PY=...
+#   KEEP_VENV=1 reuses the last run's venv inside (dependencies from the same wheelhouse) and
+#   reinstalls only this project's wheel, offline: a quicker rerun after a code change.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -22,6 +28,8 @@ HOST_PY=${HOST_PY:-$REPO/.venv/bin/python}
 IMAGES=${IMAGES:-$REPO/../shared/data/fracture-xray/test}
 N=${N:-20}
 MIRROR=${MIRROR:-}   # empty: debootstrap's default Debian mirror
+QEMU_CPU=${QEMU_CPU:-cortex-a72}   # the emulated core: Raspberry Pi 4's
+KEEP_VENV=${KEEP_VENV:-0}
 TESTS=${TESTS:-"tests/test_runtime_classifier.py tests/test_runtime_cli.py tests/test_runtime_tf_free.py tests/test_runtime_sources.py tests/test_runtime_capture.py tests/test_runtime_bench.py tests/test_core.py tests/test_metrics.py"}
 NICE=(nice -n 19)
 MODEL=$REPO/edge_toolkit/models/fracture-mobilenetv2-96-int8-qat.tflite
@@ -49,7 +57,7 @@ if [ ! -x "$ROOTFS/usr/bin/python3" ]; then
     rm -rf "$ROOTFS"
     # shellcheck disable=SC2086
     "${NICE[@]}" debootstrap --arch=arm64 --variant=minbase \
-        --include=python3,python3-venv,ca-certificates bookworm "$ROOTFS" $MIRROR
+        --include=python3,python3-venv bookworm "$ROOTFS" $MIRROR
 fi
 [ -e "$ROOTFS/usr/bin/qemu-aarch64-static" ] || cp /usr/bin/qemu-aarch64-static "$ROOTFS/usr/bin/"
 
@@ -78,18 +86,41 @@ PYTHONPATH=$REPO "$HOST_PY" -m edge_toolkit.cli classify "$WORK/images" --format
     --output "$WORK/x86_64.csv" -q
 
 CHECK=$ROOTFS/opt/check
-rm -rf "$CHECK" && mkdir -p "$CHECK"
+mkdir -p "$CHECK"
+find "$CHECK" -mindepth 1 -maxdepth 1 ! -name venv -exec rm -rf {} +
+[ "$KEEP_VENV" = 1 ] || rm -rf "$CHECK/venv"
 cp -r "$WORK/wheelhouse" "$WORK/wheelhouse-test" "$WORK/images" "$WORK/tiny_models" "$CHECK/"
 cp -r "$REPO/tests" "$REPO/pyproject.toml" "$CHECK/"
 rm -rf "$CHECK/tests/__pycache__"
 for fs in proc sys dev; do mountpoint -q "$ROOTFS/$fs" || mount --bind "/$fs" "$ROOTFS/$fs"; done
-trap 'for fs in proc sys dev; do umount "$ROOTFS/$fs" 2>/dev/null || true; done' EXIT
+cat > "$WORK/cpuinfo" <<'CPUINFO'
+processor	: 0
+BogoMIPS	: 108.00
+Features	: fp asimd evtstrm crc32 cpuid
+CPU implementer	: 0x41
+CPU architecture: 8
+CPU variant	: 0x0
+CPU part	: 0xd08
+CPU revision	: 3
+
+Hardware	: BCM2835
+Model		: Raspberry Pi 4 Model B (emulated: qemu-user)
+CPUINFO
+mount --bind "$WORK/cpuinfo" "$ROOTFS/proc/cpuinfo"
+trap 'umount "$ROOTFS/proc/cpuinfo" 2>/dev/null || true
+      for fs in proc sys dev; do umount "$ROOTFS/$fs" 2>/dev/null || true; done' EXIT
 inside() { "${NICE[@]}" chroot "$ROOTFS" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/root \
-    LANG=C.UTF-8 /bin/sh -c "cd /opt/check && $*"; }
+    LANG=C.UTF-8 QEMU_CPU="$QEMU_CPU" /bin/sh -c "cd /opt/check && $*"; }
 
 say "offline install inside arm64 (pip --no-index)"
-inside "uname -m && python3 --version && python3 -m venv venv && venv/bin/pip install -q \
-    --no-index --find-links wheelhouse --find-links wheelhouse-test fracture-edge-toolkit pytest"
+if [ "$KEEP_VENV" = 1 ] && [ -x "$CHECK/venv/bin/python" ]; then
+    inside "venv/bin/pip install -q --no-index --find-links wheelhouse --no-deps \
+        --force-reinstall fracture-edge-toolkit"
+else
+    inside "uname -m && python3 --version && python3 -m venv venv && venv/bin/pip install -q \
+        --no-index --find-links wheelhouse --find-links wheelhouse-test fracture-edge-toolkit pytest"
+fi
+inside "tail -1 /proc/cpuinfo && venv/bin/pip list 2>/dev/null | grep -Ei 'edge|litert|numpy|pillow'"
 
 say "classify on arm64 (emulated)"
 t0=$SECONDS
