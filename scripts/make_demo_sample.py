@@ -64,8 +64,20 @@ def shrink(src: Path, dst: Path, long_side: int, quality: int) -> None:
 def drop_leaks(target: Path, written: list[dict[str, str]]) -> list[dict[str, str]]:
     """Remove val/test images that the toolkit's own audit finds copied in train (a near
     copy across groups, e.g. one patient imaged twice), so the sample audits clean."""
+    import hashlib
+
     from edge_toolkit.audit import quick_leak_check
 
+    seen: dict[str, str] = {}  # byte-identical images under two ids (FracAtlas has some)
+    order = {"train": 0, "val": 1, "test": 2}
+    for r in sorted(written, key=lambda r: order[r["split"]]):
+        digest = hashlib.sha256((target / r["path"]).read_bytes()).hexdigest()
+        if digest in seen and seen[digest] != r["split"]:
+            (target / r["path"]).unlink()
+            print(f"{target / r['path']}: dropped, the same image is in {seen[digest]}")
+            r["path"] = ""
+        seen.setdefault(digest, r["split"])
+    written = [r for r in written if r["path"]]
     for _ in range(5):
         leaks = quick_leak_check(target)
         files = {e["file"] for s in leaks.splits.values() for e in s.examples}
