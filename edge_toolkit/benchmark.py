@@ -35,6 +35,7 @@ from edge_toolkit.metrics import (
 )
 from edge_toolkit.multisource import by_source, card_roots, dataset_for_card
 from edge_toolkit.quantize.variants import EXPORT_FAILED, NOT_VALIDATED, VALIDATED, VARIANTS
+from edge_toolkit.runtime.bench import cpu_info, int8_note
 
 SPLITS = ("val", "test")
 
@@ -232,7 +233,7 @@ def run_benchmark(sources: list[Path], data: Path | None = None, threads: list[i
             "command": command or invoked_command(),
             "host": {"machine": platform.machine(), "processor": platform.processor(),
                      "python": platform.python_version(), "system": platform.system(),
-                     "cpu_count": os.cpu_count()},
+                     "cpu_count": os.cpu_count()} | cpu_info(),
             "threads": list(threads), "runs": runs, "warmup": warmup,
             "seconds": round(time.perf_counter() - t0, 1), "baseline": baseline,
             "rows": [asdict(r) for r in rows]}
@@ -338,6 +339,8 @@ def markdown(result: dict[str, Any]) -> str:
             "test AUC [95% CI]", "test ΔAUC vs float [95% CI]", "test sens", "test spec"]
     head += [f"p50/p90 ms @{t}t" for t in threads] + ["peak MiB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    if result.get("note"):  # e.g. the demo sample: say plainly what the table can show
+        lines[:0] = [f"**{result['note']}**", ""]
     for r in result["rows"]:
         acc, test = r["accuracy"], r["accuracy"].get("test", {})
         cells = [r["family"], r["variant"], r["status"] + (" ⚠" if r["reason"] else ""),
@@ -370,6 +373,8 @@ def markdown(result: dict[str, Any]) -> str:
               f"Latency: {result['runs']} timed invokes after {result['warmup']} warm-up, "
               f"{h['machine']} with {h['cpu_count']} CPUs, Python {h['python']}, "
               f"{result['created']}, in one run ({result['seconds']} s)."]
+    if h.get("cpu_model"):
+        lines.append(f"CPU: {h['cpu_model']}; {int8_note(h)}.")
     return "\n".join(lines)
 
 

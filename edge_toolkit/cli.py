@@ -66,10 +66,10 @@ def main() -> None:
     \b
     Typical flow:
       edge-toolkit audit DATA                 # check the dataset for leakage first
-      edge-toolkit train --data DATA          # train (needs edge-toolkit[train])
+      edge-toolkit train --data DATA          # train (needs fracture-edge-toolkit[train])
       edge-toolkit export runs/NAME           # .tflite variants with embedded model cards
       edge-toolkit classify MODEL.tflite X.jpg
-      edge-toolkit pipeline                   # all of it, on a built-in synthetic demo set
+      edge-toolkit pipeline                   # all of it, on the demo sample (a clone)
 
     Research and education use only: a result is decision support, not a diagnosis.
     """

@@ -1,11 +1,12 @@
 """DICOM radiographs (CR/DR exports) in, one 8-bit grayscale picture out, or a clear error.
 
-Needs pydicom (`pip install 'edge-toolkit[dicom]'`); imported only when a DICOM file is met,
-so the device install without it still reads every other format. The display pipeline is the
-standard one: modality LUT (rescale slope/intercept), then the VOI LUT or window centre/width,
-then MONOCHROME1 inverted, then scaled to 8 bits. Large images are reduced before any float
-conversion (issue 12). No patient identifier ever leaves this module: errors name the file and
-the problem, and the only identifier a caller gets is a hash of the StudyInstanceUID.
+Needs pydicom (`pip install 'fracture-edge-toolkit[dicom]'`); imported only when a DICOM
+file is met, so the device install without it still reads every other format. The display
+pipeline is the standard one: modality LUT (rescale slope/intercept), then the VOI LUT or
+window centre/width, then MONOCHROME1 inverted, then scaled to 8 bits. Large images are reduced
+before any float conversion (issue 12). No patient identifier ever leaves this module: errors
+name the file and the problem, and the only identifier a caller gets is a hash of the
+StudyInstanceUID.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from edge_toolkit.images import (
 )
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
-INSTALL_HINT = "install the DICOM extra: pip install 'edge-toolkit[dicom]'"
+INSTALL_HINT = "install the DICOM extra: pip install 'fracture-edge-toolkit[dicom]'"
 # What a compressed transfer syntax needs when pydicom cannot decode it with what is
 # installed; only permissively licensed decoders are named.
 DECODER_HINTS = {

@@ -1,9 +1,11 @@
 """`edge-toolkit pipeline`: dataset folder -> trained models -> every optimized variant ->
 validation of each export -> one benchmark table, all in one run folder.
 
-With no `--data` it runs on the built-in SYNTHETIC phantoms (written into the run folder) with
-small, fast settings: it shows the machinery working end to end on 2 CPU cores, nothing more.
+With no `--data` it runs on the small real sample shipped in the repository (`demo/`, a few
+hundred reduced X-rays; not in the wheel) with short settings and, when present, the ImageNet
+weights in `../shared/weights`; without the sample (an installed wheel) on SYNTHETIC phantoms.
 A stage that fails says why; the stages that do not depend on it still run and report.
+`pipeline.json` is rewritten as each stage ends, so a killed run shows how far it got.
 """
 
 from __future__ import annotations
@@ -25,13 +27,37 @@ DEMO_MODELS: dict[str, dict[str, Any]] = {
 }
 DEMO_TRAIN = {"epochs": 15, "fine_tune_epochs": 3, "patience": 6, "bootstrap": 200}
 DEMO_EXPORT = {"qat_epochs": 1, "prune_epochs": 2, "calibration_images": 100, "bootstrap": 200}
+# The real demo sample (`demo/`, shipped in the repository, not in the wheel).
+REPO = Path(__file__).resolve().parents[1]
+DEMO_SAMPLE = REPO / "demo" / "fracture-xray"
+DEMO_WEIGHTS = "shared/weights/mobilenet_v2_1.0_224_no_top.h5"
+SAMPLE_TRAIN = {"epochs": 8, "fine_tune_epochs": 2, "patience": 4, "bootstrap": 200}
+# Pruning needs epochs after the target sparsity is reached to recover on 110 images.
+SAMPLE_EXPORT = {"qat_epochs": 2, "prune_epochs": 6, "calibration_images": 110,
+                 "bootstrap": 200}
+SAMPLE_NOTE = ("a few hundred reduced images make a WEAK model: this run shows the job, "
+               "not the accuracy a real dataset reaches")
+
+
+def is_demo_sample(data: Path | None) -> bool:
+    """Whether `data` is (in) the repository's demo sample: short settings apply."""
+    return data is not None and (REPO / "demo") in Path(data).resolve().parents
+
+
+def demo_weights() -> Path | None:
+    """The shared ImageNet weights beside the repository or the current folder, if any."""
+    for base in (REPO.parent, Path.cwd().parent, Path.cwd()):
+        if (base / DEMO_WEIGHTS).is_file():
+            return base / DEMO_WEIGHTS
+    return None
 
 
 class Stages:
     """Runs named stages, logs each one's time and failure, and remembers the outcome."""
 
-    def __init__(self, log: Any) -> None:
+    def __init__(self, log: Any, on_change: Any = None) -> None:
         self.log = log
+        self.on_change = on_change or (lambda: None)
         self.results: list[dict[str, Any]] = []
 
     def run(self, name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -45,9 +71,11 @@ class Stages:
             self.results.append({"stage": name, "ok": False, "reason": reason,
                                  "seconds": round(time.perf_counter() - t0, 1),
                                  "traceback": traceback.format_exc()})
+            self.on_change()
             return None
         self.results.append({"stage": name, "ok": True,
                              "seconds": round(time.perf_counter() - t0, 1)})
+        self.on_change()
         self.log(f"   {name} done in {time.perf_counter() - t0:.0f}s")
         return value
 
@@ -72,27 +100,50 @@ def run_pipeline(data: Path | list[Path] | None, out: Path, families: list[str],
     from edge_toolkit.train.trainer import TrainConfig, train
 
     out.mkdir(parents=True, exist_ok=True)
-    stages = Stages(log)
-    roots = [data] if isinstance(data, str | Path) else list(data or [])
+    roots = [Path(data)] if isinstance(data, str | Path) else [Path(r) for r in data or []]
+    state: dict[str, Any] = {"data": [str(r) for r in roots], "synthetic": False,
+                             "families": families, "variants": variants}
+
+    def write_state(finished: bool = False) -> None:
+        rows = [{k: v for k, v in r.items() if k != "traceback"} for r in stages.results]
+        hint = {} if finished else {"resume": "rerun the same command with --resume: models "
+                                              "already trained here are reused"}
+        (out / "pipeline.json").write_text(json.dumps(
+            state | {"finished": finished, "stages": rows} | hint, indent=2) + "\n")
+
+    stages = Stages(log, write_state)
+    sample = ((not roots and DEMO_SAMPLE.is_dir())
+              or bool(roots) and all(is_demo_sample(r) for r in roots))
+    if sample:
+        roots = roots or [DEMO_SAMPLE]
+        state["data"] = [str(r) for r in roots]
+        weights = weights or demo_weights()
+        log(f"   demo: the real sample in {', '.join(map(str, roots))}; {SAMPLE_NOTE}")
+        log(f"   MobileNetV2 weights: {weights or 'none found (random init: expect it to fail)'}")
     demo = not roots
+    state["synthetic"] = demo
     if demo:
-        data = stages.run("synthetic data", write_synthetic, out / "data-synthetic",
+        made = stages.run("synthetic data", write_synthetic, out / "data-synthetic",
                           {"train": 120, "val": 60, "test": 60}, 96)
+        roots = [made] if made is not None else []
+        state["data"] = [str(r) for r in roots]
         log("   SYNTHETIC phantoms: the scores below say nothing about real X-rays")
-        roots = [data] if data is not None else []
     runs, shifts = [], []
     for family in families:
-        model: dict[str, Any] = dict(DEMO_MODELS.get(family, {})) if demo else {}
+        model: dict[str, Any] = dict(DEMO_MODELS.get(family, {})) if demo or sample else {}
         if size:
             model["input_size"] = size
         if family == "mobilenetv2" and weights:
             model["weights"] = str(weights)
             model["alpha"] = 1.0
-        train_kw: dict[str, Any] = dict(DEMO_TRAIN) if demo else {}
+        train_kw: dict[str, Any] = (dict(DEMO_TRAIN) if demo else
+                                    dict(SAMPLE_TRAIN) if sample else {})
         if epochs is not None:
             train_kw["epochs"] = epochs
         if fine_tune_epochs is not None:
             train_kw["fine_tune_epochs"] = fine_tune_epochs
+        if not roots:  # the synthetic data stage failed
+            break
         cfg = TrainConfig(data=[str(r) for r in roots] if len(roots) > 1 else str(roots[0]),
                           family=family, out=str(out), name=family, model=model, **train_kw)
         done = out / family
@@ -103,13 +154,14 @@ def run_pipeline(data: Path | list[Path] | None, out: Path, families: list[str],
             run = stages.run(f"train {family}", train, cfg, log=lambda m: log(f"   {m}"))
         if run is None:
             continue
-        exp = ExportConfig(variants=variants, **(DEMO_EXPORT if demo else {}))
+        exp = ExportConfig(variants=variants, **(DEMO_EXPORT if demo else
+                                                 SAMPLE_EXPORT if sample else {}))
         if stages.run(f"export {family}", export_run, run, exp,
                       log=lambda m: log(f"   {m}")) is not None:
             runs.append(run)
         if site_shift and len(roots) > 1:
             shift = stages.run(f"site shift {family}", leave_one_source_out, cfg, roots,
-                               out / "site-shift", run, 200 if demo else 1000,
+                               out / "site-shift", run, 200 if demo or sample else 1000,
                                lambda m: log(f"   {m}"), resume)
             if shift is not None:
                 shifts.append(shift)
@@ -120,23 +172,21 @@ def run_pipeline(data: Path | list[Path] | None, out: Path, families: list[str],
                             runs=50 if not demo else 20, bootstrap=200 if demo else 1000,
                             log=lambda m: log(f"   {m}"))
     if result is not None:
+        if sample:
+            result["note"] = f"Demo sample: {SAMPLE_NOTE}."
         for p in write_outputs(result, out):
             log(f"   wrote {p}")
         log("")
         log(markdown(result))
-    if shifts:
-        log("")
-        log("Site shift (each family trained on one source, scored on every source's test):")
-        log(site_shift_markdown(shifts))
         if min_auc is not None:
             for line in below_floor(result, min_auc):
                 stages.results.append({"stage": "min-auc", "ok": False, "reason": line})
                 log(f"!! below --min-auc: {line}")
-    (out / "pipeline.json").write_text(json.dumps(
-        {"data": [str(r) for r in roots], "synthetic": demo, "families": families,
-         "variants": variants,
-         "stages": [{k: v for k, v in r.items() if k != "traceback"} for r in stages.results]},
-        indent=2) + "\n")
+    if shifts:
+        log("")
+        log("Site shift (each family trained on one source, scored on every source's test):")
+        log(site_shift_markdown(shifts))
+    write_state(finished=True)
     failed = [r for r in stages.results if not r["ok"]]
     for r in failed:
         log(f"FAILED {r['stage']}: {r['reason']}")
@@ -146,8 +196,9 @@ def run_pipeline(data: Path | list[Path] | None, out: Path, families: list[str],
 @click.command()
 @click.option("--data", multiple=True, type=click.Path(file_okay=False, path_type=Path),
               help="Dataset folder DATA/{train,val,test}/<class>/; repeat it for several "
-                   "sources (sites). Default: built-in synthetic phantoms (a demo of the "
-                   "machinery, not of accuracy).")
+                   "sources (sites). Default: the real demo sample in the repository's "
+                   "demo/ (a weak model; shows the job), or synthetic phantoms where there "
+                   "is none (an installed package).")
 @click.option("--site-shift/--no-site-shift", default=True, show_default=True,
               help="With several --data: also train each family on each source alone and "
                    "score every model on every source's test split.")
@@ -167,19 +218,24 @@ def run_pipeline(data: Path | list[Path] | None, out: Path, families: list[str],
 @click.option("--resume", is_flag=True,
               help="Reuse models already trained in the pipeline folder (after a crash).")
 def pipeline(data: tuple[Path, ...], site_shift: bool, families: str, variants: str,
-             weights: Path | None,
-             size: int | None, epochs: int | None, fine_tune_epochs: int | None, threads: str,
+             weights: Path | None, size: int | None, epochs: int | None,
+             fine_tune_epochs: int | None, threads: str,
              min_auc: float | None, out: str, name: str | None, resume: bool) -> None:
     """Train -> export every variant -> validate -> benchmark table, in one run folder.
 
     Exit status: 0 when every stage succeeded, 1 when any failed (the others still ran and
-    reported; pipeline.json lists each stage)."""
+    reported; pipeline.json lists each stage). TensorFlow's own log lines go to
+    tensorflow.log in the pipeline folder, not to the screen."""
+    from edge_toolkit.train.quiet import quiet_tensorflow, stderr_to
+
+    quiet_tensorflow()  # before TensorFlow's first import
+    folder = Path(out) / (name or f"pipeline-{datetime.now():%Y%m%d-%H%M%S}")
     try:
-        import tensorflow  # noqa: F401
+        with stderr_to(folder / "tensorflow.log"):
+            import tensorflow  # noqa: F401
     except ImportError:
         raise click.ClickException(
-            "the pipeline trains models: pip install 'edge-toolkit[train]'") from None
-    folder = Path(out) / (name or f"pipeline-{datetime.now():%Y%m%d-%H%M%S}")
+            "the pipeline trains models: pip install 'fracture-edge-toolkit[train]'") from None
 
     def log(msg: str) -> None:
         click.echo(msg)
@@ -188,9 +244,11 @@ def pipeline(data: tuple[Path, ...], site_shift: bool, families: str, variants: 
     from edge_toolkit.benchmark_cli import parse_threads
 
     fams = [f.strip() for f in families.split(",") if f.strip()]
-    _, ok = run_pipeline(list(data), folder, fams, variants, weights,
-                         parse_threads(threads), epochs, fine_tune_epochs, size,
-                         min_auc, log, resume=resume, site_shift=site_shift)
+    log(f"TensorFlow's own messages: {folder / 'tensorflow.log'}")
+    with stderr_to(folder / "tensorflow.log"):
+        _, ok = run_pipeline(list(data), folder, fams, variants, weights,
+                             parse_threads(threads), epochs, fine_tune_epochs, size,
+                             min_auc, log, resume=resume, site_shift=site_shift)
     log(f"pipeline folder: {folder}")
     if not ok:
         sys.exit(1)

@@ -32,6 +32,6 @@ def require(module: str, extra: str = "train") -> ModuleType:
     """Import `module`; skip if its distribution is not installed; let an import failure of
     an installed one propagate (the test fails, it is not skipped)."""
     if not installed(module):
-        pytest.skip(f"{module} is not installed (pip install 'edge-toolkit[{extra}]')",
+        pytest.skip(f"{module} is not installed (pip install 'fracture-edge-toolkit[{extra}]')",
                     allow_module_level=True)
     return importlib.import_module(module)

@@ -129,3 +129,29 @@ def test_loose_files_keep_their_validation_status(pipeline_run, tmp_path):
 
     with pytest.raises(BenchmarkError, match="not a TFLite model"):
         row_from_file(bad)
+
+
+def test_pipeline_json_is_written_as_each_stage_ends(tmp_path):
+    data = write_synthetic(tmp_path / "data", {"train": 8, "val": 6, "test": 4}, size=16)
+    seen: list[dict] = []
+
+    def log(msg: str) -> None:  # what a killed run would have left behind, stage by stage
+        if msg.startswith("== ") and (tmp_path / "out" / "pipeline.json").exists():
+            seen.append(json.loads((tmp_path / "out" / "pipeline.json").read_text()))
+
+    _, ok = run_pipeline(data, tmp_path / "out", ["scratch_cnn"], "float32", None, [1],
+                         epochs=1, fine_tune_epochs=0, size=16, min_auc=None, log=log)
+    assert ok
+    assert [[s["stage"] for s in p["stages"]] for p in seen] == [
+        ["train scratch_cnn"], ["train scratch_cnn", "export scratch_cnn"]]
+    assert all(not p["finished"] and "--resume" in p["resume"] for p in seen)
+    final = json.loads((tmp_path / "out" / "pipeline.json").read_text())
+    assert final["finished"] and "resume" not in final and final["data"] == str(data)
+
+
+def test_the_demo_sample_gets_short_settings(tmp_path):
+    from edge_toolkit.pipeline import DEMO_SAMPLE, REPO, is_demo_sample
+
+    assert is_demo_sample(REPO / "demo" / "fracatlas")
+    assert is_demo_sample(DEMO_SAMPLE) and not is_demo_sample(tmp_path)
+    assert not is_demo_sample(None)

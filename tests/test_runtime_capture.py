@@ -16,12 +16,14 @@ from edge_toolkit.runtime.camera import (
     FAKE_CAMERA_ENV,
     CameraError,
     FakeCameraSource,
+    Picamera2Source,
+    SaveOptions,
     open_camera,
     save_capture,
 )
 from edge_toolkit.runtime.cli import capture
 
-NAME = re.compile(r"capture-\d{8}-\d{6}-\d{6}(~\d+)?\.png$")
+NAME = re.compile(r"capture-\d{8}-\d{6}-\d{6}(~\d+)?\.(png|jpg)$")
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +37,8 @@ def test_capture_saves_each_picture_then_classifies_it(models, tmp_path):
     out = tmp_path / "log.jsonl"
     res = CliRunner().invoke(capture, [
         str(models["float"]), "--count", "3", "--interval", "0", "--save-dir", str(save_dir),
-        "--fake-camera", str(tmp_path / "camera"), "-o", str(out)], catch_exceptions=False)
+        "--fake-camera", str(tmp_path / "camera"), "-o", str(out), "--save-format", "png"],
+        catch_exceptions=False)
     assert res.exit_code == 0, res.output
     saved = sorted(save_dir.iterdir())
     assert len(saved) == 3 and all(NAME.search(p.name) for p in saved)
@@ -74,7 +77,7 @@ def test_missing_picamera2_says_what_to_install(models, tmp_path, monkeypatch):
     assert res.exit_code == 2
     assert "picamera2 is not installed" in res.stderr
     assert "sudo apt install python3-picamera2" in res.stderr
-    assert "edge-toolkit[camera]" in res.stderr
+    assert "fracture-edge-toolkit[camera]" in res.stderr
     assert not list(tmp_path.iterdir())
 
 
@@ -95,3 +98,133 @@ def test_camera_helpers(tmp_path):
     paths = {save_capture(rgbx, tmp_path / "s") for _ in range(3)}
     assert len(paths) == 3 and all(NAME.search(p.name) for p in paths)
     assert not [p for p in (tmp_path / "s").iterdir() if p.name.startswith(".")]
+
+
+def big_photo(path: Path, size: tuple[int, int] = (3000, 2250)) -> Path:
+    """A camera-sized picture with texture (noise compresses as badly as a real photo)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = np.linspace(0, 255, size[0])[None, :, None] + rng.normal(0, 20, (size[1], size[0], 3))
+    Image.fromarray(x.clip(0, 255).astype(np.uint8)).save(path)
+    return path
+
+
+def test_capture_keeps_a_downscaled_jpeg_by_default(models, tmp_path):
+    shot = big_photo(tmp_path / "camera.png")
+    save_dir = tmp_path / "captures"
+    res = CliRunner().invoke(capture, [
+        str(models["float3"]), "--count", "2", "--interval", "0", "--save-dir", str(save_dir),
+        "--fake-camera", str(shot), "-f", "jsonl"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    saved = sorted(save_dir.iterdir())
+    assert len(saved) == 2 and all(p.suffix == ".jpg" and NAME.search(p.name) for p in saved)
+    for p in saved:
+        with Image.open(p) as img:
+            assert img.format == "JPEG" and max(img.size) == 2048
+            assert img.size[0] / img.size[1] == pytest.approx(3000 / 2250, rel=1e-3)
+    full_png = tmp_path / "full.png"
+    Image.open(shot).save(full_png, compress_level=1)  # what a lossless full-size save costs
+    assert saved[0].stat().st_size < full_png.stat().st_size / 4
+    records = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [r["status"] for r in records] == ["ok", "ok"]
+    assert [Path(r["file"]).name for r in records] == [p.name for p in saved]
+
+
+def test_save_options_modes_and_sizes(tmp_path):
+    import numpy as np
+
+    sixteen = Image.fromarray(np.full((40, 60), 40000, dtype=np.uint16))
+    p = save_capture(sixteen, tmp_path)
+    with Image.open(p) as img:
+        assert img.mode == "L" and img.getpixel((0, 0)) in range(154, 159)  # 40000 >> 8
+    for mode in ("RGBA", "RGBX", "LA", "P", "1"):
+        with Image.open(save_capture(Image.new(mode, (30, 20)), tmp_path)) as img:
+            assert img.format == "JPEG" and img.mode in ("L", "RGB") and img.size == (30, 20)
+    png = save_capture(Image.new("RGB", (1000, 500)), tmp_path, SaveOptions("png", 90, 400))
+    with Image.open(png) as img:
+        assert png.suffix == ".png" and img.format == "PNG" and img.size == (400, 200)
+    full = save_capture(Image.new("RGB", (1000, 500)), tmp_path, SaveOptions("png", 90, 0))
+    with Image.open(full) as img:
+        assert img.size == (1000, 500)
+    with pytest.raises(ValueError, match="jpeg or png"):
+        save_capture(Image.new("L", (4, 4)), tmp_path, SaveOptions("gif"))
+
+
+class FakePicamera2:
+    """Stands in for picamera2.Picamera2: records the controls the source sets."""
+
+    has_af = True
+    af_result = True
+
+    def __init__(self, num: int = 0) -> None:
+        self.camera_controls = {"ExposureTime": (1, 1000000, 0)}
+        if self.has_af:
+            self.camera_controls["AfMode"] = (0, 2, 0)
+        self.controls: list[dict] = []
+        self.af_cycles = 0
+        self.started = False
+
+    def create_still_configuration(self) -> dict:
+        return {}
+
+    def configure(self, cfg: dict) -> None:
+        pass
+
+    def start(self) -> None:
+        self.started = True
+
+    def set_controls(self, controls: dict) -> None:
+        self.controls.append(dict(controls))
+
+    def autofocus_cycle(self) -> bool:
+        self.af_cycles += 1
+        return self.af_result
+
+    def capture_metadata(self) -> dict:
+        return {"ExposureTime": 12000, "AnalogueGain": 1.25, "ColourGains": (1.9, 1.5),
+                "Lux": 300.0}
+
+    def capture_image(self, stream: str) -> Image.Image:
+        return Image.new("RGB", (64, 48))
+
+    def stop(self) -> None:
+        self.started = False
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_picamera2(monkeypatch):
+    import sys
+    import types
+
+    module = types.ModuleType("picamera2")
+    module.Picamera2 = type("Picamera2", (FakePicamera2,), {})
+    monkeypatch.setitem(sys.modules, "picamera2", module)
+    return module.Picamera2
+
+
+def test_pi_camera_focuses_then_locks_exposure_for_the_series(fake_picamera2):
+    cam = Picamera2Source(warmup=0)
+    raw = cam._cam
+    assert cam.focused is True and raw.af_cycles == 1
+    assert raw.controls[0] == {"AfMode": 1}
+    assert raw.controls[-1] == {"AeEnable": False, "AwbEnable": False, "ExposureTime": 12000,
+                                "AnalogueGain": 1.25, "ColourGains": (1.9, 1.5)}
+    n = len(raw.controls)
+    cam.capture(), cam.capture()
+    assert len(raw.controls) == n  # nothing changes exposure between frames
+    cam.close()
+    assert not raw.started
+
+
+def test_pi_camera_without_autofocus_or_lock(fake_picamera2):
+    fake_picamera2.has_af = False
+    cam = Picamera2Source(warmup=0)
+    assert cam.focused is None and cam._cam.af_cycles == 0
+    assert all("AfMode" not in c for c in cam._cam.controls)
+    fake_picamera2.has_af, fake_picamera2.af_result = True, False
+    cam = Picamera2Source(warmup=0, lock_exposure=False)
+    assert cam.focused is False and cam.locked == {} and cam._cam.controls == [{"AfMode": 1}]

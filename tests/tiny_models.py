@@ -186,10 +186,24 @@ def build_models(specs: dict[str, dict[str, Any]], out_dir: str | Path) -> dict[
 def cached_models(tmp_path_factory: Any, specs: dict[str, dict[str, Any]]) -> dict[str, Path]:
     """`build_models` into the pytest session's temp dir, keyed by spec, so every test
     module that asks for the same spec shares one file and TensorFlow loads at most once."""
-    base = tmp_path_factory.getbasetemp() / "tiny_models"
+    base = models_dir(tmp_path_factory)
     paths = {name: base / f"{_spec_key(kw)}.tflite" for name, kw in specs.items()}
     _build_in_child({paths[name]: kw for name, kw in specs.items()})
     return paths
+
+
+def models_dir(tmp_path_factory: Any) -> Path:
+    """Where `cached_models` keeps its files: $EDGE_TOOLKIT_TEST_MODELS when set (models
+    built beforehand, e.g. for the arm64 check, where TensorFlow cannot be installed), else
+    the pytest session's temp dir."""
+    env = os.environ.get("EDGE_TOOLKIT_TEST_MODELS")
+    return Path(env) if env else tmp_path_factory.getbasetemp() / "tiny_models"
+
+
+def prebuild(out_dir: str | Path, specs: dict[str, dict[str, Any]] | None = None) -> None:
+    """Build the shared runtime models into `out_dir` as `cached_models` names them."""
+    specs = RUNTIME_MODELS if specs is None else specs
+    _build_in_child({Path(out_dir) / f"{_spec_key(kw)}.tflite": kw for kw in specs.values()})
 
 
 def _build_in_child(jobs: dict[Path, dict[str, Any]]) -> None:
@@ -284,6 +298,9 @@ def _main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("out", nargs="?")
     parser.add_argument("--batch", help="JSON {path: make_tflite kwargs}")
+    parser.add_argument("--prebuild", metavar="DIR",
+                        help="Build the runtime tests' shared models into DIR (then run the "
+                             "tests with EDGE_TOOLKIT_TEST_MODELS=DIR).")
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--channels", type=int, default=1)
     parser.add_argument("--int8", action="store_true")
@@ -294,6 +311,9 @@ def _main(argv: list[str]) -> None:
                         help="add the feature-map output (and the card's heatmap section)")
     parser.add_argument("--value-range", default="-1,1", choices=["-1,1", "0,1", "0,255"])
     args = parser.parse_args(argv)
+    if args.prebuild:
+        prebuild(args.prebuild)
+        return
     if args.batch:
         for path, kw in json.loads(args.batch).items():
             make_tflite(path, **kw)

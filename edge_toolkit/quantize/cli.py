@@ -65,13 +65,16 @@ def export(run_dir: Path, variants: str, out: Path | None, sparsity: float, qat_
     Writes RUN_DIR/export/<family>-<variant>.tflite, report.json and report.md; variants
     whose val AUC drops more than --tolerance below the float model go to export/failed/.
     """
+    from edge_toolkit.train.quiet import quiet_tensorflow
+
+    quiet_tensorflow()  # before TensorFlow's first import
     try:
         import tensorflow  # noqa: F401
         import tensorflow_model_optimization  # noqa: F401
     except ImportError:
         raise click.ClickException(
             "export needs TensorFlow and tensorflow-model-optimization: "
-            "pip install 'edge-toolkit[train]'") from None
+            "pip install 'fracture-edge-toolkit[train]'") from None
     from edge_toolkit.card import CardError
     from edge_toolkit.data import DatasetError
     from edge_toolkit.quantize.exporter import ExportConfig, ExportError, export_run

@@ -9,7 +9,9 @@ after each epoch; the mean over sources, as training selects), among the epochs 
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -62,6 +64,51 @@ class BestByValAUC(keras.callbacks.Callback):
             self.model.set_weights(self.best_weights)
 
 
+def eta_text(seconds: float) -> str:
+    """'45 s', '3 min 10 s': short enough for one progress line."""
+    s = max(0, round(seconds))
+    return f"{s} s" if s < 60 else f"{s // 60} min {s % 60:02d} s"
+
+
+class EtaProgress(keras.callbacks.Callback):
+    """A line every `every` seconds with batches done, time spent and time left: QAT, pruning
+    and PQAT fine-tuning take minutes with nothing else to show. The estimate is the time per
+    batch since the first one ended (the first also builds the graph; the per-epoch
+    validation is included) times the batches left."""
+
+    def __init__(self, epochs: int, steps: int, log: Callable[[str], None], label: str,
+                 every: float = 15.0, clock: Callable[[], float] = time.perf_counter) -> None:
+        super().__init__()
+        self.epochs, self.steps, self.log, self.label = epochs, max(1, steps), log, label
+        self.every, self.clock = every, clock
+        self.epoch = 0
+        self.t0 = self.last = 0.0
+        self.first: tuple[float, int] | None = None  # (time, batches done) after batch one
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self.t0 = self.last = self.clock()
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        now = self.clock()
+        total = self.epochs * self.steps
+        done = min(total, self.epoch * self.steps + batch + 1)
+        if self.first is None:
+            self.first = (now, done)
+        if now - self.last < self.every:
+            return
+        self.last = now
+        spent = now - self.t0
+        t1, d1 = self.first
+        left = (f"about {eta_text((now - t1) / (done - d1) * (total - done))} left"
+                if done > d1 else "estimating the time left")
+        self.log(f"{self.label}: epoch {self.epoch + 1}/{self.epochs}, batch "
+                 f"{min(batch + 1, self.steps)}/{self.steps} ({100 * done / total:.0f}%), "
+                 f"{eta_text(spent)} spent, {left}")
+
+
 def freeze_batchnorm(model: Any) -> int:
     """Put every BatchNormalization layer (bare or inside a tfmot wrapper) in inference mode
     with frozen parameters; returns how many. Low-LR fine-tuning should not re-estimate
@@ -104,7 +151,8 @@ def fine_tune(model: Any, ctx: Any, epochs: int, lr: float, label: str,
     frozen = freeze_batchnorm(model) if ctx.freeze_bn else 0
     model.compile(optimizer=keras.optimizers.Adam(lr), loss="binary_crossentropy")
     best = BestByValAUC(val.x, val.y, first_epoch, ctx.log, label, val.sources)
-    model.fit(ds, epochs=epochs, callbacks=[*callbacks, best], verbose=0)
+    eta = EtaProgress(epochs, math.ceil(len(train.y) / ctx.batch_size), ctx.log, label)
+    model.fit(ds, epochs=epochs, callbacks=[*callbacks, best, eta], verbose=0)
     best.restore()
     return {"epochs": epochs, "learning_rate": lr, "batch_size": ctx.batch_size,
             "best_epoch": best.best_epoch, "keras_val_auc": best.best_auc,

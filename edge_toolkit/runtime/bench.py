@@ -173,6 +173,39 @@ def cold_start(model: str | Path, image: str | Path, repeats: int = 3,
             "peak_rss_kb": int(statistics.median(rss)), "command": cmd}
 
 
+# CPU flags (as /proc/cpuinfo names them) that make int8 inference fast: 8-bit dot products.
+# Without them (e.g. an AVX2-only x86), XNNPACK's int8 kernels can be slower than float32.
+INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
+
+
+def cpu_info(cpuinfo: str | None = None) -> dict[str, Any]:
+    """CPU model and its int8 dot-product features, read from /proc/cpuinfo (Linux): with
+    every timing, since whether int8 beats float32 depends on them."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            cpuinfo = ""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() not in fields:
+            fields[key.strip()] = value.strip()
+    flags = set((fields.get("flags") or fields.get("Features") or "").split())
+    model = fields.get("model name") or fields.get("Model") or ""
+    if not model:  # ARM boards without a Model line: the core's part number at least
+        model = fields.get("Hardware") or platform.processor() or platform.machine()
+        if "CPU part" in fields:
+            model += f" (CPU part {fields['CPU part']})"
+    return {"cpu_model": model, "int8_features": [f for f in INT8_FLAGS if f in flags]}
+
+
+def int8_note(info: dict[str, Any]) -> str:
+    feats = info.get("int8_features") or []
+    return ("int8 dot product: " + ", ".join(feats) if feats else
+            "no int8 dot-product instructions (int8 may be no faster than float32 here)")
+
+
 def host_info() -> dict[str, Any]:
     try:
         backend = interpreter_class()[1]
@@ -180,7 +213,7 @@ def host_info() -> dict[str, Any]:
         backend = None
     return {"machine": platform.machine(), "system": platform.system(),
             "python": platform.python_version(), "cpu_count": os.cpu_count(),
-            "backend": backend}
+            "backend": backend} | cpu_info()
 
 
 def _child_main(argv: list[str]) -> int:

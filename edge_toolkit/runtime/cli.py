@@ -442,9 +442,19 @@ def classify(ctx: click.Context, args: tuple[str, ...], model_opt: str | None, f
               show_default=True, help="Seconds from one capture to the next.")
 @click.option("--save-dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("captures"), show_default=True,
-              help="Where each capture is saved (PNG, timestamped) before it is classified.")
+              help="Where each capture is saved (timestamped) before it is classified.")
+@click.option("--save-format", type=click.Choice(["jpeg", "png"]), default="jpeg",
+              show_default=True, help="How captures are kept.")
+@click.option("--quality", type=click.IntRange(50, 100), default=90, show_default=True,
+              help="JPEG quality of saved captures.")
+@click.option("--max-side", type=click.IntRange(min=0), default=2048, show_default=True,
+              help="Downscale saved captures to this long side in pixels (0 = full size).")
 @click.option("--warmup", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Seconds for the camera's exposure to settle after it starts.")
+@click.option("--autofocus/--no-autofocus", default=True, show_default=True,
+              help="Run one autofocus cycle before the series (cameras with autofocus).")
+@click.option("--lock-exposure/--auto-exposure", default=True, show_default=True,
+              help="Lock exposure, gain and white balance for the whole series.")
 @_output_options("a rerun appends")
 @_model_options
 @click.option("--fake-camera", hidden=True, metavar="PATH",
@@ -453,19 +463,27 @@ def classify(ctx: click.Context, args: tuple[str, ...], model_opt: str | None, f
 @click.option("-q", "--quiet", is_flag=True, help="No summary line on stderr.")
 @click.pass_context
 def capture(ctx: click.Context, model: Path | None, count: int, interval: float, save_dir: Path,
-            warmup: float, fmt: str | None, output: Path | None, overwrite: bool, gate: bool,
-            threads: int, threshold: str | None, fake_camera: str | None,
+            save_format: str, quality: int, max_side: int, warmup: float, autofocus: bool,
+            lock_exposure: bool, fmt: str | None, output: Path | None, overwrite: bool,
+            gate: bool, threads: int, threshold: str | None, fake_camera: str | None,
             quiet: bool) -> None:
     """Take pictures with the Raspberry Pi camera, save each, then classify it with MODEL
     (default: the model bundled with the package).
 
-    Each capture is saved losslessly as SAVE_DIR/capture-YYYYmmdd-HHMMSS-ffffff.png before
-    it is classified, so no picture is lost; results are printed or written like `classify`
-    (--output appends). Needs picamera2: on Raspberry Pi OS `sudo apt install
-    python3-picamera2` (venv with --system-site-packages), or `pip install
-    edge-toolkit[camera]`.
+    Each capture is saved as SAVE_DIR/capture-YYYYmmdd-HHMMSS-ffffff.jpg (JPEG, long side
+    at most --max-side; or --save-format png) before it is classified, so no picture is
+    lost; results are printed or written like `classify` (--output appends). Autofocus runs
+    once where the camera has it, and exposure is locked for the series. Needs picamera2: on
+    Raspberry Pi OS `sudo apt install python3-picamera2` (venv with --system-site-packages),
+    or `pip install fracture-edge-toolkit[camera]`.
     """
-    from edge_toolkit.runtime.camera import CameraError, capture_name, open_camera, save_capture
+    from edge_toolkit.runtime.camera import (
+        CameraError,
+        SaveOptions,
+        capture_name,
+        open_camera,
+        save_capture,
+    )
     from edge_toolkit.runtime.sources import Source, resolve_key
 
     started = time.perf_counter()
@@ -482,11 +500,16 @@ def capture(ctx: click.Context, model: Path | None, count: int, interval: float,
     fmt, existing = _open_output(fmt, output, overwrite, None)
     bar = Progress(count, enabled=False)
     try:
-        camera = open_camera(fake_camera, warmup=warmup)
+        camera = open_camera(fake_camera, warmup=warmup, autofocus=autofocus,
+                             lock_exposure=lock_exposure)
     except CameraError as exc:
         raise RuntimeFailure(str(exc)) from None
-    writer, safe = _make_writer(fmt, output, existing, clf, [str(save_dir / capture_name())],
-                                bar)
+    if getattr(camera, "focused", None) is False and not quiet:
+        click.echo("warning: autofocus did not settle: check the distance to the film and "
+                   "the light", err=True)
+    opts = SaveOptions(save_format, quality, max_side)
+    writer, safe = _make_writer(fmt, output, existing, clf,
+                                [str(save_dir / capture_name(suffix=opts.suffix))], bar)
     batch = Batch(writer, bar)
     interrupted = False
     try:
@@ -502,7 +525,7 @@ def capture(ctx: click.Context, model: Path | None, count: int, interval: float,
                 batch.add(error_result(f"capture {taken}", "", str(exc), clf.model_id))
                 break
             try:
-                path = save_capture(img, save_dir)
+                path = save_capture(img, save_dir, opts)
             except OSError as exc:
                 batch.add(error_result(f"capture {taken}", "", f"cannot save to {save_dir} "
                                        f"({exc.strerror or exc})", clf.model_id))

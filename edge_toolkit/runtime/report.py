@@ -38,6 +38,10 @@ def bench_table(report: dict[str, Any]) -> str:
                   f"Python {h.get('python')}, backend {h.get('backend')}; warm-up "
                   f"{report.get('warmup')}, runs {report.get('runs')}; RATIO = mean / first "
                   "model's mean at the same thread count"]
+    if h.get("cpu_model"):
+        from edge_toolkit.runtime.bench import int8_note
+
+        lines.append(f"cpu: {h['cpu_model']}; {int8_note(h)}")
     return "\n".join(lines) + "\n"
 
 

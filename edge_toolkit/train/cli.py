@@ -18,12 +18,15 @@ def _log(msg: str) -> None:
 
 
 def _need_tf() -> None:
+    from edge_toolkit.train.quiet import quiet_tensorflow
+
+    quiet_tensorflow()  # before TensorFlow's first import
     try:
         import tensorflow  # noqa: F401
         import tf_keras  # noqa: F401
     except ImportError:
         raise click.ClickException(
-            "this command needs TensorFlow: pip install 'edge-toolkit[train]'") from None
+            "this command needs TensorFlow: pip install 'fracture-edge-toolkit[train]'") from None
 
 
 def parse_augment(base: Any, items: tuple[str, ...]) -> Any:

@@ -14,7 +14,7 @@ from typing import Any
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-INSTALL_HINT = "training needs TensorFlow: pip install 'edge-toolkit[train]'"
+INSTALL_HINT = "training needs TensorFlow: pip install 'fracture-edge-toolkit[train]'"
 
 
 def import_tf() -> tuple[ModuleType, ModuleType]:

@@ -231,8 +231,8 @@ def train(cfg: TrainConfig, log: Log = print, dataset: Dataset | None = None) ->
     ds = dataset or discover_sources(roots, val_fraction=cfg.val_fraction, seed=cfg.seed)
     if len(roots) > 1:
         log(f"sources: {', '.join(ds.source_names)} (balance {cfg.source_balance:g})")
-    for line in leak_warnings(ds):
-        log(f"WARNING: {line}")
+    for line in leak_warnings(ds):  # the first line already says WARNING
+        log(line)
     if ds.carved_val:
         log(f"no val/ folder: carved {cfg.val_fraction:.0%} of train as validation "
             f"(seed {cfg.seed})")

@@ -1,4 +1,5 @@
-"""`edge-toolkit serve`: the clinic station under waitress (needs `pip install edge-toolkit[web]`).
+"""`edge-toolkit serve`: the clinic station under waitress
+(needs `pip install 'fracture-edge-toolkit[web]'`).
 
 Flask and waitress are imported only inside the command, so the rest of the CLI (and the
 device runtime) never needs them. SIGTERM (systemd stop) and Ctrl-C stop the server cleanly:
@@ -15,7 +16,7 @@ from typing import Any
 
 import click
 
-WEB_HINT = "the web station needs its extra: pip install 'edge-toolkit[web]'"
+WEB_HINT = "the web station needs its extra: pip install 'fracture-edge-toolkit[web]'"
 
 
 class ServeError(click.ClickException):
