@@ -146,7 +146,7 @@ def test_pipeline_json_is_written_as_each_stage_ends(tmp_path):
         ["train scratch_cnn"], ["train scratch_cnn", "export scratch_cnn"]]
     assert all(not p["finished"] and "--resume" in p["resume"] for p in seen)
     final = json.loads((tmp_path / "out" / "pipeline.json").read_text())
-    assert final["finished"] and "resume" not in final and final["data"] == str(data)
+    assert final["finished"] and "resume" not in final and final["data"] == [str(data)]
 
 
 def test_the_demo_sample_gets_short_settings(tmp_path):
