@@ -9,38 +9,26 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 from tiny_models import cached_models, make_bad_files
+from web_helpers import GAP, ROOT, start_server, xray_png
 
 pytest.importorskip("flask")
 pytest.importorskip("waitress")
 
 from edge_toolkit.runtime import Classifier  # noqa: E402
-from edge_toolkit.synthetic import phantom  # noqa: E402
 from edge_toolkit.web.app import Settings, create_app, package_files  # noqa: E402
 from edge_toolkit.web.station import Limits, Station  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
-GAP = {"arch": "gap", "features": "last", "size": 64, "value_range": "0,1", "int8": True}
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     pytest.importorskip("ai_edge_litert")
     return cached_models(tmp_path_factory, {"gap": GAP, "single": {}})
-
-
-def xray_png(seed: int = 0, fractured: bool = True, side: int = 192) -> bytes:
-    arr = phantom(np.random.default_rng(seed), fractured, side, center=(0.5, 0.5), angle=0.0,
-                  fracture_at=0.3, slope=0.0)
-    buf = io.BytesIO()
-    Image.fromarray(arr[side // 6: side - side // 6]).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def make_client(model: Path, data: Path, token: str | None = None, limits: Limits | None = None,
@@ -275,27 +263,6 @@ def test_runtime_and_cli_do_not_import_flask():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
-
-
-def start_server(model: Path, data: Path, *extra: str) -> tuple[subprocess.Popen, int, str]:
-    """`edge-toolkit serve` on a free port; returns (process, port, its startup lines)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "edge_toolkit.cli", "serve", str(model),
-                             "--port", "0", "--data", str(data), *extra],
-                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                            env=env)
-    lines = []
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        lines.append(line)
-        m = re.search(r"serving on http://\S+:(\d+)/", line)
-        if m:
-            return proc, int(m.group(1)), "".join(lines)
-    proc.kill()
-    raise AssertionError("server did not start: " + "".join(lines))
 
 
 def test_serve_runs_under_waitress_and_stops_cleanly_on_sigterm(models, tmp_path):
