@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from edge_toolkit.images import IMAGE_SUFFIXES, ImageLoadError, open_image  # noqa: E402
 from edge_toolkit.runtime.classifier import Classifier  # noqa: E402
-from edge_toolkit.runtime.gate import fit_ood  # noqa: E402
+from edge_toolkit.runtime.gate import fit_ood, pool_features  # noqa: E402
 
 DEFAULT_DATA = [ROOT.parent / "shared" / "data" / "fracture-xray",
                 ROOT.parent / "shared" / "data" / "fracatlas"]
@@ -339,7 +339,7 @@ def pooled(clf: Classifier, items: list[Path] | list[Picture], gate_quality: boo
             continue
         if gate_quality and clf.gate is not None and clf.gate.check_image(img):
             continue
-        out.append(clf.infer(clf.preprocess(img)).features.mean(axis=(0, 1)))
+        out.append(pool_features(clf.infer(clf.preprocess(img)).features))
     return np.array(out)
 
 
