@@ -414,7 +414,8 @@ def export_variant(ctx: ExportContext, variant: Variant, out: Path,
             from edge_toolkit.quantize.gate_fit import fit_gate
 
             card.gate, members = fit_gate(bare, ctx.train.x, ctx.val.x,
-                                          num_threads=cfg.threads)
+                                          train_files=ctx.train.paths,
+                                          val_files=ctx.val.paths, num_threads=cfg.threads)
         data = embed_card(bare, card, members)
         path = _file_for(out, family, variant, check["status"])
         path.parent.mkdir(parents=True, exist_ok=True)
