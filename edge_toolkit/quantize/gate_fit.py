@@ -32,7 +32,7 @@ from edge_toolkit.runtime.gate import (
 
 # Chosen with `benchmarks/gate_rejection.py --sweep` (benchmarks/README.md).
 GATE_COMPONENTS = 128
-APPEARANCE_COMPONENTS = 8
+APPEARANCE_COMPONENTS = 16
 MAX_VAL_REJECT = 0.02  # for both checks together; each gets half
 MAX_TRAIN_IMAGES = 4000  # plenty for a 32-component PCA; keeps export time bounded
 
