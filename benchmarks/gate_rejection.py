@@ -31,7 +31,13 @@ sys.path.insert(0, str(ROOT))
 
 from edge_toolkit.images import IMAGE_SUFFIXES, ImageLoadError, open_image  # noqa: E402
 from edge_toolkit.runtime.classifier import Classifier  # noqa: E402
-from edge_toolkit.runtime.gate import fit_ood, pool_features  # noqa: E402
+from edge_toolkit.runtime.gate import (  # noqa: E402
+    appearance,
+    fit_ood,
+    measure,
+    pool_features,
+    quality_reason,
+)
 
 DEFAULT_DATA = [ROOT.parent / "shared" / "data" / "fracture-xray",
                 ROOT.parent / "shared" / "data" / "fracatlas"]
@@ -284,11 +290,13 @@ def real_files(data: list[Path], splits: tuple[str, ...] = ("val", "test")
 def category(reason: str | None) -> str:
     if reason is None:
         return "accepted"
-    return "ood" if reason.startswith("not like") else "quality"
+    if reason.startswith("not like"):
+        return "features"
+    return "appearance" if reason.startswith("does not look") else "quality"
 
 
 def run_set(clf: Classifier, items: list[Path] | list[Picture]) -> dict[str, object]:
-    counts = {"accepted": 0, "quality": 0, "ood": 0, "error": 0}
+    counts = {"accepted": 0, "quality": 0, "appearance": 0, "features": 0, "error": 0}
     examples: list[str] = []
     for item in items:
         if isinstance(item, Path):
@@ -306,22 +314,22 @@ def run_set(clf: Classifier, items: list[Path] | list[Picture]) -> dict[str, obj
         else:
             counts["error"] += 1
     n = sum(counts.values()) - counts["error"]
-    rejected = counts["quality"] + counts["ood"]
+    rejected = counts["quality"] + counts["appearance"] + counts["features"]
     return {"n": n, **counts, "rejected": rejected,
             "rate": rejected / n if n else float("nan"), "accepted_examples": examples}
 
 
 def table(rows: dict[str, dict[str, object]], title: str) -> str:
-    lines = [f"| {title} | n | rejected | rate | by quality | by OOD |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = [f"| {title} | n | rejected | rate | by quality | by appearance | by features |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for name, r in rows.items():
         lines.append(f"| {name} | {r['n']} | {r['rejected']} | {100 * r['rate']:.1f}% | "
-                     f"{r['quality']} | {r['ood']} |")
-    tot = {k: sum(int(r[k]) for r in rows.values()) for k in ("n", "rejected", "quality",
-                                                               "ood")}
+                     f"{r['quality']} | {r['appearance']} | {r['features']} |")
+    tot = {k: sum(int(r[k]) for r in rows.values())
+           for k in ("n", "rejected", "quality", "appearance", "features")}
     rate = tot["rejected"] / tot["n"] if tot["n"] else float("nan")
     lines.append(f"| **all** | {tot['n']} | {tot['rejected']} | **{100 * rate:.1f}%** | "
-                 f"{tot['quality']} | {tot['ood']} |")
+                 f"{tot['quality']} | {tot['appearance']} | {tot['features']} |")
     return "\n".join(lines)
 
 
@@ -329,38 +337,51 @@ def table(rows: dict[str, dict[str, object]], title: str) -> str:
 
 
 def pooled(clf: Classifier, items: list[Path] | list[Picture], gate_quality: bool = True
-           ) -> np.ndarray:
-    """Pooled features of the items that pass the quality checks."""
-    out = []
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """(pooled features, appearance) of the items that pass the quality checks."""
+    feats, looks = [], []
     for item in items:
         try:
             img = open_image(item) if isinstance(item, Path) else open_image(item[1])
         except ImageLoadError:
             continue
-        if gate_quality and clf.gate is not None and clf.gate.check_image(img):
+        if gate_quality and quality_reason(measure(img), input_size=clf.card.input_size):
             continue
-        out.append(pool_features(clf.infer(clf.preprocess(img)).features))
-    return np.array(out)
+        feats.append(pool_features(clf.infer(clf.preprocess(img)).features))
+        looks.append(appearance(img))
+    return np.array(feats), np.array(looks)
+
+
+def _stack(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    return (np.concatenate([p[0] for p in parts if len(p[0])]),
+            np.concatenate([p[1] for p in parts if len(p[1])]))
 
 
 def sweep(clf: Classifier, data: list[Path], others: dict[str, list[Picture]]) -> str:
-    train = np.concatenate([pooled(clf, files, False) for files in
-                            real_files(data, ("train",)).values()])
-    val = np.concatenate([pooled(clf, f, False) for f in real_files(data, ("val",)).values()])
-    test = np.concatenate([pooled(clf, f, False) for f in real_files(data, ("test",)).values()])
+    train = _stack([pooled(clf, f, False) for f in real_files(data, ("train",)).values()])
+    val = _stack([pooled(clf, f, False) for f in real_files(data, ("val",)).values()])
+    test = _stack([pooled(clf, f, False) for f in real_files(data, ("test",)).values()])
     n_other = sum(len(v) for v in others.values())
-    other = np.concatenate([pooled(clf, v) for v in others.values()])
-    lines = [f"train {len(train)}, val {len(val)}, test {len(test)}; non-radiographs: "
-             f"{len(other)} of {n_other} pass the quality checks",
-             "", "| components | residual | val rejected | test rejected | "
-             "non-radiographs rejected (all, quality + OOD) |", "|---:|---|---:|---:|---:|"]
-    for k in (4, 8, 16, 32, 64, 128):
-        for residual in (False, True):
-            m = fit_ood(train, val, components=k, residual=residual)
-            v, t = (float(np.mean(m.score(f) > m.threshold)) for f in (val, test))
-            caught = (n_other - len(other)) + int(np.sum(m.score(other) > m.threshold))
-            lines.append(f"| {k} | {'yes' if residual else 'no'} | {100 * v:.1f}% | "
-                         f"{100 * t:.1f}% | {100 * caught / n_other:.1f}% |")
+    other = _stack([pooled(clf, v) for v in others.values()])
+    lines = [f"train {len(train[0])}, val {len(val[0])}, test {len(test[0])}; "
+             f"non-radiographs: {len(other[0])} of {n_other} pass the quality checks",
+             "", "| feature components | appearance components | val rejected | "
+             "test rejected | non-radiographs rejected (quality + OOD) |",
+             "|---:|---:|---:|---:|---:|"]
+    for k in (8, 32, 128):
+        for ka in (0, 8, 16):
+            q = 0.01 if ka else 0.02  # each check's share of the 2% val budget
+            m = fit_ood(train[0], val[0], components=k, max_val_reject=q)
+            a = fit_ood(train[1], val[1], components=ka, max_val_reject=q) if ka else None
+
+            def rejects(s: tuple[np.ndarray, np.ndarray], m=m, a=a) -> np.ndarray:
+                out = m.score(s[0]) > m.threshold
+                return out | (a.score(s[1]) > a.threshold) if a is not None else out
+
+            v, t = float(np.mean(rejects(val))), float(np.mean(rejects(test)))
+            caught = (n_other - len(other[0])) + int(np.sum(rejects(other)))
+            lines.append(f"| {k} | {ka or 'off'} | {100 * v:.1f}% | {100 * t:.1f}% | "
+                         f"{100 * caught / n_other:.1f}% |")
     return "\n".join(lines)
 
 

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from PIL import Image, ImageFilter
+from PIL import Image, ImageDraw, ImageFilter
 
 from edge_toolkit.card import CARD_MEMBER, ModelCard, embed_card, read_member, split_tflite
 from edge_toolkit.runtime.cli import classify
@@ -17,6 +17,7 @@ from edge_toolkit.runtime.gate import (
     Gate,
     OodModel,
     QualityLimits,
+    appearance,
     fit_ood,
     measure,
     quality_reason,
@@ -117,6 +118,34 @@ def test_ood_round_trips_through_the_model_archive():
     assert why is not None and "not like the radiographs" in why
     with pytest.raises(ValueError, match="lacks"):
         Gate.from_card(card.gate, flat, 32)
+
+
+def document(seed: int = 0) -> Image.Image:
+    """A white page with lines of dark text: sharp, bright, contrasty, nothing like a film."""
+    rng = np.random.default_rng(seed)
+    img = Image.new("L", (300, 400), 245)
+    draw = ImageDraw.Draw(img)
+    for y in range(30, 370, 18):
+        draw.text((20, y), " ".join(rng.choice(["fracture", "report", "the", "page"], 6)),
+                  fill=10)
+    return img
+
+
+def test_appearance_distance_rejects_a_document_and_keeps_radiographs():
+    rng = np.random.default_rng(5)
+
+    def film(i: int) -> Image.Image:
+        return radiograph_like(int(rng.integers(150, 260)), int(rng.integers(120, 200)),
+                               lo=float(rng.uniform(0, 30)), hi=float(rng.uniform(150, 230)),
+                               seed=i)
+
+    train = np.array([appearance(film(i)) for i in range(80)])
+    val = np.array([appearance(film(100 + i)) for i in range(40)])
+    look = fit_ood(train, val, components=4, max_val_reject=0.01)
+    gate = Gate(look=look)
+    assert np.mean([gate.check_image(film(600 + i)) is None for i in range(20)]) >= 0.9
+    reason = gate.check_image(document())
+    assert reason is not None and reason.startswith("does not look like a radiograph")
 
 
 def test_ood_model_scores_one_vector_or_many():

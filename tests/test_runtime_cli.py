@@ -158,7 +158,7 @@ def test_threshold_by_name_and_help_documents_exit_codes(models, data):
     res = run(models["float"], data["good"][0], "--threshold", "sensitivity", "-f", "jsonl")
     assert jsonl(res.stdout)[0]["threshold"] == 0.3
     helptext = run("--help").stdout
-    assert "Exit codes" in helptext and "no image was classified" in helptext
+    assert "Exit codes" in helptext and "no image succeeded" in helptext
 
 
 def test_progress_bar_only_when_asked_or_on_a_terminal(models, data):

@@ -444,7 +444,9 @@ def export_variant(ctx: ExportContext, variant: Variant, out: Path,
         if clf.has_features:  # the input gate's out-of-distribution fit, on this very file
             from edge_toolkit.quantize.gate_fit import fit_gate
 
-            card.gate, members = fit_gate(clf, ctx.train.x, ctx.val.x)
+            card.gate, members = fit_gate(clf, ctx.train.x, ctx.val.x,
+                                          train_files=ctx.train.paths,
+                                          val_files=ctx.val.paths)
         data = embed_card(bare, card, members)
         path = _file_for(out, family, variant, check.status)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,22 +1,35 @@
 """Fit the input gate's out-of-distribution score at export, on the exported variant itself.
 
 Each variant's pooled features differ (quantization moves them), so each file gets its own
-fit: PCA of the train split's pooled features, threshold at the value that rejects at most 2%
-of the val split (`edge_toolkit.runtime.gate.fit_ood`). The card's `gate` section gets the
-small numbers; the arrays go in the model file's card archive as `OOD_MEMBER`. TF-free.
+fit: PCA of the train split's pooled features; and, from the train pictures themselves, the
+appearance distance (`runtime.gate.appearance`). Each threshold rejects at most 1% of the val
+split, so the two together at most 2% (`edge_toolkit.runtime.gate.fit_ood`). The card's `gate`
+section gets the small numbers; the arrays go in the model file's card archive. TF-free.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edge_toolkit.images import ImageLoadError, open_image
 from edge_toolkit.runtime.classifier import Classifier
-from edge_toolkit.runtime.gate import DEFAULT_LIMITS, OOD_MEMBER, fit_ood, pool_features
+from edge_toolkit.runtime.gate import (
+    APPEARANCE_MEMBER,
+    DEFAULT_LIMITS,
+    OOD_MEMBER,
+    appearance,
+    fit_ood,
+    pool_features,
+)
 
-GATE_COMPONENTS = 32
-MAX_VAL_REJECT = 0.02
+# Chosen with `benchmarks/gate_rejection.py --sweep` (benchmarks/README.md).
+GATE_COMPONENTS = 128
+APPEARANCE_COMPONENTS = 16
+MAX_VAL_REJECT = 0.02  # for both checks together; each gets half
 MAX_TRAIN_IMAGES = 4000  # plenty for a 32-component PCA; keeps export time bounded
 
 
@@ -33,24 +46,56 @@ def pooled_features(clf: Classifier, x: np.ndarray) -> np.ndarray:
     return out
 
 
+def appearances(files: Sequence[str | Path]) -> np.ndarray:
+    """`runtime.gate.appearance` of each readable picture, (n, 27)."""
+    out = []
+    for f in files:
+        try:
+            out.append(appearance(open_image(f)))
+        except ImageLoadError:
+            continue
+    return np.array(out)
+
+
 def fit_gate(clf: Classifier, train_x: np.ndarray, val_x: np.ndarray, *,
+             train_files: Sequence[str | Path] = (), val_files: Sequence[str | Path] = (),
              components: int = GATE_COMPONENTS,
              max_val_reject: float = MAX_VAL_REJECT, seed: int = 0
              ) -> tuple[dict[str, Any], dict[str, bytes]]:
-    """(card `gate` section, extra archive members) for a model with the feature output."""
+    """(card `gate` section, extra archive members) for a model with the feature output;
+    with `train_files`/`val_files` (the pictures behind train_x/val_x) also the appearance
+    distance."""
+    rng = np.random.default_rng(seed)
     if len(train_x) > MAX_TRAIN_IMAGES:
-        pick = np.random.default_rng(seed).choice(len(train_x), MAX_TRAIN_IMAGES, replace=False)
-        train_x = train_x[np.sort(pick)]
+        pick = np.sort(rng.choice(len(train_x), MAX_TRAIN_IMAGES, replace=False))
+        train_x = train_x[pick]
+        train_files = [train_files[i] for i in pick] if len(train_files) else train_files
+    both = len(train_files) > 0 and len(val_files) > 0
+    share = max_val_reject / 2 if both else max_val_reject
     train = pooled_features(clf, train_x)
     val = pooled_features(clf, val_x)
-    ood = fit_ood(train, val, components=components, max_val_reject=max_val_reject)
-    val_rejected = float(np.mean(np.atleast_1d(ood.score(val)) > ood.threshold))
-    section = {
+    ood = fit_ood(train, val, components=components, max_val_reject=share)
+    rejected = np.atleast_1d(ood.score(val)) > ood.threshold
+    section: dict[str, Any] = {
         "quality": DEFAULT_LIMITS.to_dict(),
         "ood": {"member": OOD_MEMBER, "method": "pca-mahalanobis+residual",
                 "components": int(len(ood.variances)), "threshold": ood.threshold,
                 "feature_dim": int(train.shape[1]), "train_images": int(len(train)),
-                "val_images": int(len(val)), "val_rejected": round(val_rejected, 4),
-                "max_val_reject": max_val_reject},
+                "val_images": int(len(val)), "val_rejected": round(float(rejected.mean()), 4),
+                "max_val_reject": share},
     }
-    return section, {OOD_MEMBER: ood.to_bytes()}
+    members = {OOD_MEMBER: ood.to_bytes()}
+    if both:
+        a_train, a_val = appearances(train_files), appearances(val_files)
+        look = fit_ood(a_train, a_val, components=APPEARANCE_COMPONENTS, max_val_reject=share)
+        a_rej = np.atleast_1d(look.score(a_val)) > look.threshold
+        section["appearance"] = {
+            "member": APPEARANCE_MEMBER, "method": "pca-mahalanobis+residual of gray-level "
+            "and gradient histograms", "components": int(len(look.variances)),
+            "threshold": look.threshold, "train_images": int(len(a_train)),
+            "val_images": int(len(a_val)), "val_rejected": round(float(a_rej.mean()), 4),
+            "max_val_reject": share}
+        members[APPEARANCE_MEMBER] = look.to_bytes()
+        if len(a_val) == len(val):
+            section["val_rejected"] = round(float((rejected | a_rej).mean()), 4)
+    return section, members

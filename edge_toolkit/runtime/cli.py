@@ -8,7 +8,7 @@ Exit codes of classify and capture:
   1 some images failed or were rejected by the input gate, the rest were classified
   2 usage or model error (bad option, unreadable/corrupt model, no card, no interpreter
     installed, no camera); nothing was classified
-  3 no image was classified (all failed or were rejected, or none found)
+  3 no image succeeded (all failed or were rejected, or none found)
   130 interrupted; results already written to --output are kept
   141 stdout was closed by its reader (`| head`); stopped quietly
 bench: 0 when every model was measured, 2 when a model could not be (each named on stderr).
@@ -55,7 +55,7 @@ Exit codes:
   1  some images failed (one `error: PATH: reason` line each on stderr) or were
      rejected by the input gate (`rejected: PATH: reason`; --no-gate turns it off)
   2  usage or model error: bad option, unreadable/corrupt model, model without a card
-  3  no image was classified: all failed or were rejected, or none were found
+  3  no image succeeded: all failed or were rejected, or none were found
  130 interrupted (Ctrl-C): what was already written to --output is kept
  141 stdout closed by its reader (e.g. `| head`)
 """
