@@ -32,9 +32,10 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO_SAMPLE = REPO / "demo" / "fracture-xray"
 DEMO_WEIGHTS = "shared/weights/mobilenet_v2_1.0_224_no_top.h5"
 SAMPLE_TRAIN = {"epochs": 8, "fine_tune_epochs": 2, "patience": 4, "bootstrap": 200}
-# Pruning needs epochs after the target sparsity is reached to recover on 110 images.
-SAMPLE_EXPORT = {"qat_epochs": 2, "prune_epochs": 6, "calibration_images": 110,
-                 "bootstrap": 200}
+# 110 training images cannot win back 50% pruning (val AUC -0.10 on demo/fracatlas); at 30%
+# the pruned MobileNetV2 validated (+0.01). Epochs after the target is reached help too.
+SAMPLE_EXPORT = {"qat_epochs": 2, "prune_epochs": 6, "sparsity": 0.3,
+                 "calibration_images": 110, "bootstrap": 200}
 SAMPLE_NOTE = ("a few hundred reduced images make a WEAK model: this run shows the job, "
                "not the accuracy a real dataset reaches")
 
