@@ -331,3 +331,14 @@ def test_audit_outputs_checked_before_the_work(datasets, tmp_path, monkeypatch, 
                                 "system)"]
     res = audit_run(datasets / "unreadable", option, tmp_path / "new" / "folder" / "out")
     assert res.exit_code == 0 and (tmp_path / "new" / "folder" / "out").exists()
+
+
+def test_audit_with_an_empty_train_split_is_not_checked(datasets, tmp_path):
+    import shutil
+
+    root = tmp_path / "notrain"
+    (root / "train" / "fractured").mkdir(parents=True)
+    shutil.copytree(datasets / "unreadable" / "test", root / "test")
+    res = audit_run(root)
+    assert res.exit_code == 0 and "Traceback" not in res.output
+    assert "VERDICT: NOT CHECKED - no train/ split to compare val/test against." in res.stdout
