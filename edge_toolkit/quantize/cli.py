@@ -40,6 +40,9 @@ def _log(msg: str) -> None:
               type=click.IntRange(1), help="Train images in the int8 representative set.")
 @click.option("--tolerance", default=0.02, show_default=True,
               help="Largest val-AUC drop below the float parent that still validates.")
+@click.option("--target-sensitivity", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Sensitivity each file's threshold is chosen for on val (default: the "
+                   "run's training target).")
 @click.option("--input-type", type=click.Choice(["uint8", "int8"]), default="uint8",
               show_default=True, help="Input tensor type of full-integer models.")
 @click.option("--output-type", type=click.Choice(["float32", "uint8", "int8"]),
@@ -56,7 +59,8 @@ def _log(msg: str) -> None:
 def export(run_dir: Path, variants: str, out: Path | None, sparsity: float, qat_epochs: int,
            qat_lr: float, prune_epochs: int, prune_lr: float | None, prune_depthwise: bool,
            freeze_bn: bool | None, calibration_images: int, tolerance: float,
-           input_type: str, output_type: str, data: Path | None, batch_size: int | None,
+           target_sensitivity: float | None, input_type: str, output_type: str,
+           data: Path | None, batch_size: int | None,
            seed: int | None, bootstrap: int, strict: bool) -> None:
     """Export RUN_DIR (a folder from `edge-toolkit train`) to .tflite variants, each with its
     model card embedded, validated on the val split with the TF-free interpreter.
@@ -84,7 +88,8 @@ def export(run_dir: Path, variants: str, out: Path | None, sparsity: float, qat_
         qat_epochs=qat_epochs, qat_lr=qat_lr, prune_epochs=prune_epochs, prune_lr=prune_lr,
         prune_depthwise=prune_depthwise, freeze_bn=freeze_bn,
         calibration_images=calibration_images,
-        tolerance=tolerance, input_type=input_type, output_type=output_type,
+        tolerance=tolerance, target_sensitivity=target_sensitivity, input_type=input_type,
+        output_type=output_type,
         data=str(data) if data else None, batch_size=batch_size, seed=seed,
         bootstrap=bootstrap)
     try:

@@ -75,6 +75,8 @@ class ExportConfig:
     qat_depthwise_per_channel: bool = True  # see quantize/qat.py; False = stock tfmot
     calibration_images: int = DEFAULT_IMAGES
     tolerance: float = 0.02
+    # sensitivity each file's threshold is chosen for on val (None: the run's own target)
+    target_sensitivity: float | None = None
     input_type: str = "uint8"
     output_type: str = "float32"
     data: str | list[str] | None = None  # default: the dataset folder(s) in the run's card
@@ -300,7 +302,8 @@ def operating_points(ctx: ExportContext, p: np.ndarray, check: Validation
     from edge_toolkit.train.calibrate import choose_operating_points
 
     y = ctx.val.y
-    ops = choose_operating_points(y, p, ctx.card.target_sensitivity, ctx.val.sources)
+    target = ctx.cfg.target_sensitivity or ctx.card.target_sensitivity
+    ops = choose_operating_points(y, p, target, ctx.val.sources)
     q = apply_temperature(p, ops["temperature"])
     q_parent = apply_temperature(ctx.parent_probs, ctx.card.temperature)
     op = at_threshold(y, q, ops["threshold"])
@@ -327,6 +330,7 @@ def variant_card(ctx: ExportContext, variant: Variant, p: np.ndarray, check: Val
     card = ModelCard.from_dict(json.loads(parent.to_json()))
     card.temperature, card.threshold = ops["temperature"], ops["threshold"]
     card.thresholds = ops["thresholds"]
+    card.target_sensitivity = ops["target_sensitivity"]
     val, test = ctx.val, ctx.test
     probs = {"val": (val.y, p)}
     sources = {"val": val.sources}
