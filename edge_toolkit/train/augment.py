@@ -66,13 +66,31 @@ def build_augmenter(cfg: AugmentConfig, value_range: str, seed: int = 0) -> Any:
 def make_dataset(x: Any, y: Any, batch_size: int, augmenter: Any | None = None,
                  shuffle: bool = False, seed: int = 0, weights: Any | None = None) -> Any:
     """A batched tf.data pipeline over in-memory preprocessed arrays; with `weights`, each
-    element carries its sample weight (class and source balance) as Keras expects."""
-    tensors = (x, y.astype("float32")) if weights is None else (
-        x, y.astype("float32"), weights.astype("float32"))
-    ds = tf.data.Dataset.from_tensor_slices(tensors)
+    element carries its sample weight (class and source balance) as Keras expects.
+
+    Only indices go through tf.data (shuffled, batched); each batch is gathered from the
+    numpy arrays as it is needed. `from_tensor_slices` on the images plus a full shuffle
+    buffer would hold two more copies of the training set: 4.6 GB at 224 px for 3,900 images,
+    enough to run a small machine out of memory."""
+    import numpy as np
+
+    y = np.asarray(y, np.float32)
+    arrays = [np.asarray(x, np.float32), y] + ([] if weights is None
+                                               else [np.asarray(weights, np.float32)])
+
+    def gather(idx: Any) -> list[Any]:
+        return [a[idx] for a in arrays]
+
+    def load(idx: Any) -> tuple[Any, ...]:
+        out = tf.numpy_function(gather, [idx], [tf.float32] * len(arrays), stateful=False)
+        for t, a in zip(out, arrays):
+            t.set_shape((None, *a.shape[1:]))
+        return tuple(out)
+
+    ds = tf.data.Dataset.range(len(y))
     if shuffle:
-        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size)
+        ds = ds.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size).map(load)
     if augmenter is not None:
         ds = ds.map(lambda a, *rest: (augmenter(a, training=True), *rest),
                     num_parallel_calls=tf.data.AUTOTUNE)
