@@ -27,6 +27,8 @@ from edge_toolkit.preprocess import PreprocessConfig
 from edge_toolkit.train.models import build_model, preprocess_config
 from edge_toolkit.train.probe import fit_logistic, pooled_features
 
+CHUNK = 400  # images preprocessed at once
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -48,10 +50,12 @@ def main() -> None:
         t = time.perf_counter()
         model, cfg = build_model("mobilenetv2", input_size=size, weights=args.weights)
         pre = PreprocessConfig.from_dict(preprocess_config("mobilenetv2", cfg))
-        loaded = load_samples(plan.samples, pre)
-        assert not loaded.skipped, loaded.skipped[:3]
-        feats = pooled_features(model, loaded.x)
-        del loaded
+        chunks = []
+        for start in range(0, len(plan.samples), CHUNK):  # a chunk at a time: bounded memory
+            loaded = load_samples(plan.samples[start:start + CHUNK], pre)
+            assert not loaded.skipped, loaded.skipped[:3]
+            chunks.append(pooled_features(model, loaded.x))
+        feats = np.concatenate(chunks)
         print(f"size {size}: features {feats.shape} in {time.perf_counter() - t:.0f}s",
               flush=True)
         for balance in [float(b) for b in args.balance.split(",")]:
