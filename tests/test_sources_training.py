@@ -106,3 +106,16 @@ def test_determinism_is_decided_per_device():
     gpu_frozen_bn = determinism(True, devices=["/physical_device:GPU:0"])
     assert gpu_frozen_bn["deterministic"] is False and "BatchNorm" in gpu_frozen_bn["reason"]
     assert determinism(False, devices=["/physical_device:GPU:0"])["deterministic"] is True
+
+
+def test_exported_card_reports_each_source_and_names_no_folders(both_run, tmp_path):
+    from edge_toolkit.card import read_card
+    from edge_toolkit.quantize.exporter import ExportConfig, export_run
+
+    report = export_run(both_run, ExportConfig(variants="float32", out=str(tmp_path),
+                                               bootstrap=20), log=lambda m: None)
+    card = read_card(tmp_path / report.results[0].file)
+    for split in ("val", "test"):
+        assert set(card.metrics[split]["sources"]) == {"site-a", "site-b"}
+    assert "roots" not in card.dataset and "root" not in card.dataset
+    assert [s["name"] for s in card.dataset["sources"]] == ["site-a", "site-b"]
