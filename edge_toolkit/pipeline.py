@@ -30,6 +30,7 @@ DEMO_EXPORT = {"qat_epochs": 1, "prune_epochs": 2, "calibration_images": 100, "b
 # The real demo sample (`demo/`, shipped in the repository, not in the wheel).
 REPO = Path(__file__).resolve().parents[1]
 DEMO_SAMPLE = REPO / "demo" / "fracture-xray"
+DEMO_SOURCES = [DEMO_SAMPLE, REPO / "demo" / "fracatlas"]  # what `pipeline` alone trains on
 DEMO_WEIGHTS = "shared/weights/mobilenet_v2_1.0_224_no_top.h5"
 SAMPLE_TRAIN = {"epochs": 8, "fine_tune_epochs": 2, "patience": 4, "bootstrap": 200}
 # 110 training images cannot win back 50% pruning (val AUC -0.10 on demo/fracatlas); at 30%
@@ -88,7 +89,7 @@ class Stages:
 def run_pipeline(data: Path | list[Path] | None, out: Path, families: list[str], variants: str,
                  weights: Path | None, threads: list[int], epochs: int | None,
                  fine_tune_epochs: int | None, size: int | None, min_auc: float | None,
-                 log: Any = print, resume: bool = False, site_shift: bool = True
+                 log: Any = print, resume: bool = False, site_shift: bool | None = None
                  ) -> tuple[Path, bool]:
     """Every stage, in order; returns (pipeline folder, whether every stage succeeded).
     With several dataset folders (sources), one model per family is trained on all of them,
@@ -116,7 +117,7 @@ def run_pipeline(data: Path | list[Path] | None, out: Path, families: list[str],
     sample = ((not roots and DEMO_SAMPLE.is_dir())
               or bool(roots) and all(is_demo_sample(r) for r in roots))
     if sample:
-        roots = roots or [DEMO_SAMPLE]
+        roots = roots or [r for r in DEMO_SOURCES if r.is_dir()]
         state["data"] = [str(r) for r in roots]
         weights = weights or demo_weights()
         log(f"   demo: the real sample in {', '.join(map(str, roots))}; {SAMPLE_NOTE}")
@@ -160,7 +161,8 @@ def run_pipeline(data: Path | list[Path] | None, out: Path, families: list[str],
         if stages.run(f"export {family}", export_run, run, exp,
                       log=lambda m: log(f"   {m}")) is not None:
             runs.append(run)
-        if site_shift and len(roots) > 1:
+        # on by default with several real sources; the demo sample skips it unless asked
+        if (site_shift if site_shift is not None else not sample) and len(roots) > 1:
             shift = stages.run(f"site shift {family}", leave_one_source_out, cfg, roots,
                                out / "site-shift", run, 200 if demo or sample else 1000,
                                lambda m: log(f"   {m}"), resume)
@@ -200,9 +202,10 @@ def run_pipeline(data: Path | list[Path] | None, out: Path, families: list[str],
                    "sources (sites). Default: the real demo sample in the repository's "
                    "demo/ (a weak model; shows the job), or synthetic phantoms where there "
                    "is none (an installed package).")
-@click.option("--site-shift/--no-site-shift", default=True, show_default=True,
+@click.option("--site-shift/--no-site-shift", default=None,
               help="With several --data: also train each family on each source alone and "
-                   "score every model on every source's test split.")
+                   "score every model on every source's test split [default: on for real "
+                   "data, off for the demo sample].")
 @click.option("--families", default="mobilenetv2,scratch_cnn", show_default=True,
               help="Model families from the registry, comma-separated.")
 @click.option("--variants", default="all", show_default=True,
@@ -218,7 +221,7 @@ def run_pipeline(data: Path | list[Path] | None, out: Path, families: list[str],
 @click.option("--name", help="Pipeline folder name (default: pipeline-TIMESTAMP).")
 @click.option("--resume", is_flag=True,
               help="Reuse models already trained in the pipeline folder (after a crash).")
-def pipeline(data: tuple[Path, ...], site_shift: bool, families: str, variants: str,
+def pipeline(data: tuple[Path, ...], site_shift: bool | None, families: str, variants: str,
              weights: Path | None, size: int | None, epochs: int | None,
              fine_tune_epochs: int | None, threads: str,
              min_auc: float | None, out: str, name: str | None, resume: bool) -> None:
