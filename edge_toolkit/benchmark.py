@@ -437,24 +437,33 @@ def _place_labels(ax: Any, xy: list[tuple[float, float]], texts: list[str]) -> N
     renderer = fig.canvas.get_renderer()
     offsets = [(6, 6), (6, -14), (-6, 6), (-6, -14), (8, 18), (8, -26), (-8, 18), (-8, -26),
                (10, 30), (10, -38), (-10, 30), (-10, -38)]
+    inside = ax.get_window_extent(renderer)
     placed: list[Any] = []
     for (x, y), text in zip(xy, texts):
-        ann = None
+        best: tuple[int, int, tuple[int, int]] | None = None  # (outside, overlaps, offset)
         for dx, dy in offsets:
-            if ann is not None:
-                ann.remove()
             ann = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points",
-                              fontsize=7, ha="left" if dx > 0 else "right",
-                              arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.5"})
+                              fontsize=7, ha="left" if dx > 0 else "right")
             box = ann.get_window_extent(renderer).expanded(1.05, 1.1)
-            if not any(box.overlaps(b) for b in placed):
+            ann.remove()
+            outside = int(not (box.x0 >= inside.x0 and box.x1 <= inside.x1
+                               and box.y0 >= inside.y0 and box.y1 <= inside.y1))
+            score = (outside, sum(box.overlaps(b) for b in placed), (dx, dy))
+            if best is None or score[:2] < best[:2]:
+                best = score
+            if score[:2] == (0, 0):
                 break
+        assert best is not None
+        ann = ax.annotate(text, (x, y), xytext=best[2], textcoords="offset points",
+                          fontsize=7, ha="left" if best[2][0] > 0 else "right",
+                          arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.5"})
         placed.append(ann.get_window_extent(renderer))
 
 
 def chart(result: dict[str, Any], path: Path) -> bool:
     """AUC (test where measured, else val) with its 95% interval against file size, marker
-    area by p50 latency, the Pareto front drawn, labels kept apart."""
+    area by p50 latency, the Pareto front of the validated files drawn (files that failed
+    validation hollow), labels kept apart and inside the plot."""
     try:
         import matplotlib
 
@@ -468,7 +477,7 @@ def chart(result: dict[str, Any], path: Path) -> bool:
            and r["size_bytes"]]
     fig, ax = plt.subplots(figsize=(9, 6))
     families = sorted({r["family"] for r in pts})
-    xy, texts = [], []
+    xy, texts, shippable = [], [], []
     for fam, marker in zip(families, "os^Dv"):
         mine = [r for r in pts if r["family"] == fam]
         xs = np.array([r["size_bytes"] / 1024 for r in mine])
@@ -478,15 +487,23 @@ def chart(result: dict[str, Any], path: Path) -> bool:
         err = np.abs(np.vstack([ys - ci[:, 0], ci[:, 1] - ys]))
         ax.errorbar(xs, ys, yerr=np.nan_to_num(err), fmt="none", ecolor="0.6", lw=0.8,
                     capsize=2, zorder=1)
-        ax.scatter(xs, ys, s=40 + 300 * lat / max(float(lat.max()), 1e-9), marker=marker,
-                   alpha=0.7, label=fam, zorder=2)
-        for r, x, y, ms in zip(mine, xs, ys, lat):
+        ok = np.array([r["status"] == VALIDATED for r in mine])
+        sizes = 40 + 300 * lat / max(float(lat.max()), 1e-9)
+        dot = ax.scatter(xs[ok], ys[ok], s=sizes[ok], marker=marker, alpha=0.7, label=fam,
+                         zorder=2)
+        if (~ok).any():  # not shipped: hollow, and off the front
+            ax.scatter(xs[~ok], ys[~ok], s=sizes[~ok], marker=marker, facecolors="none",
+                       edgecolors=dot.get_facecolor()[0] if ok.any() else "0.3", zorder=2,
+                       label=f"{fam}, failed validation")
+        for r, x, y, ms, good in zip(mine, xs, ys, lat, ok):
             xy.append((x, y))
+            shippable.append(bool(good))
             texts.append(f"{fam} {r['variant']} ({ms:.1f} ms)")
-    if xy:
-        front = pareto_front(xy)
+    valid = [i for i, good in enumerate(shippable) if good]
+    if valid:
+        front = [valid[i] for i in pareto_front([xy[i] for i in valid])]
         ax.plot([xy[i][0] for i in front], [xy[i][1] for i in front], "k--", lw=0.8,
-                label="Pareto front", zorder=0)
+                label="Pareto front (validated files)", zorder=0)
     base = (result.get("baseline") or {}).get("splits", {}).get(split)
     if base:
         ax.axhline(base["auc"], color="grey", ls=":", label=f"global-cue baseline ({split})")
