@@ -4,6 +4,7 @@ rejections are reported and counted."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -157,24 +158,38 @@ def test_ood_model_scores_one_vector_or_many():
 # -- the command line (bundled model: no TensorFlow needed) --------------------------------
 
 
+REAL_XRAYS = Path(__file__).resolve().parents[2] / "shared" / "data" / "fracture-xray" / "test"
+
+
 @pytest.fixture
 def pictures(tmp_path):
     out = {}
-    for name, img in [("good", radiograph_like()), ("blank", Image.new("L", (200, 160), 255)),
-                      ("noise", noise())]:
+    for name, img in [("blank", Image.new("L", (200, 160), 255)), ("noise", noise())]:
         out[name] = tmp_path / f"{name}.png"
         img.save(out[name])
     return out
+
+
+@pytest.fixture
+def real_xray(tmp_path):
+    """A real radiograph: the bundled model's gate (fitted on real X-rays) rightly refuses
+    synthetic phantoms, so what it must accept has to be real."""
+    found = sorted((REAL_XRAYS / "fractured").glob("*.jpg"))[:1]
+    if not found:
+        pytest.skip(f"needs a real radiograph in {REAL_XRAYS} (the shared data)")
+    path = tmp_path / "good.jpg"
+    path.write_bytes(found[0].read_bytes())
+    return path
 
 
 def run(*args: object):
     return CliRunner().invoke(classify, [str(a) for a in args], catch_exceptions=False)
 
 
-def test_cli_rejects_with_status_and_reason_and_counts_them_as_failed(pictures):
-    res = run(pictures["good"], pictures["blank"], pictures["noise"], "--format", "jsonl")
+def test_cli_rejects_with_status_and_reason_and_counts_them_as_failed(pictures, real_xray):
+    res = run(real_xray, pictures["blank"], pictures["noise"], "--format", "jsonl")
     rows = {r["file"].rsplit("/", 1)[-1]: r for r in map(json.loads, res.stdout.splitlines())}
-    assert rows["good.png"]["status"] == "ok" and rows["good.png"]["label"]
+    assert rows["good.jpg"]["status"] == "ok" and rows["good.jpg"]["label"]
     for name in ("blank.png", "noise.png"):
         assert rows[name]["status"] == "rejected"
         assert rows[name]["label"] is None and rows[name]["probability"] is None
@@ -204,3 +219,15 @@ def test_capture_rejects_a_blank_camera_frame_unless_told_not_to(pictures, tmp_p
     assert res.exit_code == 3
     res = CliRunner().invoke(capture, args + ["--no-gate"], catch_exceptions=False)
     assert res.exit_code == 0 and json.loads(res.stdout.splitlines()[0])["status"] == "ok"
+
+
+def test_the_bundled_model_refuses_a_natural_photo(tmp_path):
+    """A photograph (one matplotlib ships; nothing downloaded) is not a radiograph."""
+    mpl_data = pytest.importorskip("matplotlib").get_data_path()
+    photo = Path(mpl_data) / "sample_data" / "grace_hopper.jpg"
+    if not photo.is_file():
+        pytest.skip("matplotlib's sample photo is not installed")
+    res = run(photo, "--format", "jsonl")
+    row = json.loads(res.stdout.splitlines()[0])
+    assert row["status"] == "rejected" and row["label"] is None, row
+    assert res.exit_code == 3
