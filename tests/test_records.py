@@ -35,7 +35,9 @@ def test_bundled_card_loads_and_does_not_contradict_itself():
     assert card.threshold == card.thresholds["high_sensitivity"]
     assert card.export_info.validation.threshold == card.threshold
     info = card.dataset_info
-    assert info.root is None and info.name == "fracture-xray"
+    sources = [src["name"] for src in card.dataset["sources"]]
+    assert info.root is None and "roots" not in card.dataset
+    assert sources == ["fracture-xray", "fracatlas"] and info.name == " + ".join(sources)
     assert card.data_fingerprint and card.data_fingerprint.startswith("sha256:")
     assert not [s for s in _strings(card.to_dict()) if s.startswith(("/", "~"))]
 
