@@ -14,7 +14,9 @@ import os
 import stat
 import tempfile
 import unicodedata
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 
 class NotRegularFileError(OSError):
@@ -145,3 +147,41 @@ def new_file_mode() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return 0o666 & ~mask
+
+
+def fsync_dir(folder: str | Path) -> None:
+    """Make a new or renamed file in `folder` survive a power cut (best effort)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | Path, data: bytes | Callable[[BinaryIO], None],
+                 sync_dir: bool = True) -> Path:
+    """Write `data` (bytes, or a function writing to the open file) to a temporary file
+    beside `path`, fsync it and rename it over `path`: a reader, or the file after a power
+    cut, is the old file or the whole new one, never half of it."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if isinstance(data, bytes | bytearray):
+                f.write(data)
+            else:
+                data(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    if sync_dir:
+        fsync_dir(path.parent)
+    return path

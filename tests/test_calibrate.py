@@ -119,3 +119,17 @@ def test_never_overwrites_the_model_it_recalibrates(models, tmp_path):
     res = run(copy, data, "-o", copy)
     assert res.exit_code != 0 and "refusing to overwrite" in res.output
     assert copy.read_bytes() == Path(models["float"]).read_bytes()
+
+
+def test_the_new_file_keeps_the_card_archives_other_members(models, tmp_path):
+    """A gate's arrays travel beside the card: recalibrating must not drop them."""
+    from edge_toolkit.card import embed_card, read_member
+
+    data = Path(models["float"]).read_bytes()
+    with_member = tmp_path / "gated.tflite"
+    with_member.write_bytes(embed_card(data, read_card(models["float"]),
+                                       {"edge_toolkit_gate.npz": b"arrays"}))
+    res = run(with_member, write_clinic(tmp_path / "c", 25, 25), "-o", tmp_path / "out.tflite")
+    assert res.exit_code == 0, res.output
+    out = (tmp_path / "out.tflite").read_bytes()
+    assert read_member(out, "edge_toolkit_gate.npz") == b"arrays"

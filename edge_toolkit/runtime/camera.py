@@ -22,6 +22,8 @@ from typing import Any, Protocol
 
 from PIL import Image
 
+from edge_toolkit.files import atomic_write
+
 FAKE_CAMERA_ENV = "EDGE_TOOLKIT_FAKE_CAMERA"
 PICAMERA2_HINT = (
     "picamera2 is not installed: on Raspberry Pi OS `sudo apt install python3-picamera2` (and "
@@ -187,22 +189,12 @@ def save_capture(img: Image.Image, folder: str | Path,
     while path.exists():  # two captures in one microsecond, or a clock step back
         path = folder / f"{path.stem.split('~')[0]}~{n}{opts.suffix}"
         n += 1
-    tmp = path.with_name(f".{path.name}.tmp")
     img = _fit(img, opts)
-    with open(tmp, "wb") as f:
+
+    def save(f: Any) -> None:
         if opts.format == "jpeg":
             img.save(f, format="JPEG", quality=opts.quality)
         else:
             img.save(f, format="PNG", compress_level=1)  # fast on a Pi; lossless
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-    return path
+
+    return atomic_write(path, save)

@@ -12,8 +12,6 @@ TF-free: it runs on the device.
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from edge_toolkit.card import ModelCard, embed_card, split_tflite
+from edge_toolkit.card import ModelCard, embed_card
 from edge_toolkit.data import Dataset, DatasetError, Sample, class_id
+from edge_toolkit.files import atomic_write
 from edge_toolkit.images import ImageLoadError, is_image_name
 from edge_toolkit.metrics import (
     apply_temperature,
@@ -230,20 +229,9 @@ def write_recalibrated(model: str | Path, out: str | Path, card: ModelCard) -> P
     model, out = Path(model), Path(out)
     if out.resolve() == model.resolve():
         raise CalibrationError(f"{out}: refusing to overwrite the model being recalibrated")
-    bare, _ = split_tflite(model.read_bytes())
-    data = embed_card(bare, card)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
+    # from the whole file: the card archive's other members (the gate's arrays) are kept
+    return atomic_write(out, embed_card(model.read_bytes(), card))
 
 
 def format_report(rec: Recalibration) -> str:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
-from edge_toolkit.files import new_file_mode, shown
+from edge_toolkit.files import fsync_dir, new_file_mode, shown
 from edge_toolkit.runtime.results import FIELDS, Result
 
 try:
@@ -279,20 +279,7 @@ def atomic_write(path: Path, text: str) -> None:
         except OSError:
             pass
         raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    fsync_dir(path.parent)
 
 
 class _DurableAppender:

@@ -10,7 +10,6 @@ leaves nothing behind. The model is shared by the server's threads behind one lo
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 import time
@@ -23,6 +22,7 @@ from typing import Any
 from PIL import Image
 
 from edge_toolkit import __version__
+from edge_toolkit.files import atomic_write, fsync_dir
 from edge_toolkit.images import DEFAULT_MAX_PIXELS, ImageLoadError, open_image
 from edge_toolkit.runtime.classifier import Classifier
 from edge_toolkit.runtime.heatmap import explain_image, heat_rgba
@@ -43,26 +43,6 @@ class Limits:
 
     max_file_bytes: int = 20 * 1024 * 1024
     max_pixels: int = DEFAULT_MAX_PIXELS
-
-
-def _fsync_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
 
 
 def _png_bytes(img: Image.Image) -> bytes:
@@ -149,7 +129,7 @@ class Station:
                               f"{self.limits.max_file_bytes / 1e6:g} MB limit per picture")
         uid = uuid.uuid4().hex
         stored = self.data / "images" / f"{uid}{safe_suffix(name)}"
-        _fsync_write(stored, data)
+        atomic_write(stored, data, sync_dir=False)
         try:
             try:
                 img = open_image(stored, max_pixels=self.limits.max_pixels)
@@ -169,13 +149,13 @@ class Station:
             ex = explain_image(self.clf, img, file=name, max_side=DISPLAY_SIDE)
         r = ex.result
         display = self.data / "display" / f"{uid}.png"
-        _fsync_write(display, _png_bytes(ex.image))
+        atomic_write(display, _png_bytes(ex.image), sync_dir=False)
         heat = None
         if ex.heat is not None:
             heat = self.data / "heat" / f"{uid}.png"
-            _fsync_write(heat, _png_bytes(heat_rgba(ex.heat)))
+            atomic_write(heat, _png_bytes(heat_rgba(ex.heat)), sync_dir=False)
         for sub in ("images", "display", "heat"):
-            _fsync_dir(self.data / sub)
+            fsync_dir(self.data / sub)
         status = getattr(r, "status", "ok")
         rejected = status == "rejected"
         row = {
