@@ -119,3 +119,30 @@ def test_exported_card_reports_each_source_and_names_no_folders(both_run, tmp_pa
         assert set(card.metrics[split]["sources"]) == {"site-a", "site-b"}
     assert "roots" not in card.dataset and "root" not in card.dataset
     assert [s["name"] for s in card.dataset["sources"]] == ["site-a", "site-b"]
+
+
+def test_pretrained_backbone_gets_a_linear_probe_head_then_fine_tuning(sites, tmp_path):
+    """With weights, phase 1 is the closed-form probe; it is the first checkpoint candidate
+    and its history row is scored on val like an epoch."""
+    from edge_toolkit.train.tfsetup import keras
+
+    root, a, b = sites
+    backbone = keras.applications.MobileNetV2(input_shape=(32, 32, 3), include_top=False,
+                                              weights=None)
+    weights = tmp_path / "backbone.h5"
+    backbone.save_weights(str(weights))
+    cfg = TrainConfig(data=[str(a), str(b)], family="mobilenetv2", out=str(tmp_path),
+                      name="lp", model={"input_size": 32, "weights": str(weights)},
+                      fine_tune_epochs=1, fine_tune_lr=0.0, batch_size=8, bootstrap=20)
+    run = train(cfg, log=lambda m: None)  # lr 0: fine-tuning cannot beat the probe
+    card = ModelCard.load(run / "card.json")
+    training = card.export["training"]
+    assert training["head"] == "probe" and training["probe"]["l2"] == 1000.0
+    assert training["probe"]["features"] == 1280
+    rows = list(csv.DictReader(open(run / "history.csv")))
+    assert rows[0]["phase"] == "1" and float(rows[0]["val_auc"]) >= 0
+    assert {"val_auc_site-a", "val_auc_site-b"} <= set(rows[0])
+    assert len(rows) == 2 and rows[1]["phase"] == "2"
+    # the probe was kept: the saved model scores on val what the probe scored
+    per_source = card.metrics["val"]["sources"]
+    assert per_source["site-a"]["auc"] == pytest.approx(float(rows[0]["val_auc_site-a"]))

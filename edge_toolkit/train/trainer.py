@@ -149,20 +149,23 @@ def selection_auc(aucs: dict[str, float]) -> float:
     return float(np.mean(vals)) if vals else float("nan")
 
 
+def val_scores(model: Any, val: LoadedSplit) -> dict[str, float]:
+    """`val_auc` (the mean of per-source AUCs: the selection criterion), `val_loss`, and
+    with several sources each one's AUC as `val_auc_<source>`."""
+    p = predict(model, val.x)
+    aucs = source_aucs(val.y, p, val.sources)
+    out = {"val_auc": selection_auc(aucs), "val_loss": log_loss(val.y, p)}
+    return out | ({f"val_auc_{k}": v for k, v in aucs.items()} if len(aucs) > 1 else {})
+
+
 def _val_monitor(model: Any, val: LoadedSplit) -> Any:
-    """Writes `val_auc` (mean of per-source AUCs), `val_loss` and each source's AUC into
-    the epoch's logs before early stopping and the checkpoint read them."""
+    """Writes `val_scores` into the epoch's logs before early stopping and the checkpoint
+    read them."""
 
     class ValMonitor(keras.callbacks.Callback):
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-            if logs is None:
-                return
-            p = predict(model, val.x)
-            aucs = source_aucs(val.y, p, val.sources)
-            logs["val_loss"] = log_loss(val.y, p)
-            logs["val_auc"] = selection_auc(aucs)
-            if len(aucs) > 1:
-                logs.update({f"val_auc_{k}": v for k, v in aucs.items()})
+            if logs is not None:
+                logs.update(val_scores(model, val))
 
     return ValMonitor()
 
@@ -176,12 +179,9 @@ def _probe_phase(model: Any, train_s: LoadedSplit, weights: np.ndarray, val_s: L
     t = time.perf_counter()
     record = probe(model, train_s.x, train_s.y, weights, val_s.x, val_s.y, val_s.sources,
                    float(cfg.probe_l2 or 0.0), log)
-    p = predict(model, val_s.x)
-    aucs = source_aucs(val_s.y, p, val_s.sources)
-    row = {"phase": 1, "phase_start": 1, "val_auc": selection_auc(aucs),
-           "val_loss": log_loss(val_s.y, p)}
-    row |= {f"val_auc_{k}": v for k, v in aucs.items()} if len(aucs) > 1 else {}
-    per_source = " ".join(f"{k} {v:.4f}" for k, v in aucs.items()) if len(aucs) > 1 else ""
+    row = {"phase": 1, "phase_start": 1} | val_scores(model, val_s)
+    per_source = " ".join(f"{k[8:]} {v:.4f}" for k, v in row.items()
+                          if k.startswith("val_auc_"))
     log(f"phase 1 linear probe (L2 {record['l2']:g}): val_loss {row['val_loss']:.4f} "
         f"val_auc {row['val_auc']:.4f}" + (f" ({per_source})" if per_source else "")
         + f", {time.perf_counter() - t:.0f}s")
@@ -259,13 +259,15 @@ def train(cfg: TrainConfig, log: Log = print, dataset: Dataset | None = None) ->
     checkpoint = keras.callbacks.ModelCheckpoint(str(ckpt_path), monitor="val_auc", mode="max",
                                                  save_best_only=True, save_weights_only=True)
     history: list[dict[str, float]] = []
-    probe_record = None
+    probe_record, probe_weights = None, None
     pretrained = family.has_backbone and bool(model_cfg.get("weights"))
     with strategy.scope():
         _set_trainable(model, cfg.family, model_cfg, trainable=False)
         if cfg.head == "probe" and pretrained:
             probe_record, row = _probe_phase(model, train_s, weights, val_s, cfg, log)
-            model.save_weights(str(ckpt_path))  # the probe is the first candidate
+            # the probe is the first candidate: kept in memory (a weights file saved before
+            # compile() does not load into the compiled model); fine-tuning must beat it
+            probe_weights = model.get_weights()
             checkpoint.best = row["val_auc"]
             history.append(row)
         else:
@@ -279,6 +281,8 @@ def train(cfg: TrainConfig, log: Log = print, dataset: Dataset | None = None) ->
     if ckpt_path.exists():
         model.load_weights(str(ckpt_path))  # best val AUC over both phases
         ckpt_path.unlink()
+    elif probe_weights is not None:  # no fine-tuning epoch beat the linear probe
+        model.set_weights(probe_weights)
     keras.mixed_precision.set_global_policy("float32")
     if mixed:  # save a float32 model: the TFLite converter and tfmot reject mixed precision
         weights_now = model.get_weights()
