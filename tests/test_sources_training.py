@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
 
 pytest.importorskip("tensorflow")
@@ -146,3 +147,38 @@ def test_pretrained_backbone_gets_a_linear_probe_head_then_fine_tuning(sites, tm
     # the probe was kept: the saved model scores on val what the probe scored
     per_source = card.metrics["val"]["sources"]
     assert per_source["site-a"]["auc"] == pytest.approx(float(rows[0]["val_auc_site-a"]))
+
+
+def test_average_weights_is_the_elementwise_mean_in_each_dtype():
+    from edge_toolkit.train.averaging import average_weights
+
+    a = [np.array([1.0, 2.0], np.float32), np.array([[0, 4]], np.float16)]
+    b = [np.array([3.0, 6.0], np.float32), np.array([[2, 0]], np.float16)]
+    mean = average_weights([a, b])
+    assert np.array_equal(mean[0], [2.0, 4.0]) and mean[0].dtype == np.float32
+    assert np.array_equal(mean[1], [[1, 2]]) and mean[1].dtype == np.float16
+
+
+def test_weight_average_is_a_candidate_and_the_best_candidate_is_kept(sites, tmp_path):
+    """With --average-epochs the mean of the last fine-tuning epochs is scored on val as a
+    history row of its own (phase 3); the saved model is whichever row scored best."""
+    from edge_toolkit.train.tfsetup import keras
+
+    root, a, b = sites
+    backbone = keras.applications.MobileNetV2(input_shape=(32, 32, 3), include_top=False,
+                                              weights=None)
+    weights = tmp_path / "backbone.h5"
+    backbone.save_weights(str(weights))
+    cfg = TrainConfig(data=[str(a), str(b)], family="mobilenetv2", out=str(tmp_path),
+                      name="swa", model={"input_size": 32, "weights": str(weights)},
+                      fine_tune_epochs=3, fine_tune_lr=1e-3, patience=5, average_epochs=3,
+                      batch_size=8, bootstrap=20)
+    lines: list[str] = []
+    run = train(cfg, log=lines.append)
+    rows = list(csv.DictReader(open(run / "history.csv")))
+    assert [r["phase"] for r in rows] == ["1", "2", "2", "2", "3"]
+    assert any("weight average of fine-tuning epochs 1-3" in m for m in lines)
+    card = ModelCard.load(run / "card.json")
+    assert card.export["training"]["average_epochs"] == 3
+    kept = np.mean([m["auc"] for m in card.metrics["val"]["sources"].values()])
+    assert kept == pytest.approx(max(float(r["val_auc"]) for r in rows), abs=1e-6)

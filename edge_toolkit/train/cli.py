@@ -73,6 +73,10 @@ def parse_augment(base: Any, items: tuple[str, ...]) -> Any:
                    "fine-tuning, or train it by SGD for --epochs [default: the family's].")
 @click.option("--probe-l2", type=float,
               help="Linear probe L2 penalty; 0 = choose it on val [default: the family's].")
+@click.option("--average-epochs", type=click.IntRange(0),
+              help="Also try the mean of the weights after the last N fine-tuning epochs "
+                   "(stochastic weight averaging) as a candidate, judged on val "
+                   "[default: the family's].")
 @click.option("--target-sensitivity", default=0.95, show_default=True,
               help="Threshold is chosen on val to reach this sensitivity.")
 @click.option("--no-augment", is_flag=True, help="Switch augmentation off.")
@@ -97,7 +101,7 @@ def train(data: tuple[Path, ...], source_balance: float, family: str, size: int 
           weights: Path | None, channels: int | None, fit: str | None, epochs: int | None,
           fine_tune_epochs: int | None, batch_size: int, learning_rate: float | None,
           fine_tune_lr: float | None, patience: int | None, head: str | None,
-          probe_l2: float | None, target_sensitivity: float,
+          probe_l2: float | None, average_epochs: int | None, target_sensitivity: float,
           no_augment: bool, aug_overrides: tuple[str, ...], dropout: float | None,
           fine_tune_at: str | None, out: str, name: str | None, seed: int,
           mixed_precision: bool | None, folds: int | None) -> None:
@@ -123,7 +127,7 @@ def train(data: tuple[Path, ...], source_balance: float, family: str, size: int 
                       preprocessing={"fit": fit}, augment=aug, epochs=epochs,
                       fine_tune_epochs=fine_tune_epochs, batch_size=batch_size,
                       learning_rate=learning_rate, fine_tune_lr=fine_tune_lr, patience=patience,
-                      head=head, probe_l2=probe_l2,
+                      head=head, probe_l2=probe_l2, average_epochs=average_epochs,
                       target_sensitivity=target_sensitivity, seed=seed,
                       source_balance=source_balance,
                       mixed_precision=mixed_precision)

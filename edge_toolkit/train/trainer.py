@@ -31,6 +31,7 @@ from edge_toolkit.multisource import (
 from edge_toolkit.preprocess import PreprocessConfig
 from edge_toolkit.train import plots
 from edge_toolkit.train.augment import AugmentConfig, build_augmenter, make_dataset
+from edge_toolkit.train.averaging import EpochWeights
 from edge_toolkit.train.calibrate import choose_operating_points, format_metrics, report_splits
 from edge_toolkit.train.models import build_model, get_family, preprocess_config
 from edge_toolkit.train.models import set_backbone_trainable as _set_trainable
@@ -65,6 +66,9 @@ class TrainConfig:
     # before fine-tuning; "train": by SGD for `epochs`
     head: str | None = None
     probe_l2: float | None = None  # the probe's L2 penalty; 0 = choose it on val
+    # >0: the mean of the weights after the last N fine-tuning epochs (stochastic weight
+    # averaging) is one more candidate, judged on val like an epoch (train/averaging.py)
+    average_epochs: int | None = None
     target_sensitivity: float = 0.95
     # 0: each source weighs by its size; 1: every source weighs the same (classes are
     # balanced within each source either way)
@@ -77,7 +81,7 @@ class TrainConfig:
 
 
 FALLBACK = {"epochs": 12, "fine_tune_epochs": 8, "learning_rate": 1e-3, "fine_tune_lr": 2e-5,
-            "patience": 4, "head": "train", "probe_l2": 0.0}
+            "patience": 4, "head": "train", "probe_l2": 0.0, "average_epochs": 0}
 
 
 def resolve_defaults(cfg: TrainConfig) -> TrainConfig:
@@ -188,8 +192,22 @@ def _probe_phase(model: Any, train_s: LoadedSplit, weights: np.ndarray, val_s: L
     return record, row
 
 
+def _average_candidate(model: Any, averaged: list[np.ndarray], collector: EpochWeights,
+                       val: LoadedSplit, best: float, log: Log) -> tuple[dict[str, float], bool]:
+    """Score the averaged weights on val like an epoch; True when they beat `best`."""
+    current = model.get_weights()
+    model.set_weights(averaged)
+    row = {"phase": 3, "phase_start": 1} | val_scores(model, val)
+    model.set_weights(current)
+    won = bool(row["val_auc"] > best)
+    log(f"weight average of fine-tuning epochs {collector.epochs_averaged()}: val_auc "
+        f"{row['val_auc']:.4f} ({'kept' if won else f'best epoch {best:.4f} kept'})")
+    return row, won
+
+
 def _fit_phase(model: Any, train_ds: Any, val: LoadedSplit, epochs: int, lr: float,
-               cfg: TrainConfig, checkpoint: Any, phase: int, log: Log) -> list[dict[str, float]]:
+               cfg: TrainConfig, checkpoint: Any, phase: int, log: Log,
+               extra: list[Any] | None = None) -> list[dict[str, float]]:
     if epochs <= 0:
         return []
     model.compile(optimizer=keras.optimizers.Adam(lr), loss="binary_crossentropy",
@@ -208,7 +226,8 @@ def _fit_phase(model: Any, train_ds: Any, val: LoadedSplit, epochs: int, lr: flo
                                                              else ""))
 
     hist = model.fit(train_ds, epochs=epochs, verbose=0,
-                     callbacks=[_val_monitor(model, val), stop, checkpoint, Progress()])
+                     callbacks=[_val_monitor(model, val), stop, checkpoint, Progress(),
+                                *(extra or [])])
     rows = [{k: float(v[i]) for k, v in hist.history.items()} | {"phase": phase}
             for i in range(len(hist.history["loss"]))]
     if rows:
@@ -276,12 +295,22 @@ def train(cfg: TrainConfig, log: Log = print, dataset: Dataset | None = None) ->
         if pretrained and cfg.fine_tune_epochs > 0:
             n = _set_trainable(model, cfg.family, model_cfg, trainable=True)
             log(f"fine-tuning from {model_cfg.get('fine_tune_at')}: {n} trainable tensors")
+            collector = EpochWeights(model, cfg.average_epochs or 0)
             history += _fit_phase(model, train_ds, val_s, cfg.fine_tune_epochs,
-                                  cfg.fine_tune_lr, cfg, checkpoint, 2, log)
+                                  cfg.fine_tune_lr, cfg, checkpoint, 2, log, [collector])
+            averaged = collector.average()
+            if averaged is not None:
+                row, won = _average_candidate(model, averaged, collector, val_s,
+                                              checkpoint.best, log)
+                history.append(row)
+                if won:
+                    checkpoint.best = row["val_auc"]
+                    probe_weights = averaged  # kept in memory, like the probe
+                    ckpt_path.unlink(missing_ok=True)
     if ckpt_path.exists():
         model.load_weights(str(ckpt_path))  # best val AUC over both phases
         ckpt_path.unlink()
-    elif probe_weights is not None:  # no fine-tuning epoch beat the linear probe
+    elif probe_weights is not None:  # no fine-tuning epoch beat the probe (or the average)
         model.set_weights(probe_weights)
     keras.mixed_precision.set_global_policy("float32")
     if mixed:  # save a float32 model: the TFLite converter and tfmot reject mixed precision
