@@ -47,7 +47,8 @@ def csrf_of(client) -> str:
 def upload(client, files: list[tuple[bytes, str]], **form):
     data = {"csrf": csrf_of(client), **form,
             "files": [(io.BytesIO(b), name) for b, name in files]}
-    return client.post("/upload", data=data, content_type="multipart/form-data")
+    return client.post("/upload", data=data, content_type="multipart/form-data",
+                       follow_redirects=True)
 
 
 def rows(data: Path) -> list[dict]:
@@ -83,6 +84,24 @@ def test_upload_many_shows_each_result_already_committed(models, tmp_path):
     assert heat.status_code == 200 and Image.open(io.BytesIO(heat.data)).mode == "RGBA"
     original = client.get(f"/files/{stored[0]['id']}/original")
     assert original.data == xray_png(0)
+
+
+def test_reloading_the_results_page_does_not_upload_again(models, tmp_path):
+    """Post/Redirect/Get: the upload answers with a redirect to a GET page of the stored
+    results; reloading that page shows them again and stores nothing new."""
+    _, client = make_client(models["gap"], tmp_path / "data")
+    data = {"csrf": csrf_of(client),
+            "files": [(io.BytesIO(xray_png(0)), "a.png"), (io.BytesIO(b"junk"), "bad.png")]}
+    resp = client.post("/upload", data=data, content_type="multipart/form-data")
+    assert resp.status_code == 303 and "/results?ids=1" in resp.headers["Location"]
+    first = client.get(resp.headers["Location"]).get_data(as_text=True)
+    assert "a.png" in first and "bad.png" in first  # the error line comes along once
+    again = client.get(resp.headers["Location"])
+    assert again.status_code == 200 and "a.png" in again.get_data(as_text=True)
+    assert "bad.png" not in again.get_data(as_text=True)
+    assert len(rows(tmp_path / "data")) == 1
+    assert client.get("/results?ids=99").status_code == 404
+    assert client.get("/results?ids=x").status_code == 400
 
 
 def test_result_page_has_label_probability_threshold_model_and_opacity(models, tmp_path):

@@ -35,6 +35,20 @@ from edge_toolkit.web.store import VERDICTS, Filters, StoreError
 
 OPEN_ENDPOINTS = ("login", "static", "healthz")
 HISTORY_PAGE = 200  # rows shown on the history page (the CSV has all)
+MAX_RESULTS_SHOWN = 500  # results one results page lists
+ERRORS_IN_COOKIE = 2000  # characters of upload errors carried to the results page
+
+
+def _cookie_sized(errors: list[str]) -> list[str]:
+    """The upload's error lines, cut to fit the session cookie (browsers drop cookies over
+    4 KB), with a count of those left out."""
+    kept: list[str] = []
+    for line in errors:
+        if sum(map(len, kept)) + len(line) > ERRORS_IN_COOKIE:
+            kept.append(f"... and {len(errors) - len(kept)} more files could not be read.")
+            break
+        kept.append(line)
+    return kept
 
 
 @dataclass(frozen=True)
@@ -178,8 +192,22 @@ def create_app(station: Station, settings: Settings) -> Flask:
         ids, errors = _classify_request("upload")
         if not ids:
             return render_template("index.html", errors=errors, recent=_recent()), 400
-        rows = [station.store.get(i) for i in ids]  # committed before this page is sent
-        return render_template("results.html", rows=rows, errors=errors)
+        # Post/Redirect/Get: the results page is a GET of what was stored, so reloading it
+        # (or going back to it) shows the same results and never uploads the files again
+        session["upload_errors"] = _cookie_sized(errors)
+        return redirect(url_for("results", ids=",".join(map(str, ids))), code=303)
+
+    @app.get("/results")
+    def results() -> Any:
+        try:
+            ids = [int(i) for i in request.args.get("ids", "").split(",") if i]
+        except ValueError:
+            abort(400, description="The result numbers must be whole numbers.")
+        rows = [r for r in (station.store.get(i) for i in ids[:MAX_RESULTS_SHOWN]) if r]
+        if not rows:
+            abort(404, description="There are no such results.")
+        return render_template("results.html", rows=rows,
+                               errors=session.pop("upload_errors", []))
 
     @app.post("/capture")
     def capture() -> Any:
