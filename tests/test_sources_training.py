@@ -159,9 +159,19 @@ def test_average_weights_is_the_elementwise_mean_in_each_dtype():
     assert np.array_equal(mean[1], [[1, 2]]) and mean[1].dtype == np.float16
 
 
+def test_interpolated_weights_run_from_start_to_end():
+    from edge_toolkit.train.averaging import interpolate_weights
+
+    start, end = [np.zeros(3, np.float32)], [np.array([4.0, 8.0, -4.0], np.float32)]
+    assert np.array_equal(interpolate_weights(start, end, 0.0)[0], start[0])
+    assert np.array_equal(interpolate_weights(start, end, 1.0)[0], end[0])
+    assert np.array_equal(interpolate_weights(start, end, 0.25)[0], [1.0, 2.0, -1.0])
+
+
 def test_weight_average_is_a_candidate_and_the_best_candidate_is_kept(sites, tmp_path):
     """With --average-epochs the mean of the last fine-tuning epochs is scored on val as a
-    history row of its own (phase 3); the saved model is whichever row scored best."""
+    history row of its own (phase 3), and so is each probe mix (phase 4); the saved model is
+    whichever row scored best."""
     from edge_toolkit.train.tfsetup import keras
 
     root, a, b = sites
@@ -172,12 +182,13 @@ def test_weight_average_is_a_candidate_and_the_best_candidate_is_kept(sites, tmp
     cfg = TrainConfig(data=[str(a), str(b)], family="mobilenetv2", out=str(tmp_path),
                       name="swa", model={"input_size": 32, "weights": str(weights)},
                       fine_tune_epochs=3, fine_tune_lr=1e-3, patience=5, average_epochs=3,
-                      batch_size=8, bootstrap=20)
+                      probe_mix=(0.5,), batch_size=8, bootstrap=20)
     lines: list[str] = []
     run = train(cfg, log=lines.append)
     rows = list(csv.DictReader(open(run / "history.csv")))
-    assert [r["phase"] for r in rows] == ["1", "2", "2", "2", "3"]
+    assert [r["phase"] for r in rows] == ["1", "2", "2", "2", "3", "4"]
     assert any("weight average of fine-tuning epochs 1-3" in m for m in lines)
+    assert any("probe mixed with fine-tuned weights, alpha 0.5" in m for m in lines)
     card = ModelCard.load(run / "card.json")
     assert card.export["training"]["average_epochs"] == 3
     kept = np.mean([m["auc"] for m in card.metrics["val"]["sources"].values()])

@@ -5,7 +5,10 @@ the single best epoch on it partly fits that noise (the fracture-xray val AUC sw
 between neighbouring epochs). The mean of the weights along the end of the fine-tuning path
 lies in a flatter region of the loss, which is known to transfer better under distribution
 shift (Izmailov et al. 2018, "Averaging Weights Leads to Wider Optima"; Wortsman et al. 2022,
-"Model soups"). BatchNorm is frozen during fine-tuning, so its statistics need no refresh.
+"Model soups"). Mixing the linear probe's weights with the fine-tuned ones
+(Wortsman et al. 2022, "Robust fine-tuning of zero-shot models", WiSE-FT) keeps part of the
+pretrained features that fine-tuning on two hospitals would otherwise bend.
+BatchNorm is frozen during fine-tuning, so its statistics need no refresh.
 """
 
 from __future__ import annotations
@@ -52,3 +55,10 @@ def average_weights(snapshots: list[list[np.ndarray]]) -> list[np.ndarray]:
         mean = np.mean([t.astype(np.float64) for t in tensors], axis=0)
         out.append(mean.astype(tensors[0].dtype))
     return out
+
+
+def interpolate_weights(start: list[np.ndarray], end: list[np.ndarray],
+                        alpha: float) -> list[np.ndarray]:
+    """(1 - alpha) * start + alpha * end, tensor by tensor (alpha 0: start, 1: end)."""
+    return [((1 - alpha) * a.astype(np.float64) + alpha * b.astype(np.float64)).astype(a.dtype)
+            for a, b in zip(start, end, strict=True)]

@@ -77,6 +77,9 @@ def parse_augment(base: Any, items: tuple[str, ...]) -> Any:
               help="Also try the mean of the weights after the last N fine-tuning epochs "
                    "(stochastic weight averaging) as a candidate, judged on val "
                    "[default: the family's].")
+@click.option("--probe-mix", help="Comma-separated a values: also try (1 - a) x the linear "
+                                   "probe's weights + a x the fine-tuned ones (WiSE-FT), "
+                                   "each judged on val, e.g. 0.5,0.75.")
 @click.option("--target-sensitivity", default=0.95, show_default=True,
               help="Threshold is chosen on val to reach this sensitivity.")
 @click.option("--no-augment", is_flag=True, help="Switch augmentation off.")
@@ -101,7 +104,8 @@ def train(data: tuple[Path, ...], source_balance: float, family: str, size: int 
           weights: Path | None, channels: int | None, fit: str | None, epochs: int | None,
           fine_tune_epochs: int | None, batch_size: int, learning_rate: float | None,
           fine_tune_lr: float | None, patience: int | None, head: str | None,
-          probe_l2: float | None, average_epochs: int | None, target_sensitivity: float,
+          probe_l2: float | None, average_epochs: int | None, probe_mix: str | None,
+          target_sensitivity: float,
           no_augment: bool, aug_overrides: tuple[str, ...], dropout: float | None,
           fine_tune_at: str | None, out: str, name: str | None, seed: int,
           mixed_precision: bool | None, folds: int | None) -> None:
@@ -121,6 +125,13 @@ def train(data: tuple[Path, ...], source_balance: float, family: str, size: int 
         aug = parse_augment(aug, aug_overrides)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--aug") from None
+    try:
+        mix = tuple(float(a) for a in probe_mix.split(",") if a.strip()) if probe_mix else None
+    except ValueError:
+        raise click.BadParameter("numbers between 0 and 1, e.g. 0.5,0.75",
+                                 param_hint="--probe-mix") from None
+    if mix and not all(0 <= a <= 1 for a in mix):
+        raise click.BadParameter("each value must be between 0 and 1", param_hint="--probe-mix")
     roots = [str(d) for d in data]
     cfg = TrainConfig(data=roots[0] if len(roots) == 1 else roots, family=family, out=out,
                       name=name, model=model,
@@ -128,6 +139,7 @@ def train(data: tuple[Path, ...], source_balance: float, family: str, size: int 
                       fine_tune_epochs=fine_tune_epochs, batch_size=batch_size,
                       learning_rate=learning_rate, fine_tune_lr=fine_tune_lr, patience=patience,
                       head=head, probe_l2=probe_l2, average_epochs=average_epochs,
+                      probe_mix=mix,
                       target_sensitivity=target_sensitivity, seed=seed,
                       source_balance=source_balance,
                       mixed_precision=mixed_precision)

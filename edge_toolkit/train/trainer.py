@@ -31,7 +31,7 @@ from edge_toolkit.multisource import (
 from edge_toolkit.preprocess import PreprocessConfig
 from edge_toolkit.train import plots
 from edge_toolkit.train.augment import AugmentConfig, build_augmenter, make_dataset
-from edge_toolkit.train.averaging import EpochWeights
+from edge_toolkit.train.averaging import EpochWeights, interpolate_weights
 from edge_toolkit.train.calibrate import choose_operating_points, format_metrics, report_splits
 from edge_toolkit.train.models import build_model, get_family, preprocess_config
 from edge_toolkit.train.models import set_backbone_trainable as _set_trainable
@@ -69,6 +69,8 @@ class TrainConfig:
     # >0: the mean of the weights after the last N fine-tuning epochs (stochastic weight
     # averaging) is one more candidate, judged on val like an epoch (train/averaging.py)
     average_epochs: int | None = None
+    # mixes (1 - a) * probe + a * fine-tuned weights, one candidate per a (WiSE-FT)
+    probe_mix: tuple[float, ...] | None = None
     target_sensitivity: float = 0.95
     # 0: each source weighs by its size; 1: every source weighs the same (classes are
     # balanced within each source either way)
@@ -81,7 +83,8 @@ class TrainConfig:
 
 
 FALLBACK = {"epochs": 12, "fine_tune_epochs": 8, "learning_rate": 1e-3, "fine_tune_lr": 2e-5,
-            "patience": 4, "head": "train", "probe_l2": 0.0, "average_epochs": 0}
+            "patience": 4, "head": "train", "probe_l2": 0.0, "average_epochs": 0,
+            "probe_mix": ()}
 
 
 def resolve_defaults(cfg: TrainConfig) -> TrainConfig:
@@ -192,17 +195,35 @@ def _probe_phase(model: Any, train_s: LoadedSplit, weights: np.ndarray, val_s: L
     return record, row
 
 
-def _average_candidate(model: Any, averaged: list[np.ndarray], collector: EpochWeights,
-                       val: LoadedSplit, best: float, log: Log) -> tuple[dict[str, float], bool]:
-    """Score the averaged weights on val like an epoch; True when they beat `best`."""
+def _weight_space_candidates(model: Any, collector: EpochWeights,
+                             probe_weights: list[np.ndarray] | None, cfg: TrainConfig,
+                             val: LoadedSplit, best: float, history: list[dict[str, float]],
+                             log: Log) -> tuple[float, list[np.ndarray]] | None:
+    """Candidates made from the fine-tuning path without more training, each scored on val
+    like an epoch and appended to `history`: the average of the last epochs (phase 3), and
+    mixes of the probe with the fine-tuned weights (phase 4; the average, else the last
+    epoch). Returns (val AUC, weights) of the best one if it beats `best`, else None."""
     current = model.get_weights()
-    model.set_weights(averaged)
-    row = {"phase": 3, "phase_start": 1} | val_scores(model, val)
+    averaged = collector.average()
+    candidates = []
+    if averaged is not None:
+        candidates.append((3, f"weight average of fine-tuning epochs "
+                              f"{collector.epochs_averaged()}", averaged))
+    tuned = averaged if averaged is not None else current
+    for alpha in (cfg.probe_mix or ()) if probe_weights is not None else ():
+        candidates.append((4, f"probe mixed with fine-tuned weights, alpha {alpha:g}",
+                           interpolate_weights(probe_weights, tuned, alpha)))
+    winner = None
+    for phase, what, weights in candidates:
+        model.set_weights(weights)
+        row = {"phase": phase, "phase_start": 1} | val_scores(model, val)
+        history.append(row)
+        won = row["val_auc"] > (winner[0] if winner else best)
+        log(f"{what}: val_auc {row['val_auc']:.4f}" + (" (best so far)" if won else ""))
+        if won:
+            winner = (row["val_auc"], weights)
     model.set_weights(current)
-    won = bool(row["val_auc"] > best)
-    log(f"weight average of fine-tuning epochs {collector.epochs_averaged()}: val_auc "
-        f"{row['val_auc']:.4f} ({'kept' if won else f'best epoch {best:.4f} kept'})")
-    return row, won
+    return winner
 
 
 def _fit_phase(model: Any, train_ds: Any, val: LoadedSplit, epochs: int, lr: float,
@@ -298,15 +319,11 @@ def train(cfg: TrainConfig, log: Log = print, dataset: Dataset | None = None) ->
             collector = EpochWeights(model, cfg.average_epochs or 0)
             history += _fit_phase(model, train_ds, val_s, cfg.fine_tune_epochs,
                                   cfg.fine_tune_lr, cfg, checkpoint, 2, log, [collector])
-            averaged = collector.average()
-            if averaged is not None:
-                row, won = _average_candidate(model, averaged, collector, val_s,
-                                              checkpoint.best, log)
-                history.append(row)
-                if won:
-                    checkpoint.best = row["val_auc"]
-                    probe_weights = averaged  # kept in memory, like the probe
-                    ckpt_path.unlink(missing_ok=True)
+            best = _weight_space_candidates(model, collector, probe_weights, cfg, val_s,
+                                            checkpoint.best, history, log)
+            if best is not None:  # an average or a mix beat every epoch: kept in memory
+                checkpoint.best, probe_weights = best
+                ckpt_path.unlink(missing_ok=True)
     if ckpt_path.exists():
         model.load_weights(str(ckpt_path))  # best val AUC over both phases
         ckpt_path.unlink()
