@@ -27,3 +27,31 @@ def test_no_augmentation_is_identity():
     x = np.random.default_rng(1).uniform(-1, 1, (2, 8, 8, 1)).astype(np.float32)
     aug = build_augmenter(AugmentConfig(0, "none", 0, 0, 0, 0), "-1,1")
     np.testing.assert_allclose(aug(x, training=True).numpy(), x)
+
+
+def test_acquisition_augmentation_changes_exposure_sharpness_and_noise_in_range():
+    """Gamma moves mid-greys and leaves black and white; blur lowers local contrast; noise
+    raises it on a flat image; everything stays in the value range."""
+    from edge_toolkit.train.augment import acquisition, gaussian_blur
+
+    flat = np.full((64, 16, 16, 1), 0.0, np.float32)  # mid-grey in [-1, 1]
+    gamma = acquisition(flat, AugmentConfig(gamma=0.5), -1.0, 1.0).numpy()
+    assert gamma.std(axis=(1, 2, 3)).max() < 1e-5  # one gamma per image
+    assert gamma.min() < -0.1 and gamma.max() > 0.1  # darker and brighter images
+    ends = acquisition(np.array([-1.0, 1.0], np.float32).reshape(1, 1, 2, 1),
+                       AugmentConfig(gamma=0.5), -1.0, 1.0).numpy()
+    np.testing.assert_allclose(ends.ravel(), [-1.0, 1.0], atol=1e-3)
+    noisy = acquisition(flat, AugmentConfig(noise=0.1), -1.0, 1.0).numpy()
+    assert noisy.std() > 0.01 and noisy.min() >= -1 and noisy.max() <= 1
+    stripes = np.tile(np.array([0.0, 1.0], np.float32), 8).reshape(1, 1, 16, 1)
+    stripes = np.repeat(stripes, 16, axis=1)
+    blurred = gaussian_blur(stripes, 1.5, 1.5).numpy()
+    assert blurred[0, 8, 4:12, 0].std() < 0.2 * stripes[0, 8, 4:12, 0].std()
+    assert np.allclose(gaussian_blur(stripes, 0.0, 1.5).numpy(), stripes, atol=1e-4)
+
+
+def test_acquisition_settings_come_from_the_cli():
+    from edge_toolkit.train.cli import parse_augment
+
+    cfg = parse_augment(AugmentConfig(), ("gamma=0.3", "blur=1", "noise=0.02"))
+    assert (cfg.gamma, cfg.blur, cfg.noise) == (0.3, 1.0, 0.02)

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
+
 from edge_toolkit.preprocess import VALUE_RANGES
 from edge_toolkit.train.tfsetup import keras, tf
 
@@ -22,6 +24,10 @@ class AugmentConfig:
     shift: float = 0.1
     brightness: float = 0.1  # fraction of the value range
     contrast: float = 0.1
+    # acquisition: what differs between hospitals' detectors, exposure and processing
+    gamma: float = 0.0  # log-gamma range: 0.3 = gamma between exp(-0.3) and exp(0.3)
+    blur: float = 0.0  # largest Gaussian blur sigma, in pixels (drawn per batch)
+    noise: float = 0.0  # largest Gaussian noise sd, as a fraction of the range (per image)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -52,6 +58,8 @@ def build_augmenter(cfg: AugmentConfig, value_range: str, seed: int = 0) -> Any:
         if geometric is not None:
             x = geometric(x, training=training)
         n = tf.shape(x)[0]
+        if cfg.gamma or cfg.blur or cfg.noise:
+            x = acquisition(x, cfg, lo, hi)
         if cfg.contrast:
             c = tf.random.uniform([n, 1, 1, 1], 1 - cfg.contrast, 1 + cfg.contrast)
             mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
@@ -63,6 +71,37 @@ def build_augmenter(cfg: AugmentConfig, value_range: str, seed: int = 0) -> Any:
     return augment
 
 
+def acquisition(x: Any, cfg: AugmentConfig, lo: float, hi: float) -> Any:
+    """Gamma (per image), Gaussian blur (one sigma per batch) and sensor noise (per image),
+    applied on [0, 1] and mapped back to the images' value range: the differences between
+    one hospital's detector and processing and another's."""
+    n = tf.shape(x)[0]
+    u = tf.clip_by_value((x - lo) / (hi - lo), 0.0, 1.0)
+    if cfg.gamma:
+        g = tf.exp(tf.random.uniform([n, 1, 1, 1], -cfg.gamma, cfg.gamma))
+        u = tf.pow(u + 1e-6, g)
+    if cfg.blur:
+        u = gaussian_blur(u, tf.random.uniform([], 0.0, cfg.blur), cfg.blur)
+    if cfg.noise:
+        sd = tf.random.uniform([n, 1, 1, 1], 0.0, cfg.noise)
+        u = u + tf.random.normal(tf.shape(u)) * sd
+    return tf.clip_by_value(u, 0.0, 1.0) * (hi - lo) + lo
+
+
+def gaussian_blur(u: Any, sigma: Any, max_sigma: float) -> Any:
+    """Separable Gaussian blur of a (N, H, W, C) batch; `sigma` may be a tensor below
+    `max_sigma`, which fixes the kernel size (sigma near 0 leaves the image as it is)."""
+    radius = max(1, int(np.ceil(2 * max_sigma)))
+    t = tf.range(-radius, radius + 1, dtype=F32)
+    k = tf.exp(-0.5 * tf.square(t / tf.maximum(sigma, 1e-3)))
+    k = k / tf.reduce_sum(k)
+    channels = u.shape[-1]
+    kx = tf.tile(tf.reshape(k, [1, -1, 1, 1]), [1, 1, channels, 1])
+    ky = tf.tile(tf.reshape(k, [-1, 1, 1, 1]), [1, 1, channels, 1])
+    u = tf.nn.depthwise_conv2d(u, kx, [1, 1, 1, 1], "SAME")
+    return tf.nn.depthwise_conv2d(u, ky, [1, 1, 1, 1], "SAME")
+
+
 def make_dataset(x: Any, y: Any, batch_size: int, augmenter: Any | None = None,
                  shuffle: bool = False, seed: int = 0, weights: Any | None = None) -> Any:
     """A batched tf.data pipeline over in-memory preprocessed arrays; with `weights`, each
@@ -72,7 +111,6 @@ def make_dataset(x: Any, y: Any, batch_size: int, augmenter: Any | None = None,
     numpy arrays as it is needed. `from_tensor_slices` on the images plus a full shuffle
     buffer would hold two more copies of the training set: 4.6 GB at 224 px for 3,900 images,
     enough to run a small machine out of memory."""
-    import numpy as np
 
     y = np.asarray(y, np.float32)
     arrays = [np.asarray(x, np.float32), y] + ([] if weights is None
