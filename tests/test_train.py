@@ -155,6 +155,17 @@ def test_train_cli_bad_dataset_is_one_clear_line(tmp_path, setup, message):
     assert len(res.output.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("value", ["2", "0.5,x"])
+def test_train_cli_bad_probe_mix_is_a_usage_error(tmp_path, value):
+    from click.testing import CliRunner
+
+    from edge_toolkit.train.cli import train as train_cmd
+
+    res = CliRunner().invoke(train_cmd, ["--data", str(tmp_path), "--probe-mix", value])
+    assert res.exit_code == 2 and "--probe-mix" in res.output
+    assert "Traceback" not in res.output
+
+
 def test_mixed_precision_run_saves_a_float32_model(tmp_path):
     """A GPU run trains in mixed float16; what it saves must convert and quantize."""
     data = write_synthetic(tmp_path / "data", {"train": 8, "val": 6, "test": 4}, size=16)
