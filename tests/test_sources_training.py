@@ -192,4 +192,30 @@ def test_weight_average_is_a_candidate_and_the_best_candidate_is_kept(sites, tmp
     card = ModelCard.load(run / "card.json")
     assert card.export["training"]["average_epochs"] == 3
     kept = np.mean([m["auc"] for m in card.metrics["val"]["sources"].values()])
-    assert kept == pytest.approx(max(float(r["val_auc"]) for r in rows), abs=1e-6)
+    best = max(rows, key=lambda r: float(r["val_auc"]))
+    assert kept == pytest.approx(float(best["val_auc"]), abs=1e-6)
+    assert card.export["training"]["kept"] == best["candidate"]
+    assert [r["candidate"] for r in rows] == ["probe", "epoch 1", "epoch 2", "epoch 3",
+                                             "average", "mix-0.5"]
+    # named in advance: the mix is kept whatever val says of the others
+    from dataclasses import replace
+
+    fixed = train(replace(cfg, name="swa-fixed", keep="mix-0.5"), log=lines.append)
+    rows = list(csv.DictReader(open(fixed / "history.csv")))
+    card = ModelCard.load(fixed / "card.json")
+    kept = np.mean([m["auc"] for m in card.metrics["val"]["sources"].values()])
+    assert kept == pytest.approx(float(rows[-1]["val_auc"]), abs=1e-6)
+    assert card.export["training"]["kept"] == "mix-0.5"
+
+
+@pytest.mark.parametrize("keep,message", [
+    ("mix-0.3", "expected one of"), ("newest", "expected one of"),
+    ("average", "average_epochs of 2"), ("probe", "linear-probe head"),
+])
+def test_keep_must_name_a_candidate_the_run_makes(keep, message):
+    from edge_toolkit.train.trainer import check_keep, resolve_defaults
+
+    cfg = resolve_defaults(TrainConfig(data="x", family="mobilenetv2", keep=keep,
+                                       probe_mix=(0.5,), average_epochs=1, head="train"))
+    with pytest.raises(ValueError, match=message):
+        check_keep(cfg)

@@ -80,6 +80,9 @@ def parse_augment(base: Any, items: tuple[str, ...]) -> Any:
 @click.option("--probe-mix", help="Comma-separated a values: also try (1 - a) x the linear "
                                    "probe's weights + a x the fine-tuned ones (WiSE-FT), "
                                    "each judged on val, e.g. 0.5,0.75.")
+@click.option("--keep", help="Which candidate the run keeps: best (highest val AUC of all), "
+                              "or one named in advance: probe, last, average, mix-A "
+                              "[default: the family's].")
 @click.option("--target-sensitivity", default=0.95, show_default=True,
               help="Threshold is chosen on val to reach this sensitivity.")
 @click.option("--no-augment", is_flag=True, help="Switch augmentation off.")
@@ -105,7 +108,7 @@ def train(data: tuple[Path, ...], source_balance: float, family: str, size: int 
           fine_tune_epochs: int | None, batch_size: int, learning_rate: float | None,
           fine_tune_lr: float | None, patience: int | None, head: str | None,
           probe_l2: float | None, average_epochs: int | None, probe_mix: str | None,
-          target_sensitivity: float,
+          keep: str | None, target_sensitivity: float,
           no_augment: bool, aug_overrides: tuple[str, ...], dropout: float | None,
           fine_tune_at: str | None, out: str, name: str | None, seed: int,
           mixed_precision: bool | None, folds: int | None) -> None:
@@ -139,7 +142,7 @@ def train(data: tuple[Path, ...], source_balance: float, family: str, size: int 
                       fine_tune_epochs=fine_tune_epochs, batch_size=batch_size,
                       learning_rate=learning_rate, fine_tune_lr=fine_tune_lr, patience=patience,
                       head=head, probe_l2=probe_l2, average_epochs=average_epochs,
-                      probe_mix=mix,
+                      probe_mix=mix, keep=keep,
                       target_sensitivity=target_sensitivity, seed=seed,
                       source_balance=source_balance,
                       mixed_precision=mixed_precision)

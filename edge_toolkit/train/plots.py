@@ -19,7 +19,7 @@ def _plt() -> Any:
     return plt
 
 
-def learning_curves(history: list[dict[str, float]], path: Path) -> None:
+def learning_curves(history: list[dict[str, Any]], path: Path) -> None:
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     epochs = list(range(1, len(history) + 1))

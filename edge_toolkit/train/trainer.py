@@ -71,6 +71,10 @@ class TrainConfig:
     average_epochs: int | None = None
     # mixes (1 - a) * probe + a * fine-tuned weights, one candidate per a (WiSE-FT)
     probe_mix: tuple[float, ...] | None = None
+    # which candidate the run keeps: "best" (the highest val AUC of all), or one named in
+    # advance: "probe", "last" (epoch), "average", "mix-A" (A one of probe_mix). A fixed
+    # choice, made by cross-validation, avoids the best-of-many bias of a noisy val split.
+    keep: str | None = None
     target_sensitivity: float = 0.95
     # 0: each source weighs by its size; 1: every source weighs the same (classes are
     # balanced within each source either way)
@@ -84,7 +88,7 @@ class TrainConfig:
 
 FALLBACK = {"epochs": 12, "fine_tune_epochs": 8, "learning_rate": 1e-3, "fine_tune_lr": 2e-5,
             "patience": 4, "head": "train", "probe_l2": 0.0, "average_epochs": 0,
-            "probe_mix": ()}
+            "probe_mix": (), "keep": "best"}
 
 
 def resolve_defaults(cfg: TrainConfig) -> TrainConfig:
@@ -186,7 +190,7 @@ def _probe_phase(model: Any, train_s: LoadedSplit, weights: np.ndarray, val_s: L
     t = time.perf_counter()
     record = probe(model, train_s.x, train_s.y, weights, val_s.x, val_s.y, val_s.sources,
                    float(cfg.probe_l2 or 0.0), log)
-    row = {"phase": 1, "phase_start": 1} | val_scores(model, val_s)
+    row = {"phase": 1, "phase_start": 1, "candidate": "probe"} | val_scores(model, val_s)
     per_source = " ".join(f"{k[8:]} {v:.4f}" for k, v in row.items()
                           if k.startswith("val_auc_"))
     log(f"phase 1 linear probe (L2 {record['l2']:g}): val_loss {row['val_loss']:.4f} "
@@ -197,38 +201,62 @@ def _probe_phase(model: Any, train_s: LoadedSplit, weights: np.ndarray, val_s: L
 
 def _weight_space_candidates(model: Any, collector: EpochWeights,
                              probe_weights: list[np.ndarray] | None, cfg: TrainConfig,
-                             val: LoadedSplit, best: float, history: list[dict[str, float]],
-                             log: Log) -> tuple[float, list[np.ndarray]] | None:
+                             val: LoadedSplit, history: list[dict[str, Any]],
+                             log: Log) -> dict[str, tuple[float, list[np.ndarray]]]:
     """Candidates made from the fine-tuning path without more training, each scored on val
     like an epoch and appended to `history`: the average of the last epochs (phase 3), and
     mixes of the probe with the fine-tuned weights (phase 4; the average, else the last
-    epoch). Returns (val AUC, weights) of the best one if it beats `best`, else None."""
+    epoch). Returns name -> (val AUC, weights) for each, the last epoch's weights included
+    (as "last", already scored as an epoch)."""
     current = model.get_weights()
     averaged = collector.average()
+    out: dict[str, tuple[float, list[np.ndarray]]] = {}
+    if collector.snapshots:
+        out["last"] = (float(history[-1]["val_auc"]), collector.snapshots[-1][1])
     candidates = []
     if averaged is not None:
-        candidates.append((3, f"weight average of fine-tuning epochs "
-                              f"{collector.epochs_averaged()}", averaged))
+        candidates.append((3, "average", f"weight average of fine-tuning epochs "
+                                         f"{collector.epochs_averaged()}", averaged))
     tuned = averaged if averaged is not None else current
     for alpha in (cfg.probe_mix or ()) if probe_weights is not None else ():
-        candidates.append((4, f"probe mixed with fine-tuned weights, alpha {alpha:g}",
+        candidates.append((4, f"mix-{alpha:g}",
+                           f"probe mixed with fine-tuned weights, alpha {alpha:g}",
                            interpolate_weights(probe_weights, tuned, alpha)))
-    winner = None
-    for phase, what, weights in candidates:
+    for phase, name, what, weights in candidates:
         model.set_weights(weights)
-        row = {"phase": phase, "phase_start": 1} | val_scores(model, val)
+        row = {"phase": phase, "phase_start": 1, "candidate": name} | val_scores(model, val)
         history.append(row)
-        won = row["val_auc"] > (winner[0] if winner else best)
-        log(f"{what}: val_auc {row['val_auc']:.4f}" + (" (best so far)" if won else ""))
-        if won:
-            winner = (row["val_auc"], weights)
+        log(f"{what}: val_auc {row['val_auc']:.4f}")
+        out[name] = (row["val_auc"], weights)
     model.set_weights(current)
-    return winner
+    return out
+
+
+def check_keep(cfg: TrainConfig) -> None:
+    """The `keep` rule must name a candidate this configuration makes."""
+    keep = cfg.keep or "best"
+    names = {"best", "probe", "last", "average"} | {f"mix-{a:g}" for a in cfg.probe_mix or ()}
+    if keep not in names:
+        raise ValueError(f"keep {keep!r}: expected one of {sorted(names)}")
+    if keep == "average" and (cfg.average_epochs or 0) < 2:
+        raise ValueError("keep 'average' needs average_epochs of 2 or more")
+    if keep == "last" and (cfg.average_epochs or 0) < 1:
+        raise ValueError("keep 'last' needs average_epochs of 1 or more")
+    if keep == "probe" and cfg.head != "probe":
+        raise ValueError("keep 'probe' needs the linear-probe head (head 'probe')")
+    if keep != "best" and not cfg.fine_tune_epochs:
+        raise ValueError(f"keep {keep!r} needs fine-tuning epochs")
+
+
+def kept_candidate(history: list[dict[str, Any]]) -> str:
+    """The name of the history row with the best val AUC (what keep 'best' keeps)."""
+    best = max(history, key=lambda r: r["val_auc"])
+    return str(best.get("candidate", ""))
 
 
 def _fit_phase(model: Any, train_ds: Any, val: LoadedSplit, epochs: int, lr: float,
                cfg: TrainConfig, checkpoint: Any, phase: int, log: Log,
-               extra: list[Any] | None = None) -> list[dict[str, float]]:
+               extra: list[Any] | None = None) -> list[dict[str, Any]]:
     if epochs <= 0:
         return []
     model.compile(optimizer=keras.optimizers.Adam(lr), loss="binary_crossentropy",
@@ -249,7 +277,8 @@ def _fit_phase(model: Any, train_ds: Any, val: LoadedSplit, epochs: int, lr: flo
     hist = model.fit(train_ds, epochs=epochs, verbose=0,
                      callbacks=[_val_monitor(model, val), stop, checkpoint, Progress(),
                                 *(extra or [])])
-    rows = [{k: float(v[i]) for k, v in hist.history.items()} | {"phase": phase}
+    rows = [{k: float(v[i]) for k, v in hist.history.items()}
+            | {"phase": phase, "candidate": f"{'head ' if phase == 1 else ''}epoch {i + 1}"}
             for i in range(len(hist.history["loss"]))]
     if rows:
         rows[0]["phase_start"] = 1
@@ -261,6 +290,7 @@ def train(cfg: TrainConfig, log: Log = print, dataset: Dataset | None = None) ->
     `dataset` stands in for the folders (cross-validation folds)."""
     t0 = time.perf_counter()
     cfg = resolve_defaults(cfg)
+    check_keep(cfg)
     family = get_family(cfg.family)
     model_weights = cfg.model.get("weights", family.defaults.get("weights"))
     repro = determinism(bool(family.has_backbone and model_weights and cfg.fine_tune_epochs))
@@ -298,8 +328,8 @@ def train(cfg: TrainConfig, log: Log = print, dataset: Dataset | None = None) ->
     ckpt_path = run / "best.weights.h5"
     checkpoint = keras.callbacks.ModelCheckpoint(str(ckpt_path), monitor="val_auc", mode="max",
                                                  save_best_only=True, save_weights_only=True)
-    history: list[dict[str, float]] = []
-    probe_record, probe_weights = None, None
+    history: list[dict[str, Any]] = []
+    probe_record, probe_weights, fixed_kept = None, None, False
     pretrained = family.has_backbone and bool(model_cfg.get("weights"))
     with strategy.scope():
         _set_trainable(model, cfg.family, model_cfg, trainable=False)
@@ -319,11 +349,23 @@ def train(cfg: TrainConfig, log: Log = print, dataset: Dataset | None = None) ->
             collector = EpochWeights(model, cfg.average_epochs or 0)
             history += _fit_phase(model, train_ds, val_s, cfg.fine_tune_epochs,
                                   cfg.fine_tune_lr, cfg, checkpoint, 2, log, [collector])
-            best = _weight_space_candidates(model, collector, probe_weights, cfg, val_s,
-                                            checkpoint.best, history, log)
-            if best is not None:  # an average or a mix beat every epoch: kept in memory
-                checkpoint.best, probe_weights = best
+            extra = _weight_space_candidates(model, collector, probe_weights, cfg, val_s,
+                                             history, log)
+            fixed = {"probe": probe_weights} | {k: w for k, (_, w) in extra.items()}
+            extra.pop("last", None)  # already a candidate as the last epoch
+            if cfg.keep != "best" and fixed.get(cfg.keep) is not None:
+                probe_weights = fixed[cfg.keep]  # named in advance: val does not choose
                 ckpt_path.unlink(missing_ok=True)
+                fixed_kept = True
+            elif extra and max(a for a, _ in extra.values()) > checkpoint.best:
+                # an average or a mix beat every epoch: kept in memory
+                checkpoint.best, probe_weights = max(extra.values(), key=lambda c: c[0])
+                ckpt_path.unlink(missing_ok=True)
+    if cfg.keep != "best" and not fixed_kept:
+        raise ValueError(f"keep {cfg.keep!r} needs a pretrained backbone, a linear-probe "
+                         f"head and fine-tuning")
+    kept = cfg.keep if cfg.keep != "best" else kept_candidate(history)
+    log(f"kept: {kept} ({'named in advance' if cfg.keep != 'best' else 'best val AUC'})")
     if ckpt_path.exists():
         model.load_weights(str(ckpt_path))  # best val AUC over both phases
         ckpt_path.unlink()
@@ -360,7 +402,7 @@ def train(cfg: TrainConfig, log: Log = print, dataset: Dataset | None = None) ->
         metrics=metrics,
         export={"training": {k: v for k, v in asdict(cfg).items() if k not in ("data", "out")}
                 | {"mixed_precision": mixed, "params": int(model.count_params()),
-                   "probe": probe_record, "determinism": repro,
+                   "probe": probe_record, "determinism": repro, "kept": kept,
                    "epochs_run": len(history),
                    "wall_seconds": round(time.perf_counter() - t0, 1)}},
         versions=versions(), created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -370,7 +412,7 @@ def train(cfg: TrainConfig, log: Log = print, dataset: Dataset | None = None) ->
     return run
 
 
-def write_run(run: Path, model: Any, card: ModelCard, history: list[dict[str, float]],
+def write_run(run: Path, model: Any, card: ModelCard, history: list[dict[str, Any]],
               probs: dict[str, tuple[np.ndarray, np.ndarray]],
               splits: dict[str, LoadedSplit]) -> None:
     model.save(run / "model.keras")
