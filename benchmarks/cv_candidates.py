@@ -19,31 +19,33 @@ from pathlib import Path
 import numpy as np
 
 
-def candidate_kinds(rows: list[dict[str, str]]) -> dict[str, dict[str, str]]:
-    """Name each history row: probe, epoch N (fine-tuning), best epoch, average, mix a."""
-    named, mixes = {}, 0
+def candidate_kinds(rows: list[dict[str, str]], mixes: list[str]) -> dict[str, dict[str, str]]:
+    """Name each history row: probe, last epoch, best epoch, average, mix-A (the trainer
+    names rows itself since it learnt `keep`; older runs are named from their phases and
+    the --probe-mix values given here), and the kept maximum."""
+    named: dict[str, dict[str, str]] = {}
     epochs = [r for r in rows if r["phase"] == "2"]
+    mix_rows = [r for r in rows if r["phase"] == "4"]
     for r in rows:
-        if r["phase"] == "1":
+        if r["phase"] == "1" and r.get("candidate", "probe") == "probe":
             named["probe"] = r
         elif r["phase"] == "3":
             named["average"] = r
-        elif r["phase"] == "4":
-            mixes += 1
-            named[f"mix {mixes}"] = r
+    for i, r in enumerate(mix_rows):
+        named[r.get("candidate") or (f"mix-{mixes[i]}" if i < len(mixes) else f"mix #{i + 1}")] = r
     if epochs:
-        named["last epoch"] = epochs[-1]
+        named["last"] = epochs[-1]
         named["best epoch"] = max(epochs, key=lambda r: float(r["val_auc"]))
     named["kept (best of all)"] = max(rows, key=lambda r: float(r["val_auc"]))
     return named
 
 
-def summarize(folder: Path) -> dict[str, dict[str, tuple[float, float]]]:
+def summarize(folder: Path, mixes: list[str]) -> dict[str, dict[str, tuple[float, float]]]:
     per_kind: dict[str, dict[str, list[float]]] = {}
     for hist in sorted(folder.glob("fold*/history.csv")):
         with open(hist, newline="") as f:
             rows = list(csv.DictReader(f))
-        for kind, r in candidate_kinds(rows).items():
+        for kind, r in candidate_kinds(rows, mixes).items():
             for key, v in r.items():
                 if key.startswith("val_auc") and v:
                     name = key[8:] or "mean_of_sources"
@@ -55,9 +57,11 @@ def summarize(folder: Path) -> dict[str, dict[str, tuple[float, float]]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("folders", nargs="+", type=Path)
+    ap.add_argument("--probe-mix", default="0.5,0.75",
+                    help="The runs' --probe-mix values (names older runs' mix rows).")
     args = ap.parse_args()
     for folder in args.folders:
-        table = summarize(folder)
+        table = summarize(folder, args.probe_mix.split(","))
         sources = sorted({s for d in table.values() for s in d} - {"mean_of_sources"})
         cols = [*sources, "mean_of_sources"]
         print(f"\n{folder} (held-out AUC, mean ± sd over folds)\n")
