@@ -123,9 +123,13 @@ def train(data: tuple[Path, ...], source_balance: float, family: str, size: int 
     model = {"input_size": size, "alpha": alpha, "channels": channels, "dropout": dropout,
              "weights": str(weights) if weights else None, "fine_tune_at": fine_tune_at}
     model = {k: v for k, v in model.items() if v is not None}
-    aug = AugmentConfig(0, "none", 0, 0, 0, 0) if no_augment else AugmentConfig()
+    from edge_toolkit.train.trainer import family_augment
+
+    # None: the family's own augmentation; --aug changes it key by key
+    aug = AugmentConfig(0, "none", 0, 0, 0, 0) if no_augment else None
     try:
-        aug = parse_augment(aug, aug_overrides)
+        if aug_overrides:
+            aug = parse_augment(aug or family_augment(family), aug_overrides)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--aug") from None
     try:

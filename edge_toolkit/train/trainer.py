@@ -54,7 +54,7 @@ class TrainConfig:
     name: str | None = None
     model: dict[str, Any] = field(default_factory=dict)  # family overrides (alpha, weights…)
     preprocessing: dict[str, Any] = field(default_factory=dict)  # fit, resize… overrides
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    augment: AugmentConfig | None = None  # None: the family's (families.py), else the defaults
     # None: the family's own default (ModelFamily.training), else the value in FALLBACK
     epochs: int | None = None
     fine_tune_epochs: int | None = None
@@ -96,9 +96,16 @@ def resolve_defaults(cfg: TrainConfig) -> TrainConfig:
     from dataclasses import replace
 
     family = get_family(cfg.family)
-    fill = {k: family.training.get(k, v) for k, v in FALLBACK.items()
-            if getattr(cfg, k) is None}
+    fill: dict[str, Any] = {k: family.training.get(k, v) for k, v in FALLBACK.items()
+                            if getattr(cfg, k) is None}
+    if cfg.augment is None:
+        fill["augment"] = family_augment(cfg.family)
     return replace(cfg, **fill)
+
+
+def family_augment(family: str) -> AugmentConfig:
+    """The family's augmentation (its `training["augment"]` over AugmentConfig's defaults)."""
+    return AugmentConfig(**get_family(family).training.get("augment", {}))
 
 
 def data_roots(cfg: TrainConfig) -> list[str]:
