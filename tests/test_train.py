@@ -209,3 +209,22 @@ def test_a_tiny_model_learns_synthetic_data_above_an_auc_floor(tmp_path):
     card = ModelCard.load(train(cfg, log=lambda m: None) / "card.json")
     assert card.metrics["val"]["auc"] >= 0.9, card.metrics["val"]
     assert card.metrics["test"]["auc"] >= 0.9, card.metrics["test"]  # never used to choose
+
+
+def test_a_family_augmentation_is_the_default_and_aug_changes_it_key_by_key(monkeypatch):
+    from dataclasses import replace
+
+    import edge_toolkit.families as families
+    from edge_toolkit.train.cli import parse_augment
+    from edge_toolkit.train.trainer import family_augment, resolve_defaults
+
+    fam = families.FAMILIES["scratch_cnn"]
+    custom = replace(fam, training=fam.training | {"augment": {"gamma": 0.2, "zoom": 0.0}})
+    monkeypatch.setitem(families.FAMILIES, "scratch_cnn", custom)
+    cfg = resolve_defaults(TrainConfig(data="x", family="scratch_cnn"))
+    assert (cfg.augment.gamma, cfg.augment.zoom, cfg.augment.rotation) == (0.2, 0.0, 0.05)
+    changed = parse_augment(family_augment("scratch_cnn"), ("noise=0.01",))
+    assert (changed.gamma, changed.zoom, changed.noise) == (0.2, 0.0, 0.01)
+    explicit = resolve_defaults(TrainConfig(data="x", family="scratch_cnn",
+                                            augment=AugmentConfig()))
+    assert explicit.augment.gamma == 0.0  # an explicit config is not overridden
