@@ -465,6 +465,15 @@ def plot_evaluation(run: Path, card: ModelCard,
     plots.confusion_plot(conf, card.labels, run / "confusion_matrix.png")
 
 
+def release_memory() -> None:
+    """Drop the finished training's Keras graph and the arrays its tf.data pipeline held.
+    Without this, 2-fold CV at 224 px on two sources grew to 21 GB during its second fold."""
+    import gc
+
+    keras.backend.clear_session()
+    gc.collect()
+
+
 def cross_validate(cfg: TrainConfig, folds: int = 5, log: Log = print) -> dict[str, Any]:
     """Grouped, stratified k-fold cross-validation of one training recipe over the pooled
     train+val images (test stays out): each fold trains on the rest and is scored on its
@@ -486,6 +495,7 @@ def cross_validate(cfg: TrainConfig, folds: int = 5, log: Log = print) -> dict[s
         log(f"== fold {k + 1}/{folds}: {len(train_part)} train, {len(held)} held out")
         run = train(replace(cfg, name=f"{base}/fold{k + 1}", bootstrap=0), log=log,
                     dataset=fold_ds)
+        release_memory()  # each fold's images and graph would otherwise stay: 21 GB by fold 2
         val = ModelCard.load(run / "card.json").metrics["val"]
         per_source = {name: m["auc"] for name, m in (val.get("sources") or {}).items()}
         scores.append({"pooled": val["auc"], **per_source,
