@@ -66,13 +66,17 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
         # 224 px and a linear-probe head (L2 1000): the best mean per-source AUC in grouped
         # 5-fold cross-validation over both sources' train+val (benchmarks/select_probe_cv.py;
         # 256 px was within one standard error, so the cheaper input won); then gentle
-        # fine-tuning of the top blocks (LP-FT), the epoch kept by val. benchmarks/README.md.
+        # fine-tuning of the top blocks (LP-FT) for 6 epochs, and the model kept is the even
+        # mix of the probe's weights and the average of the last 4 epochs ("mix-0.5"): the
+        # best fixed candidate in grouped 2-fold CV, ahead of the epoch picked by val and of
+        # acquisition augmentation (benchmarks/cv_candidates.py). benchmarks/README.md.
         defaults={"input_size": 224, "alpha": 1.0, "weights": None, "dropout": 0.2,
                   "fine_tune_at": "block_13_expand"},
         has_backbone=True,
         preprocessing={"channels": 3, "value_range": "-1,1"},
         training={"epochs": 3, "fine_tune_epochs": 6, "learning_rate": 1e-3,
-                  "fine_tune_lr": 3e-5, "patience": 3, "head": "probe", "probe_l2": 1000.0},
+                  "fine_tune_lr": 3e-5, "patience": 6, "head": "probe", "probe_l2": 1000.0,
+                  "average_epochs": 4, "probe_mix": (0.5, 0.75), "keep": "mix-0.5"},
     ),
     Family(
         "scratch_cnn", f"{_MODELS}:build_scratch_cnn",

@@ -134,7 +134,8 @@ def test_pretrained_backbone_gets_a_linear_probe_head_then_fine_tuning(sites, tm
     backbone.save_weights(str(weights))
     cfg = TrainConfig(data=[str(a), str(b)], family="mobilenetv2", out=str(tmp_path),
                       name="lp", model={"input_size": 32, "weights": str(weights)},
-                      fine_tune_epochs=1, fine_tune_lr=0.0, batch_size=8, bootstrap=20)
+                      fine_tune_epochs=1, fine_tune_lr=0.0, batch_size=8, bootstrap=20,
+                      keep="best", average_epochs=0, probe_mix=())
     run = train(cfg, log=lambda m: None)  # lr 0: fine-tuning cannot beat the probe
     card = ModelCard.load(run / "card.json")
     training = card.export["training"]

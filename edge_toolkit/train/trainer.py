@@ -12,7 +12,7 @@ import csv
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -93,8 +93,6 @@ FALLBACK = {"epochs": 12, "fine_tune_epochs": 8, "learning_rate": 1e-3, "fine_tu
 
 def resolve_defaults(cfg: TrainConfig) -> TrainConfig:
     """Fill unset schedule fields from the family's defaults, then the fallbacks."""
-    from dataclasses import replace
-
     family = get_family(cfg.family)
     fill: dict[str, Any] = {k: family.training.get(k, v) for k, v in FALLBACK.items()
                             if getattr(cfg, k) is None}
@@ -296,10 +294,15 @@ def train(cfg: TrainConfig, log: Log = print, dataset: Dataset | None = None) ->
     """Train, calibrate on val, report every split, write the run folder; return its path.
     `dataset` stands in for the folders (cross-validation folds)."""
     t0 = time.perf_counter()
+    keep_asked = cfg.keep is not None
     cfg = resolve_defaults(cfg)
-    check_keep(cfg)
     family = get_family(cfg.family)
     model_weights = cfg.model.get("weights", family.defaults.get("weights"))
+    lp_ft = bool(family.has_backbone and model_weights and cfg.head == "probe"
+                 and cfg.fine_tune_epochs)
+    if not keep_asked and not lp_ft:  # the family's fixed choice needs LP-FT: keep the best
+        cfg = replace(cfg, keep="best")
+    check_keep(cfg)
     repro = determinism(bool(family.has_backbone and model_weights and cfg.fine_tune_epochs))
     set_seed(cfg.seed, repro["deterministic"])
     if not repro["deterministic"]:
@@ -479,7 +482,6 @@ def cross_validate(cfg: TrainConfig, folds: int = 5, log: Log = print) -> dict[s
     train+val images (test stays out): each fold trains on the rest and is scored on its
     held-out images, per source. Returns per-fold AUCs and their mean and sd; writes
     `crossval.json` beside the fold runs."""
-    from dataclasses import replace
 
     from edge_toolkit.crossval import make_folds, summarize_folds
 
