@@ -183,7 +183,7 @@ def test_weight_average_is_a_candidate_and_the_best_candidate_is_kept(sites, tmp
     cfg = TrainConfig(data=[str(a), str(b)], family="mobilenetv2", out=str(tmp_path),
                       name="swa", model={"input_size": 32, "weights": str(weights)},
                       fine_tune_epochs=3, fine_tune_lr=1e-3, patience=5, average_epochs=3,
-                      probe_mix=(0.5,), batch_size=8, bootstrap=20)
+                      probe_mix=(0.5,), keep="best", batch_size=8, bootstrap=20)
     lines: list[str] = []
     run = train(cfg, log=lines.append)
     rows = list(csv.DictReader(open(run / "history.csv")))
