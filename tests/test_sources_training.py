@@ -25,6 +25,18 @@ TINY = {"input_size": 16, "width": 4, "stages": 2}
 
 
 @pytest.fixture(scope="module")
+def backbone_weights(tmp_path_factory):
+    """A small MobileNetV2 backbone's weights file: what --weights points at, at 32 px."""
+    from edge_toolkit.train.tfsetup import keras
+
+    backbone = keras.applications.MobileNetV2(input_shape=(32, 32, 3), include_top=False,
+                                              weights=None)
+    path = tmp_path_factory.mktemp("backbone") / "backbone.h5"
+    backbone.save_weights(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
 def sites(tmp_path_factory):
     root = tmp_path_factory.mktemp("sites")
     a = write_synthetic(root / "site-a", {"train": 10, "val": 6, "test": 5}, size=24, seed=1)
@@ -122,16 +134,12 @@ def test_exported_card_reports_each_source_and_names_no_folders(both_run, tmp_pa
     assert [s["name"] for s in card.dataset["sources"]] == ["site-a", "site-b"]
 
 
-def test_pretrained_backbone_gets_a_linear_probe_head_then_fine_tuning(sites, tmp_path):
+def test_pretrained_backbone_gets_a_linear_probe_head_then_fine_tuning(sites, backbone_weights,
+                                                                       tmp_path):
     """With weights, phase 1 is the closed-form probe; it is the first checkpoint candidate
     and its history row is scored on val like an epoch."""
-    from edge_toolkit.train.tfsetup import keras
-
     root, a, b = sites
-    backbone = keras.applications.MobileNetV2(input_shape=(32, 32, 3), include_top=False,
-                                              weights=None)
-    weights = tmp_path / "backbone.h5"
-    backbone.save_weights(str(weights))
+    weights = backbone_weights
     cfg = TrainConfig(data=[str(a), str(b)], family="mobilenetv2", out=str(tmp_path),
                       name="lp", model={"input_size": 32, "weights": str(weights)},
                       fine_tune_epochs=1, fine_tune_lr=0.0, batch_size=8, bootstrap=20,
@@ -169,17 +177,13 @@ def test_interpolated_weights_run_from_start_to_end():
     assert np.array_equal(interpolate_weights(start, end, 0.25)[0], [1.0, 2.0, -1.0])
 
 
-def test_weight_average_is_a_candidate_and_the_best_candidate_is_kept(sites, tmp_path):
+def test_weight_average_is_a_candidate_and_the_best_candidate_is_kept(sites, backbone_weights,
+                                                                      tmp_path):
     """With --average-epochs the mean of the last fine-tuning epochs is scored on val as a
     history row of its own (phase 3), and so is each probe mix (phase 4); the saved model is
     whichever row scored best."""
-    from edge_toolkit.train.tfsetup import keras
-
     root, a, b = sites
-    backbone = keras.applications.MobileNetV2(input_shape=(32, 32, 3), include_top=False,
-                                              weights=None)
-    weights = tmp_path / "backbone.h5"
-    backbone.save_weights(str(weights))
+    weights = backbone_weights
     cfg = TrainConfig(data=[str(a), str(b)], family="mobilenetv2", out=str(tmp_path),
                       name="swa", model={"input_size": 32, "weights": str(weights)},
                       fine_tune_epochs=3, fine_tune_lr=1e-3, patience=5, average_epochs=3,

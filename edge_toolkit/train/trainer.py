@@ -340,6 +340,7 @@ def train(cfg: TrainConfig, log: Log = print, dataset: Dataset | None = None) ->
                                                  save_best_only=True, save_weights_only=True)
     history: list[dict[str, Any]] = []
     probe_record, probe_weights, fixed_kept = None, None, False
+    kept_weights = None  # the kept candidate when it is held in memory, not in ckpt_path
     pretrained = family.has_backbone and bool(model_cfg.get("weights"))
     with strategy.scope():
         _set_trainable(model, cfg.family, model_cfg, trainable=False)
@@ -348,6 +349,7 @@ def train(cfg: TrainConfig, log: Log = print, dataset: Dataset | None = None) ->
             # the probe is the first candidate: kept in memory (a weights file saved before
             # compile() does not load into the compiled model); fine-tuning must beat it
             probe_weights = model.get_weights()
+            kept_weights = probe_weights
             checkpoint.best = row["val_auc"]
             history.append(row)
         else:
@@ -364,12 +366,12 @@ def train(cfg: TrainConfig, log: Log = print, dataset: Dataset | None = None) ->
             fixed = {"probe": probe_weights} | {k: w for k, (_, w) in extra.items()}
             extra.pop("last", None)  # already a candidate as the last epoch
             if cfg.keep != "best" and fixed.get(cfg.keep) is not None:
-                probe_weights = fixed[cfg.keep]  # named in advance: val does not choose
+                kept_weights = fixed[cfg.keep]  # named in advance: val does not choose
                 ckpt_path.unlink(missing_ok=True)
                 fixed_kept = True
             elif extra and max(a for a, _ in extra.values()) > checkpoint.best:
                 # an average or a mix beat every epoch: kept in memory
-                checkpoint.best, probe_weights = max(extra.values(), key=lambda c: c[0])
+                checkpoint.best, kept_weights = max(extra.values(), key=lambda c: c[0])
                 ckpt_path.unlink(missing_ok=True)
     if cfg.keep != "best" and not fixed_kept:
         raise ValueError(f"keep {cfg.keep!r} needs a pretrained backbone, a linear-probe "
@@ -379,8 +381,8 @@ def train(cfg: TrainConfig, log: Log = print, dataset: Dataset | None = None) ->
     if ckpt_path.exists():
         model.load_weights(str(ckpt_path))  # best val AUC over both phases
         ckpt_path.unlink()
-    elif probe_weights is not None:  # no fine-tuning epoch beat the probe (or the average)
-        model.set_weights(probe_weights)
+    elif kept_weights is not None:  # no fine-tuning epoch beat the probe (or the average)
+        model.set_weights(kept_weights)
     keras.mixed_precision.set_global_policy("float32")
     if mixed:  # save a float32 model: the TFLite converter and tfmot reject mixed precision
         weights_now = model.get_weights()
