@@ -1,6 +1,6 @@
 """Export every variant of a tiny trained run, validate, and read the files back.
 
-One module-scoped export of all seven variants (a 16 px, 2-stage scratch CNN; about a minute
+One module-scoped export of all eight variants (a 16 px, 2-stage scratch CNN; about a minute
 on 2 CPU cores) feeds most tests; a few small exports check options one at a time.
 """
 
@@ -28,10 +28,10 @@ from edge_toolkit.card import (  # noqa: E402
 )
 from edge_toolkit.quantize.inspect import gzip_size, inspect_file, weight_tensors  # noqa: E402
 from edge_toolkit.quantize.variants import (  # noqa: E402
-    DEFAULT_VARIANTS,
     EXPORT_FAILED,
     FAILED_VALIDATION,
     VALIDATED,
+    VARIANTS,
 )
 from edge_toolkit.runtime.classifier import (  # noqa: E402
     Classifier,
@@ -68,7 +68,7 @@ def _path(report, variant: str) -> Path:
 def test_every_variant_exports_validates_and_carries_its_card(exported, tiny_run):
     report, _ = exported
     parent = ModelCard.load(tiny_run / "card.json")
-    assert [r.variant for r in report.results] == list(DEFAULT_VARIANTS)
+    assert [r.variant for r in report.results] == list(VARIANTS)
     for r in report.results:
         assert r.status == VALIDATED, (r.variant, r.reason, r.traceback)
         path = _path(report, r.variant)
@@ -118,11 +118,33 @@ def test_files_run_in_litert_and_match_the_reported_metrics(exported, tiny_run):
 
 
 @pytest.mark.slow
+def test_the_flip_averaged_file_scores_an_image_and_its_mirror_alike(exported, tiny_run):
+    """The int8-ptq-flip file averages both views in its own graph: a picture and its mirror
+    image get the same probability from it, not from the plain int8 file; the card and the
+    runtime need nothing else."""
+    from edge_toolkit.data import discover, load_samples
+    from edge_toolkit.preprocess import PreprocessConfig
+
+    report, _ = exported
+    card = ModelCard.load(tiny_run / "card.json")
+    x = load_samples(discover(card.dataset["root"]).split("val"),
+                     PreprocessConfig.from_dict(card.preprocessing)).x
+    flip = Classifier.load(_path(report, "int8-ptq-flip"))
+    plain = Classifier.load(_path(report, "int8-ptq"))
+    mirrored = x[:, :, ::-1]
+    np.testing.assert_allclose(flip.predict_raw_batch(x), flip.predict_raw_batch(mirrored),
+                               atol=1e-6)
+    assert not np.allclose(plain.predict_raw_batch(x), plain.predict_raw_batch(mirrored),
+                           atol=1e-6)
+    assert read_card(_path(report, "int8-ptq-flip")).variant == "int8-ptq-flip"
+
+
+@pytest.mark.slow
 def test_full_integer_variants_take_uint8_by_default_and_store_int8_weights(exported):
     report, _ = exported
     for r in report.results:
         info = inspect_file(_path(report, r.variant))
-        if r.variant in ("int8-ptq", "int8-qat", "pruned", "int8-pqat"):
+        if r.variant in ("int8-ptq", "int8-qat", "pruned", "int8-pqat", "int8-ptq-flip"):
             assert info["input"]["dtype"] == "uint8" and info["input"]["scale"] > 0
             assert info["output"]["dtype"] == "float32"
             assert set(info["weight_dtypes"]) == {"int8"}
@@ -175,10 +197,10 @@ def test_fine_tuning_is_recorded_in_the_card(exported):
 def test_report_json_and_markdown(exported):
     report, _ = exported
     data = json.loads((Path(report.out) / "report.json").read_text())
-    assert [r["variant"] for r in data["results"]] == list(DEFAULT_VARIANTS)
+    assert [r["variant"] for r in data["results"]] == list(VARIANTS)
     assert data["parent"]["run"] == "tiny-run"
     md = (Path(report.out) / "report.md").read_text()
-    for name in DEFAULT_VARIANTS:
+    for name in VARIANTS:
         assert f"| {name} | validated |" in md
 
 

@@ -213,6 +213,37 @@ def test_weight_average_is_a_candidate_and_the_best_candidate_is_kept(sites, bac
     assert card.export["training"]["kept"] == "mix-0.5"
 
 
+def test_probe_mix_starts_from_the_last_epoch_not_the_restored_best():
+    """Early stopping restores the best epoch into the model; without an average a probe mix
+    must still interpolate towards the end of fine-tuning (the last epoch's snapshot), and
+    the model must be left as it was found."""
+    from edge_toolkit.data import LoadedSplit
+    from edge_toolkit.train.averaging import EpochWeights
+    from edge_toolkit.train.tfsetup import keras
+    from edge_toolkit.train.trainer import _weight_space_candidates
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")])
+    rng = np.random.default_rng(0)
+    best = [w + 1.0 for w in model.get_weights()]
+    last = [w - 1.0 for w in model.get_weights()]
+    model.set_weights(best)  # what early stopping leaves in the model
+    collector = EpochWeights(model, 1)
+    collector.snapshots = [(3, last)]
+    val = LoadedSplit(x=rng.normal(size=(20, 4)).astype("float32"),
+                      y=np.array([0, 1] * 10), paths=[], skipped=[], sources=["a"] * 20)
+    probe = [np.zeros_like(w) for w in last]
+    cfg = TrainConfig(data="x", probe_mix=(1.0, 0.5))
+    history = [{"val_auc": 0.5}]
+    out = _weight_space_candidates(model, collector, probe, cfg, val, history, lambda m: None)
+    for got, want in zip(out["mix-1"][1], last, strict=True):
+        np.testing.assert_allclose(got, want)
+    for got, want in zip(out["mix-0.5"][1], last, strict=True):
+        np.testing.assert_allclose(got, want / 2)
+    assert [r["candidate"] for r in history[1:]] == ["mix-1", "mix-0.5"]
+    for got, want in zip(model.get_weights(), best, strict=True):
+        np.testing.assert_allclose(got, want)
+
+
 @pytest.mark.parametrize("keep,message", [
     ("mix-0.3", "expected one of"), ("newest", "expected one of"),
     ("average", "average_epochs of 2"), ("probe", "linear-probe head"),

@@ -107,6 +107,24 @@ def with_feature_output(model: Any) -> Any:
                        name=f"{model.name}_features")
 
 
+def mirror_averaged(model: Any) -> Any:
+    """`model` (one output, or the probability and the feature map) run on each image and on
+    its left-right mirror in one batch; the probability is the mean of the two, the feature
+    map the plain image's (heatmaps and the input gate describe the image as it was taken).
+    Why: a radiograph and its mirror show the same fracture, and the mean of two views
+    removes part of the model's variance; measured in benchmarks/README.md."""
+    from edge_toolkit.train.tfsetup import keras
+
+    image = keras.Input(model.input.shape[1:], name="image")
+    both = tf.concat([image, tf.reverse(image, axis=[2])], axis=0)
+    outputs = model(both)
+    outputs = list(outputs) if isinstance(outputs, list | tuple) else [outputs]
+    plain, mirrored = tf.split(outputs[0], 2, axis=0)
+    prob = (plain + mirrored) * 0.5
+    rest = [tf.split(o, 2, axis=0)[0] for o in outputs[1:]]
+    return keras.Model(image, [prob, *rest] if rest else prob, name=f"{model.name}_flip")
+
+
 def _input_in(model: Any, layer: Any) -> Any:
     """`layer`'s input tensor in `model`'s own graph: a layer reused by cloning (pruning's
     strip) has several inbound nodes, and `layer.input` is then ambiguous."""

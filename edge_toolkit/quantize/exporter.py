@@ -415,7 +415,12 @@ def read_back(path: Path, card: ModelCard, x: np.ndarray, p: np.ndarray,
 def export_variant(ctx: ExportContext, variant: Variant, out: Path,
                    versions: dict[str, str]) -> VariantResult:
     """Build, convert, validate, card, write and read back one variant; never raises."""
-    from edge_toolkit.quantize.convert import heatmap_section, to_tflite, with_feature_output
+    from edge_toolkit.quantize.convert import (
+        heatmap_section,
+        mirror_averaged,
+        to_tflite,
+        with_feature_output,
+    )
 
     t0 = time.perf_counter()
     cfg, family = ctx.cfg, ctx.card.family
@@ -427,6 +432,8 @@ def export_variant(ctx: ExportContext, variant: Variant, out: Path,
         # trained or fine-tuned; validation below still compares probabilities only
         heatmap = heatmap_section(model)
         model = with_feature_output(model)
+        if variant.mirror_average:
+            model = mirror_averaged(model)
         rep = ctx.representative if variant.full_integer else None
         bare, settings = to_tflite(model, variant, rep, cfg.input_type, cfg.output_type)
         # the device's own path: the runtime Classifier, fed the card about to be embedded

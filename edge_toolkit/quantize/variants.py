@@ -23,6 +23,9 @@ class Variant:
     builder: str  # "module:function" that returns the Keras model to convert (TF side)
     requires: tuple[str, ...] = ()  # variants whose intermediate model this one reuses
     reference: bool = False  # the float file every other variant is compared with
+    # the file averages the model's outputs on the image and on its mirror image (two passes
+    # in one graph): the card and the runtime need nothing more, latency doubles
+    mirror_average: bool = False
 
     @property
     def needs_fine_tuning(self) -> bool:
@@ -54,8 +57,13 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("int8-pqat", "prune-preserving QAT on the pruned model: the zeros survive "
             "int8", "int8", True, "prune+qat", "edge_toolkit.quantize.qat:build_pqat",
             requires=("pruned",)),
+    Variant("int8-ptq-flip", "int8-ptq of the model averaged with its prediction on the "
+            "mirrored image: both passes in one file, twice the latency", "int8", True, None,
+            f"{_BUILD}:build_float", mirror_average=True),
 )}
-DEFAULT_VARIANTS = tuple(VARIANTS)
+# what export and the pipeline make when no variants are named: the flip-averaged file is
+# asked for by name (or with 'all'), as it doubles latency
+DEFAULT_VARIANTS = tuple(n for n, v in VARIANTS.items() if not v.mirror_average)
 
 # File statuses written to report.json / report.md and to the card's export.validation
 VALIDATED = "validated"
@@ -80,7 +88,7 @@ def parse_variants(spec: str | list[str] | tuple[str, ...] | None) -> list[Varia
     if not names:
         raise ValueError("no variants given")
     if "all" in names:
-        return [VARIANTS[n] for n in DEFAULT_VARIANTS]
+        return list(VARIANTS.values())
     for n in names:
         get_variant(n)
     return [v for v in VARIANTS.values() if v.name in names]

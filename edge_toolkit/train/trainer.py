@@ -222,7 +222,10 @@ def _weight_space_candidates(model: Any, collector: EpochWeights,
     if averaged is not None:
         candidates.append((3, "average", f"weight average of fine-tuning epochs "
                                          f"{collector.epochs_averaged()}", averaged))
-    tuned = averaged if averaged is not None else current
+    # early stopping has restored the best epoch into the model: the mix starts from the
+    # end of fine-tuning (the average, else the last epoch's snapshot), as WiSE-FT does
+    last = collector.snapshots[-1][1] if collector.snapshots else current
+    tuned = averaged if averaged is not None else last
     for alpha in (cfg.probe_mix or ()) if probe_weights is not None else ():
         candidates.append((4, f"mix-{alpha:g}",
                            f"probe mixed with fine-tuned weights, alpha {alpha:g}",
@@ -245,8 +248,6 @@ def check_keep(cfg: TrainConfig) -> None:
         raise ValueError(f"keep {keep!r}: expected one of {sorted(names)}")
     if keep == "average" and (cfg.average_epochs or 0) < 2:
         raise ValueError("keep 'average' needs average_epochs of 2 or more")
-    if keep == "last" and (cfg.average_epochs or 0) < 1:
-        raise ValueError("keep 'last' needs average_epochs of 1 or more")
     if keep == "probe" and cfg.head != "probe":
         raise ValueError("keep 'probe' needs the linear-probe head (head 'probe')")
     if keep != "best" and not cfg.fine_tune_epochs:
@@ -358,7 +359,8 @@ def train(cfg: TrainConfig, log: Log = print, dataset: Dataset | None = None) ->
         if pretrained and cfg.fine_tune_epochs > 0:
             n = _set_trainable(model, cfg.family, model_cfg, trainable=True)
             log(f"fine-tuning from {model_cfg.get('fine_tune_at')}: {n} trainable tensors")
-            collector = EpochWeights(model, cfg.average_epochs or 0)
+            # at least the last epoch: 'last' and the probe mixes need it
+            collector = EpochWeights(model, max(1, cfg.average_epochs or 0))
             history += _fit_phase(model, train_ds, val_s, cfg.fine_tune_epochs,
                                   cfg.fine_tune_lr, cfg, checkpoint, 2, log, [collector])
             extra = _weight_space_candidates(model, collector, probe_weights, cfg, val_s,
