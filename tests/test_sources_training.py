@@ -112,6 +112,19 @@ def test_cross_validation_trains_each_fold_on_the_rest(sites):
     for k in (1, 2):
         card = ModelCard.load(root / "runs" / "cv" / f"fold{k}" / "card.json")
         assert "test" not in card.metrics  # folds pool train+val; test stays out
+    # an interrupted CV resumes: finished folds of the same settings are reused, not retrained
+    (root / "runs" / "cv" / "fold2" / "card.json").unlink()
+    lines: list[str] = []
+    again = cross_validate(cfg_for(root, [str(a), str(b)], "cv"), folds=2, log=lines.append,
+                           resume=True)
+    assert any("fold 1/2: reusing" in m for m in lines)
+    assert any("fold 2/2:" in m and "held out" in m for m in lines)
+    assert again["per_fold"][0] == res["per_fold"][0]
+    from dataclasses import replace
+
+    other = replace(cfg_for(root, [str(a), str(b)], "cv"), epochs=2)
+    with pytest.raises(ValueError, match="trained with other settings"):
+        cross_validate(other, folds=2, log=lambda m: None, resume=True)
 
 
 def test_determinism_is_decided_per_device():

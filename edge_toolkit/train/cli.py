@@ -102,6 +102,9 @@ def parse_augment(base: Any, items: tuple[str, ...]) -> Any:
                    "the pooled train+val images (groups from each source's manifest.csv, "
                    "`group` or `block` column, else file families); prints each source's AUC "
                    "mean ± sd over folds and writes crossval.json.")
+@click.option("--resume", is_flag=True,
+              help="With --folds: reuse the folds an interrupted cross-validation of the same "
+                   "settings (same --out and --name) finished; train the rest.")
 def train(data: tuple[Path, ...], source_balance: float, family: str, size: int | None,
           alpha: float | None,
           weights: Path | None, channels: int | None, fit: str | None, epochs: int | None,
@@ -111,13 +114,13 @@ def train(data: tuple[Path, ...], source_balance: float, family: str, size: int 
           keep: str | None, target_sensitivity: float,
           no_augment: bool, aug_overrides: tuple[str, ...], dropout: float | None,
           fine_tune_at: str | None, out: str, name: str | None, seed: int,
-          mixed_precision: bool | None, folds: int | None) -> None:
+          mixed_precision: bool | None, folds: int | None, resume: bool) -> None:
     """Train a model family on a dataset folder and write a run folder with the model, its
     card, history, metrics and plots. Uses a GPU when TensorFlow sees one."""
     _need_tf()
     from edge_toolkit.data import DatasetError
     from edge_toolkit.train.augment import AugmentConfig
-    from edge_toolkit.train.trainer import TrainConfig
+    from edge_toolkit.train.trainer import FoldError, TrainConfig
     from edge_toolkit.train.trainer import train as run_training
 
     model = {"input_size": size, "alpha": alpha, "channels": channels, "dropout": dropout,
@@ -150,14 +153,16 @@ def train(data: tuple[Path, ...], source_balance: float, family: str, size: int 
                       target_sensitivity=target_sensitivity, seed=seed,
                       source_balance=source_balance,
                       mixed_precision=mixed_precision)
+    if resume and not folds:
+        raise click.UsageError("--resume goes with --folds")
     try:
         if folds:
             from edge_toolkit.train.trainer import cross_validate
 
-            cross_validate(cfg, folds, log=_log)
+            cross_validate(cfg, folds, log=_log, resume=resume)
         else:
             run_training(cfg, log=_log)
-    except (DatasetError, ValueError, FileNotFoundError) as exc:
+    except (DatasetError, ValueError, FileNotFoundError, FoldError) as exc:
         raise click.ClickException(str(exc)) from None
 
 

@@ -472,36 +472,112 @@ def plot_evaluation(run: Path, card: ModelCard,
     plots.confusion_plot(conf, card.labels, run / "confusion_matrix.png")
 
 
-def release_memory() -> None:
-    """Drop the finished training's Keras graph and the arrays its tf.data pipeline held.
-    Without this, 2-fold CV at 224 px on two sources grew to 21 GB during its second fold."""
-    import gc
-
-    keras.backend.clear_session()
-    gc.collect()
+class FoldError(Exception):
+    """A cross-validation fold's training failed or its process died; the message says which."""
 
 
-def cross_validate(cfg: TrainConfig, folds: int = 5, log: Log = print) -> dict[str, Any]:
+def _fold_dataset(cfg: TrainConfig, folds: int, k: int) -> tuple[Dataset, int, int]:
+    """Fold k's dataset (its held-out images as `val`); the same in every process."""
+    from edge_toolkit.crossval import make_folds
+
+    ds = discover_sources(data_roots(cfg), val_fraction=cfg.val_fraction, seed=cfg.seed)
+    train_part, held = make_folds(ds, folds, cfg.seed).split(k)
+    return (Dataset(ds.root, train_part + held, class_folders=ds.class_folders,
+                    sources=ds.sources), len(train_part), len(held))
+
+
+def _fold_worker(cfg: TrainConfig, folds: int, k: int, queue: Any) -> None:
+    """Train fold k in this (child) process; send log lines, then ("done", run folder) or
+    ("error", message)."""
+    try:
+        fold_ds, _, _ = _fold_dataset(cfg, folds, k)
+        run = train(cfg, log=queue.put, dataset=fold_ds)
+        queue.put(("done", str(run)))
+    except BaseException as exc:  # the parent reports it as one line
+        queue.put(("error", f"{type(exc).__name__}: {exc}"))
+
+
+def _train_fold_in_child(cfg: TrainConfig, folds: int, k: int, log: Log) -> Path:
+    """Why a child process: TensorFlow does not give a finished training's memory back to
+    the OS, and a 2-fold CV at 256 px was killed for memory (24 GB) in its second fold;
+    a fold's process ends with its fold and returns everything."""
+    import multiprocessing as mp
+    import queue as queue_mod
+
+    ctx = mp.get_context("spawn")  # a fresh interpreter: no TensorFlow state is inherited
+    messages = ctx.Queue()
+    child = ctx.Process(target=_fold_worker, args=(cfg, folds, k, messages), daemon=True)
+    child.start()
+    try:
+        while True:
+            try:
+                msg = messages.get(timeout=2)
+            except queue_mod.Empty:
+                if not child.is_alive():
+                    child.join()
+                    raise FoldError(
+                        f"fold {k + 1}: the training process ended with exit code "
+                        f"{child.exitcode}" + (" (killed: out of memory?)"
+                                               if child.exitcode == -9 else "")) from None
+                continue
+            if isinstance(msg, tuple):
+                child.join()
+                if msg[0] == "error":
+                    raise FoldError(f"fold {k + 1}: {msg[1]}")
+                return Path(msg[1])
+            log(msg)
+    finally:
+        if child.is_alive():
+            child.terminate()
+
+
+def _comparable(cfg: TrainConfig) -> dict[str, Any]:
+    """The settings that decide a fold's model, as the fold's card records them (those left
+    to the device, None here, such as mixed precision, are not compared)."""
+    d = json.loads(json.dumps(asdict(resolve_defaults(cfg)), default=str))
+    return {k: v for k, v in d.items()
+            if k not in ("name", "out", "data", "bootstrap") and v is not None}
+
+
+def _finished_fold(run: Path, cfg: TrainConfig) -> bool:
+    """A fold run folder left by an earlier, interrupted CV with these same settings can be
+    reused; one trained differently cannot (a clear error, not a silent mix)."""
+    card_path = run / "card.json"
+    if not card_path.exists():
+        return False
+    training = ModelCard.load(card_path).export.get("training", {})
+    want = _comparable(cfg)
+    differ = sorted(k for k, v in want.items() if k in training
+                    and json.loads(json.dumps(training[k], default=str)) != v)
+    if differ:
+        raise ValueError(f"{run}: trained with other settings ({', '.join(differ)}); remove "
+                         f"it or choose another --name")
+    return True
+
+
+def cross_validate(cfg: TrainConfig, folds: int = 5, log: Log = print,
+                   resume: bool = False) -> dict[str, Any]:
     """Grouped, stratified k-fold cross-validation of one training recipe over the pooled
-    train+val images (test stays out): each fold trains on the rest and is scored on its
-    held-out images, per source. Returns per-fold AUCs and their mean and sd; writes
+    train+val images (test stays out): each fold trains on the rest, in its own process, and
+    is scored on its held-out images, per source. `resume` reuses folds an interrupted CV
+    with the same settings finished. Returns per-fold AUCs and their mean and sd; writes
     `crossval.json` beside the fold runs."""
 
-    from edge_toolkit.crossval import make_folds, summarize_folds
+    from edge_toolkit.crossval import summarize_folds
 
     t0 = time.perf_counter()
     ds = discover_sources(data_roots(cfg), val_fraction=cfg.val_fraction, seed=cfg.seed)
-    plan = make_folds(ds, folds, cfg.seed)
     base = cfg.name or f"{cfg.family}-cv{folds}"
     scores = []
     for k in range(folds):
-        train_part, held = plan.split(k)
-        fold_ds = Dataset(ds.root, train_part + held, class_folders=ds.class_folders,
-                          sources=ds.sources)
-        log(f"== fold {k + 1}/{folds}: {len(train_part)} train, {len(held)} held out")
-        run = train(replace(cfg, name=f"{base}/fold{k + 1}", bootstrap=0), log=log,
-                    dataset=fold_ds)
-        release_memory()  # each fold's images and graph would otherwise stay: 21 GB by fold 2
+        fold_cfg = replace(cfg, name=f"{base}/fold{k + 1}", bootstrap=0)
+        run = Path(cfg.out) / base / f"fold{k + 1}"
+        if resume and _finished_fold(run, fold_cfg):
+            log(f"== fold {k + 1}/{folds}: reusing {run} (finished earlier)")
+        else:
+            _, n_train, n_held = _fold_dataset(cfg, folds, k)
+            log(f"== fold {k + 1}/{folds}: {n_train} train, {n_held} held out")
+            run = _train_fold_in_child(fold_cfg, folds, k, log)
         val = ModelCard.load(run / "card.json").metrics["val"]
         per_source = {name: m["auc"] for name, m in (val.get("sources") or {}).items()}
         scores.append({"pooled": val["auc"], **per_source,
