@@ -228,3 +228,16 @@ def test_a_family_augmentation_is_the_default_and_aug_changes_it_key_by_key(monk
     explicit = resolve_defaults(TrainConfig(data="x", family="scratch_cnn",
                                             augment=AugmentConfig()))
     assert explicit.augment.gamma == 0.0  # an explicit config is not overridden
+
+
+def test_predicting_in_batches_matches_one_predict_call():
+    """The trainer scores val every epoch batch by batch (a whole-array predict copies the
+    array into one tensor each time); the result must be the same, ragged last batch and
+    empty input included."""
+    from edge_toolkit.train.tfsetup import keras, predict_in_batches
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    x = np.random.default_rng(0).normal(size=(130, 3)).astype("float32")
+    np.testing.assert_allclose(predict_in_batches(model, x, 64),
+                               model.predict(x, verbose=0), rtol=1e-6, atol=1e-6)
+    assert predict_in_batches(model, x[:0]).shape == (0, 2)

@@ -81,10 +81,10 @@ def choose_l2(f_train: np.ndarray, y_train: np.ndarray, w_train: np.ndarray,
 
 def pooled_features(model: Any, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """The frozen network's pooled features (the head's input) for preprocessed images."""
-    from edge_toolkit.train.tfsetup import keras
+    from edge_toolkit.train.tfsetup import keras, predict_in_batches
 
     feat = keras.Model(model.input, model.get_layer(POOL_LAYER).output)
-    return feat.predict(x, batch_size=batch_size, verbose=0).astype(np.float64)
+    return predict_in_batches(feat, x, batch_size).astype(np.float64)
 
 
 def set_head(model: Any, head: LinearHead) -> None:

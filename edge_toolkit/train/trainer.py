@@ -38,6 +38,7 @@ from edge_toolkit.train.models import set_backbone_trainable as _set_trainable
 from edge_toolkit.train.tfsetup import (
     determinism,
     keras,
+    predict_in_batches,
     set_seed,
     strategy_and_precision,
     versions,
@@ -135,7 +136,7 @@ def load_splits(ds: Dataset, pre: PreprocessConfig, log: Log, workers: int = 4
 def predict(model: Any, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
     if len(x) == 0:
         return np.zeros(0)
-    return model.predict(x, batch_size=batch_size, verbose=0).reshape(-1).astype(np.float64)
+    return predict_in_batches(model, x, batch_size).reshape(-1).astype(np.float64)
 
 
 def leak_warnings(ds: Dataset) -> list[str]:
