@@ -115,6 +115,8 @@ def mirror_averaged(model: Any) -> Any:
     removes part of the model's variance; measured in benchmarks/README.md."""
     from edge_toolkit.train.tfsetup import keras
 
+    # calling `model` here adds an inbound node to its layers: build this wrapper only after
+    # anything that reads a layer's single input (with_feature_output, heatmap_section)
     image = keras.Input(model.input.shape[1:], name="image")
     both = tf.concat([image, tf.reverse(image, axis=[2])], axis=0)
     outputs = model(both)

@@ -292,18 +292,28 @@ def _fit_phase(model: Any, train_ds: Any, val: LoadedSplit, epochs: int, lr: flo
     return rows
 
 
-def train(cfg: TrainConfig, log: Log = print, dataset: Dataset | None = None) -> Path:
-    """Train, calibrate on val, report every split, write the run folder; return its path.
-    `dataset` stands in for the folders (cross-validation folds)."""
-    t0 = time.perf_counter()
+def effective_config(cfg: TrainConfig) -> TrainConfig:
+    """The settings a training runs with (and its card records): the family's defaults
+    filled in, and a family's fixed `keep` replaced by "best" where the run makes no
+    LP-FT candidates (no pretrained backbone, no probe head or no fine-tuning)."""
     keep_asked = cfg.keep is not None
     cfg = resolve_defaults(cfg)
     family = get_family(cfg.family)
     model_weights = cfg.model.get("weights", family.defaults.get("weights"))
     lp_ft = bool(family.has_backbone and model_weights and cfg.head == "probe"
                  and cfg.fine_tune_epochs)
-    if not keep_asked and not lp_ft:  # the family's fixed choice needs LP-FT: keep the best
+    if not keep_asked and not lp_ft:
         cfg = replace(cfg, keep="best")
+    return cfg
+
+
+def train(cfg: TrainConfig, log: Log = print, dataset: Dataset | None = None) -> Path:
+    """Train, calibrate on val, report every split, write the run folder; return its path.
+    `dataset` stands in for the folders (cross-validation folds)."""
+    t0 = time.perf_counter()
+    cfg = effective_config(cfg)
+    family = get_family(cfg.family)
+    model_weights = cfg.model.get("weights", family.defaults.get("weights"))
     check_keep(cfg)
     repro = determinism(bool(family.has_backbone and model_weights and cfg.fine_tune_epochs))
     set_seed(cfg.seed, repro["deterministic"])
@@ -499,9 +509,10 @@ def _fold_worker(cfg: TrainConfig, folds: int, k: int, queue: Any) -> None:
 
 
 def _train_fold_in_child(cfg: TrainConfig, folds: int, k: int, log: Log) -> Path:
-    """Why a child process: TensorFlow does not give a finished training's memory back to
-    the OS, and a 2-fold CV at 256 px was killed for memory (24 GB) in its second fold;
-    a fold's process ends with its fold and returns everything."""
+    """Why a child process: TensorFlow keeps what a finished training allocated (a 224 px
+    2-fold CV grew to 21 GB in its second fold); a fold's process ends with its fold and
+    gives everything back, and a fold killed for memory is one line, not a lost CV
+    (`--resume` reuses the folds already finished)."""
     import multiprocessing as mp
     import queue as queue_mod
 
@@ -511,10 +522,11 @@ def _train_fold_in_child(cfg: TrainConfig, folds: int, k: int, log: Log) -> Path
     child.start()
     try:
         while True:
-            try:
+            alive = child.is_alive()  # read before the queue: a child that just sent "done"
+            try:                      # and exited still has its last messages queued
                 msg = messages.get(timeout=2)
             except queue_mod.Empty:
-                if not child.is_alive():
+                if not alive:
                     child.join()
                     raise FoldError(
                         f"fold {k + 1}: the training process ended with exit code "
@@ -530,26 +542,31 @@ def _train_fold_in_child(cfg: TrainConfig, folds: int, k: int, log: Log) -> Path
     finally:
         if child.is_alive():
             child.terminate()
+            child.join(timeout=10)
 
 
 def _comparable(cfg: TrainConfig) -> dict[str, Any]:
     """The settings that decide a fold's model, as the fold's card records them (those left
     to the device, None here, such as mixed precision, are not compared)."""
-    d = json.loads(json.dumps(asdict(resolve_defaults(cfg)), default=str))
+    d = json.loads(json.dumps(asdict(effective_config(cfg)), default=str))
     return {k: v for k, v in d.items()
             if k not in ("name", "out", "data", "bootstrap") and v is not None}
 
 
-def _finished_fold(run: Path, cfg: TrainConfig) -> bool:
-    """A fold run folder left by an earlier, interrupted CV with these same settings can be
-    reused; one trained differently cannot (a clear error, not a silent mix)."""
+def _finished_fold(run: Path, cfg: TrainConfig, fold_ds: Dataset) -> bool:
+    """A fold run folder left by an earlier, interrupted CV with these same settings and
+    this same fold of the data can be reused; one trained differently cannot (a clear
+    error, not a silent mix). The run is finished once its predictions are written."""
     card_path = run / "card.json"
-    if not card_path.exists():
+    if not (card_path.exists() and (run / "predictions.csv").exists()):
         return False
-    training = ModelCard.load(card_path).export.get("training", {})
+    card = ModelCard.load(card_path)
+    training = card.export.get("training", {})
     want = _comparable(cfg)
     differ = sorted(k for k, v in want.items() if k in training
                     and json.loads(json.dumps(training[k], default=str)) != v)
+    if card.data_fingerprint != fold_ds.fingerprint():
+        differ.append("the fold's images (other data or another number of folds)")
     if differ:
         raise ValueError(f"{run}: trained with other settings ({', '.join(differ)}); remove "
                          f"it or choose another --name")
@@ -573,10 +590,10 @@ def cross_validate(cfg: TrainConfig, folds: int = 5, log: Log = print,
     for k in range(folds):
         fold_cfg = replace(cfg, name=f"{base}/fold{k + 1}", bootstrap=0)
         run = Path(cfg.out) / base / f"fold{k + 1}"
-        if resume and _finished_fold(run, fold_cfg):
+        fold_ds, n_train, n_held = _fold_dataset(cfg, folds, k)
+        if resume and _finished_fold(run, fold_cfg, fold_ds):
             log(f"== fold {k + 1}/{folds}: reusing {run} (finished earlier)")
         else:
-            _, n_train, n_held = _fold_dataset(cfg, folds, k)
             log(f"== fold {k + 1}/{folds}: {n_train} train, {n_held} held out")
             run = _train_fold_in_child(fold_cfg, folds, k, log)
         val = ModelCard.load(run / "card.json").metrics["val"]
