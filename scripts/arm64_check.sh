@@ -32,7 +32,7 @@ QEMU_CPU=${QEMU_CPU:-cortex-a72}   # the emulated core: Raspberry Pi 4's
 KEEP_VENV=${KEEP_VENV:-0}
 TESTS=${TESTS:-"tests/test_runtime_classifier.py tests/test_runtime_cli.py tests/test_runtime_tf_free.py tests/test_runtime_sources.py tests/test_runtime_capture.py tests/test_runtime_bench.py tests/test_core.py tests/test_metrics.py"}
 NICE=(nice -n 19)
-MODEL=$REPO/edge_toolkit/models/fracture-mobilenetv2-224-int8.tflite
+MODEL=$(ls "$REPO"/edge_toolkit/models/*.tflite | head -1)   # the bundled model, whatever its name
 
 say() { printf '== %s (%ss)\n' "$*" "$((SECONDS))"; }
 die() { echo "arm64 check: $*" >&2; exit 2; }
