@@ -1,6 +1,6 @@
 """Export every variant of a tiny trained run, validate, and read the files back.
 
-One module-scoped export of all eight variants (a 16 px, 2-stage scratch CNN; about a minute
+One module-scoped export of all nine variants (a 16 px, 2-stage scratch CNN; about a minute
 on 2 CPU cores) feeds most tests; a few small exports check options one at a time.
 """
 
@@ -137,6 +137,12 @@ def test_the_flip_averaged_file_scores_an_image_and_its_mirror_alike(exported, t
     assert not np.allclose(plain.predict_raw_batch(x), plain.predict_raw_batch(mirrored),
                            atol=1e-6)
     assert read_card(_path(report, "int8-ptq-flip")).variant == "int8-ptq-flip"
+    # the QAT pair shares one fine-tuning: int8-qat-flip is the same network, mirrored too
+    qat_flip = Classifier.load(_path(report, "int8-qat-flip"))
+    np.testing.assert_allclose(qat_flip.predict_raw_batch(x),
+                               qat_flip.predict_raw_batch(mirrored), atol=1e-6)
+    assert read_card(_path(report, "int8-qat-flip")).export["fine_tune"] == read_card(
+        _path(report, "int8-qat")).export["fine_tune"]
 
 
 @pytest.mark.slow
@@ -144,7 +150,7 @@ def test_full_integer_variants_take_uint8_by_default_and_store_int8_weights(expo
     report, _ = exported
     for r in report.results:
         info = inspect_file(_path(report, r.variant))
-        if r.variant in ("int8-ptq", "int8-qat", "pruned", "int8-pqat", "int8-ptq-flip"):
+        if VARIANTS[r.variant].full_integer:
             assert info["input"]["dtype"] == "uint8" and info["input"]["scale"] > 0
             assert info["output"]["dtype"] == "float32"
             assert set(info["weight_dtypes"]) == {"int8"}

@@ -167,14 +167,17 @@ def _prepare(ctx: Any, qat: Any, label: str) -> dict[str, Any]:
 
 
 def build_qat(ctx: Any) -> tuple[Any, dict[str, Any]]:
-    cfg = ctx.cfg
-    qat = quantize_for_training(ctx.model,
-                                depthwise_per_channel=cfg.qat_depthwise_per_channel)
-    start = _prepare(ctx, qat, "int8-qat")
-    info = fine_tune(qat, ctx, cfg.qat_epochs, cfg.qat_lr, "int8-qat")
-    scheme = "Default8BitQuantizeScheme" + (
-        " (depthwise per channel)" if cfg.qat_depthwise_per_channel else "")
-    return qat, {"qat": info | start | {"scheme": scheme}}
+    """The int8-qat variant's model (cached on ctx: int8-qat-flip converts the same one)."""
+    if "int8-qat" not in ctx.cache:
+        cfg = ctx.cfg
+        qat = quantize_for_training(ctx.model,
+                                    depthwise_per_channel=cfg.qat_depthwise_per_channel)
+        start = _prepare(ctx, qat, "int8-qat")
+        info = fine_tune(qat, ctx, cfg.qat_epochs, cfg.qat_lr, "int8-qat")
+        scheme = "Default8BitQuantizeScheme" + (
+            " (depthwise per channel)" if cfg.qat_depthwise_per_channel else "")
+        ctx.cache["int8-qat"] = (qat, {"qat": info | start | {"scheme": scheme}})
+    return ctx.cache["int8-qat"]
 
 
 def build_pqat(ctx: Any) -> tuple[Any, dict[str, Any]]:

@@ -60,6 +60,10 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("int8-ptq-flip", "int8-ptq of the model averaged with its prediction on the "
             "mirrored image: both passes in one file, twice the latency", "int8", True, None,
             f"{_BUILD}:build_float", mirror_average=True),
+    Variant("int8-qat-flip", "int8-qat's model averaged with its prediction on the mirrored "
+            "image: both passes in one file, twice the latency", "int8", True, "qat",
+            "edge_toolkit.quantize.qat:build_qat", requires=("int8-qat",),
+            mirror_average=True),
 )}
 # what export and the pipeline make when no variants are named: the flip-averaged file is
 # asked for by name (or with 'all'), as it doubles latency
