@@ -19,7 +19,8 @@ import csv
 from pathlib import Path
 
 from edge_toolkit.card import ModelCard
-from edge_toolkit.data import Sample, load_samples
+from edge_toolkit.data import load_samples
+from edge_toolkit.evaluate import run_split_samples
 from edge_toolkit.preprocess import PreprocessConfig
 
 
@@ -30,10 +31,7 @@ def flip_averaged(run: Path, out: Path, split: str = "val") -> int:
 
     card = ModelCard.load(run / "card.json")
     pre = PreprocessConfig.from_dict(card.preprocessing)
-    with open(run / "predictions.csv", newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["split"] == split]
-    samples = [Sample(Path(r["path"]), int(r["label"]), split, r["source"]) for r in rows]
-    loaded = load_samples(samples, pre)
+    loaded = load_samples(run_split_samples(run, split), pre)
     if loaded.skipped:
         raise SystemExit(f"{run}: {len(loaded.skipped)} images could not be read")
     net = keras.models.load_model(run / "model.keras", compile=False)

@@ -16,38 +16,51 @@ import argparse
 import csv
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from edge_toolkit.card import ModelCard
-from edge_toolkit.data import Sample, load_samples
+from edge_toolkit.data import load_samples
+from edge_toolkit.evaluate import run_split_samples
 from edge_toolkit.preprocess import PreprocessConfig
 
 
-def _images(run: Path, split: str, n: int, pre: PreprocessConfig, seed: int) -> np.ndarray:
-    with open(run / "predictions.csv", newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["split"] == split]
-    pick = np.random.default_rng(seed).choice(len(rows), min(n, len(rows)), replace=False)
-    samples = [Sample(Path(rows[i]["path"]), int(rows[i]["label"]), split, rows[i]["source"])
-               for i in pick]
+def run_images(run: Path, split: str, n: int, pre: PreprocessConfig, seed: int = 0
+               ) -> np.ndarray:
+    """n random preprocessed images of a run's split (all of them when n is None)."""
+    samples = run_split_samples(run, split)
+    if n is not None:
+        pick = np.random.default_rng(seed).choice(len(samples), min(n, len(samples)),
+                                                  replace=False)
+        samples = [samples[i] for i in pick]
     return load_samples(samples, pre).x
+
+
+def int8_debugger(model: Any, representative: np.ndarray, debug_x: np.ndarray,
+                  keep_float: tuple[str, ...] = ()) -> Any:
+    """TFLite's quantization debugger on `model` converted as int8-ptq would be, with the
+    ops of the `keep_float` tensors left in float."""
+    from edge_toolkit.train.tfsetup import tf
+
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = lambda: ([x[None]] for x in representative)
+    options = (tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=list(keep_float))
+               if keep_float else None)
+    return tf.lite.experimental.QuantizationDebugger(
+        converter=conv, debug_dataset=lambda: ([x[None]] for x in debug_x),
+        debug_options=options)
 
 
 def layer_errors(run: Path, calibration: int, debug: int, seed: int = 0) -> list[dict]:
     """Per-tensor statistics of the debugger, worst rmse/scale first."""
-    from edge_toolkit.train.tfsetup import keras, tf
+    from edge_toolkit.train.tfsetup import keras
 
-    card = ModelCard.load(run / "card.json")
-    pre = PreprocessConfig.from_dict(card.preprocessing)
-    rep = _images(run, "train", calibration, pre, seed)
-    val = _images(run, "val", debug, pre, seed)
+    pre = PreprocessConfig.from_dict(ModelCard.load(run / "card.json").preprocessing)
     model = keras.models.load_model(run / "model.keras", compile=False)
-    conv = tf.lite.TFLiteConverter.from_keras_model(model)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = lambda: ([x[None]] for x in rep)
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    debugger = tf.lite.experimental.QuantizationDebugger(
-        converter=conv, debug_dataset=lambda: ([x[None]] for x in val))
+    debugger = int8_debugger(model, run_images(run, "train", calibration, pre, seed),
+                             run_images(run, "val", debug, pre, seed))
     debugger.run()
     buf = io.StringIO()
     debugger.layer_statistics_dump(buf)
@@ -64,8 +77,9 @@ def main() -> None:
     ap.add_argument("--calibration", type=int, default=150)
     ap.add_argument("--debug", type=int, default=60)
     ap.add_argument("--top", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=0, help="which random images")
     args = ap.parse_args()
-    stats = layer_errors(args.run, args.calibration, args.debug)
+    stats = layer_errors(args.run, args.calibration, args.debug, args.seed)
     print("| layer (end of the tensor name) | op | rmse/scale |\n|---|---|---|")
     for s in stats[:args.top]:
         print(f"| {s['tensor_name'][-48:]} | {s['op_name']} | {s['rmse/scale']:.2f} |")

@@ -13,13 +13,14 @@ image per source next to the Keras float model:
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
 import numpy as np
+from quant_layers import int8_debugger, run_images  # a sibling script in benchmarks/
 
 from edge_toolkit.card import ModelCard
-from edge_toolkit.data import Sample, load_samples
+from edge_toolkit.data import load_samples
+from edge_toolkit.evaluate import run_split_samples
 from edge_toolkit.metrics import roc_auc
 from edge_toolkit.preprocess import PreprocessConfig
 
@@ -31,7 +32,7 @@ FIRST_DEPTHWISE = ("mobilenetv2/expanded_conv_depthwise_relu/Relu6;mobilenetv2/"
 def main() -> None:
     from ai_edge_litert.interpreter import Interpreter
 
-    from edge_toolkit.train.tfsetup import keras, tf
+    from edge_toolkit.train.tfsetup import keras
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("run", type=Path)
@@ -41,28 +42,11 @@ def main() -> None:
     args = ap.parse_args()
     keep = [FIRST_DEPTHWISE if k == "FIRST_DEPTHWISE" else k
             for k in args.keep_float.split(",") if k]
-    card = ModelCard.load(args.run / "card.json")
-    pre = PreprocessConfig.from_dict(card.preprocessing)
-    with open(args.run / "predictions.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-
-    def load(split: str) -> object:
-        return load_samples([Sample(Path(r["path"]), int(r["label"]), split, r["source"])
-                             for r in rows if r["split"] == split], pre)
-
-    train_x = load("train").x
-    rep = train_x[np.random.default_rng(0).choice(len(train_x), args.calibration,
-                                                  replace=False)]
-    val = load("val")
+    pre = PreprocessConfig.from_dict(ModelCard.load(args.run / "card.json").preprocessing)
+    val = load_samples(run_split_samples(args.run, "val"), pre)
     model = keras.models.load_model(args.run / "model.keras", compile=False)
-    conv = tf.lite.TFLiteConverter.from_keras_model(model)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = lambda: ([x[None]] for x in rep)
-    options = (tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=keep)
-               if keep else None)
-    debugger = tf.lite.experimental.QuantizationDebugger(
-        converter=conv, debug_dataset=lambda: ([x[None]] for x in val.x[:5]),
-        debug_options=options)
+    debugger = int8_debugger(model, run_images(args.run, "train", args.calibration, pre),
+                             val.x[:5], tuple(keep))
     interp = Interpreter(model_content=debugger.get_nondebug_quantized_model())
     interp.allocate_tensors()
     inp, out = interp.get_input_details()[0], interp.get_output_details()[0]

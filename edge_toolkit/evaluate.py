@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from edge_toolkit.card import CardError, ModelCard, read_card
-from edge_toolkit.data import Dataset, DatasetError, load_samples
+from edge_toolkit.data import Dataset, DatasetError, Sample, load_samples
 from edge_toolkit.multisource import FLAT_SPLIT, dataset_for_card, discover_scoring, merge
 from edge_toolkit.preprocess import PreprocessConfig
 
@@ -49,6 +49,16 @@ def load_predictor(model: Path) -> tuple[ModelCard, Predict]:
     except (ModelError, BackendMissingError) as exc:
         raise EvaluationError(str(exc)) from None
     return card, clf.predict_raw_batch
+
+
+def run_split_samples(run: Path, split: str) -> list[Sample]:
+    """The images of one split of a run (or a cross-validation fold), as its predictions.csv
+    lists them: the exact images it was scored on, folds included."""
+    import csv
+
+    with open(Path(run) / "predictions.csv", newline="") as f:
+        return [Sample(Path(r["path"]), int(r["label"]), split, r["source"])
+                for r in csv.DictReader(f) if r["split"] == split]
 
 
 def scoring_dataset(card: ModelCard, data: Sequence[str | Path] | None) -> Dataset:

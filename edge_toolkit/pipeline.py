@@ -211,7 +211,7 @@ def run_pipeline(data: Path | list[Path] | None, out: Path, families: list[str],
               help="Model families from the registry, comma-separated.")
 @click.option("--variants", default=None,
               help="Export variants, comma-separated, or 'all' (default: all but "
-                   "int8-ptq-flip, which doubles latency).")
+                   "the -flip ones, which double latency).")
 @click.option("--weights", type=click.Path(dir_okay=False, path_type=Path),
               help="MobileNetV2 ImageNet weights (.h5, alpha 1.0, no top).")
 @click.option("--size", type=int, help="Input size for every family (default: each family's).")

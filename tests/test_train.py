@@ -241,3 +241,16 @@ def test_predicting_in_batches_matches_one_predict_call():
     np.testing.assert_allclose(predict_in_batches(model, x, 64),
                                model.predict(x, verbose=0), rtol=1e-6, atol=1e-6)
     assert predict_in_batches(model, x[:0]).shape == (0, 2)
+
+
+def test_a_runs_split_is_read_back_from_its_predictions(tiny_run):
+    """Benchmarks re-score the exact images a run (or a fold) was scored on."""
+    from edge_toolkit.evaluate import run_split_samples
+
+    run, _ = tiny_run
+    card = ModelCard.load(run / "card.json")
+    val = run_split_samples(run, "val")
+    assert len(val) == sum(card.dataset["counts"]["val"].values())
+    assert {s.split for s in val} == {"val"} and all(s.path.exists() for s in val)
+    assert sorted(s.label for s in val) == sorted(
+        1 if "not" not in s.path.parent.name else 0 for s in val)

@@ -20,7 +20,7 @@ def _log(msg: str) -> None:
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--variants", default=None,
               help=f"Comma-separated, or 'all': {', '.join(VARIANTS)} (default: all but "
-                   f"int8-ptq-flip, which doubles latency).")
+                   f"the -flip ones, which double latency).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Output folder (default: RUN_DIR/export).")
 @click.option("--sparsity", default=0.5, show_default=True, type=click.FloatRange(0, 1,

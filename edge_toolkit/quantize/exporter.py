@@ -63,7 +63,8 @@ class ExportError(RuntimeError):
 class ExportConfig:
     """Everything `edge-toolkit export` can set; None means: take it from the run."""
 
-    # None: every variant but int8-ptq-flip (twice the latency); "all": every one
+    # None: every variant but the mirror-averaged (-flip) ones (twice the latency);
+    # "all": every one
     variants: str | list[str] | None = None
     out: str | None = None  # default RUN/export
     sparsity: float = 0.5

@@ -65,8 +65,8 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
             "edge_toolkit.quantize.qat:build_qat", requires=("int8-qat",),
             mirror_average=True),
 )}
-# what export and the pipeline make when no variants are named: the flip-averaged file is
-# asked for by name (or with 'all'), as it doubles latency
+# what export and the pipeline make when no variants are named: the mirror-averaged files are
+# asked for by name (or with 'all'), as they double latency
 DEFAULT_VARIANTS = tuple(n for n, v in VARIANTS.items() if not v.mirror_average)
 
 # File statuses written to report.json / report.md and to the card's export.validation

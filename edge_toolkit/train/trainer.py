@@ -134,8 +134,6 @@ def load_splits(ds: Dataset, pre: PreprocessConfig, log: Log, workers: int = 4
 
 
 def predict(model: Any, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    if len(x) == 0:
-        return np.zeros(0)
     return predict_in_batches(model, x, batch_size).reshape(-1).astype(np.float64)
 
 
@@ -487,11 +485,15 @@ class FoldError(Exception):
     """A cross-validation fold's training failed or its process died; the message says which."""
 
 
-def _fold_dataset(cfg: TrainConfig, folds: int, k: int) -> tuple[Dataset, int, int]:
+def _discover(cfg: TrainConfig) -> Dataset:
+    return discover_sources(data_roots(cfg), val_fraction=cfg.val_fraction, seed=cfg.seed)
+
+
+def _fold_dataset(ds: Dataset, cfg: TrainConfig, folds: int, k: int
+                  ) -> tuple[Dataset, int, int]:
     """Fold k's dataset (its held-out images as `val`); the same in every process."""
     from edge_toolkit.crossval import make_folds
 
-    ds = discover_sources(data_roots(cfg), val_fraction=cfg.val_fraction, seed=cfg.seed)
     train_part, held = make_folds(ds, folds, cfg.seed).split(k)
     return (Dataset(ds.root, train_part + held, class_folders=ds.class_folders,
                     sources=ds.sources), len(train_part), len(held))
@@ -501,7 +503,7 @@ def _fold_worker(cfg: TrainConfig, folds: int, k: int, queue: Any) -> None:
     """Train fold k in this (child) process; send log lines, then ("done", run folder) or
     ("error", message)."""
     try:
-        fold_ds, _, _ = _fold_dataset(cfg, folds, k)
+        fold_ds, _, _ = _fold_dataset(_discover(cfg), cfg, folds, k)
         run = train(cfg, log=queue.put, dataset=fold_ds)
         queue.put(("done", str(run)))
     except BaseException as exc:  # the parent reports it as one line
@@ -584,13 +586,13 @@ def cross_validate(cfg: TrainConfig, folds: int = 5, log: Log = print,
     from edge_toolkit.crossval import summarize_folds
 
     t0 = time.perf_counter()
-    ds = discover_sources(data_roots(cfg), val_fraction=cfg.val_fraction, seed=cfg.seed)
+    ds = _discover(cfg)
     base = cfg.name or f"{cfg.family}-cv{folds}"
     scores = []
     for k in range(folds):
         fold_cfg = replace(cfg, name=f"{base}/fold{k + 1}", bootstrap=0)
         run = Path(cfg.out) / base / f"fold{k + 1}"
-        fold_ds, n_train, n_held = _fold_dataset(cfg, folds, k)
+        fold_ds, n_train, n_held = _fold_dataset(ds, cfg, folds, k)
         if resume and _finished_fold(run, fold_cfg, fold_ds):
             log(f"== fold {k + 1}/{folds}: reusing {run} (finished earlier)")
         else:
