@@ -13,10 +13,7 @@ images as the representative set) and prints the worst layers on random val imag
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -37,38 +34,16 @@ def run_images(run: Path, split: str, n: int, pre: PreprocessConfig, seed: int =
     return load_samples(samples, pre).x
 
 
-def int8_debugger(model: Any, representative: np.ndarray, debug_x: np.ndarray,
-                  keep_float: tuple[str, ...] = ()) -> Any:
-    """TFLite's quantization debugger on `model` converted as int8-ptq would be, with the
-    ops of the `keep_float` tensors left in float."""
-    from edge_toolkit.train.tfsetup import tf
-
-    conv = tf.lite.TFLiteConverter.from_keras_model(model)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = lambda: ([x[None]] for x in representative)
-    options = (tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=list(keep_float))
-               if keep_float else None)
-    return tf.lite.experimental.QuantizationDebugger(
-        converter=conv, debug_dataset=lambda: ([x[None]] for x in debug_x),
-        debug_options=options)
-
-
 def layer_errors(run: Path, calibration: int, debug: int, seed: int = 0) -> list[dict]:
     """Per-tensor statistics of the debugger, worst rmse/scale first."""
+    from edge_toolkit.quantize import layer_error
     from edge_toolkit.train.tfsetup import keras
 
     pre = PreprocessConfig.from_dict(ModelCard.load(run / "card.json").preprocessing)
     model = keras.models.load_model(run / "model.keras", compile=False)
-    debugger = int8_debugger(model, run_images(run, "train", calibration, pre, seed),
-                             run_images(run, "val", debug, pre, seed))
-    debugger.run()
-    buf = io.StringIO()
-    debugger.layer_statistics_dump(buf)
-    buf.seek(0)
-    stats = list(csv.DictReader(buf))
-    for s in stats:
-        s["rmse/scale"] = float(np.sqrt(float(s["mean_squared_error"])) / float(s["scale"]))
-    return sorted(stats, key=lambda s: -s["rmse/scale"])
+    debugger = layer_error.int8_debugger(model, run_images(run, "train", calibration, pre, seed),
+                                         run_images(run, "val", debug, pre, seed))
+    return layer_error.layer_errors(debugger)
 
 
 def main() -> None:

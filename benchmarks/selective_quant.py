@@ -16,7 +16,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from quant_layers import int8_debugger, run_images  # a sibling script in benchmarks/
+from quant_layers import run_images  # a sibling script in benchmarks/
 
 from edge_toolkit.card import ModelCard
 from edge_toolkit.data import load_samples
@@ -32,6 +32,7 @@ FIRST_DEPTHWISE = ("mobilenetv2/expanded_conv_depthwise_relu/Relu6;mobilenetv2/"
 def main() -> None:
     from ai_edge_litert.interpreter import Interpreter
 
+    from edge_toolkit.quantize.layer_error import int8_debugger
     from edge_toolkit.train.tfsetup import keras
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])

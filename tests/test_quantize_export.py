@@ -1,6 +1,6 @@
 """Export every variant of a tiny trained run, validate, and read the files back.
 
-One module-scoped export of all nine variants (a 16 px, 2-stage scratch CNN; about a minute
+One module-scoped export of every variant (a 16 px, 2-stage scratch CNN; about a minute
 on 2 CPU cores) feeds most tests; a few small exports check options one at a time.
 """
 
@@ -143,6 +143,24 @@ def test_the_flip_averaged_file_scores_an_image_and_its_mirror_alike(exported, t
                                qat_flip.predict_raw_batch(mirrored), atol=1e-6)
     assert read_card(_path(report, "int8-qat-flip")).export["fine_tune"] == read_card(
         _path(report, "int8-qat")).export["fine_tune"]
+    mixed_flip = Classifier.load(_path(report, "int8-mixed-flip"))
+    np.testing.assert_allclose(mixed_flip.predict_raw_batch(x),
+                               mixed_flip.predict_raw_batch(mirrored), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_int8_mixed_files_name_the_op_they_keep_float(exported):
+    """int8-mixed measures each op's int8 error at export and keeps the worst in float; the
+    card names it, the file takes float input and holds int8 weights otherwise."""
+    report, _ = exported
+    for name in ("int8-mixed", "int8-mixed-flip"):
+        settings = read_card(_path(report, name)).export["converter"]
+        kept = settings["float_ops"]
+        assert len(kept) == 1 and kept[0]["tensor"] and kept[0]["op"]
+        assert kept[0]["rmse_per_step"] > 0 and settings["layer_error_images"] > 0
+        info = inspect_file(_path(report, name))
+        assert info["input"]["dtype"] == "float32" and info["output"]["dtype"] == "float32"
+        assert "int8" in info["weight_dtypes"]
 
 
 @pytest.mark.slow

@@ -26,11 +26,17 @@ from edge_toolkit.runtime.classifier import Classifier, ModelError
 
 def test_table_lists_every_variant_of_the_issue():
     assert list(DEFAULT_VARIANTS) == ["float32", "float16", "dynamic", "int8-ptq", "int8-qat",
-                                      "pruned", "int8-pqat"]
+                                      "pruned", "int8-pqat", "int8-mixed"]
     assert {v.name for v in VARIANTS.values() if v.full_integer} == {
         "int8-ptq", "int8-qat", "pruned", "int8-pqat", "int8-ptq-flip", "int8-qat-flip"}
-    assert [v.name for v in VARIANTS.values() if v.mirror_average] == ["int8-ptq-flip",
-                                                                       "int8-qat-flip"]
+    assert [v.name for v in VARIANTS.values() if v.mirror_average] == [
+        "int8-ptq-flip", "int8-qat-flip", "int8-mixed-flip"]
+    # int8 with float ops: calibrated like int8-ptq, but float input and output
+    for name in ("int8-mixed", "int8-mixed-flip"):
+        v = VARIANTS[name]
+        assert v.float_layers == 1 and v.weights == "int8" and not v.full_integer
+        assert v.needs_representative_data and not v.needs_fine_tuning
+    assert not VARIANTS["float32"].needs_representative_data
     assert VARIANTS["int8-qat"].needs_fine_tuning and not VARIANTS["int8-ptq"].needs_fine_tuning
     assert VARIANTS["pruned"].file_name("mobilenetv2") == "mobilenetv2-pruned.tflite"
 
@@ -39,9 +45,11 @@ def test_parse_variants_keeps_table_order_and_rejects_unknown():
     assert [v.name for v in parse_variants("int8-qat, float32,float32")] == ["float32",
                                                                              "int8-qat"]
     assert [v.name for v in parse_variants("all")] == [*DEFAULT_VARIANTS, "int8-ptq-flip",
-                                                       "int8-qat-flip"]
+                                                       "int8-qat-flip", "int8-mixed-flip"]
     assert variant_of_file("mobilenetv2-int8-ptq-flip.tflite").name == "int8-ptq-flip"
     assert variant_of_file("mobilenetv2-int8-qat-flip.tflite").name == "int8-qat-flip"
+    assert variant_of_file("mobilenetv2-int8-mixed-flip.tflite").name == "int8-mixed-flip"
+    assert variant_of_file("mobilenetv2-int8-mixed.tflite").name == "int8-mixed"
     assert [v.name for v in parse_variants(None)] == list(DEFAULT_VARIANTS)
     with pytest.raises(ValueError, match="unknown variant 'int4'"):
         parse_variants("float32,int4")

@@ -11,6 +11,10 @@ dynamic so the validator can feed batches):
               (float32 default: the sigmoid runs in int8 and one DEQUANTIZE gives a float;
               uint8/int8 on request). QAT models convert the same way: their fake-quant
               ranges are used; the representative set only fills ranges QAT left open.
+    int8-mixed*  the same int8 calibration through TFLite's quantization debugger, which
+              measures each op's int8 error on some of the representative images; the worst
+              `Variant.float_layers` ops stay float (layer_error.int8_with_float_layers).
+              Float input and output: the input/output type options do not apply.
 
 `EXPERIMENTAL_SPARSITY` is not used: it made files larger and slower here.
 """
@@ -44,6 +48,8 @@ def to_tflite(model: Any, variant: Variant, representative: np.ndarray | None = 
         raise ValueError(f"input type must be one of {INPUT_TYPES}, not {input_type!r}")
     if output_type not in OUTPUT_TYPES:
         raise ValueError(f"output type must be one of {OUTPUT_TYPES}, not {output_type!r}")
+    if variant.float_layers:
+        return _int8_mixed(model, variant, representative)
     conv = tf.lite.TFLiteConverter.from_keras_model(model)
     settings: dict[str, Any] = {"converter": "tf.lite.TFLiteConverter.from_keras_model",
                                 "tensorflow": tf.__version__, "optimizations": []}
@@ -73,6 +79,31 @@ def to_tflite(model: Any, variant: Variant, representative: np.ndarray | None = 
         warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
         flat = conv.convert()
     return bytes(flat), settings
+
+
+MIXED_DEBUG_IMAGES = 32  # representative images the layers' int8 error is measured on
+
+
+def _int8_mixed(model: Any, variant: Variant, representative: np.ndarray | None
+                ) -> tuple[bytes, dict[str, Any]]:
+    from edge_toolkit.quantize.layer_error import int8_with_float_layers
+
+    if representative is None or len(representative) == 0:
+        raise ValueError(f"{variant.name}: int8 conversion needs representative images")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
+        # the debugger runs its float and debug graphs in tf.lite.Interpreter
+        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
+        flat, kept = int8_with_float_layers(model, representative,
+                                            representative[:MIXED_DEBUG_IMAGES],
+                                            variant.float_layers)
+    settings = {"converter": "tf.lite.experimental.QuantizationDebugger (from_keras_model)",
+                "tensorflow": tf.__version__, "optimizations": ["DEFAULT"],
+                "quantization": "int8 with float ops", "float_ops": kept,
+                "layer_error_images": int(min(len(representative), MIXED_DEBUG_IMAGES)),
+                "inference_input_type": "float32", "inference_output_type": "float32",
+                "representative_images": int(len(representative))}
+    return flat, settings
 
 
 def build_float(ctx: Any) -> tuple[Any, dict[str, Any]]:

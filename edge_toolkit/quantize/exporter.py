@@ -356,7 +356,7 @@ def variant_card(ctx: ExportContext, variant: Variant, p: np.ndarray, check: Val
         "weights": variant.weights, "full_integer": variant.full_integer,
         "converter": settings, **io,
         "representative_images": settings.get("representative_images", 0),
-        "calibration_seed": ctx.seed if variant.full_integer else None,
+        "calibration_seed": ctx.seed if variant.needs_representative_data else None,
         "fine_tune": info,
         "validation": check.to_dict(),
         "thresholds": THRESHOLD_NOTE,
@@ -436,7 +436,7 @@ def export_variant(ctx: ExportContext, variant: Variant, out: Path,
         model = with_feature_output(model)
         if variant.mirror_average:
             model = mirror_averaged(model)
-        rep = ctx.representative if variant.full_integer else None
+        rep = ctx.representative if variant.needs_representative_data else None
         bare, settings = to_tflite(model, variant, rep, cfg.input_type, cfg.output_type)
         # the device's own path: the runtime Classifier, fed the card about to be embedded
         clf = Classifier.from_bytes(bare, ctx.card, name=f"{variant.name} (converted)",

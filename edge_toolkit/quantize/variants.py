@@ -26,6 +26,9 @@ class Variant:
     # the file averages the model's outputs on the image and on its mirror image (two passes
     # in one graph): the card and the runtime need nothing more, latency doubles
     mirror_average: bool = False
+    # int8 with this many of the ops that lose most to int8 (measured by TFLite's
+    # quantization debugger on train images at export) kept in float; float input and output
+    float_layers: int = 0
 
     @property
     def needs_fine_tuning(self) -> bool:
@@ -33,7 +36,7 @@ class Variant:
 
     @property
     def needs_representative_data(self) -> bool:
-        return self.full_integer
+        return self.full_integer or self.float_layers > 0
 
     def file_name(self, family: str) -> str:
         return f"{family}-{self.name}.tflite"
@@ -57,6 +60,9 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("int8-pqat", "prune-preserving QAT on the pruned model: the zeros survive "
             "int8", "int8", True, "prune+qat", "edge_toolkit.quantize.qat:build_pqat",
             requires=("pruned",)),
+    Variant("int8-mixed", "int8 post-training quantization with the one op that loses most "
+            "to int8 kept in float (measured at export); float input and output", "int8",
+            False, None, f"{_BUILD}:build_float", float_layers=1),
     Variant("int8-ptq-flip", "int8-ptq of the model averaged with its prediction on the "
             "mirrored image: both passes in one file, twice the latency", "int8", True, None,
             f"{_BUILD}:build_float", mirror_average=True),
@@ -64,6 +70,9 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
             "image: both passes in one file, twice the latency", "int8", True, "qat",
             "edge_toolkit.quantize.qat:build_qat", requires=("int8-qat",),
             mirror_average=True),
+    Variant("int8-mixed-flip", "int8-mixed of the model averaged with its prediction on the "
+            "mirrored image: both passes in one file, twice the latency", "int8", False, None,
+            f"{_BUILD}:build_float", mirror_average=True, float_layers=1),
 )}
 # what export and the pipeline make when no variants are named: the mirror-averaged files are
 # asked for by name (or with 'all'), as they double latency

@@ -1,0 +1,75 @@
+"""Which layers lose most to int8, and an int8 file that keeps those in float (imports TF).
+
+Why: full-integer quantization of the cross-validated MobileNetV2 recipe cost 0.020 to 0.041
+val AUC, and nearly all of it comes from a few layers whose activation range does not suit
+eight bits (benchmarks/README.md, "Where int8 loses"). TFLite's quantization debugger runs
+each quantized op next to its float twin on the same input and reports the error per
+tensor; dividing the RMS error by the tensor's quantization step gives a scale-free number,
+about 0.29 for plain rounding (1/sqrt(12)) and well above 1 where int8 clips or is too
+coarse. Keeping the worst few ops in float costs little latency (the rest stays int8) and
+wins back most of the loss.
+
+Public API only: `tf.lite.experimental.QuantizationDebugger` (its calibrated model, its
+statistics and its non-debug model with denylisted nodes).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+import numpy as np
+
+from edge_toolkit.quantize.representative import generator
+from edge_toolkit.train.tfsetup import tf
+
+ROUNDING_ONLY = 1 / np.sqrt(12)  # rmse/scale of an op whose only error is rounding
+
+
+def int8_debugger(model: Any, representative: np.ndarray, debug_images: np.ndarray,
+                  keep_float: tuple[str, ...] = ()) -> Any:
+    """TFLite's quantization debugger on `model` converted as int8 post-training
+    quantization is (the representative images calibrate), with the ops whose output
+    tensors are named in `keep_float` left in float."""
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = generator(np.asarray(representative, np.float32))
+    options = tf.lite.experimental.QuantizationDebugOptions(
+        denylisted_nodes=list(keep_float) or None)
+    return tf.lite.experimental.QuantizationDebugger(
+        converter=conv, debug_dataset=generator(np.asarray(debug_images, np.float32)),
+        debug_options=options)
+
+
+def layer_errors(debugger: Any) -> list[dict[str, Any]]:
+    """Run the debugger; one row per quantized op (tensor_name, op_name, rmse/scale and the
+    debugger's own columns), worst rmse/scale first."""
+    debugger.run()
+    buf = io.StringIO()
+    debugger.layer_statistics_dump(buf)
+    buf.seek(0)
+    rows = list(csv.DictReader(buf))
+    for row in rows:
+        scale = float(row["scale"])
+        mse = float(row["mean_squared_error"])
+        row["rmse/scale"] = float(np.sqrt(mse) / scale) if scale > 0 else 0.0
+    return sorted(rows, key=lambda r: -r["rmse/scale"])
+
+
+def int8_with_float_layers(model: Any, representative: np.ndarray, debug_images: np.ndarray,
+                           n_float: int) -> tuple[bytes, list[dict[str, Any]]]:
+    """`model` as int8 (weights and activations, float input and output) with the `n_float`
+    ops that lose most to int8 on `debug_images` left in float; returns the flatbuffer and
+    those ops (tensor, op, rmse/scale), worst first."""
+    if n_float < 1:
+        raise ValueError("n_float must be at least 1")
+    if len(debug_images) == 0:
+        raise ValueError("no images to measure the layers' int8 error on")
+    debugger = int8_debugger(model, representative, debug_images)
+    rows = layer_errors(debugger)
+    kept = [{"tensor": r["tensor_name"], "op": r["op_name"],
+             "rmse_per_step": round(r["rmse/scale"], 3)} for r in rows[:n_float]]
+    debugger.options = tf.lite.experimental.QuantizationDebugOptions(
+        denylisted_nodes=[k["tensor"] for k in kept])
+    return bytes(debugger.get_nondebug_quantized_model()), kept

@@ -1,0 +1,109 @@
+"""The int8-mixed conversion: the op that loses most to int8 is found and kept in float.
+
+A tiny model with one deliberately int8-hostile layer: a depthwise conv whose kernels have
+one large tap and eight small ones, so per-channel int8 weights round the small taps to
+zero and the layer's output is off by more than a quantization step, where the other
+layers only round.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from extras import require
+
+require("tensorflow")
+require("ai_edge_litert", "device")
+
+from edge_toolkit.preprocess import quantize  # noqa: E402
+from edge_toolkit.quantize.inspect import layer_table  # noqa: E402
+from edge_toolkit.runtime.interpreter import create_interpreter  # noqa: E402
+
+HOSTILE = "hostile_depthwise"
+
+
+@pytest.fixture(scope="module")
+def model_and_images():
+    from edge_toolkit.train.tfsetup import keras, set_seed
+
+    set_seed(0)
+    inp = keras.Input((16, 16, 3))
+    x = keras.layers.DepthwiseConv2D(3, padding="same", name=HOSTILE)(inp)
+    x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
+    # a linear output: a sigmoid's own 1/256 output step would hide the difference
+    out = keras.layers.Dense(1, name="head_logistic")(x)
+    model = keras.Model(inp, out, name="tiny")
+    kernel = np.full((3, 3, 3, 1), 0.03, np.float32)
+    kernel[1, 1] = 10.0  # scale 10/127: the 0.03 taps round to zero in int8
+    model.get_layer(HOSTILE).set_weights([kernel, np.zeros(3, np.float32)])
+    # the output sums the channels: the lost taps' error adds up rather than averaging out
+    model.get_layer("head_logistic").set_weights([np.ones((3, 1), np.float32),
+                                                  np.zeros(1, np.float32)])
+    rng = np.random.default_rng(0)
+    # positive pixels (the lost taps add up instead of cancelling) and a brightness per
+    # image (the pooled features, hence the head's output, vary between images)
+    images = rng.uniform(0, 1, (60, 16, 16, 3)) * rng.uniform(0.1, 1, (60, 1, 1, 1))
+    images = images.astype(np.float32)
+    return model, images
+
+
+def _predict(flat: bytes, x: np.ndarray) -> np.ndarray:
+    """Probabilities of a bare flatbuffer, its input quantized as the device does."""
+    interp, _ = create_interpreter(flat, num_threads=1)
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    dtype = np.dtype(inp["dtype"])
+    probs = []
+    for xi in x:
+        if dtype != np.float32:
+            scale, zero = inp["quantization"]
+            xi = quantize(xi, scale, zero, dtype)
+        interp.set_tensor(inp["index"], xi[None])
+        interp.invoke()
+        probs.append(float(interp.get_tensor(out["index"]).reshape(-1)[0]))
+    return np.array(probs)
+
+
+def test_the_worst_layer_is_measured_and_ranked_first(model_and_images):
+    from edge_toolkit.quantize.layer_error import ROUNDING_ONLY, int8_debugger, layer_errors
+
+    model, images = model_and_images
+    rows = layer_errors(int8_debugger(model, images[:40], images[40:]))
+    assert HOSTILE in rows[0]["tensor_name"]
+    assert rows[0]["rmse/scale"] > 3 * ROUNDING_ONLY  # 1.49 when written
+    # every other op is near plain rounding
+    assert all(r["rmse/scale"] < rows[0]["rmse/scale"] / 2 for r in rows[1:])
+
+
+def test_int8_mixed_keeps_that_layer_float_and_tracks_the_float_model_better(
+        model_and_images):
+    from edge_toolkit.quantize.layer_error import int8_with_float_layers
+    from edge_toolkit.quantize.variants import VARIANTS
+
+    model, images = model_and_images
+    rep, held_out = images[:40], images[40:]
+    flat, kept = int8_with_float_layers(model, rep, rep[:20], n_float=1)
+    assert len(kept) == 1 and HOSTILE in kept[0]["tensor"]
+    assert kept[0]["op"] == "DEPTHWISE_CONV_2D" and kept[0]["rmse_per_step"] > 1
+    weights = {w["name"]: w["dtype"] for w in layer_table(flat)}
+    assert [d for n, d in weights.items() if HOSTILE in n] == ["float32"]
+    # the other ops' weights stay int8 (their biases int32)
+    assert {d for n, d in weights.items() if HOSTILE not in n} <= {"int8", "int32"}
+    assert "int8" in weights.values()
+
+    from edge_toolkit.quantize.convert import to_tflite
+
+    plain, _ = to_tflite(model, VARIANTS["int8-ptq"], rep)
+    p_float = model.predict(held_out, verbose=0).reshape(-1)
+    plain_err = np.abs(_predict(plain, held_out) - p_float).mean()
+    mixed_err = np.abs(_predict(flat, held_out) - p_float).mean()
+    assert mixed_err < plain_err / 2
+
+
+def test_bad_arguments_are_refused(model_and_images):
+    from edge_toolkit.quantize.layer_error import int8_with_float_layers
+
+    model, images = model_and_images
+    with pytest.raises(ValueError, match="at least 1"):
+        int8_with_float_layers(model, images, images, 0)
+    with pytest.raises(ValueError, match="no images"):
+        int8_with_float_layers(model, images, images[:0], 1)
