@@ -71,6 +71,14 @@ def test_limits_come_from_the_card_with_defaults_for_the_rest():
     assert old.check_image(CASES["too small"]).startswith("too small (30 px side < 48)")
 
 
+def test_the_default_smallest_side_is_capped_for_large_inputs():
+    """Half the input side, but a 256 px model must take the 79 px radiographs it was
+    trained on (the smallest in the shared train splits)."""
+    gate = Gate.from_card(None, None, 256)
+    assert gate.check_image(radiograph_like(79, 79)) is None
+    assert gate.check_image(radiograph_like(60, 90)).startswith("too small (60 px side < 64)")
+
+
 def features(n: int, dim: int = 64, seed: int = 0) -> np.ndarray:
     """Correlated features on a low-dimensional manifold, like a CNN's pooled output."""
     rng = np.random.default_rng(seed)

@@ -41,7 +41,8 @@ class QualityLimits:
     (fracture-xray + FracAtlas train: smallest side 79 px, std >= 16.7, 99th percentile
     >= 70, 1st percentile <= 143, sharpness 0.04 to 1.03)."""
 
-    min_side: int | None = None  # None: half the model's input side, at least 16 px
+    # None: half the model's input side, from 16 px up to at most MAX_DEFAULT_MIN_SIDE
+    min_side: int | None = None
     uniform_std: float = 8.0
     dark_p99: float = 40.0
     bright_p1: float = 200.0
@@ -58,6 +59,10 @@ class QualityLimits:
 
 
 DEFAULT_LIMITS = QualityLimits()
+# the cap on the default smallest side: the training radiographs go down to 79 px, and a model
+# at 224 or 256 px learns from them scaled up, so "half the input side" would refuse images
+# like those it was trained and validated on (40 of fracture-xray's 3,515 at 256 px)
+MAX_DEFAULT_MIN_SIDE = 64
 
 
 @dataclass(frozen=True)
@@ -111,7 +116,7 @@ def appearance(img: Image.Image) -> np.ndarray:
 def quality_reason(q: Quality, limits: QualityLimits = DEFAULT_LIMITS, input_size: int = 96
                    ) -> str | None:
     """Why a picture is not usable, or None. Order: the most basic problem first."""
-    min_side = limits.min_side or max(16, input_size // 2)
+    min_side = limits.min_side or max(16, min(MAX_DEFAULT_MIN_SIDE, input_size // 2))
     if q.min_side < min_side:
         return f"too small ({q.min_side} px side < {min_side})"
     if q.std < limits.uniform_std:
