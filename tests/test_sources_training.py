@@ -127,6 +127,25 @@ def test_cross_validation_trains_each_fold_on_the_rest(sites):
         cross_validate(other, folds=2, log=lambda m: None, resume=True)
 
 
+def test_a_failing_fold_is_one_line_and_keeps_its_traceback(sites):
+    """A fold that fails in its process ends the CV with one line naming the fold and the
+    error; the traceback is kept in a file beside the fold's run folder."""
+    from dataclasses import replace
+
+    from edge_toolkit.train.trainer import FoldError, fold_error_file
+
+    root, a, b = sites
+    cfg = replace(cfg_for(root, [str(a), str(b)], "cv-bad"), model=dict(TINY, width=0))
+    with pytest.raises(FoldError) as info:
+        cross_validate(cfg, folds=2, log=lambda m: None)
+    message = str(info.value)
+    assert message.startswith("fold 1: ") and "\n" not in message
+    error_file = fold_error_file(replace(cfg, name="cv-bad/fold1"))
+    assert f"traceback in {error_file}" in message
+    assert error_file.read_text().startswith("Traceback (most recent call last)")
+    assert not (root / "runs" / "cv-bad" / "fold1" / "card.json").exists()
+
+
 def test_determinism_is_decided_per_device():
     assert determinism(True, devices=[])["deterministic"] is True
     gpu_frozen_bn = determinism(True, devices=["/physical_device:GPU:0"])

@@ -499,15 +499,32 @@ def _fold_dataset(ds: Dataset, cfg: TrainConfig, folds: int, k: int
                     sources=ds.sources), len(train_part), len(held))
 
 
+def fold_error_file(cfg: TrainConfig) -> Path:
+    """Where a failed fold's traceback goes: beside its run folder, so --resume never
+    mistakes it for a finished fold."""
+    return Path(cfg.out) / f"{cfg.name}-error.txt"
+
+
 def _fold_worker(cfg: TrainConfig, folds: int, k: int, queue: Any) -> None:
     """Train fold k in this (child) process; send log lines, then ("done", run folder) or
-    ("error", message)."""
+    ("error", message). The traceback of an error is kept in `fold_error_file`."""
+    import traceback
+
+    error_file = fold_error_file(cfg)
+    error_file.unlink(missing_ok=True)
     try:
         fold_ds, _, _ = _fold_dataset(_discover(cfg), cfg, folds, k)
         run = train(cfg, log=queue.put, dataset=fold_ds)
         queue.put(("done", str(run)))
     except BaseException as exc:  # the parent reports it as one line
-        queue.put(("error", f"{type(exc).__name__}: {exc}"))
+        where = ""
+        try:
+            error_file.parent.mkdir(parents=True, exist_ok=True)
+            error_file.write_text(traceback.format_exc())
+            where = f" (traceback in {error_file})"
+        except OSError:
+            pass
+        queue.put(("error", f"{type(exc).__name__}: {exc}{where}"))
 
 
 def _train_fold_in_child(cfg: TrainConfig, folds: int, k: int, log: Log) -> Path:
