@@ -72,8 +72,10 @@ mkdir -p "$WORK/images"
 classes=("$IMAGES"/*/)
 per=$(( (N + ${#classes[@]} - 1) / ${#classes[@]} ))
 for c in "${classes[@]}"; do
+    # awk, not head: under pipefail, sort killed by SIGPIPE when head exits early stops the
+    # whole script (seen once, after all the images were copied)
     find "$c" -maxdepth 1 -type f \( -iname '*.jpg' -o -iname '*.jpeg' -o -iname '*.png' \) \
-        | sort | head -n "$per" | while read -r f; do
+        | sort | awk -v n="$per" 'NR <= n' | while read -r f; do
             cp "$f" "$WORK/images/$(basename "$c" | tr ' ' _)-$(basename "$f" | tr ' ' _)"
         done
 done
