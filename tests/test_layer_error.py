@@ -107,3 +107,18 @@ def test_bad_arguments_are_refused(model_and_images):
         int8_with_float_layers(model, images, images, 0)
     with pytest.raises(ValueError, match="no images"):
         int8_with_float_layers(model, images, images[:0], 1)
+    # the model has 4 quantized ops: keeping them all in float is not an int8 file
+    with pytest.raises(ValueError, match="measurable quantized op"):
+        int8_with_float_layers(model, images[:40], images[40:], 10)
+
+
+def test_the_error_is_measured_on_images_from_the_whole_representative_set():
+    """The representative set is ordered as the train split (source by source, class by
+    class): the images the layers are measured on must come from all of it."""
+    from edge_toolkit.quantize.convert import layer_error_images
+
+    representative = np.arange(300, dtype=np.float32).reshape(300, 1, 1, 1)
+    picked = layer_error_images(representative, 32).reshape(-1)
+    assert len(set(picked)) == 32
+    assert picked.min() < 30 and picked.max() > 270  # not the first 32
+    np.testing.assert_array_equal(picked, layer_error_images(representative, 32).reshape(-1))

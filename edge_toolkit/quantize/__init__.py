@@ -8,6 +8,6 @@ validated on the val split with the TF-free interpreter, plus `report.json` / `r
 Modules without TensorFlow (safe on a device): `variants` (the table), `validate` (judging
 a variant's predictions, made by the runtime's `Classifier`, against the float parent),
 `inspect` (sparsity in the file's weights, gzip size, I/O types),
-`representative` (the calibration images). With TensorFlow: `convert`, `finetune`, `qat`,
-`prune`, `exporter`. Importing this package imports nothing heavy.
+`representative` (the calibration images). With TensorFlow: `convert`, `layer_error`,
+`finetune`, `qat`, `prune`, `exporter`. Importing this package imports nothing heavy.
 """

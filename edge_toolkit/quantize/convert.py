@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_toolkit.quantize.representative import generator
+from edge_toolkit.quantize.representative import generator, pick
 from edge_toolkit.quantize.variants import Variant
 from edge_toolkit.train.tfsetup import tf
 
@@ -84,6 +84,14 @@ def to_tflite(model: Any, variant: Variant, representative: np.ndarray | None = 
 MIXED_DEBUG_IMAGES = 32  # representative images the layers' int8 error is measured on
 
 
+def layer_error_images(representative: np.ndarray, n: int = MIXED_DEBUG_IMAGES,
+                       seed: int = 0) -> np.ndarray:
+    """`n` representative images drawn across the whole set: it is ordered as the train
+    split is (source by source, class by class), so its first `n` would all be one
+    source's fractured images."""
+    return representative[pick(len(representative), n, seed)]
+
+
 def _int8_mixed(model: Any, variant: Variant, representative: np.ndarray | None
                 ) -> tuple[bytes, dict[str, Any]]:
     from edge_toolkit.quantize.layer_error import int8_with_float_layers
@@ -94,13 +102,13 @@ def _int8_mixed(model: Any, variant: Variant, representative: np.ndarray | None
         warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
         # the debugger runs its float and debug graphs in tf.lite.Interpreter
         warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
-        flat, kept = int8_with_float_layers(model, representative,
-                                            representative[:MIXED_DEBUG_IMAGES],
+        debug = layer_error_images(representative)
+        flat, kept = int8_with_float_layers(model, representative, debug,
                                             variant.float_layers)
     settings = {"converter": "tf.lite.experimental.QuantizationDebugger (from_keras_model)",
                 "tensorflow": tf.__version__, "optimizations": ["DEFAULT"],
                 "quantization": "int8 with float ops", "float_ops": kept,
-                "layer_error_images": int(min(len(representative), MIXED_DEBUG_IMAGES)),
+                "layer_error_images": int(len(debug)),
                 "inference_input_type": "float32", "inference_output_type": "float32",
                 "representative_images": int(len(representative))}
     return flat, settings

@@ -552,8 +552,9 @@ def report_markdown(report: ExportReport) -> str:
         f"images; threshold {_fmt(p['threshold'], '.4f')}, temperature "
         f"{_fmt(p['temperature'], '.3f')} (each variant's own are re-chosen on val); data "
         f"{p['data_fingerprint']}.",
-        f"Settings: tolerance {c['tolerance']}, input type {c['input_type']}, output type "
-        f"{c['output_type']}, calibration images {c['calibration_images']}, sparsity "
+        f"Settings: tolerance {c['tolerance']}, full-integer input type {c['input_type']}, "
+        f"output type {c['output_type']} (the input column says each file's), "
+        f"calibration images {c['calibration_images']}, sparsity "
         f"{c['sparsity']}, QAT {c['qat_epochs']} epochs at {c['qat_lr']:g}, pruning "
         f"{c['prune_epochs']} epochs at {c['prune_lr']:g}, BatchNorm "
         f"{'frozen' if c['freeze_bn'] else 'trained'} while fine-tuning; "

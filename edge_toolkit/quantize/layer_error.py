@@ -44,17 +44,20 @@ def int8_debugger(model: Any, representative: np.ndarray, debug_images: np.ndarr
 
 def layer_errors(debugger: Any) -> list[dict[str, Any]]:
     """Run the debugger; one row per quantized op (tensor_name, op_name, rmse/scale and the
-    debugger's own columns), worst rmse/scale first."""
+    debugger's own columns), worst rmse/scale first. Ops whose error is not a finite number
+    (an op that never ran, a zero-width range) are left out: they cannot be ranked."""
     debugger.run()
     buf = io.StringIO()
     debugger.layer_statistics_dump(buf)
     buf.seek(0)
     rows = list(csv.DictReader(buf))
+    ranked = []
     for row in rows:
-        scale = float(row["scale"])
-        mse = float(row["mean_squared_error"])
-        row["rmse/scale"] = float(np.sqrt(mse) / scale) if scale > 0 else 0.0
-    return sorted(rows, key=lambda r: -r["rmse/scale"])
+        scale, mse = float(row["scale"]), float(row["mean_squared_error"])
+        if scale > 0 and np.isfinite(scale) and np.isfinite(mse):
+            row["rmse/scale"] = float(np.sqrt(mse) / scale)
+            ranked.append(row)
+    return sorted(ranked, key=lambda r: -r["rmse/scale"])
 
 
 def int8_with_float_layers(model: Any, representative: np.ndarray, debug_images: np.ndarray,
@@ -68,6 +71,9 @@ def int8_with_float_layers(model: Any, representative: np.ndarray, debug_images:
         raise ValueError("no images to measure the layers' int8 error on")
     debugger = int8_debugger(model, representative, debug_images)
     rows = layer_errors(debugger)
+    if len(rows) <= n_float:  # keeping every quantized op in float is not an int8 file
+        raise ValueError(f"the int8 model has {len(rows)} measurable quantized op(s); "
+                         f"keeping {n_float} in float needs more")
     kept = [{"tensor": r["tensor_name"], "op": r["op_name"],
              "rmse_per_step": round(r["rmse/scale"], 3)} for r in rows[:n_float]]
     debugger.options = tf.lite.experimental.QuantizationDebugOptions(

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# What the file's weights are stored as; "int8" variants here are all full-integer.
+# What the file's weights are stored as. "int8": weights and activations int8, full-integer
+# (input and output too) unless `Variant.float_layers` keeps some ops float.
 WEIGHT_TYPES = ("float32", "float16", "int8-weights", "int8")
 
 
@@ -17,7 +18,7 @@ class Variant:
 
     name: str
     description: str
-    weights: str  # float32 | float16 | int8-weights (dynamic range) | int8 (full integer)
+    weights: str  # float32 | float16 | int8-weights (dynamic range) | int8
     full_integer: bool  # every op int8: input/output types and a representative set apply
     fine_tune: str | None  # None | "qat" | "prune" | "prune+qat": trains before converting
     builder: str  # "module:function" that returns the Keras model to convert (TF side)

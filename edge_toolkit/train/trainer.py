@@ -511,8 +511,8 @@ def _fold_worker(cfg: TrainConfig, folds: int, k: int, queue: Any) -> None:
     import traceback
 
     error_file = fold_error_file(cfg)
-    error_file.unlink(missing_ok=True)
     try:
+        error_file.unlink(missing_ok=True)
         fold_ds, _, _ = _fold_dataset(_discover(cfg), cfg, folds, k)
         run = train(cfg, log=queue.put, dataset=fold_ds)
         queue.put(("done", str(run)))
@@ -524,7 +524,8 @@ def _fold_worker(cfg: TrainConfig, folds: int, k: int, queue: Any) -> None:
             where = f" (traceback in {error_file})"
         except OSError:
             pass
-        queue.put(("error", f"{type(exc).__name__}: {exc}{where}"))
+        first = (str(exc).strip().splitlines() or [""])[0]  # TF's messages run to pages
+        queue.put(("error", f"{type(exc).__name__}: {first}{where}"))
 
 
 def _train_fold_in_child(cfg: TrainConfig, folds: int, k: int, log: Log) -> Path:
