@@ -194,7 +194,8 @@ def measure_latency(row: Row, threads: list[int], warmup: int, runs: int) -> Non
     row.backend = res.get("backend")
 
 
-def run_benchmark(sources: list[Path], data: Path | None = None, threads: list[int] = (1, 2),
+def run_benchmark(sources: list[Path], data: Path | list[Path] | None = None,
+                  threads: list[int] = (1, 2),
                   warmup: int = 5, runs: int = 50, bootstrap: int = 1000,
                   log: Any = print, command: str | None = None) -> dict[str, Any]:
     """Measure every row; a row that cannot be measured keeps its reason and the rest go on.

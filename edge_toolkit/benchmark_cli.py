@@ -27,8 +27,10 @@ def parse_threads(text: str) -> list[int]:
 @click.command()
 @click.argument("sources", nargs=-1, required=True,
                 type=click.Path(exists=True, path_type=Path))
-@click.option("--data", type=click.Path(file_okay=False, path_type=Path),
-              help="Dataset folder (default: the one named in each model card).")
+@click.option("--data", type=click.Path(file_okay=False, path_type=Path), multiple=True,
+              help="Dataset folder, repeatable for a model trained on several sources "
+                   "(default: the folders named in each run's card; a loose .tflite names "
+                   "none, so it needs --data).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for benchmark.{md,csv,json,png} (default: the first run folder).")
 @click.option("--threads", default="1,2", show_default=True, help="Thread counts to time.")
@@ -36,7 +38,7 @@ def parse_threads(text: str) -> list[int]:
 @click.option("--warmup", default=5, show_default=True)
 @click.option("--bootstrap", default=1000, show_default=True, help="AUC interval resamples.")
 @click.option("--min-auc", type=float, help="Exit 1 if a validated variant's val AUC is lower.")
-def benchmark(sources: tuple[Path, ...], data: Path | None, out: Path | None, threads: str,
+def benchmark(sources: tuple[Path, ...], data: tuple[Path, ...], out: Path | None, threads: str,
               runs: int, warmup: int, bootstrap: int, min_auc: float | None) -> None:
     """Accuracy vs size vs latency for every variant of the given run folders (after
     `edge-toolkit export`) or .tflite files, in one table (Markdown, CSV, JSON, PNG).
@@ -55,8 +57,8 @@ def benchmark(sources: tuple[Path, ...], data: Path | None, out: Path | None, th
     dest = out or (sources[0] if sources[0].is_dir() else sources[0].parent)
     try:
         prepare_output(dest, folder=True)
-        result = run_benchmark(list(sources), data, thread_list, warmup, runs, bootstrap,
-                               log=lambda m: click.echo(m, err=True))
+        result = run_benchmark(list(sources), list(data) or None, thread_list, warmup, runs,
+                               bootstrap, log=lambda m: click.echo(m, err=True))
     except (BenchmarkError, OutputPathError) as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(2)

@@ -153,7 +153,7 @@ def test_determinism_is_decided_per_device():
     assert determinism(False, devices=["/physical_device:GPU:0"])["deterministic"] is True
 
 
-def test_exported_card_reports_each_source_and_names_no_folders(both_run, tmp_path):
+def test_exported_card_reports_each_source_and_names_no_folders(both_run, sites, tmp_path):
     from edge_toolkit.card import read_card
     from edge_toolkit.quantize.exporter import ExportConfig, export_run
 
@@ -164,6 +164,21 @@ def test_exported_card_reports_each_source_and_names_no_folders(both_run, tmp_pa
         assert set(card.metrics[split]["sources"]) == {"site-a", "site-b"}
     assert "roots" not in card.dataset and "root" not in card.dataset
     assert [s["name"] for s in card.dataset["sources"]] == ["site-a", "site-b"]
+
+    # the loose file names no folders: the benchmark takes each source's with --data
+    from click.testing import CliRunner
+
+    from edge_toolkit.benchmark_cli import benchmark
+
+    _, a, b = sites
+    res = CliRunner().invoke(benchmark, [str(tmp_path / report.results[0].file), "--data",
+                                         str(a), "--data", str(b), "--threads", "1", "--runs",
+                                         "2", "--warmup", "1", "--bootstrap", "20", "--out",
+                                         str(tmp_path / "bench")])
+    assert res.exit_code == 0, res.output
+    row = json.loads((tmp_path / "bench" / "benchmark.json").read_text())["rows"][0]
+    assert set(row["accuracy"]["test"]["sources"]) == {"site-a", "site-b"}
+    assert "site-a test AUC" in res.output and "site-b test AUC" in res.output
 
 
 def test_pretrained_backbone_gets_a_linear_probe_head_then_fine_tuning(sites, backbone_weights,
