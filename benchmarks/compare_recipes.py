@@ -10,6 +10,9 @@ can tell; one that straddles 0 is not.
 
     python benchmarks/compare_recipes.py runs/real/cv2/base runs/real/cv2/acq
     python benchmarks/compare_recipes.py runs/real/mnv2-swa runs/real/mnv2-acq --split val
+
+`--ensemble` adds one more row: the mean of the recipes' probabilities per image (e.g. two
+seeds of one recipe averaged), compared with the reference like the others.
 """
 
 from __future__ import annotations
@@ -41,7 +44,11 @@ def mean_of_sources(y: np.ndarray, p: np.ndarray, src: np.ndarray) -> float:
     return float(np.mean([roc_auc(y[src == s], p[src == s]) for s in np.unique(src)]))
 
 
-def compare(folders: list[Path], split: str = "val", n: int = 1000, seed: int = 0) -> dict:
+ENSEMBLE = "ensemble (mean probability of the recipes)"
+
+
+def compare(folders: list[Path], split: str = "val", n: int = 1000, seed: int = 0,
+            ensemble: bool = False) -> dict:
     preds = [held_out_predictions(f, split) for f in folders]
     paths = sorted(set.intersection(*(set(p) for p in preds)))
     if not paths:
@@ -49,12 +56,16 @@ def compare(folders: list[Path], split: str = "val", n: int = 1000, seed: int = 
     src = np.array([preds[0][k][0] for k in paths])
     y = np.array([preds[0][k][1] for k in paths])
     ps = [np.array([p[k][2] for k in paths]) for p in preds]
+    names: list[str | Path] = list(folders)
+    if ensemble:
+        ps.append(np.mean(ps, axis=0))
+        names.append(ENSEMBLE)
     strata = [np.flatnonzero((src == s) & (y == c)) for s in np.unique(src) for c in (0, 1)]
     rng = np.random.default_rng(seed)
     boots = [np.concatenate([rng.choice(ix, len(ix)) for ix in strata]) for _ in range(n)]
     groups = {s: src == s for s in np.unique(src)} | {"mean_of_sources": None}
     result: dict = {"images": len(paths), "split": split, "recipes": {}}
-    for folder, p in zip(folders, ps):
+    for folder, p in zip(names, ps):
         rows = {}
         for name, mask in groups.items():
             def score(idx: np.ndarray, q: np.ndarray, mask=mask) -> float:
@@ -78,8 +89,10 @@ def main() -> None:
     ap.add_argument("--split", default="val", help="val (held-out folds for CV folders)")
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--json", type=Path, help="Also write the comparison here.")
+    ap.add_argument("--ensemble", action="store_true",
+                    help="Add the mean of the recipes' probabilities as one more row.")
     args = ap.parse_args()
-    res = compare(args.folders, args.split, args.bootstrap)
+    res = compare(args.folders, args.split, args.bootstrap, ensemble=args.ensemble)
     names = list(next(iter(res["recipes"].values())))
     print(f"{res['images']} images ({res['split']}), reference: {args.folders[0]}\n")
     print("| recipe | " + " | ".join(names) + " |")
