@@ -54,12 +54,15 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0, help="which random images")
     args = ap.parse_args()
+    from edge_toolkit.quantize.layer_error import ROUNDING_ONLY
+
     stats = layer_errors(args.run, args.calibration, args.debug, args.seed)
     print("| layer (end of the tensor name) | op | rmse/scale |\n|---|---|---|")
     for s in stats[:args.top]:
         print(f"| {s['tensor_name'][-48:]} | {s['op_name']} | {s['rmse/scale']:.2f} |")
     print(f"\nmedian rmse/scale over {len(stats)} tensors: "
-          f"{np.median([s['rmse/scale'] for s in stats]):.2f} (plain rounding: 0.29)")
+          f"{np.median([s['rmse/scale'] for s in stats]):.2f} (plain rounding: "
+          f"{ROUNDING_ONLY:.2f})")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Why: full-integer quantization of the cross-validated MobileNetV2 recipe cost 0.020 to 0.041
 val AUC, and nearly all of it comes from a few layers whose activation range does not suit
-eight bits (benchmarks/README.md, "Where int8 loses"). TFLite's quantization debugger runs
+eight bits (benchmarks/README.md, "One float op in an int8 file"). TFLite's quantization debugger runs
 each quantized op next to its float twin on the same input and reports the error per
 tensor; dividing the RMS error by the tensor's quantization step gives a scale-free number,
 about 0.29 for plain rounding (1/sqrt(12)) and well above 1 where int8 clips or is too
