@@ -2,12 +2,12 @@
 
 Why: full-integer quantization of the cross-validated MobileNetV2 recipe cost 0.020 to 0.041
 val AUC, and nearly all of it comes from a few layers whose activation range does not suit
-eight bits (benchmarks/README.md, "One float op in an int8 file"). TFLite's quantization debugger runs
-each quantized op next to its float twin on the same input and reports the error per
-tensor; dividing the RMS error by the tensor's quantization step gives a scale-free number,
-about 0.29 for plain rounding (1/sqrt(12)) and well above 1 where int8 clips or is too
-coarse. Keeping the worst few ops in float costs little latency (the rest stays int8) and
-wins back most of the loss.
+eight bits (benchmarks/README.md, "One float op in an int8 file"). TFLite's quantization
+debugger runs each quantized op next to its float twin on the same input and reports the
+error per tensor; dividing the RMS error by the tensor's quantization step gives a
+scale-free number, about 0.29 for plain rounding (1/sqrt(12)) and well above 1 where int8
+clips or is too coarse. Keeping the worst few ops in float costs little latency (the rest
+stays int8) and wins back most of the loss.
 
 Public API only: `tf.lite.experimental.QuantizationDebugger` (its calibrated model, its
 statistics and its non-debug model with denylisted nodes).
