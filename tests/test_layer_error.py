@@ -77,11 +77,13 @@ def test_the_worst_layer_is_measured_and_ranked_first(model_and_images):
 def test_int8_mixed_keeps_that_layer_float_and_tracks_the_float_model_better(
         model_and_images):
     from edge_toolkit.quantize.layer_error import int8_with_float_layers
-    from edge_toolkit.quantize.variants import VARIANTS
+    from edge_toolkit.quantize.variants import MIXED_FLOAT_OPS, VARIANTS
 
     model, images = model_and_images
     rep, held_out = images[:40], images[40:]
-    flat, kept = int8_with_float_layers(model, rep, rep[:20], n_float=1)
+    # up to 3 ops may stay float, but only the hostile one is fragile: the others are near
+    # plain rounding and stay int8
+    flat, kept = int8_with_float_layers(model, rep, rep[:20], MIXED_FLOAT_OPS)
     assert len(kept) == 1 and HOSTILE in kept[0]["tensor"]
     assert kept[0]["op"] == "DEPTHWISE_CONV_2D" and kept[0]["rmse_per_step"] > 1
     weights = {w["name"]: w["dtype"] for w in layer_table(flat)}
@@ -109,7 +111,30 @@ def test_bad_arguments_are_refused(model_and_images):
         int8_with_float_layers(model, images, images[:0], 1)
     # the model has 4 quantized ops: keeping them all in float is not an int8 file
     with pytest.raises(ValueError, match="measurable quantized op"):
-        int8_with_float_layers(model, images[:40], images[40:], 10)
+        int8_with_float_layers(model, images[:40], images[40:], 10, min_error=0.0)
+
+
+def _rows(*errors: float) -> list[dict]:
+    return [{"tensor_name": f"t{i}", "op_name": "CONV_2D", "rmse/scale": e}
+            for i, e in enumerate(errors)]
+
+
+def test_fragile_ops_are_those_well_above_rounding_at_most_max_and_at_least_one():
+    from edge_toolkit.quantize.layer_error import FRAGILE_ERROR, fragile_ops
+
+    def names(rows: list[dict]) -> list[str]:
+        return [r["tensor_name"] for r in rows]
+
+    # the three real runs' shape: 1.40, 0.76, 0.60 fragile, then ops near rounding
+    ranked = _rows(1.40, 0.76, 0.60, 0.55, 0.31, 0.30)
+    assert FRAGILE_ERROR == pytest.approx(0.577, abs=1e-3)
+    assert names(fragile_ops(ranked, 3)) == ["t0", "t1", "t2"]
+    assert names(fragile_ops(ranked, 2)) == ["t0", "t1"]  # the cap
+    assert names(fragile_ops(ranked, 5)) == ["t0", "t1", "t2"]  # 0.55 is not fragile
+    # no op above the bar: the worst still stays float (the variant's promise)
+    assert names(fragile_ops(_rows(0.40, 0.31), 3)) == ["t0"]
+    with pytest.raises(ValueError, match="at least 1"):
+        fragile_ops(ranked, 0)
 
 
 def test_the_error_is_measured_on_images_from_the_whole_representative_set():

@@ -13,7 +13,8 @@ dynamic so the validator can feed batches):
               ranges are used; the representative set only fills ranges QAT left open.
     int8-mixed*  the same int8 calibration through TFLite's quantization debugger, which
               measures each op's int8 error on some of the representative images; the worst
-              `Variant.float_layers` ops stay float (layer_error.int8_with_float_layers).
+              ops, up to `Variant.float_layers` of those with an error of twice plain
+              rounding's or more, stay float (layer_error.int8_with_float_layers).
               Float input and output: the input/output type options do not apply.
 
 `EXPERIMENTAL_SPARSITY` is not used: it made files larger and slower here.
