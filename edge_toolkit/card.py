@@ -72,6 +72,9 @@ class ModelCard:
     threshold: float = 0.5
     thresholds: dict[str, float] = field(default_factory=dict)
     target_sensitivity: float = 0.95
+    # set: the threshold clears this specificity and target_sensitivity by the widest margin
+    # on every source (metrics.threshold_for_floors); None: exactly the target sensitivity
+    min_specificity: float | None = None
     temperature: float = 1.0
     model_config: dict[str, Any] = field(default_factory=dict)
     variant: str = "keras"

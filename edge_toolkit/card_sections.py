@@ -97,6 +97,7 @@ def card_problems(data: dict[str, Any]) -> list[str]:
         for name, value in thresholds.items():
             c.prob(f"thresholds.{name}", value)
     c.prob("target_sensitivity", data.get("target_sensitivity", 0.95), high_open=False)
+    c.prob("min_specificity", data.get("min_specificity"), optional=True)
     temperature = data.get("temperature", 1.0)
     if not (is_number(temperature) and math.isfinite(temperature) and temperature > 0):
         c.bad("temperature", "a number > 0", temperature)

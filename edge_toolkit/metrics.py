@@ -126,6 +126,43 @@ def threshold_for_sensitivity(y: np.ndarray, p: np.ndarray, target: float = 0.95
     return float(pos[max(k, 0)])
 
 
+def floor_margin(y: np.ndarray, p: np.ndarray, threshold: float, min_sensitivity: float,
+                 min_specificity: float) -> float:
+    """How far (y, p) at `threshold` clears both floors, in standard errors of a proportion
+    at the floor: min((sens - s0) / sqrt(s0 (1 - s0) / n_pos), same for specificity). A class
+    with no images sets no floor (inf)."""
+    y = np.asarray(y).astype(bool)
+    p = np.asarray(p, dtype=np.float64)
+    margins = [math.inf]
+    for mask, rate, floor in ((y, np.mean(p[y] >= threshold) if y.any() else 0.0,
+                               min_sensitivity),
+                              (~y, np.mean(p[~y] < threshold) if (~y).any() else 0.0,
+                               min_specificity)):
+        n = int(mask.sum())
+        if n:
+            margins.append((float(rate) - floor) / math.sqrt(floor * (1 - floor) / n))
+    return min(margins)
+
+
+def threshold_for_floors(groups: list[tuple[np.ndarray, np.ndarray]], min_sensitivity: float,
+                         min_specificity: float, highest: float) -> tuple[float, float]:
+    """The threshold at or below `highest` (the plain target-sensitivity threshold) that
+    clears both floors by the widest margin on every group (source) at once: the largest
+    smallest `floor_margin`, the more sensitive threshold on ties. A threshold set at exactly
+    the target sensitivity meets it on new images only about half the time; this one spends
+    the specificity to spare on a margin for sensitivity. Returns (threshold, margin)."""
+    candidates = np.unique(np.concatenate([np.asarray(p, dtype=np.float64)[np.asarray(y) == 1]
+                                           for y, p in groups] + [np.array([highest])]))
+    candidates = candidates[candidates <= highest]
+    best_t, best_m = highest, -math.inf
+    for t in candidates:  # ascending: on a tie the lower (more sensitive) threshold stays
+        m = min(floor_margin(y, p, float(t), min_sensitivity, min_specificity)
+                for y, p in groups)
+        if m > best_m:
+            best_t, best_m = float(t), m
+    return best_t, best_m
+
+
 def threshold_balanced(y: np.ndarray, p: np.ndarray) -> float:
     """Threshold maximising Youden's J = sensitivity + specificity - 1."""
     fpr, tpr, thr = roc_curve(y, p)

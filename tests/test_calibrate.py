@@ -22,11 +22,14 @@ def models(tmp_path_factory):
     return cached_models(tmp_path_factory, RUNTIME_MODELS)
 
 
-def write_clinic(root: Path, positives: int, negatives: int, seed: int = 0) -> Path:
-    """Class folders of textured images; fractured ones tend to be brighter, so the tiny
-    model (whose output follows brightness) separates them imperfectly."""
+def write_clinic(root: Path, positives: int, negatives: int, seed: int = 0,
+                 means: tuple[int, int] = (150, 100)) -> Path:
+    """Class folders of textured images whose brightness differs by class (`means`:
+    fractured, not fractured), so the tiny model, whose output follows brightness,
+    separates them imperfectly."""
     rng = np.random.default_rng(seed)
-    for cls, n, mean in (("fractured", positives, 150), ("not fractured", negatives, 100)):
+    for cls, n, mean in (("fractured", positives, means[0]),
+                         ("not fractured", negatives, means[1])):
         folder = root / cls
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(n):
@@ -65,6 +68,30 @@ def test_recalibrates_and_records_both_operating_points(models, tmp_path):
     x = clf.preprocess(next((data / "fractured").iterdir()))
     assert clf.predict_raw_batch(x[None])[0] == pytest.approx(
         Classifier.load(models["float"]).predict_raw_batch(x[None])[0])
+
+
+def test_a_specificity_floor_moves_the_threshold_towards_sensitivity(models, tmp_path):
+    """With --min-specificity the new threshold clears both floors by the widest margin:
+    never less sensitive than the plain one, recorded in the card and the report."""
+    # the tiny model scores darker images higher: these fractured ones are, AUC about 0.8
+    data = write_clinic(tmp_path / "clinic", 60, 140, seed=3, means=(100, 150))
+    plain, floors = tmp_path / "plain.tflite", tmp_path / "floors.tflite"
+    res = run(models["float"], data, "-o", plain, "--target-sensitivity", 0.8, "--json")
+    assert res.exit_code == 0, res.output
+    res2 = run(models["float"], data, "-o", floors, "--target-sensitivity", 0.8,
+               "--min-specificity", 0.5)
+    assert res2.exit_code == 0, res2.output
+    assert "specificity at least 0.5" in res2.output
+    a, b = read_card(plain), read_card(floors)
+    assert a.min_specificity is None and b.min_specificity == 0.5
+    assert b.threshold <= a.threshold
+    report = json.loads(res.output[res.output.index("{"):res.output.rindex("}") + 1])
+    assert report["auc"] > 0.7
+    assert report["after"]["specificity"] > 0.5  # specificity to spare at the plain one...
+    assert b.threshold < a.threshold  # ...so the floors rule spends some of it
+    for bad in ("0", "1", "-0.2"):
+        res3 = run(models["float"], data, "-o", tmp_path / "x.tflite", "--min-specificity", bad)
+        assert res3.exit_code == 2 and not (tmp_path / "x.tflite").exists()
 
 
 def test_a_csv_of_path_label_works_with_a_header(models, tmp_path):

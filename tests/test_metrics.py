@@ -13,9 +13,11 @@ from edge_toolkit.metrics import (
     bootstrap_auc_ci,
     expected_calibration_error,
     fit_temperature,
+    floor_margin,
     roc_auc,
     sigmoid,
     threshold_balanced,
+    threshold_for_floors,
     threshold_for_sensitivity,
 )
 from edge_toolkit.train.calibrate import choose_operating_points
@@ -89,3 +91,70 @@ def test_operating_points_use_only_the_given_split():
     q = apply_temperature(p, ops["temperature"])
     assert at_threshold(y, q, ops["threshold"])["sensitivity"] >= 0.9
     assert ops["thresholds"]["high_sensitivity"] <= ops["thresholds"]["balanced"]
+
+
+def test_floor_margin_counts_standard_errors_above_each_floor():
+    # 100 positives, 90 at or above 0.5: sensitivity exactly 0.90, margin 0 on that side;
+    # 100 negatives, 70 below 0.5: specificity 0.70, (0.70 - 0.50) / sqrt(0.25 / 100) = 4
+    y = np.r_[np.ones(100), np.zeros(100)].astype(int)
+    p = np.r_[np.full(90, 0.8), np.full(10, 0.2), np.full(70, 0.2), np.full(30, 0.8)]
+    assert floor_margin(y, p, 0.5, 0.90, 0.50) == pytest.approx(0.0)
+    assert floor_margin(y, p, 0.5, 0.80, 0.60) == pytest.approx(
+        min(0.10 / np.sqrt(0.16 / 100), 0.10 / np.sqrt(0.24 / 100)))
+    # a class with no images sets no floor
+    assert floor_margin(y[:100], p[:100], 0.5, 0.85, 0.5) == pytest.approx(
+        0.05 / np.sqrt(0.85 * 0.15 / 100))
+
+
+def _scores(rng, n_pos, n_neg, shift):
+    y = np.r_[np.ones(n_pos), np.zeros(n_neg)].astype(int)
+    return y, np.r_[rng.normal(shift, 1, n_pos), rng.normal(0, 1, n_neg)]
+
+
+def test_floors_threshold_spends_spare_specificity_on_sensitivity():
+    y, p = _scores(np.random.default_rng(0), 100, 300, 1.6)  # specificity to spare
+    plain = threshold_for_sensitivity(y, p, 0.9)
+    thr, margin = threshold_for_floors([(y, p)], 0.9, 0.5, plain)
+    assert thr < plain  # more sensitive than exactly the target
+    sens = np.mean(p[y == 1] >= thr)
+    spec = np.mean(p[y == 0] < thr)
+    assert sens > 0.9 and spec > 0.5
+    # the two margins end up balanced: neither floor is cleared by far more than the other
+    m_sens = (sens - 0.9) / np.sqrt(0.09 / 100)
+    m_spec = (spec - 0.5) / np.sqrt(0.25 / 300)
+    assert margin == pytest.approx(min(m_sens, m_spec))
+    assert abs(m_sens - m_spec) < 1.0
+    # it is the best threshold at or below the plain one
+    for t in np.unique(p[y == 1]):
+        if t <= plain:
+            assert floor_margin(y, p, t, 0.9, 0.5) <= margin + 1e-12
+
+
+def test_floors_threshold_never_gives_up_sensitivity_and_the_worst_source_binds():
+    rng = np.random.default_rng(1)
+    y, p = _scores(rng, 100, 300, 0.3)  # hard: no specificity to spare at 0.9 sensitivity
+    plain = threshold_for_sensitivity(y, p, 0.9)
+    thr, margin = threshold_for_floors([(y, p)], 0.9, 0.5, plain)
+    assert thr == plain and margin < 0  # the floors cannot both be met; sensitivity first
+    easy, hard = _scores(rng, 100, 300, 3.0), _scores(rng, 100, 300, 1.5)
+    both = [easy, hard]
+    plain = min(threshold_for_sensitivity(y_, p_, 0.9) for y_, p_ in both)
+    thr, margin = threshold_for_floors(both, 0.9, 0.5, plain)
+    assert margin == pytest.approx(min(floor_margin(y_, p_, thr, 0.9, 0.5) for y_, p_ in both))
+    assert margin == pytest.approx(floor_margin(*hard, thr, 0.9, 0.5))  # the hard site binds
+
+
+def test_operating_points_with_a_specificity_floor_are_recorded_and_more_sensitive():
+    y, p = _scores(np.random.default_rng(2), 120, 280, 2.0)
+    p = 1 / (1 + np.exp(-p))
+    src = np.array(["a", "b"] * 200)
+    plain = choose_operating_points(y, p, 0.9, src)
+    floors = choose_operating_points(y, p, 0.9, src, min_specificity=0.5)
+    assert "floor_margin" not in plain
+    assert floors["min_specificity"] == 0.5 and floors["floor_margin"] > 0
+    assert floors["threshold"] < plain["threshold"]
+    assert floors["temperature"] == plain["temperature"]
+    q = apply_temperature(p, floors["temperature"])
+    for s in ("a", "b"):
+        m = src == s
+        assert at_threshold(y[m], q[m], floors["threshold"])["sensitivity"] > 0.9

@@ -384,3 +384,21 @@ def test_cli_export_one_variant(tiny_run, tmp_path):
     assert res.exit_code != 0 and "unknown variant" in res.output
     res = CliRunner().invoke(main, ["export", str(tmp_path)])
     assert res.exit_code != 0 and "not a run folder" in res.output
+
+
+def test_a_specificity_floor_is_applied_to_each_file_and_recorded(tiny_run, tmp_path):
+    from edge_toolkit.quantize.exporter import ExportConfig, export_run
+
+    cards = {}
+    for name, floor in (("plain", None), ("floors", 0.3)):
+        cfg = ExportConfig(variants="float32", tolerance=1.0, out=str(tmp_path / name),
+                           bootstrap=0, min_specificity=floor)
+        report = export_run(tiny_run, cfg, log=lambda m: None)
+        cards[name] = read_card(Path(report.out) / report.result("float32").file)
+    plain, floors = cards["plain"], cards["floors"]
+    assert plain.min_specificity is None and floors.min_specificity == 0.3
+    assert floors.temperature == plain.temperature
+    assert floors.threshold <= plain.threshold  # never less sensitive than the plain rule
+    op = floors.metrics["val"]["operating_points"]["high_sensitivity"]
+    assert op["threshold"] == floors.threshold
+    assert op["sensitivity"] >= floors.target_sensitivity

@@ -61,7 +61,8 @@ def test_typed_sections_read_old_cards_and_pass_newer_keys_through():
                               ("dataset", {"val_fraction": 2}, "dataset.val_fraction"),
                               ("metrics", {"val": {"auc": 1.5}}, "metrics.val.auc"),
                               ("export", {"validation": {"status": "great"}},
-                               "export.validation.status")]:
+                               "export.validation.status"),
+                              ("min_specificity", 1.5, "min_specificity")]:
         with pytest.raises(CardError, match=message):
             ModelCard.from_dict({**base, key: bad})
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -68,6 +69,19 @@ def test_one_model_on_two_sources_reports_each(both_run):
     rows = list(csv.DictReader(open(both_run / "predictions.csv")))
     assert {r["source"] for r in rows} == {"site-a", "site-b"}
     assert card.export["training"]["determinism"]["device"] == "cpu"
+
+
+def test_a_specificity_floor_reaches_the_trained_card(sites, both_run):
+    """Same training (same seed, CPU-deterministic) with --min-specificity: the card records
+    the floor and the stored threshold is never less sensitive than the plain run's."""
+    root, a, b = sites
+    run = train(replace(cfg_for(root, [str(a), str(b)], "both-floors"), min_specificity=0.3),
+                log=lambda m: None)
+    plain, floors = ModelCard.load(both_run / "card.json"), ModelCard.load(run / "card.json")
+    assert plain.min_specificity is None and floors.min_specificity == 0.3
+    assert floors.export["training"]["min_specificity"] == 0.3
+    assert floors.threshold <= plain.threshold
+    assert floors.thresholds["balanced"] == pytest.approx(plain.thresholds["balanced"])
 
 
 def test_evaluate_scores_a_run_on_another_flat_folder(both_run, sites, tmp_path):

@@ -44,6 +44,11 @@ def _log(msg: str) -> None:
 @click.option("--target-sensitivity", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="Sensitivity each file's threshold is chosen for on val (default: the "
                    "run's training target).")
+@click.option("--min-specificity", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Specificity floor of the threshold rule (default: the run's, if any). "
+                   "With it the threshold clears both floors, the target sensitivity and this "
+                   "specificity, by the widest margin (in standard errors) on every val "
+                   "source, never less sensitive than the plain target threshold.")
 @click.option("--input-type", type=click.Choice(["uint8", "int8"]), default="uint8",
               show_default=True, help="Input tensor type of full-integer models.")
 @click.option("--output-type", type=click.Choice(["float32", "uint8", "int8"]),
@@ -60,7 +65,8 @@ def _log(msg: str) -> None:
 def export(run_dir: Path, variants: str | None, out: Path | None, sparsity: float, qat_epochs: int,
            qat_lr: float, prune_epochs: int, prune_lr: float | None, prune_depthwise: bool,
            freeze_bn: bool | None, calibration_images: int, tolerance: float,
-           target_sensitivity: float | None, input_type: str, output_type: str,
+           target_sensitivity: float | None, min_specificity: float | None, input_type: str,
+           output_type: str,
            data: Path | None, batch_size: int | None,
            seed: int | None, bootstrap: int, strict: bool) -> None:
     """Export RUN_DIR (a folder from `edge-toolkit train`) to .tflite variants, each with its
@@ -89,7 +95,8 @@ def export(run_dir: Path, variants: str | None, out: Path | None, sparsity: floa
         qat_epochs=qat_epochs, qat_lr=qat_lr, prune_epochs=prune_epochs, prune_lr=prune_lr,
         prune_depthwise=prune_depthwise, freeze_bn=freeze_bn,
         calibration_images=calibration_images,
-        tolerance=tolerance, target_sensitivity=target_sensitivity, input_type=input_type,
+        tolerance=tolerance, target_sensitivity=target_sensitivity,
+        min_specificity=min_specificity, input_type=input_type,
         output_type=output_type,
         data=str(data) if data else None, batch_size=batch_size, seed=seed,
         bootstrap=bootstrap)

@@ -79,6 +79,8 @@ class ExportConfig:
     tolerance: float = 0.02
     # sensitivity each file's threshold is chosen for on val (None: the run's own target)
     target_sensitivity: float | None = None
+    # specificity floor of the threshold rule (None: the run's own, see TrainConfig)
+    min_specificity: float | None = None
     input_type: str = "uint8"
     output_type: str = "float32"
     data: str | list[str] | None = None  # default: the dataset folder(s) in the run's card
@@ -305,7 +307,8 @@ def operating_points(ctx: ExportContext, p: np.ndarray, check: Validation
 
     y = ctx.val.y
     target = ctx.cfg.target_sensitivity or ctx.card.target_sensitivity
-    ops = choose_operating_points(y, p, target, ctx.val.sources)
+    floor = ctx.cfg.min_specificity or ctx.card.min_specificity
+    ops = choose_operating_points(y, p, target, ctx.val.sources, floor)
     q = apply_temperature(p, ops["temperature"])
     q_parent = apply_temperature(ctx.parent_probs, ctx.card.temperature)
     op = at_threshold(y, q, ops["threshold"])
@@ -333,6 +336,7 @@ def variant_card(ctx: ExportContext, variant: Variant, p: np.ndarray, check: Val
     card.temperature, card.threshold = ops["temperature"], ops["threshold"]
     card.thresholds = ops["thresholds"]
     card.target_sensitivity = ops["target_sensitivity"]
+    card.min_specificity = ops.get("min_specificity")
     val, test = ctx.val, ctx.test
     probs = {"val": (val.y, p)}
     sources = {"val": val.sources}

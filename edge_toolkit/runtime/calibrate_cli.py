@@ -27,6 +27,10 @@ from edge_toolkit.runtime.recalibrate import (
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option("--target-sensitivity", default=0.95, show_default=True, type=float,
               help="The threshold is chosen so that this share of fractures is flagged.")
+@click.option("--min-specificity", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Specificity floor: the threshold then clears both floors by the widest "
+                   "margin (in standard errors), never flagging fewer fractures than "
+                   "--target-sensitivity alone.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="New model file [default: MODEL-recalibrated.tflite beside MODEL].")
 @click.option("--min-positives", default=MIN_POSITIVES, show_default=True,
@@ -34,7 +38,8 @@ from edge_toolkit.runtime.recalibrate import (
 @click.option("--min-negatives", default=MIN_NEGATIVES, show_default=True,
               type=click.IntRange(1))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def calibrate(model: Path, data: Path, target_sensitivity: float, output: Path | None,
+def calibrate(model: Path, data: Path, target_sensitivity: float,
+              min_specificity: float | None, output: Path | None,
               min_positives: int, min_negatives: int, as_json: bool) -> None:
     """Choose MODEL's threshold and temperature on your own labelled images (DATA: class
     folders 'fractured' / 'not fractured', or a CSV of path,label) and write a new model.
@@ -47,7 +52,8 @@ def calibrate(model: Path, data: Path, target_sensitivity: float, output: Path |
     try:
         clf = Classifier.load(model)
         samples = read_labelled(data)
-        rec = recalibrate(clf, samples, target_sensitivity, min_positives, min_negatives)
+        rec = recalibrate(clf, samples, target_sensitivity, min_positives, min_negatives,
+                          min_specificity)
         out = output or model.with_name(f"{model.stem}-recalibrated.tflite")
         card = recalibrated_card(clf.card, rec, data.name)
         written = write_recalibrated(model, out, card)

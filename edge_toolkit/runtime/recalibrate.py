@@ -30,6 +30,7 @@ from edge_toolkit.metrics import (
     proportion_ci,
     roc_auc,
     threshold_balanced,
+    threshold_for_floors,
     threshold_for_sensitivity,
 )
 from edge_toolkit.multisource import discover_scoring
@@ -103,8 +104,18 @@ def operating_point(y: np.ndarray, q: np.ndarray, threshold: float) -> dict[str,
             "specificity_ci95": list(proportion_ci(c["tn"], neg)), "confusion": c}
 
 
+def local_threshold(y: np.ndarray, q: np.ndarray, target: float,
+                    min_specificity: float | None = None) -> float:
+    """The threshold reaching `target` sensitivity on these images; with `min_specificity`,
+    the one clearing both floors by the widest margin (metrics.threshold_for_floors)."""
+    thr = threshold_for_sensitivity(y, q, target)
+    if min_specificity is not None:
+        thr, _ = threshold_for_floors([(y, q)], target, min_specificity, thr)
+    return thr
+
+
 def cross_validated(y: np.ndarray, raw: np.ndarray, target: float, folds: int = CV_FOLDS,
-                    seed: int = 0) -> dict[str, Any]:
+                    seed: int = 0, min_specificity: float | None = None) -> dict[str, Any]:
     """What the recipe (fit temperature, pick threshold) gives on images it did not see:
     stratified folds, each scored with the operating point chosen on the others."""
     rng = np.random.default_rng(seed)
@@ -116,7 +127,7 @@ def cross_validated(y: np.ndarray, raw: np.ndarray, target: float, folds: int = 
     for k in range(folds):
         tr, te = fold != k, fold == k
         t = fit_temperature(y[tr], raw[tr])
-        thr = threshold_for_sensitivity(y[tr], apply_temperature(raw[tr], t), target)
+        thr = local_threshold(y[tr], apply_temperature(raw[tr], t), target, min_specificity)
         pred[te] = apply_temperature(raw[te], t) >= thr
     tp, fn = int((pred & (y == 1)).sum()), int((~pred & (y == 1)).sum())
     tn, fp = int((~pred & (y == 0)).sum()), int((pred & (y == 0)).sum())
@@ -143,6 +154,7 @@ class Recalibration:
     temperature_after: float
     thresholds_after: dict[str, float]
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    min_specificity: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -151,8 +163,8 @@ class Recalibration:
 
 
 def recalibrate(clf: Any, samples: list[Sample], target_sensitivity: float = 0.95,
-                min_positives: int = MIN_POSITIVES, min_negatives: int = MIN_NEGATIVES
-                ) -> Recalibration:
+                min_positives: int = MIN_POSITIVES, min_negatives: int = MIN_NEGATIVES,
+                min_specificity: float | None = None) -> Recalibration:
     """Score `samples` with the Classifier `clf`, then choose temperature and threshold.
     Raises CalibrationError when the images cannot support the choice."""
     if not clf.has_card:
@@ -160,6 +172,9 @@ def recalibrate(clf: Any, samples: list[Sample], target_sensitivity: float = 0.9
     if not 0 < target_sensitivity < 1:
         raise CalibrationError(f"target sensitivity must be between 0 and 1, not "
                                f"{target_sensitivity}")
+    if min_specificity is not None and not 0 < min_specificity < 1:
+        raise CalibrationError(f"minimum specificity must be between 0 and 1, not "
+                               f"{min_specificity}")
     raw, labels, kept, skipped = [], [], [], []
     for s in samples:
         try:
@@ -184,7 +199,8 @@ def recalibrate(clf: Any, samples: list[Sample], target_sensitivity: float = 0.9
     q_before = apply_temperature(r, card.temperature)
     t_after = fit_temperature(y, r)
     q_after = apply_temperature(r, t_after)
-    thresholds = {"high_sensitivity": threshold_for_sensitivity(y, q_after, target_sensitivity),
+    thresholds = {"high_sensitivity": local_threshold(y, q_after, target_sensitivity,
+                                                      min_specificity),
                   "balanced": threshold_balanced(y, q_after)}
     return Recalibration(
         model=clf.model_path, images=len(y), positives=pos, negatives=neg,
@@ -192,9 +208,10 @@ def recalibrate(clf: Any, samples: list[Sample], target_sensitivity: float = 0.9
         target_sensitivity=target_sensitivity,
         before=operating_point(y, q_before, clf.threshold),
         after=operating_point(y, q_after, thresholds["high_sensitivity"]),
-        cross_validated=cross_validated(y, r, target_sensitivity),
+        cross_validated=cross_validated(y, r, target_sensitivity,
+                                        min_specificity=min_specificity),
         temperature_before=float(card.temperature), temperature_after=float(t_after),
-        thresholds_after=thresholds, skipped=skipped)
+        thresholds_after=thresholds, skipped=skipped, min_specificity=min_specificity)
 
 
 def recalibrated_card(card: ModelCard, rec: Recalibration, data_name: str) -> ModelCard:
@@ -204,6 +221,7 @@ def recalibrated_card(card: ModelCard, rec: Recalibration, data_name: str) -> Mo
     new.thresholds = dict(rec.thresholds_after)
     new.temperature = rec.temperature_after
     new.target_sensitivity = rec.target_sensitivity
+    new.min_specificity = rec.min_specificity
     history = list((card.export or {}).get("recalibrations") or [])
     history.append({
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -251,5 +269,7 @@ def format_report(rec: Recalibration) -> str:
         op("after (these images)", rec.after),
         op(f"after ({cv['folds']}-fold CV)", cv),
         f"temperature {rec.temperature_before:.3f} -> {rec.temperature_after:.3f}; target "
-        f"sensitivity {rec.target_sensitivity:g}; intervals: Wilson 95%",
+        f"sensitivity {rec.target_sensitivity:g}"
+        + (f" with specificity at least {rec.min_specificity:g} (widest margin on both)"
+           if rec.min_specificity is not None else "") + "; intervals: Wilson 95%",
     ])

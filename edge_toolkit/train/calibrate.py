@@ -16,6 +16,7 @@ from edge_toolkit.metrics import (
     fit_temperature,
     summarize,
     threshold_balanced,
+    threshold_for_floors,
     threshold_for_sensitivity,
 )
 from edge_toolkit.multisource import by_source
@@ -36,18 +37,29 @@ def sensitivity_threshold(y: np.ndarray, q: np.ndarray, target: float,
 
 def choose_operating_points(y_val: np.ndarray, p_val: np.ndarray,
                             target_sensitivity: float = 0.95,
-                            sources: Sequence[str] | None = None) -> dict[str, Any]:
+                            sources: Sequence[str] | None = None,
+                            min_specificity: float | None = None) -> dict[str, Any]:
     """Temperature, then thresholds on the calibrated validation probabilities (pooled over
-    sources; the high-sensitivity one reaches its target on every source)."""
+    sources; the high-sensitivity one reaches its target on every source). With
+    `min_specificity` the stored threshold is the one that clears both floors (the target
+    sensitivity and this specificity) by the widest margin on every source
+    (`metrics.threshold_for_floors`), never less sensitive than the plain one; the margin,
+    in standard errors, is returned as `floor_margin`."""
     y_val = np.asarray(y_val)
     temperature = fit_temperature(y_val, p_val)
     q = apply_temperature(p_val, temperature)
-    thresholds = {"high_sensitivity": sensitivity_threshold(y_val, q, target_sensitivity,
-                                                            sources),
-                  "balanced": threshold_balanced(y_val, q)}
+    stored = sensitivity_threshold(y_val, q, target_sensitivity, sources)
+    out: dict[str, Any] = {}
+    if min_specificity is not None:
+        masks = (by_source(sources).values() if sources is not None and len(set(sources)) > 1
+                 else [np.ones(len(y_val), bool)])
+        stored, margin = threshold_for_floors([(y_val[m], q[m]) for m in masks],
+                                              target_sensitivity, min_specificity, stored)
+        out = {"min_specificity": min_specificity, "floor_margin": margin}
+    thresholds = {"high_sensitivity": stored, "balanced": threshold_balanced(y_val, q)}
     return {"temperature": temperature, "thresholds": thresholds,
             "threshold": thresholds["high_sensitivity"],
-            "target_sensitivity": target_sensitivity}
+            "target_sensitivity": target_sensitivity} | out
 
 
 def report_splits(probs: dict[str, tuple[np.ndarray, np.ndarray]], temperature: float,

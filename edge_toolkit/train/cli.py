@@ -85,6 +85,11 @@ def parse_augment(base: Any, items: tuple[str, ...]) -> Any:
                               "[default: the family's].")
 @click.option("--target-sensitivity", default=0.95, show_default=True,
               help="Threshold is chosen on val to reach this sensitivity.")
+@click.option("--min-specificity", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Specificity floor. With it the threshold clears both floors, the target "
+                   "sensitivity and this "
+                   "specificity, by the widest margin (in standard errors) on every val "
+                   "source, never less sensitive than the plain target threshold.")
 @click.option("--no-augment", is_flag=True, help="Switch augmentation off.")
 @click.option("--aug", "aug_overrides", multiple=True, metavar="KEY=VALUE",
               help="Augmentation setting, e.g. --aug rotation=0.25 --aug "
@@ -111,7 +116,7 @@ def train(data: tuple[Path, ...], source_balance: float, family: str, size: int 
           fine_tune_epochs: int | None, batch_size: int, learning_rate: float | None,
           fine_tune_lr: float | None, patience: int | None, head: str | None,
           probe_l2: float | None, average_epochs: int | None, probe_mix: str | None,
-          keep: str | None, target_sensitivity: float,
+          keep: str | None, target_sensitivity: float, min_specificity: float | None,
           no_augment: bool, aug_overrides: tuple[str, ...], dropout: float | None,
           fine_tune_at: str | None, out: str, name: str | None, seed: int,
           mixed_precision: bool | None, folds: int | None, resume: bool) -> None:
@@ -150,7 +155,8 @@ def train(data: tuple[Path, ...], source_balance: float, family: str, size: int 
                       learning_rate=learning_rate, fine_tune_lr=fine_tune_lr, patience=patience,
                       head=head, probe_l2=probe_l2, average_epochs=average_epochs,
                       probe_mix=mix, keep=keep,
-                      target_sensitivity=target_sensitivity, seed=seed,
+                      target_sensitivity=target_sensitivity,
+                      min_specificity=min_specificity, seed=seed,
                       source_balance=source_balance,
                       mixed_precision=mixed_precision)
     if resume and not folds:

@@ -77,6 +77,9 @@ class TrainConfig:
     # choice, made by cross-validation, avoids the best-of-many bias of a noisy val split.
     keep: str | None = None
     target_sensitivity: float = 0.95
+    # set: the stored threshold clears both floors (target_sensitivity and this specificity)
+    # by the widest margin on every val source, never less sensitive than the plain one
+    min_specificity: float | None = None
     # 0: each source weighs by its size; 1: every source weighs the same (classes are
     # balanced within each source either way)
     source_balance: float = 1.0
@@ -404,7 +407,12 @@ def train(cfg: TrainConfig, log: Log = print, dataset: Dataset | None = None) ->
 
     probs = {s: (v.y, predict(model, v.x)) for s, v in splits.items()}
     sources = {s: v.sources for s, v in splits.items()}
-    ops = choose_operating_points(*probs["val"], cfg.target_sensitivity, sources["val"])
+    ops = choose_operating_points(*probs["val"], cfg.target_sensitivity, sources["val"],
+                                  cfg.min_specificity)
+    if "floor_margin" in ops:
+        log(f"threshold {ops['threshold']:.4f}: clears sensitivity {cfg.target_sensitivity:g} "
+            f"and specificity {cfg.min_specificity:g} on every val source by "
+            f"{ops['floor_margin']:.2f} standard errors")
     metrics = report_splits(probs, ops["temperature"], ops["thresholds"], cfg.bootstrap,
                             sources)
     log(format_metrics(metrics))
@@ -412,7 +420,8 @@ def train(cfg: TrainConfig, log: Log = print, dataset: Dataset | None = None) ->
         family=cfg.family, input_size=pre.size, channels=pre.channels,
         preprocessing=pre.to_dict(), labels=list(LABELS), positive_label=LABELS[1],
         threshold=ops["threshold"], thresholds=ops["thresholds"],
-        target_sensitivity=cfg.target_sensitivity, temperature=ops["temperature"],
+        target_sensitivity=cfg.target_sensitivity, min_specificity=cfg.min_specificity,
+        temperature=ops["temperature"],
         model_config=model_cfg, variant="keras", parent=None,
         data_fingerprint=ds.fingerprint(),
         dataset={"root": str(Path(roots[0]).resolve()),
