@@ -114,6 +114,23 @@ def test_bad_arguments_are_refused(model_and_images):
         int8_with_float_layers(model, images[:40], images[40:], 10, min_error=0.0)
 
 
+def test_a_further_float_op_must_not_grow_the_file_beyond_the_budget(model_and_images):
+    """Every op made 'fragile' (min_error 0): under a budget no file can meet only the
+    worst stays float (it always does); with room, two do, and each records the bytes it
+    added (tiny ops can even shrink the file: their quantization parameters go)."""
+    from edge_toolkit.quantize.layer_error import int8_with_float_layers
+
+    model, images = model_and_images
+    rep = images[:40]
+    _, one = int8_with_float_layers(model, rep, rep[:20], 2, min_error=0.0, max_growth=-1.0)
+    assert len(one) == 1 and HOSTILE in one[0]["tensor"]
+    flat, two = int8_with_float_layers(model, rep, rep[:20], 2, min_error=0.0, max_growth=1.0)
+    assert len(two) == 2 and two[0]["tensor"] == one[0]["tensor"]
+    assert all(isinstance(k["bytes_added"], int) for k in two)
+    weights = {w["name"]: w["dtype"] for w in layer_table(flat)}
+    assert sum(d == "float32" for d in weights.values()) >= 2  # both ops' weights float
+
+
 def _rows(*errors: float) -> list[dict]:
     return [{"tensor_name": f"t{i}", "op_name": "CONV_2D", "rmse/scale": e}
             for i, e in enumerate(errors)]

@@ -8,7 +8,8 @@ error per tensor; dividing the RMS error by the tensor's quantization step gives
 scale-free number, about 0.29 for plain rounding (1/sqrt(12)) and well above 1 where int8
 clips or is too coarse. Keeping the worst few ops in float costs little latency (the rest
 stays int8) and wins back most of the loss: `int8-mixed` keeps every op whose error is at
-least twice plain rounding's, at most three (`fragile_ops`).
+least twice plain rounding's, at most three (`fragile_ops`), as long as their float weights
+add little to the file (`MAX_FLOAT_GROWTH`; the worst op always stays float).
 
 Public API only: `tf.lite.experimental.QuantizationDebugger` (its calibrated model, its
 statistics and its non-debug model with denylisted nodes).
@@ -78,13 +79,21 @@ def fragile_ops(rows: list[dict[str, Any]], max_float: int,
     return chosen or rows[:1]
 
 
+# Float weights take four times the bytes of int8 ones: an op beyond the worst stays float
+# only while all of them add at most this share to the int8 file. A large conv can be
+# fragile too (the demo run's last 1x1 conv, 1280 x 320: +35% as float).
+MAX_FLOAT_GROWTH = 0.02
+
+
 def int8_with_float_layers(model: Any, representative: np.ndarray, debug_images: np.ndarray,
-                           max_float: int, min_error: float = FRAGILE_ERROR
+                           max_float: int, min_error: float = FRAGILE_ERROR,
+                           max_growth: float = MAX_FLOAT_GROWTH
                            ) -> tuple[bytes, list[dict[str, Any]]]:
     """`model` as int8 (weights and activations, float input and output) with the ops that
-    lose most to int8 on `debug_images` left in float (`fragile_ops`: at most `max_float`,
-    those with an error of `min_error` steps or more, at least the worst); returns the
-    flatbuffer and those ops (tensor, op, rmse/scale), worst first."""
+    lose most to int8 on `debug_images` left in float: the worst always, then the other
+    `fragile_ops` (at most `max_float` in all, each `min_error` steps or more), each only if
+    the file stays within `max_growth` of the plain int8 file's size. Returns the
+    flatbuffer and the float ops (tensor, op, rmse/scale, bytes added), worst first."""
     if max_float < 1:
         raise ValueError("max_float must be at least 1")
     if len(debug_images) == 0:
@@ -95,8 +104,22 @@ def int8_with_float_layers(model: Any, representative: np.ndarray, debug_images:
     if len(rows) <= len(chosen):  # keeping every quantized op in float is not an int8 file
         raise ValueError(f"the int8 model has {len(rows)} measurable quantized op(s); "
                          f"keeping {len(chosen)} in float needs more")
-    kept = [{"tensor": r["tensor_name"], "op": r["op_name"],
-             "rmse_per_step": round(r["rmse/scale"], 3)} for r in chosen]
-    debugger.options = tf.lite.experimental.QuantizationDebugOptions(
-        denylisted_nodes=[k["tensor"] for k in kept])
-    return bytes(debugger.get_nondebug_quantized_model()), kept
+
+    def convert(ops: list[dict[str, Any]]) -> bytes:
+        debugger.options = tf.lite.experimental.QuantizationDebugOptions(
+            denylisted_nodes=[r["tensor_name"] for r in ops] or None)
+        return bytes(debugger.get_nondebug_quantized_model())
+
+    plain = len(convert([]))
+    kept: list[dict[str, Any]] = []
+    flat = b""
+    for row in chosen:
+        trial = convert([*[k["row"] for k in kept], row])
+        if kept and len(trial) - plain > max_growth * plain:
+            continue  # its float weights cost too much: it stays int8
+        added = len(trial) - (len(flat) if kept else plain)
+        kept.append({"row": row, "bytes_added": added})
+        flat = trial
+    return flat, [{"tensor": k["row"]["tensor_name"], "op": k["row"]["op_name"],
+                   "rmse_per_step": round(k["row"]["rmse/scale"], 3),
+                   "bytes_added": int(k["bytes_added"])} for k in kept]
