@@ -90,8 +90,9 @@ def run_pipeline(data: Path | list[Path] | None, out: Path, families: list[str],
                  variants: str | None,
                  weights: Path | None, threads: list[int], epochs: int | None,
                  fine_tune_epochs: int | None, size: int | None, min_auc: float | None,
-                 log: Any = print, resume: bool = False, site_shift: bool | None = None
-                 ) -> tuple[Path, bool]:
+                 log: Any = print, resume: bool = False, site_shift: bool | None = None,
+                 target_sensitivity: float | None = None,
+                 min_specificity: float | None = None) -> tuple[Path, bool]:
     """Every stage, in order; returns (pipeline folder, whether every stage succeeded).
     With several dataset folders (sources), one model per family is trained on all of them,
     and (`site_shift`) each family is also trained on each source alone and every model
@@ -145,6 +146,10 @@ def run_pipeline(data: Path | list[Path] | None, out: Path, families: list[str],
             train_kw["epochs"] = epochs
         if fine_tune_epochs is not None:
             train_kw["fine_tune_epochs"] = fine_tune_epochs
+        if target_sensitivity is not None:
+            train_kw["target_sensitivity"] = target_sensitivity
+        if min_specificity is not None:  # the exports follow the run's card
+            train_kw["min_specificity"] = min_specificity
         if not roots:  # the synthetic data stage failed
             break
         cfg = TrainConfig(data=[str(r) for r in roots] if len(roots) > 1 else str(roots[0]),
@@ -218,6 +223,11 @@ def run_pipeline(data: Path | list[Path] | None, out: Path, families: list[str],
 @click.option("--epochs", type=int, help="Head/scratch training epochs.")
 @click.option("--fine-tune-epochs", type=int, help="Backbone fine-tuning epochs.")
 @click.option("--threads", default="1,2", show_default=True, help="Latency thread counts.")
+@click.option("--target-sensitivity", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Sensitivity the thresholds are chosen for on val [default: train's].")
+@click.option("--min-specificity", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Specificity floor: thresholds clear both floors by the widest margin on "
+                   "every val source (see `train --help`).")
 @click.option("--min-auc", type=float, help="Fail if a validated variant's val AUC is lower.")
 @click.option("--out", default="runs", show_default=True, help="Parent folder.")
 @click.option("--name", help="Pipeline folder name (default: pipeline-TIMESTAMP).")
@@ -226,8 +236,9 @@ def run_pipeline(data: Path | list[Path] | None, out: Path, families: list[str],
 def pipeline(data: tuple[Path, ...], site_shift: bool | None, families: str,
              variants: str | None,
              weights: Path | None, size: int | None, epochs: int | None,
-             fine_tune_epochs: int | None, threads: str,
-             min_auc: float | None, out: str, name: str | None, resume: bool) -> None:
+             fine_tune_epochs: int | None, threads: str, target_sensitivity: float | None,
+             min_specificity: float | None, min_auc: float | None, out: str,
+             name: str | None, resume: bool) -> None:
     """Train -> export every variant -> validate -> benchmark table, in one run folder.
 
     Exit status: 0 when every stage succeeded, 1 when any failed (the others still ran and
@@ -255,7 +266,9 @@ def pipeline(data: tuple[Path, ...], site_shift: bool | None, families: str,
     with stderr_to(folder / "tensorflow.log"):
         _, ok = run_pipeline(list(data), folder, fams, variants, weights,
                              parse_threads(threads), epochs, fine_tune_epochs, size,
-                             min_auc, log, resume=resume, site_shift=site_shift)
+                             min_auc, log, resume=resume, site_shift=site_shift,
+                             target_sensitivity=target_sensitivity,
+                             min_specificity=min_specificity)
     log(f"pipeline folder: {folder}")
     if not ok:
         sys.exit(1)

@@ -14,6 +14,7 @@ from click.testing import CliRunner  # noqa: E402
 
 from edge_toolkit.benchmark import below_floor, markdown  # noqa: E402
 from edge_toolkit.benchmark_cli import benchmark  # noqa: E402
+from edge_toolkit.card import ModelCard, read_card  # noqa: E402
 from edge_toolkit.pipeline import run_pipeline  # noqa: E402
 from edge_toolkit.synthetic import write_synthetic  # noqa: E402
 
@@ -25,7 +26,8 @@ def pipeline_run(tmp_path_factory):
     logs: list[str] = []
     folder, ok = run_pipeline(data, root / "out", ["scratch_cnn", "seed_cnn"],
                               "float32,int8-ptq", None, [1], epochs=1, fine_tune_epochs=0,
-                              size=16, min_auc=None, log=logs.append)
+                              size=16, min_auc=None, log=logs.append,
+                              target_sensitivity=0.8, min_specificity=0.3)
     return folder, ok, logs
 
 
@@ -51,6 +53,12 @@ def test_pipeline_writes_models_and_one_table(pipeline_run):
         assert len(list(csv.DictReader(f))) == 4
     md = (folder / "benchmark.md").read_text()
     assert "| scratch_cnn | int8-ptq |" in md and "baseline" in md
+    # the operating rule reaches every run and every exported file
+    for fam in ("scratch_cnn", "seed_cnn"):
+        run_card = ModelCard.load(folder / fam / "card.json")
+        file_card = read_card(folder / fam / "export" / f"{fam}-int8-ptq.tflite")
+        for card in (run_card, file_card):
+            assert (card.target_sensitivity, card.min_specificity) == (0.8, 0.3)
     stages = json.loads((folder / "pipeline.json").read_text())["stages"]
     assert [s["stage"] for s in stages] == ["train scratch_cnn", "export scratch_cnn",
                                              "train seed_cnn", "export seed_cnn", "benchmark"]
