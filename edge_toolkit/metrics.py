@@ -126,41 +126,62 @@ def threshold_for_sensitivity(y: np.ndarray, p: np.ndarray, target: float = 0.95
     return float(pos[max(k, 0)])
 
 
-def floor_margin(y: np.ndarray, p: np.ndarray, threshold: float, min_sensitivity: float,
-                 min_specificity: float) -> float:
-    """How far (y, p) at `threshold` clears both floors, in standard errors of a proportion
-    at the floor: min((sens - s0) / sqrt(s0 (1 - s0) / n_pos), same for specificity). A class
-    with no images sets no floor (inf)."""
+def check_floors(min_sensitivity: float, min_specificity: float) -> None:
+    """Both floors must lie strictly between 0 and 1: a floor of 0 or 1 has no standard
+    error to measure a margin in."""
+    for name, v in (("target sensitivity", min_sensitivity),
+                    ("minimum specificity", min_specificity)):
+        if not (isinstance(v, int | float) and 0 < v < 1):
+            raise ValueError(f"{name} must be between 0 and 1 (exclusive) for the "
+                             f"two-floor threshold, not {v!r}")
+
+
+def floor_margins(y: np.ndarray, p: np.ndarray, threshold: float, min_sensitivity: float,
+                  min_specificity: float) -> list[float]:
+    """How far (y, p) at `threshold` clears each floor, in standard errors of a proportion
+    at the floor: (sens - s0) / sqrt(s0 (1 - s0) / n_pos), the same for specificity. A
+    class with no images sets no floor (no entry)."""
+    check_floors(min_sensitivity, min_specificity)
     y = np.asarray(y).astype(bool)
     p = np.asarray(p, dtype=np.float64)
-    margins = [math.inf]
-    for mask, rate, floor in ((y, np.mean(p[y] >= threshold) if y.any() else 0.0,
-                               min_sensitivity),
-                              (~y, np.mean(p[~y] < threshold) if (~y).any() else 0.0,
-                               min_specificity)):
+    out = []
+    for mask, floor, hit in ((y, min_sensitivity, lambda q: q >= threshold),
+                             (~y, min_specificity, lambda q: q < threshold)):
         n = int(mask.sum())
         if n:
-            margins.append((float(rate) - floor) / math.sqrt(floor * (1 - floor) / n))
-    return min(margins)
+            rate = float(np.mean(hit(p[mask])))
+            out.append((rate - floor) / math.sqrt(floor * (1 - floor) / n))
+    return out
+
+
+def floor_margin(y: np.ndarray, p: np.ndarray, threshold: float, min_sensitivity: float,
+                 min_specificity: float) -> float:
+    """The smaller of `floor_margins` (inf when neither class has images)."""
+    return min(floor_margins(y, p, threshold, min_sensitivity, min_specificity),
+               default=math.inf)
 
 
 def threshold_for_floors(groups: list[tuple[np.ndarray, np.ndarray]], min_sensitivity: float,
                          min_specificity: float, highest: float) -> tuple[float, float]:
     """The threshold at or below `highest` (the plain target-sensitivity threshold) that
     clears both floors by the widest margin on every group (source) at once: the largest
-    smallest `floor_margin`, the more sensitive threshold on ties. A threshold set at exactly
-    the target sensitivity meets it on new images only about half the time; this one spends
-    the specificity to spare on a margin for sensitivity. Returns (threshold, margin)."""
+    smallest margin; on a tie the larger next-smallest and so on (a source whose margin has
+    stopped moving, all its fractures already flagged, must not let the others' specificity
+    go for nothing); the more sensitive threshold when all margins tie. A threshold set at
+    exactly the target sensitivity meets it on new images only about half the time; this
+    one spends the specificity to spare on a margin for sensitivity. Returns (threshold,
+    smallest margin)."""
+    check_floors(min_sensitivity, min_specificity)
     candidates = np.unique(np.concatenate([np.asarray(p, dtype=np.float64)[np.asarray(y) == 1]
                                            for y, p in groups] + [np.array([highest])]))
     candidates = candidates[candidates <= highest]
-    best_t, best_m = highest, -math.inf
-    for t in candidates:  # ascending: on a tie the lower (more sensitive) threshold stays
-        m = min(floor_margin(y, p, float(t), min_sensitivity, min_specificity)
-                for y, p in groups)
-        if m > best_m:
-            best_t, best_m = float(t), m
-    return best_t, best_m
+    best_t, best_key = highest, None
+    for t in candidates:  # ascending: on a full tie the lower (more sensitive) one stays
+        key = sorted(m for y, p in groups
+                     for m in floor_margins(y, p, float(t), min_sensitivity, min_specificity))
+        if best_key is None or key > best_key:
+            best_t, best_key = float(t), key
+    return best_t, (best_key[0] if best_key else math.inf)
 
 
 def threshold_balanced(y: np.ndarray, p: np.ndarray) -> float:

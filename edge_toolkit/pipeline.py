@@ -148,8 +148,8 @@ def run_pipeline(data: Path | list[Path] | None, out: Path, families: list[str],
             train_kw["fine_tune_epochs"] = fine_tune_epochs
         if target_sensitivity is not None:
             train_kw["target_sensitivity"] = target_sensitivity
-        if min_specificity is not None:  # the exports follow the run's card
-            train_kw["min_specificity"] = min_specificity
+        if min_specificity is not None:  # exports are told too: a --resume'd run may
+            train_kw["min_specificity"] = min_specificity  # carry another rule
         if not roots:  # the synthetic data stage failed
             break
         cfg = TrainConfig(data=[str(r) for r in roots] if len(roots) > 1 else str(roots[0]),
@@ -162,8 +162,9 @@ def run_pipeline(data: Path | list[Path] | None, out: Path, families: list[str],
             run = stages.run(f"train {family}", train, cfg, log=lambda m: log(f"   {m}"))
         if run is None:
             continue
-        exp = ExportConfig(variants=variants, **(DEMO_EXPORT if demo else
-                                                 SAMPLE_EXPORT if sample else {}))
+        exp = ExportConfig(variants=variants, target_sensitivity=target_sensitivity,
+                           min_specificity=min_specificity,
+                           **(DEMO_EXPORT if demo else SAMPLE_EXPORT if sample else {}))
         if stages.run(f"export {family}", export_run, run, exp,
                       log=lambda m: log(f"   {m}")) is not None:
             runs.append(run)

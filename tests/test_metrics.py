@@ -158,3 +158,27 @@ def test_operating_points_with_a_specificity_floor_are_recorded_and_more_sensiti
     for s in ("a", "b"):
         m = src == s
         assert at_threshold(y[m], q[m], floors["threshold"])["sensitivity"] > 0.9
+
+
+def test_floors_threshold_does_not_spend_a_source_s_specificity_for_nothing():
+    """Source A's fractures are all flagged early, so its margin stops moving; lower
+    thresholds tie on the smallest margin, and B's specificity must not be given up."""
+    rng = np.random.default_rng(4)
+    a = _scores(rng, 10, 10, 4.0)
+    b = _scores(rng, 500, 1500, 3.0)
+    plain = min(threshold_for_sensitivity(y_, p_, 0.9) for y_, p_ in (a, b))
+    thr, margin = threshold_for_floors([a, b], 0.9, 0.5, plain)
+    spec_b = np.mean(b[1][b[0] == 0] < thr)
+    lowest_same_margin = min(t for t in np.unique(np.r_[a[1][a[0] == 1], b[1][b[0] == 1]])
+                             if t <= plain and min(floor_margin(*a, t, 0.9, 0.5),
+                                                   floor_margin(*b, t, 0.9, 0.5)) == margin)
+    assert np.mean(b[1][b[0] == 0] < lowest_same_margin) < spec_b  # the tie was broken
+    assert spec_b > 0.8
+
+
+@pytest.mark.parametrize("sens, spec", [(1.0, 0.5), (0.9, 0.0), (0.9, 1.0), (0.0, 0.5)])
+def test_floors_of_0_or_1_are_refused(sens, spec):
+    y = np.array([0, 1, 0, 1])
+    p = np.array([0.1, 0.9, 0.4, 0.6])
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        threshold_for_floors([(y, p)], sens, spec, 0.6)

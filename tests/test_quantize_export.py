@@ -402,3 +402,26 @@ def test_a_specificity_floor_is_applied_to_each_file_and_recorded(tiny_run, tmp_
     op = floors.metrics["val"]["operating_points"]["high_sensitivity"]
     assert op["threshold"] == floors.threshold
     assert op["sensitivity"] >= floors.target_sensitivity
+
+
+def test_a_run_s_floor_is_followed_by_default_and_0_switches_it_off(tiny_run, tmp_path):
+    import shutil
+
+    from edge_toolkit.quantize.exporter import ExportConfig, export_run
+
+    run = tmp_path / "floored-run"
+    shutil.copytree(tiny_run, run)
+    card = ModelCard.load(run / "card.json")
+    card.min_specificity = 0.3
+    card.save(run / "card.json")
+    got = {}
+    for name, floor in (("default", None), ("off", 0.0)):
+        cfg = ExportConfig(variants="float32", tolerance=1.0, out=str(tmp_path / name),
+                           bootstrap=0, min_specificity=floor)
+        report = export_run(run, cfg, log=lambda m: None)
+        got[name] = read_card(Path(report.out) / report.result("float32").file)
+    assert got["default"].min_specificity == 0.3
+    assert got["off"].min_specificity is None
+    assert got["default"].threshold <= got["off"].threshold
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        ExportConfig(min_specificity=1.0).check()

@@ -44,8 +44,9 @@ def _log(msg: str) -> None:
 @click.option("--target-sensitivity", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="Sensitivity each file's threshold is chosen for on val (default: the "
                    "run's training target).")
-@click.option("--min-specificity", type=click.FloatRange(0, 1, min_open=True, max_open=True),
-              help="Specificity floor of the threshold rule (default: the run's, if any). "
+@click.option("--min-specificity", type=click.FloatRange(0, 1, max_open=True),
+              help="Specificity floor of the threshold rule (default: the run's, if any; "
+                   "0: none, the plain target-sensitivity threshold). "
                    "With it the threshold clears both floors, the target sensitivity and this "
                    "specificity, by the widest margin (in standard errors) on every val "
                    "source, never less sensitive than the plain target threshold.")

@@ -79,7 +79,8 @@ class ExportConfig:
     tolerance: float = 0.02
     # sensitivity each file's threshold is chosen for on val (None: the run's own target)
     target_sensitivity: float | None = None
-    # specificity floor of the threshold rule (None: the run's own, see TrainConfig)
+    # specificity floor of the threshold rule (None: the run's own, see TrainConfig; 0: none,
+    # the plain target-sensitivity threshold even for a run trained with a floor)
     min_specificity: float | None = None
     input_type: str = "uint8"
     output_type: str = "float32"
@@ -99,6 +100,10 @@ class ExportConfig:
             raise ValueError(f"sparsity must be between 0 and 1, not {self.sparsity}")
         if self.calibration_images < 1:
             raise ValueError("calibration images must be at least 1")
+        if self.min_specificity:  # 0 and None switch the floor off / defer to the run
+            from edge_toolkit.metrics import check_floors
+
+            check_floors(self.target_sensitivity or 0.5, self.min_specificity)
         for name in ("qat_epochs", "prune_epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be at least 1")
@@ -307,7 +312,8 @@ def operating_points(ctx: ExportContext, p: np.ndarray, check: Validation
 
     y = ctx.val.y
     target = ctx.cfg.target_sensitivity or ctx.card.target_sensitivity
-    floor = ctx.cfg.min_specificity or ctx.card.min_specificity
+    floor = (ctx.card.min_specificity if ctx.cfg.min_specificity is None
+             else ctx.cfg.min_specificity or None)
     ops = choose_operating_points(y, p, target, ctx.val.sources, floor)
     q = apply_temperature(p, ops["temperature"])
     q_parent = apply_temperature(ctx.parent_probs, ctx.card.temperature)

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from edge_toolkit.quantize.representative import generator
+from edge_toolkit.quantize.variants import MIXED_MAX_GROWTH
 from edge_toolkit.train.tfsetup import tf
 
 ROUNDING_ONLY = 1 / np.sqrt(12)  # rmse/scale of an op whose only error is rounding
@@ -82,7 +83,7 @@ def fragile_ops(rows: list[dict[str, Any]], max_float: int,
 # Float weights take four times the bytes of int8 ones: an op beyond the worst stays float
 # only while all of them add at most this share to the int8 file. A large conv can be
 # fragile too (the demo run's last 1x1 conv, 1280 x 320: +35% as float).
-MAX_FLOAT_GROWTH = 0.02
+MAX_FLOAT_GROWTH = MIXED_MAX_GROWTH
 
 
 def int8_with_float_layers(model: Any, representative: np.ndarray, debug_images: np.ndarray,

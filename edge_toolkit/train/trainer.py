@@ -21,7 +21,7 @@ import numpy as np
 
 from edge_toolkit.card import ModelCard
 from edge_toolkit.data import LABELS, Dataset, LoadedSplit, load_samples
-from edge_toolkit.metrics import log_loss, roc_auc
+from edge_toolkit.metrics import check_floors, log_loss, roc_auc
 from edge_toolkit.multisource import (
     by_source,
     describe_sources,
@@ -316,6 +316,8 @@ def train(cfg: TrainConfig, log: Log = print, dataset: Dataset | None = None) ->
     family = get_family(cfg.family)
     model_weights = cfg.model.get("weights", family.defaults.get("weights"))
     check_keep(cfg)
+    if cfg.min_specificity is not None:  # before training, not after it
+        check_floors(cfg.target_sensitivity, cfg.min_specificity)
     repro = determinism(bool(family.has_backbone and model_weights and cfg.fine_tune_epochs))
     set_seed(cfg.seed, repro["deterministic"])
     if not repro["deterministic"]:
@@ -410,9 +412,11 @@ def train(cfg: TrainConfig, log: Log = print, dataset: Dataset | None = None) ->
     ops = choose_operating_points(*probs["val"], cfg.target_sensitivity, sources["val"],
                                   cfg.min_specificity)
     if "floor_margin" in ops:
-        log(f"threshold {ops['threshold']:.4f}: clears sensitivity {cfg.target_sensitivity:g} "
-            f"and specificity {cfg.min_specificity:g} on every val source by "
-            f"{ops['floor_margin']:.2f} standard errors")
+        floors = f"sensitivity {cfg.target_sensitivity:g} and specificity {cfg.min_specificity:g}"
+        log(f"threshold {ops['threshold']:.4f}: clears {floors} on every val source by "
+            f"{ops['floor_margin']:.2f} standard errors" if ops["floor_margin"] >= 0 else
+            f"WARNING: no threshold meets both {floors} on every val source; kept the one "
+            f"for the target sensitivity ({ops['floor_margin']:.2f} standard errors short)")
     metrics = report_splits(probs, ops["temperature"], ops["thresholds"], cfg.bootstrap,
                             sources)
     log(format_metrics(metrics))
