@@ -56,7 +56,8 @@ def compare_to_parent(y: np.ndarray, p: np.ndarray, p_parent: np.ndarray, card: 
         agreement=float(same.mean()) if len(y) else nan,
         mean_abs_diff=float(np.mean(np.abs(q - q_parent))) if len(y) else nan,
         max_abs_diff=float(np.max(np.abs(q - q_parent))) if len(y) else nan,
-        # what val chooses for this file (the exporter stores it as the card's own)
+        # what val suggests at the parent's temperature, pooled, by the plain target rule; the
+        # card's own operating point is re-chosen by the exporter (`operating_points`)
         suggested_thresholds=_suggest(y, q, card.target_sensitivity),
     )
 
