@@ -249,6 +249,8 @@ class Validation(_Section):
     max_abs_diff: float = math.nan
     suggested_thresholds: dict[str, float] | None = None
     at_parent_threshold: dict[str, Any] | None = None
+    # with several sources: each one's {auc, parent_auc, delta_auc}; each must hold too
+    sources: dict[str, dict[str, float]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

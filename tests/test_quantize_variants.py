@@ -120,6 +120,29 @@ def test_compare_to_parent_marks_an_auc_drop_beyond_tolerance():
     assert back.status == check.status and back.reason == check.reason
 
 
+def test_a_file_that_holds_pooled_but_loses_one_source_fails():
+    """Source b's ranking is broken while a's improves: the pooled AUC stays within
+    tolerance, b's does not, and the reason names b."""
+    card = ModelCard(family="t", input_size=8, channels=1, preprocessing={}, threshold=0.5)
+    rng = np.random.default_rng(0)
+    y = np.tile([0, 1], 200)
+    src = np.repeat(["a", "b"], 200)
+    parent = np.clip(0.5 + 0.25 * (2 * y - 1) + rng.normal(0, 0.2, 400), 0.01, 0.99)
+    p = parent.copy()
+    b = src == "b"
+    p[b] = np.clip(parent[b] + rng.normal(0, 0.25, b.sum()), 0.01, 0.99)  # b gets noisier
+    a = src == "a"
+    p[a] = np.clip(0.5 + 0.45 * (2 * y[a] - 1) + rng.normal(0, 0.1, a.sum()), 0.01, 0.99)
+    pooled = compare_to_parent(y, p, parent, card, 0.05)
+    check = compare_to_parent(y, p, parent, card, 0.05, src)
+    assert pooled.status == VALIDATED and abs(pooled.delta_auc) < 0.05
+    assert check.status == FAILED_VALIDATION and "on b " in check.reason
+    assert check.sources["b"]["delta_auc"] < -0.05 < check.sources["a"]["delta_auc"]
+    assert Validation.from_dict(check.to_dict()).sources == check.sources
+    # one source only: the pooled rule alone, no per-source record
+    assert compare_to_parent(y, p, parent, card, 0.05, ["a"] * 400).sources is None
+
+
 def test_model_file_errors_name_what_is_wrong(tmp_path):
     cases = {"empty.tflite": (b"", "empty file"),
              "zeros.tflite": (b"\x00" * 64, "no TFL3"),

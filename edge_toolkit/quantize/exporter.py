@@ -456,7 +456,8 @@ def export_variant(ctx: ExportContext, variant: Variant, out: Path,
             raise ExportError(f"feature output {clf.feature_shape} does not match the head")
         p = clf.predict_raw_batch(ctx.val.x)
         p_test = clf.predict_raw_batch(ctx.test.x) if ctx.test is not None else None
-        check = compare_to_parent(ctx.val.y, p, ctx.parent_probs, ctx.card, cfg.tolerance)
+        check = compare_to_parent(ctx.val.y, p, ctx.parent_probs, ctx.card, cfg.tolerance,
+                                  ctx.val.sources)
         file_sparsity = sparsity(bare, weight_tensors(bare))
         io = clf.tensor_io()
         ops = operating_points(ctx, p, check)
