@@ -265,6 +265,13 @@ class Validation(_Section):
         c.kind("reason", data.get("reason"), str, "a string or null", optional=True)
         for name in ("auc", "parent_auc", "agreement"):
             c.score(name, data.get(name))
+        per_source = data.get("sources")
+        if c.kind("sources", per_source, dict, "an object of source: scores, or null",
+                  optional=True) and per_source:
+            for src, scores in per_source.items():
+                if c.kind(f"sources.{src}", scores, dict, "an object"):
+                    for name in ("auc", "parent_auc"):
+                        c.score(f"sources.{src}.{name}", scores.get(name))
         return c.problems
 
 

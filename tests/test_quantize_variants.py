@@ -141,6 +141,12 @@ def test_a_file_that_holds_pooled_but_loses_one_source_fails():
     assert Validation.from_dict(check.to_dict()).sources == check.sources
     # one source only: the pooled rule alone, no per-source record
     assert compare_to_parent(y, p, parent, card, 0.05, ["a"] * 400).sources is None
+    # a pooled failure keeps the pooled reason; a source with one class has no AUC to hold
+    bad = compare_to_parent(y, 1 - parent, parent, card, 0.05, src)
+    assert bad.status == FAILED_VALIDATION and bad.reason.startswith("val AUC 0.")
+    one_class = np.where(src == "b", "b", np.where(y == 0, "a", "c"))  # c: fractured only
+    check = compare_to_parent(y, p, parent, card, 0.05, one_class)
+    assert set(check.sources) == {"b"} and check.status == FAILED_VALIDATION
 
 
 def test_model_file_errors_name_what_is_wrong(tmp_path):

@@ -62,7 +62,10 @@ def test_typed_sections_read_old_cards_and_pass_newer_keys_through():
                               ("metrics", {"val": {"auc": 1.5}}, "metrics.val.auc"),
                               ("export", {"validation": {"status": "great"}},
                                "export.validation.status"),
-                              ("min_specificity", 1.5, "min_specificity")]:
+                              ("min_specificity", 1.5, "min_specificity"),
+                              ("export", {"validation": {"status": "validated",
+                                                         "sources": {"a": {"auc": 7}}}},
+                               "export.validation.sources.a.auc")]:
         with pytest.raises(CardError, match=message):
             ModelCard.from_dict({**base, key: bad})
 

@@ -176,6 +176,11 @@ def test_exported_card_reports_each_source_and_names_no_folders(both_run, sites,
     card = read_card(tmp_path / report.results[0].file)
     for split in ("val", "test"):
         assert set(card.metrics[split]["sources"]) == {"site-a", "site-b"}
+    # validated on each source too, each recorded against the parent
+    checked = card.export["validation"]["sources"]
+    assert set(checked) == {"site-a", "site-b"}
+    for scores in checked.values():
+        assert scores["delta_auc"] == pytest.approx(scores["auc"] - scores["parent_auc"])
     assert "roots" not in card.dataset and "root" not in card.dataset
     assert [s["name"] for s in card.dataset["sources"]] == ["site-a", "site-b"]
 

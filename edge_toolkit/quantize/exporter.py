@@ -591,7 +591,9 @@ def report_markdown(report: ExportReport) -> str:
         lines += [f"- {r.variant} ({r.status}): {r.reason}" for r in problems]
     lines += [
         "",
-        "dAUC: val AUC minus the Keras float parent's. sens/spec: at the file's own stored "
+        "dAUC: val AUC minus the Keras float parent's, pooled (with several sources each "
+        "source's must hold too: a file can fail on one source with a pooled dAUC inside the "
+        "tolerance; Problems names it). sens/spec: at the file's own stored "
         "threshold (chosen on val for the target sensitivity). agreement: fraction of val "
         "images where the file and the parent, each at its own threshold, decide the same. "
         "Sparsity: "
