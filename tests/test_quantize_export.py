@@ -386,16 +386,19 @@ def test_cli_export_one_variant(tiny_run, tmp_path):
     assert res.exit_code != 0 and "not a run folder" in res.output
 
 
-def test_a_specificity_floor_is_applied_to_each_file_and_recorded(tiny_run, tmp_path):
+def _float32_card(run: Path, out: Path, min_specificity: float | None) -> ModelCard:
+    """The card of `run`'s float32 file exported to `out` with this specificity floor."""
     from edge_toolkit.quantize.exporter import ExportConfig, export_run
 
-    cards = {}
-    for name, floor in (("plain", None), ("floors", 0.3)):
-        cfg = ExportConfig(variants="float32", tolerance=1.0, out=str(tmp_path / name),
-                           bootstrap=0, min_specificity=floor)
-        report = export_run(tiny_run, cfg, log=lambda m: None)
-        cards[name] = read_card(Path(report.out) / report.result("float32").file)
-    plain, floors = cards["plain"], cards["floors"]
+    cfg = ExportConfig(variants="float32", tolerance=1.0, out=str(out), bootstrap=0,
+                       min_specificity=min_specificity)
+    report = export_run(run, cfg, log=lambda m: None)
+    return read_card(Path(report.out) / report.result("float32").file)
+
+
+def test_a_specificity_floor_is_applied_to_each_file_and_recorded(tiny_run, tmp_path):
+    plain = _float32_card(tiny_run, tmp_path / "plain", None)
+    floors = _float32_card(tiny_run, tmp_path / "floors", 0.3)
     assert plain.min_specificity is None and floors.min_specificity == 0.3
     assert floors.temperature == plain.temperature
     assert floors.threshold <= plain.threshold  # never less sensitive than the plain rule
@@ -407,19 +410,15 @@ def test_a_specificity_floor_is_applied_to_each_file_and_recorded(tiny_run, tmp_
 def test_a_run_s_floor_is_followed_by_default_and_0_switches_it_off(tiny_run, tmp_path):
     import shutil
 
-    from edge_toolkit.quantize.exporter import ExportConfig, export_run
+    from edge_toolkit.quantize.exporter import ExportConfig
 
     run = tmp_path / "floored-run"
     shutil.copytree(tiny_run, run)
     card = ModelCard.load(run / "card.json")
     card.min_specificity = 0.3
     card.save(run / "card.json")
-    got = {}
-    for name, floor in (("default", None), ("off", 0.0)):
-        cfg = ExportConfig(variants="float32", tolerance=1.0, out=str(tmp_path / name),
-                           bootstrap=0, min_specificity=floor)
-        report = export_run(run, cfg, log=lambda m: None)
-        got[name] = read_card(Path(report.out) / report.result("float32").file)
+    got = {name: _float32_card(run, tmp_path / name, floor)
+           for name, floor in (("default", None), ("off", 0.0))}
     assert got["default"].min_specificity == 0.3
     assert got["off"].min_specificity is None
     assert got["default"].threshold <= got["off"].threshold
