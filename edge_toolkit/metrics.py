@@ -184,6 +184,25 @@ def threshold_for_floors(groups: list[tuple[np.ndarray, np.ndarray]], min_sensit
     return best_t, (best_key[0] if best_key else math.inf)
 
 
+def stored_threshold(y: np.ndarray, q: np.ndarray, target: float,
+                     groups: list[np.ndarray] | None = None,
+                     min_specificity: float | None = None) -> tuple[float, float | None]:
+    """The high-sensitivity threshold every command stores (training, export, the device's
+    recalibration): the highest reaching `target` sensitivity on the pooled images and on
+    each of `groups` (boolean masks, one per source: a site with harder fractures must not
+    pay for another's easy ones); with `min_specificity`, `threshold_for_floors` below it
+    over the groups. Returns (threshold, smallest floor margin or None)."""
+    y, q = np.asarray(y), np.asarray(q, dtype=np.float64)
+    masks = groups if groups and len(groups) > 1 else [np.ones(len(y), bool)]
+    thr = threshold_for_sensitivity(y, q, target)
+    for m in masks:
+        if y[m].sum() > 0:
+            thr = min(thr, threshold_for_sensitivity(y[m], q[m], target))
+    if min_specificity is None:
+        return thr, None
+    return threshold_for_floors([(y[m], q[m]) for m in masks], target, min_specificity, thr)
+
+
 def threshold_balanced(y: np.ndarray, p: np.ndarray) -> float:
     """Threshold maximising Youden's J = sensitivity + specificity - 1."""
     fpr, tpr, thr = roc_curve(y, p)

@@ -29,9 +29,8 @@ from edge_toolkit.metrics import (
     fit_temperature,
     proportion_ci,
     roc_auc,
+    stored_threshold,
     threshold_balanced,
-    threshold_for_floors,
-    threshold_for_sensitivity,
 )
 from edge_toolkit.multisource import discover_scoring
 
@@ -104,16 +103,6 @@ def operating_point(y: np.ndarray, q: np.ndarray, threshold: float) -> dict[str,
             "specificity_ci95": list(proportion_ci(c["tn"], neg)), "confusion": c}
 
 
-def local_threshold(y: np.ndarray, q: np.ndarray, target: float,
-                    min_specificity: float | None = None) -> float:
-    """The threshold reaching `target` sensitivity on these images; with `min_specificity`,
-    the one clearing both floors by the widest margin (metrics.threshold_for_floors)."""
-    thr = threshold_for_sensitivity(y, q, target)
-    if min_specificity is not None:
-        thr, _ = threshold_for_floors([(y, q)], target, min_specificity, thr)
-    return thr
-
-
 def cross_validated(y: np.ndarray, raw: np.ndarray, target: float, folds: int = CV_FOLDS,
                     seed: int = 0, min_specificity: float | None = None) -> dict[str, Any]:
     """What the recipe (fit temperature, pick threshold) gives on images it did not see:
@@ -127,7 +116,8 @@ def cross_validated(y: np.ndarray, raw: np.ndarray, target: float, folds: int = 
     for k in range(folds):
         tr, te = fold != k, fold == k
         t = fit_temperature(y[tr], raw[tr])
-        thr = local_threshold(y[tr], apply_temperature(raw[tr], t), target, min_specificity)
+        thr, _ = stored_threshold(y[tr], apply_temperature(raw[tr], t), target,
+                                  min_specificity=min_specificity)
         pred[te] = apply_temperature(raw[te], t) >= thr
     tp, fn = int((pred & (y == 1)).sum()), int((~pred & (y == 1)).sum())
     tn, fp = int((~pred & (y == 0)).sum()), int((pred & (y == 0)).sum())
@@ -199,8 +189,8 @@ def recalibrate(clf: Any, samples: list[Sample], target_sensitivity: float = 0.9
     q_before = apply_temperature(r, card.temperature)
     t_after = fit_temperature(y, r)
     q_after = apply_temperature(r, t_after)
-    thresholds = {"high_sensitivity": local_threshold(y, q_after, target_sensitivity,
-                                                      min_specificity),
+    thresholds = {"high_sensitivity": stored_threshold(y, q_after, target_sensitivity,
+                                                       min_specificity=min_specificity)[0],
                   "balanced": threshold_balanced(y, q_after)}
     return Recalibration(
         model=clf.model_path, images=len(y), positives=pos, negatives=neg,

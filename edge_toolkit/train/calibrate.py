@@ -14,25 +14,11 @@ import numpy as np
 from edge_toolkit.metrics import (
     apply_temperature,
     fit_temperature,
+    stored_threshold,
     summarize,
     threshold_balanced,
-    threshold_for_floors,
-    threshold_for_sensitivity,
 )
 from edge_toolkit.multisource import by_source
-
-
-def sensitivity_threshold(y: np.ndarray, q: np.ndarray, target: float,
-                          sources: Sequence[str] | None = None) -> float:
-    """Threshold reaching `target` sensitivity on the pooled images and, with several
-    sources, on each source's own (a site with harder fractures must not be the one that
-    pays for the others' easy ones): the lowest of those thresholds."""
-    thr = threshold_for_sensitivity(y, q, target)
-    if sources is not None and len(set(sources)) > 1:
-        for m in by_source(sources).values():
-            if y[m].sum() > 0:
-                thr = min(thr, threshold_for_sensitivity(y[m], q[m], target))
-    return thr
 
 
 def choose_operating_points(y_val: np.ndarray, p_val: np.ndarray,
@@ -48,14 +34,10 @@ def choose_operating_points(y_val: np.ndarray, p_val: np.ndarray,
     y_val = np.asarray(y_val)
     temperature = fit_temperature(y_val, p_val)
     q = apply_temperature(p_val, temperature)
-    stored = sensitivity_threshold(y_val, q, target_sensitivity, sources)
-    out: dict[str, Any] = {}
-    if min_specificity is not None:
-        masks = (by_source(sources).values() if sources is not None and len(set(sources)) > 1
-                 else [np.ones(len(y_val), bool)])
-        stored, margin = threshold_for_floors([(y_val[m], q[m]) for m in masks],
-                                              target_sensitivity, min_specificity, stored)
-        out = {"min_specificity": min_specificity, "floor_margin": margin}
+    groups = list(by_source(sources).values()) if sources is not None else None
+    stored, margin = stored_threshold(y_val, q, target_sensitivity, groups, min_specificity)
+    out: dict[str, Any] = ({"min_specificity": min_specificity, "floor_margin": margin}
+                           if min_specificity is not None else {})
     thresholds = {"high_sensitivity": stored, "balanced": threshold_balanced(y_val, q)}
     return {"temperature": temperature, "thresholds": thresholds,
             "threshold": thresholds["high_sensitivity"],
