@@ -16,50 +16,17 @@ grouping: there the weights are nearly uniform and the interval wide (benchmarks
 from __future__ import annotations
 
 import argparse
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from edge_toolkit.data import load_samples
 from edge_toolkit.evaluate import load_predictor
-from edge_toolkit.metrics import roc_auc
+from edge_toolkit.metrics import family_summary, roc_auc
 from edge_toolkit.multisource import discover_sources, sample_groups
 from edge_toolkit.preprocess import PreprocessConfig
 
 DATA = ("../shared/data/fracture-xray", "../shared/data/fracatlas")
-
-
-def weighted_auc(y: np.ndarray, p: np.ndarray, w: np.ndarray) -> float:
-    """P(score of a positive > score of a negative), each pair weighted w_pos * w_neg."""
-    pos, neg = y == 1, y == 0
-    if not pos.any() or not neg.any():
-        return float("nan")
-    a, b = p[pos][:, None], p[neg][None, :]
-    pair = w[pos][:, None] * w[neg][None, :]
-    return float((((a > b) + 0.5 * (a == b)) * pair).sum() / pair.sum())
-
-
-def family_bootstrap(y: np.ndarray, p: np.ndarray, fam: np.ndarray, n: int = 1000,
-                     seed: int = 0) -> tuple[float, float]:
-    """95% interval of the per-image AUC when whole families are resampled, those with a
-    fracture and those without separately (each resample keeps both classes)."""
-    rng = np.random.default_rng(seed)
-    members = {f: np.flatnonzero(fam == f) for f in np.unique(fam)}
-    with_pos = [f for f, ix in members.items() if y[ix].any()]
-    without = [f for f in members if f not in with_pos]
-    if not with_pos or not without:
-        return float("nan"), float("nan")
-    aucs = []
-    for _ in range(n):
-        pick = [*rng.choice(with_pos, len(with_pos)), *rng.choice(without, len(without))]
-        idx = np.concatenate([members[f] for f in pick])
-        if len(set(y[idx].tolist())) == 2:
-            aucs.append(roc_auc(y[idx], p[idx]))
-    if not aucs:
-        return float("nan"), float("nan")
-    lo, hi = np.quantile(aucs, [0.025, 0.975])
-    return float(lo), float(hi)
 
 
 def main() -> None:
@@ -70,8 +37,8 @@ def main() -> None:
     ds = discover_sources(args.data or list(DATA))
     groups = sample_groups(ds)
     print("| model | split | source | images | families: with a fracture / without "
-          "| AUC | its family bootstrap 95% | family-weighted AUC |")
-    print("|---|---|---|---:|---|---:|---|---:|")
+          "| AUC per image | family-weighted AUC | its family bootstrap 95% |")
+    print("|---|---|---|---:|---|---:|---:|---|")
     group_of = {s.path: g for s, g in zip(ds.samples, groups)}
     for model in args.models:
         card, predict = load_predictor(model)
@@ -84,13 +51,14 @@ def main() -> None:
             for name in sorted(set(src)):
                 m = src == name
                 y, q, f = loaded.y[m], p[m], fam[m]
-                size = Counter(f.tolist())
-                w = np.array([1.0 / size[g] for g in f])
-                n_pos = len(set(f[y == 1].tolist()))
-                lo, hi = family_bootstrap(y, q, f)
-                print(f"| {model.name} | {split} | {name} | {m.sum()} | {n_pos} / "
-                      f"{len(size) - n_pos} | {roc_auc(y, q):.3f} | [{lo:.2f}, {hi:.2f}] | "
-                      f"{weighted_auc(y, q, w):.3f} |")
+                fs = family_summary(y, q, f.tolist()) or {  # every image its own family
+                    "auc_family": roc_auc(y, q), "auc_family_ci95": [float("nan")] * 2,
+                    "families": len(f), "families_with_fracture": int(y.sum())}
+                lo, hi = fs["auc_family_ci95"]
+                print(f"| {model.name} | {split} | {name} | {m.sum()} | "
+                      f"{fs['families_with_fracture']} / "
+                      f"{fs['families'] - fs['families_with_fracture']} | "
+                      f"{roc_auc(y, q):.3f} | {fs['auc_family']:.3f} | [{lo:.2f}, {hi:.2f}] |")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,13 @@ import numpy as np
 
 from edge_toolkit.card import CardError, ModelCard, read_card
 from edge_toolkit.data import Dataset, DatasetError, Sample, load_samples
-from edge_toolkit.multisource import FLAT_SPLIT, dataset_for_card, discover_scoring, merge
+from edge_toolkit.multisource import (
+    FLAT_SPLIT,
+    dataset_for_card,
+    discover_scoring,
+    groups_of,
+    merge,
+)
 from edge_toolkit.preprocess import PreprocessConfig
 
 Predict = Callable[[np.ndarray], np.ndarray]
@@ -85,7 +91,7 @@ def evaluate_model(model: Path, data: Sequence[str | Path] | Path | None = None,
     ds = scoring_dataset(card, data)
     pre = PreprocessConfig.from_dict(card.preprocessing)
     wanted = [*(splits or ["val", "test"]), FLAT_SPLIT]
-    probs, sources = {}, {}
+    probs, sources, families = {}, {}, {}
     for split in wanted:
         if split not in {s.split for s in ds.samples}:
             continue
@@ -94,9 +100,11 @@ def evaluate_model(model: Path, data: Sequence[str | Path] | Path | None = None,
             continue
         probs[split] = (loaded.y, np.asarray(predict(loaded.x), dtype=np.float64))
         sources[split] = loaded.sources
+        families[split] = groups_of(ds, loaded.paths)
     if not probs:
         names = ", ".join(ds.source_names)
         raise EvaluationError(f"{names}: no readable images in the splits {splits}")
     thresholds = card.thresholds or {"stored": card.threshold}
-    metrics = report_splits(probs, card.temperature, thresholds, bootstrap, sources)
+    metrics = report_splits(probs, card.temperature, thresholds, bootstrap, sources,
+                            families)
     return metrics, format_metrics(metrics)

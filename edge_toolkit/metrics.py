@@ -6,6 +6,8 @@ benchmarks, and free of TensorFlow so the device can report the same numbers.
 from __future__ import annotations
 
 import math
+from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -67,6 +69,69 @@ def paired_auc_delta(y: np.ndarray, p: np.ndarray, p_ref: np.ndarray, n: int = 1
         deltas[i] = roc_auc(y[idx], p[idx]) - roc_auc(y[idx], p_ref[idx])
     lo, hi = np.quantile(deltas, [(1 - level) / 2, 1 - (1 - level) / 2])
     return {"delta": float(delta), "ci95": [float(lo), float(hi)], "n": int(len(y))}
+
+
+def weighted_auc(y: np.ndarray, p: np.ndarray, w: np.ndarray) -> float:
+    """AUC where each (fractured, normal) pair counts w_pos * w_neg (ties one half); equal
+    weights give `roc_auc`. Sort-based, so it scales like `roc_auc`."""
+    y = np.asarray(y).astype(bool)
+    p, w = np.asarray(p, np.float64), np.asarray(w, np.float64)
+    w_pos, w_neg = float(w[y].sum()), float(w[~y].sum())
+    if not y.any() or y.all() or w_pos <= 0 or w_neg <= 0:
+        return float("nan")
+    _, inv = np.unique(p, return_inverse=True)
+    neg_at = np.bincount(inv, weights=np.where(y, 0.0, w))  # normal weight at each score
+    neg_below = np.cumsum(neg_at) - neg_at
+    won = neg_below[inv[y]] + 0.5 * neg_at[inv[y]]
+    return float((w[y] * won).sum() / (w_pos * w_neg))
+
+
+def family_weights(groups: Sequence[str]) -> np.ndarray:
+    """1 / the size of each image's family: a family (rotated copies of one radiograph, one
+    patient's images) counts once, however many copies it has."""
+    keys = list(groups)
+    size = Counter(keys)
+    return np.array([1.0 / size[g] for g in keys], dtype=np.float64)
+
+
+def has_repeats(groups: Sequence[str] | None) -> bool:
+    """Whether some family holds more than one image (else per image = per family)."""
+    return groups is not None and len(set(groups)) < len(list(groups))
+
+
+def family_auc(y: np.ndarray, p: np.ndarray, groups: Sequence[str]) -> float:
+    """The family-weighted AUC: `weighted_auc` with `family_weights`."""
+    return weighted_auc(y, p, family_weights(groups))
+
+
+def family_bootstrap_ci(y: np.ndarray, p: np.ndarray, groups: Sequence[str], n: int = 1000,
+                        seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of `family_auc` when whole families are resampled (families with
+    a fracture and those without separately, so every resample has both classes). A drawn
+    family counts once per draw. Why: resampling images treats 67 rotations of one
+    radiograph as 67 patients and gives intervals far narrower than the data supports."""
+    y = np.asarray(y).astype(int)
+    p = np.asarray(p, np.float64)
+    keys = np.asarray(list(groups))
+    members = {g: np.flatnonzero(keys == g) for g in dict.fromkeys(keys.tolist())}
+    with_pos = [g for g, ix in members.items() if y[ix].any()]
+    without = [g for g in members if g not in set(with_pos)]
+    if not with_pos or not without or n <= 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    aucs = []
+    for _ in range(n):
+        pick = [*(with_pos[i] for i in rng.integers(0, len(with_pos), len(with_pos))),
+                *(without[i] for i in rng.integers(0, len(without), len(without)))]
+        idx = np.concatenate([members[g] for g in pick])
+        w = np.concatenate([np.full(len(members[g]), 1.0 / len(members[g])) for g in pick])
+        a = weighted_auc(y[idx], p[idx], w)
+        if not math.isnan(a):
+            aucs.append(a)
+    if not aucs:
+        return float("nan"), float("nan")
+    lo, hi = np.quantile(aucs, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi)
 
 
 def roc_curve(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -266,9 +331,26 @@ def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> 
     return float(ece)
 
 
+def family_summary(y: np.ndarray, p: np.ndarray, groups: Sequence[str] | None,
+                   bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """`auc_family` (each family counts once), its family-bootstrap interval and the family
+    counts, where some family repeats; else {} (the per-image numbers already say it)."""
+    if not has_repeats(groups):
+        return {}
+    keys = np.asarray(list(groups))  # type: ignore[arg-type]
+    y = np.asarray(y).astype(int)
+    with_pos = set(keys[y == 1].tolist())
+    lo, hi = (family_bootstrap_ci(y, p, keys, n=bootstrap, seed=seed) if bootstrap
+              else (float("nan"), float("nan")))
+    return {"auc_family": family_auc(y, p, keys), "auc_family_ci95": [lo, hi],
+            "families": len(set(keys.tolist())), "families_with_fracture": len(with_pos)}
+
+
 def summarize(y: np.ndarray, p: np.ndarray, thresholds: dict[str, float],
-              bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """Every reported number for one split: AUC with interval, ECE, each operating point."""
+              bootstrap: int = 1000, seed: int = 0,
+              groups: Sequence[str] | None = None) -> dict[str, Any]:
+    """Every reported number for one split: AUC with interval, ECE, each operating point;
+    with `groups` (each image's family) that repeat, the family-weighted AUC too."""
     auc = roc_auc(y, p)
     lo, hi = bootstrap_auc_ci(y, p, n=bootstrap, seed=seed) if bootstrap else (np.nan, np.nan)
     out: dict[str, Any] = {
@@ -276,4 +358,4 @@ def summarize(y: np.ndarray, p: np.ndarray, thresholds: dict[str, float],
         "auc_ci95": [lo, hi], "ece": expected_calibration_error(y, p),
         "operating_points": {k: at_threshold(y, p, t) for k, t in thresholds.items()},
     }
-    return out
+    return out | family_summary(y, p, groups, bootstrap, seed)

@@ -127,6 +127,13 @@ def sample_groups(ds: Dataset) -> list[str]:
     return out
 
 
+def groups_of(ds: Dataset, paths: Sequence[Path]) -> list[str]:
+    """The family (`sample_groups`) of each of `paths`, images of `ds`, in their order: for
+    family-weighted scores of a loaded split, whose skipped files are already gone."""
+    by_path = dict(zip((s.path for s in ds.samples), sample_groups(ds)))
+    return [by_path.get(p, f"?:{group_key(p)}") for p in paths]
+
+
 def source_balanced_weights(y: np.ndarray, sources: Sequence[str],
                             balance: float = 1.0) -> np.ndarray:
     """Per-image training weights, mean 1: classes balanced within each source, and each

@@ -101,7 +101,7 @@ def run_pipeline(data: Path | list[Path] | None, out: Path, families: list[str],
     from edge_toolkit.quantize.exporter import ExportConfig, export_run
     from edge_toolkit.site_shift import leave_one_source_out, site_shift_markdown, write_site_shift
     from edge_toolkit.synthetic import write_synthetic
-    from edge_toolkit.train.trainer import TrainConfig, train
+    from edge_toolkit.train.trainer import TrainConfig, train_or_reuse
 
     out.mkdir(parents=True, exist_ok=True)
     roots = [Path(data)] if isinstance(data, str | Path) else [Path(r) for r in data or []]
@@ -154,12 +154,8 @@ def run_pipeline(data: Path | list[Path] | None, out: Path, families: list[str],
             break
         cfg = TrainConfig(data=[str(r) for r in roots] if len(roots) > 1 else str(roots[0]),
                           family=family, out=str(out), name=family, model=model, **train_kw)
-        done = out / family
-        if resume and (done / "model.keras").exists() and (done / "card.json").exists():
-            log(f"== train {family}: reusing {done} (--resume)")
-            run = done
-        else:
-            run = stages.run(f"train {family}", train, cfg, log=lambda m: log(f"   {m}"))
+        run = stages.run(f"train {family}", train_or_reuse, cfg, resume,
+                         log=lambda m: log(f"   {m}"))
         if run is None:
             continue
         exp = ExportConfig(variants=variants, target_sensitivity=target_sensitivity,

@@ -37,18 +37,14 @@ def leave_one_source_out(base: Any, roots: Sequence[str | Path], out: Path,
                          log: Log = print, resume: bool = False) -> dict[str, Any]:
     """Train `base` (a TrainConfig) on each source alone, score every run on every source's
     test split, beside the all-sources run when given. Returns the matrix as plain data."""
-    from edge_toolkit.train.trainer import train
+    from edge_toolkit.train.trainer import train_or_reuse
 
     names = source_names(roots)
     rows = []
     for name, root in zip(names, roots):
         run_name = f"{base.family}-only-{name}"
-        done = out / run_name
-        if resume and (done / "model.keras").exists() and (done / "card.json").exists():
-            log(f"reusing {done} (--resume)")
-            run = done
-        else:
-            run = train(replace(base, data=str(root), out=str(out), name=run_name), log=log)
+        run = train_or_reuse(replace(base, data=str(root), out=str(out), name=run_name),
+                             resume, log)
         rows.append({"family": base.family, "trained_on": [name], "run": run.name,
                      "scores": score_on_sources(run, roots, bootstrap)})
     if all_sources_run is not None:

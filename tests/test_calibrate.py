@@ -89,9 +89,33 @@ def test_a_specificity_floor_moves_the_threshold_towards_sensitivity(models, tmp
     assert report["auc"] > 0.7
     assert report["after"]["specificity"] > 0.5  # specificity to spare at the plain one...
     assert b.threshold < a.threshold  # ...so the floors rule spends some of it
-    for bad in ("0", "1", "-0.2"):
+    for bad in ("1", "-0.2"):
         res3 = run(models["float"], data, "-o", tmp_path / "x.tflite", "--min-specificity", bad)
         assert res3.exit_code == 2 and not (tmp_path / "x.tflite").exists()
+
+
+def test_without_flags_the_cards_rule_is_kept_and_0_switches_the_floor_off(models, tmp_path):
+    """A file whose threshold was chosen by 0.8 sensitivity with a 0.5 specificity floor is
+    recalibrated by that same rule unless told otherwise."""
+    data = write_clinic(tmp_path / "clinic", 60, 140, seed=3, means=(100, 150))
+    ruled = tmp_path / "ruled.tflite"
+    assert run(models["float"], data, "-o", ruled, "--target-sensitivity", 0.8,
+               "--min-specificity", 0.5).exit_code == 0
+    again = tmp_path / "again.tflite"
+    res = run(ruled, data, "-o", again)
+    assert res.exit_code == 0, res.output
+    assert "target sensitivity 0.8 with specificity at least 0.5" in res.output
+    card = read_card(again)
+    assert card.target_sensitivity == 0.8 and card.min_specificity == 0.5
+    assert card.threshold == pytest.approx(read_card(ruled).threshold)  # same rule, same data
+    off = tmp_path / "off.tflite"
+    res2 = run(ruled, data, "-o", off, "--min-specificity", 0)
+    assert res2.exit_code == 0, res2.output
+    assert read_card(off).min_specificity is None and "at least" not in res2.output
+    assert read_card(models["float"]).target_sensitivity is not None
+    plain = tmp_path / "plain.tflite"  # a card without a floor: none is added
+    assert run(models["float"], data, "-o", plain).exit_code == 0
+    assert read_card(plain).min_specificity is None
 
 
 def test_a_csv_of_path_label_works_with_a_header(models, tmp_path):

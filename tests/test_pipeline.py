@@ -107,11 +107,34 @@ def test_resume_reuses_trained_models(pipeline_run):
     logs: list[str] = []
     _, ok = run_pipeline(folder.parent / "data", folder, ["scratch_cnn"], "float32", None, [1],
                          epochs=1, fine_tune_epochs=0, size=16, min_auc=None,
-                         log=logs.append, resume=True)
+                         log=logs.append, resume=True, target_sensitivity=0.8,
+                         min_specificity=0.3)
     assert ok and any("reusing" in m for m in logs)
     assert (folder / "scratch_cnn" / "model.keras").stat().st_mtime_ns == before
     stages = json.loads((folder / "pipeline.json").read_text())["stages"]
-    assert [s["stage"] for s in stages] == ["export scratch_cnn", "benchmark"]
+    assert [s["stage"] for s in stages] == ["train scratch_cnn", "export scratch_cnn",
+                                             "benchmark"]
+
+
+def test_resume_refuses_a_run_trained_by_another_operating_rule(pipeline_run, tmp_path):
+    """A --resume'd pipeline asked for another rule must not report the old run's threshold
+    as if it were chosen by the new one: the stage fails in one line, nothing is retrained
+    over it."""
+    import shutil
+
+    folder, _, _ = pipeline_run
+    copy = tmp_path / "out"
+    shutil.copytree(folder / "scratch_cnn", copy / "scratch_cnn")
+    before = (copy / "scratch_cnn" / "model.keras").stat().st_mtime_ns
+    _, ok = run_pipeline(folder.parent / "data", copy, ["scratch_cnn"], "float32", None, [1],
+                         epochs=1, fine_tune_epochs=0, size=16, min_auc=None,
+                         log=lambda m: None, resume=True, target_sensitivity=0.9,
+                         min_specificity=0.3)
+    assert not ok
+    stage = json.loads((copy / "pipeline.json").read_text())["stages"][0]
+    assert stage["stage"] == "train scratch_cnn" and not stage["ok"]
+    assert "other settings (target_sensitivity)" in stage["reason"]
+    assert (copy / "scratch_cnn" / "model.keras").stat().st_mtime_ns == before
 
 
 def test_loose_files_keep_their_validation_status(pipeline_run, tmp_path):

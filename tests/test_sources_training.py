@@ -321,3 +321,34 @@ def test_keep_must_name_a_candidate_the_run_makes(keep, message):
                                        probe_mix=(0.5,), average_epochs=1, head="train"))
     with pytest.raises(ValueError, match=message):
         check_keep(cfg)
+
+
+def test_evaluate_counts_rotated_copies_once(both_run, sites, tmp_path):
+    """A clinic folder where one radiograph was saved in several rotations: the report adds
+    the family-weighted AUC, copies (`N-rotatedK`) counted as one family."""
+    _, a, _ = sites
+    flat = tmp_path / "copies"
+    for cls in ("fractured", "not fractured"):
+        (flat / cls).mkdir(parents=True)
+        for i, src in enumerate(sorted((a / "test" / cls).iterdir())):
+            (flat / cls / f"{i}.png").write_bytes(src.read_bytes())
+    first = sorted((a / "test" / "fractured").iterdir())[0].read_bytes()
+    for k in range(1, 5):
+        (flat / "fractured" / f"0-rotated{k}.png").write_bytes(first)
+    metrics, text = evaluate_model(both_run, [flat], bootstrap=20)
+    m = metrics["all"]
+    assert m["n"] == 14 and m["families"] == 10 and m["families_with_fracture"] == 5
+    assert "family-weighted AUC" in text
+
+
+def test_the_selection_criterion_counts_each_family_once():
+    from edge_toolkit.train.trainer import selection_auc, source_aucs
+
+    y = np.array([1] * 5 + [0] * 5 + [1] * 40)
+    p = np.concatenate([np.linspace(0.2, 0.6, 5), np.linspace(0.3, 0.7, 5), np.full(40, 0.9)])
+    sources = ["a"] * 50
+    groups = [f"g{i}" for i in range(10)] + ["copies"] * 40
+    per_image = selection_auc(source_aucs(y, p, sources))
+    per_family = selection_auc(source_aucs(y, p, sources, groups))
+    assert per_family < per_image - 0.05  # 40 easy copies no longer outvote 10 families
+    assert per_family == pytest.approx(selection_auc(source_aucs(y[:11], p[:11], sources[:11])))

@@ -245,6 +245,9 @@ class ExportContext:
         if name not in self._splits:
             t = time.perf_counter()
             loaded = load_samples(self.dataset.split(name), self.preprocess)
+            from edge_toolkit.multisource import groups_of
+
+            loaded.groups = groups_of(self.dataset, loaded.paths)  # family-weighted scores
             for path, reason in loaded.skipped:
                 self.log(f"skipped {path}: {reason}")
             if len(loaded.y) == 0:
@@ -348,8 +351,9 @@ def variant_card(ctx: ExportContext, variant: Variant, p: np.ndarray, check: Val
     sources = {"val": val.sources}
     if test is not None and p_test is not None:
         probs["test"], sources["test"] = (test.y, p_test), test.sources
+    families = {"val": val.groups} | ({"test": test.groups} if "test" in probs else {})
     metrics = report_splits(probs, card.temperature, card.thresholds, ctx.cfg.bootstrap,
-                            sources)
+                            sources, families)
     parent_val = (parent.metrics.get("val") or {}).get("auc")
     card.variant = variant.name
     card.parent = ctx.run.name

@@ -34,10 +34,12 @@ class BestByValAUC(keras.callbacks.Callback):
     """Keep the weights of the epoch with the best val AUC among epochs >= `first_epoch`."""
 
     def __init__(self, x: np.ndarray, y: np.ndarray, first_epoch: int = 0,
-                 log: Any = None, label: str = "", sources: list[str] | None = None) -> None:
+                 log: Any = None, label: str = "", sources: list[str] | None = None,
+                 groups: list[str] | None = None) -> None:
         super().__init__()
         self.x, self.y, self.first_epoch = x, y, first_epoch
         self.sources = sources or [""] * len(y)
+        self.groups = groups or None
         self.log, self.label = log, label
         self.best_auc = -np.inf
         self.best_epoch: int | None = None
@@ -48,7 +50,7 @@ class BestByValAUC(keras.callbacks.Callback):
         from edge_toolkit.train.trainer import selection_auc, source_aucs
 
         p = self.model.predict(self.x, batch_size=64, verbose=0).reshape(-1)
-        auc = selection_auc(source_aucs(self.y, p, self.sources))  # as training selects
+        auc = selection_auc(source_aucs(self.y, p, self.sources, self.groups))  # as training
         self.history.append(float(auc))
         eligible = epoch >= self.first_epoch
         if self.log:
@@ -150,7 +152,7 @@ def fine_tune(model: Any, ctx: Any, epochs: int, lr: float, label: str,
                       seed=ctx.seed, weights=weights)
     frozen = freeze_batchnorm(model) if ctx.freeze_bn else 0
     model.compile(optimizer=keras.optimizers.Adam(lr), loss="binary_crossentropy")
-    best = BestByValAUC(val.x, val.y, first_epoch, ctx.log, label, val.sources)
+    best = BestByValAUC(val.x, val.y, first_epoch, ctx.log, label, val.sources, val.groups)
     eta = EtaProgress(epochs, math.ceil(len(train.y) / ctx.batch_size), ctx.log, label)
     model.fit(ds, epochs=epochs, callbacks=[*callbacks, best, eta], verbose=0)
     best.restore()

@@ -25,12 +25,14 @@ from edge_toolkit.runtime.recalibrate import (
 @click.command()
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("data", type=click.Path(path_type=Path))
-@click.option("--target-sensitivity", default=0.95, show_default=True, type=float,
-              help="The threshold is chosen so that this share of fractures is flagged.")
-@click.option("--min-specificity", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+@click.option("--target-sensitivity", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="The threshold is chosen so that this share of fractures is flagged "
+                   "[default: the model card's target, else 0.95].")
+@click.option("--min-specificity", type=click.FloatRange(0, 1, max_open=True),
               help="Specificity floor: the threshold then clears both floors by the widest "
                    "margin (in standard errors), never flagging fewer fractures than "
-                   "--target-sensitivity alone.")
+                   "--target-sensitivity alone [default: the model card's floor, if any; "
+                   "0 = none].")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="New model file [default: MODEL-recalibrated.tflite beside MODEL].")
 @click.option("--min-positives", default=MIN_POSITIVES, show_default=True,
@@ -38,7 +40,7 @@ from edge_toolkit.runtime.recalibrate import (
 @click.option("--min-negatives", default=MIN_NEGATIVES, show_default=True,
               type=click.IntRange(1))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def calibrate(model: Path, data: Path, target_sensitivity: float,
+def calibrate(model: Path, data: Path, target_sensitivity: float | None,
               min_specificity: float | None, output: Path | None,
               min_positives: int, min_negatives: int, as_json: bool) -> None:
     """Choose MODEL's threshold and temperature on your own labelled images (DATA: class
@@ -47,8 +49,9 @@ def calibrate(model: Path, data: Path, target_sensitivity: float,
     Prints sensitivity and specificity before and after, with 95% intervals, and a
     cross-validated estimate of what the new threshold gives on images it was not chosen on.
     The new file's card records the old and new operating points, the image counts and the
-    images' fingerprint. Nothing is written when the images cannot support a threshold
-    (exit 2)."""
+    images' fingerprint. Without --target-sensitivity / --min-specificity the model's own
+    rule (recorded in its card) is kept. Nothing is written when the images cannot support
+    a threshold (exit 2)."""
     try:
         clf = Classifier.load(model)
         samples = read_labelled(data)

@@ -36,6 +36,7 @@ from edge_toolkit.multisource import discover_scoring
 
 MIN_POSITIVES = 20  # fewer: the threshold for 95% sensitivity hangs on one or two images
 MIN_NEGATIVES = 20
+DEFAULT_TARGET = 0.95  # the sensitivity target when neither the call nor the card names one
 CV_FOLDS = 5
 
 
@@ -152,19 +153,35 @@ class Recalibration:
         return asdict(self)
 
 
-def recalibrate(clf: Any, samples: list[Sample], target_sensitivity: float = 0.95,
+def operating_rule(card: Any, target_sensitivity: float | None,
+                   min_specificity: float | None) -> tuple[float, float | None]:
+    """The rule to recalibrate by: what was asked, else what the model's card records (the
+    rule its threshold was chosen by), else 0.95 sensitivity and no specificity floor. A
+    floor of 0 switches the card's floor off. Why: a clinic recalibrating the bundled model
+    expects its operating rule kept, not silently replaced by another default."""
+    target = (target_sensitivity if target_sensitivity is not None
+              else float(getattr(card, "target_sensitivity", None) or DEFAULT_TARGET))
+    floor = min_specificity if min_specificity is not None else getattr(
+        card, "min_specificity", None)
+    return target, (float(floor) if floor else None)
+
+
+def recalibrate(clf: Any, samples: list[Sample], target_sensitivity: float | None = None,
                 min_positives: int = MIN_POSITIVES, min_negatives: int = MIN_NEGATIVES,
                 min_specificity: float | None = None) -> Recalibration:
-    """Score `samples` with the Classifier `clf`, then choose temperature and threshold.
-    Raises CalibrationError when the images cannot support the choice."""
+    """Score `samples` with the Classifier `clf`, then choose temperature and threshold by
+    `operating_rule` (None: the card's). Raises CalibrationError when the images cannot
+    support the choice."""
     if not clf.has_card:
         raise CalibrationError(f"{clf.model_path}: has no model card to recalibrate")
+    if min_specificity is not None and not 0 <= min_specificity < 1:
+        raise CalibrationError(f"minimum specificity must be 0 (off) or between 0 and 1, "
+                               f"not {min_specificity}")
+    target_sensitivity, min_specificity = operating_rule(clf.card, target_sensitivity,
+                                                         min_specificity)
     if not 0 < target_sensitivity < 1:
         raise CalibrationError(f"target sensitivity must be between 0 and 1, not "
                                f"{target_sensitivity}")
-    if min_specificity is not None and not 0 < min_specificity < 1:
-        raise CalibrationError(f"minimum specificity must be between 0 and 1, not "
-                               f"{min_specificity}")
     raw, labels, kept, skipped = [], [], [], []
     for s in samples:
         try:

@@ -46,20 +46,26 @@ def choose_operating_points(y_val: np.ndarray, p_val: np.ndarray,
 
 def report_splits(probs: dict[str, tuple[np.ndarray, np.ndarray]], temperature: float,
                   thresholds: dict[str, float], bootstrap: int = 1000,
-                  sources: dict[str, Sequence[str]] | None = None) -> dict[str, Any]:
+                  sources: dict[str, Sequence[str]] | None = None,
+                  groups: dict[str, Sequence[str]] | None = None) -> dict[str, Any]:
     """Metrics of each split from raw probabilities: {split: summarize(...)}; with images
-    from several sources, each split also has `sources`: {name: summarize(...)}."""
+    from several sources, each split also has `sources`: {name: summarize(...)}. With
+    `groups` (each image's family, per split) the family-weighted AUC and its family
+    bootstrap interval join the per-image ones wherever a family repeats."""
     out = {}
     for split, (y, p) in probs.items():
         if len(y) == 0:
             continue
         q = apply_temperature(p, temperature)
-        out[split] = summarize(y, q, thresholds, bootstrap=bootstrap)
+        fam = (groups or {}).get(split)
+        fam_arr = np.asarray(list(fam)) if fam is not None else None
+        out[split] = summarize(y, q, thresholds, bootstrap=bootstrap, groups=fam)
         out[split]["ece_uncalibrated"] = summarize(y, p, {}, bootstrap=0)["ece"]
         names = (sources or {}).get(split)
         if names is not None and len(set(names)) > 1:
             out[split]["sources"] = {
-                name: summarize(np.asarray(y)[m], q[m], thresholds, bootstrap=bootstrap)
+                name: summarize(np.asarray(y)[m], q[m], thresholds, bootstrap=bootstrap,
+                                groups=None if fam_arr is None else fam_arr[m])
                 for name, m in by_source(names).items()}
     return out
 
@@ -74,6 +80,11 @@ def format_metrics(metrics: dict[str, Any]) -> str:
             lo, hi = sm["auc_ci95"]
             lines.append(f"{label:>5}: n={sm['n']} AUC {sm['auc']:.3f} [{lo:.3f}, {hi:.3f}] "
                          f"ECE {sm['ece']:.3f}")
+            if "auc_family" in sm:
+                flo, fhi = sm["auc_family_ci95"]
+                lines.append(f"       family-weighted AUC {sm['auc_family']:.3f} "
+                             f"[{flo:.3f}, {fhi:.3f}] over {sm['families']} families "
+                             f"({sm['families_with_fracture']} with a fracture)")
             for name, op in sm["operating_points"].items():
                 lines.append(f"       {name:<16} thr {op['threshold']:.3f}  sens "
                              f"{op['sensitivity']:.3f}  spec {op['specificity']:.3f}  acc "

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,11 +21,12 @@ import numpy as np
 
 from edge_toolkit.card import ModelCard
 from edge_toolkit.data import LABELS, Dataset, LoadedSplit, load_samples
-from edge_toolkit.metrics import check_floors, log_loss, roc_auc
+from edge_toolkit.metrics import check_floors, family_auc, has_repeats, log_loss, roc_auc
 from edge_toolkit.multisource import (
     by_source,
     describe_sources,
     discover_sources,
+    groups_of,
     source_balanced_weights,
 )
 from edge_toolkit.preprocess import PreprocessConfig
@@ -155,9 +156,14 @@ def _run_dir(cfg: TrainConfig) -> Path:
     return path
 
 
-def source_aucs(y: np.ndarray, p: np.ndarray, sources: list[str]) -> dict[str, float]:
-    """AUC of each source (NaN where a source has one class only)."""
-    return {name: roc_auc(y[m], p[m]) for name, m in by_source(sources).items()}
+def source_aucs(y: np.ndarray, p: np.ndarray, sources: list[str],
+                groups: Sequence[str] | None = None) -> dict[str, float]:
+    """AUC of each source (NaN where a source has one class only); family-weighted where
+    `groups` (each image's family) has a family with several images, so 67 rotated copies
+    of one radiograph count once, not 67 times."""
+    fam = np.asarray(list(groups)) if has_repeats(groups) else None
+    return {name: roc_auc(y[m], p[m]) if fam is None else family_auc(y[m], p[m], fam[m])
+            for name, m in by_source(sources).items()}
 
 
 def selection_auc(aucs: dict[str, float]) -> float:
@@ -168,11 +174,14 @@ def selection_auc(aucs: dict[str, float]) -> float:
 
 
 def val_scores(model: Any, val: LoadedSplit) -> dict[str, float]:
-    """`val_auc` (the mean of per-source AUCs: the selection criterion), `val_loss`, and
-    with several sources each one's AUC as `val_auc_<source>`."""
+    """`val_auc` (the selection criterion: the mean of the sources' AUCs, family-weighted
+    where `val.groups` repeats), `val_loss`, with several sources each one's AUC as
+    `val_auc_<source>`, and with families the per-image criterion as `val_auc_per_image`."""
     p = predict(model, val.x)
-    aucs = source_aucs(val.y, p, val.sources)
+    aucs = source_aucs(val.y, p, val.sources, val.groups or None)
     out = {"val_auc": selection_auc(aucs), "val_loss": log_loss(val.y, p)}
+    if has_repeats(val.groups or None):
+        out["val_auc_per_image"] = selection_auc(source_aucs(val.y, p, val.sources))
     return out | ({f"val_auc_{k}": v for k, v in aucs.items()} if len(aucs) > 1 else {})
 
 
@@ -337,6 +346,8 @@ def train(cfg: TrainConfig, log: Log = print, dataset: Dataset | None = None) ->
     run = _run_dir(cfg)
     log(f"run folder: {run}")
     splits = load_splits(ds, pre, log, workers=cfg.workers)
+    for loaded in splits.values():  # families: the criterion and reports count each once
+        loaded.groups = groups_of(ds, loaded.paths)
     train_s, val_s = splits["train"], splits.get("val")
     if val_s is None or len(val_s.y) == 0 or len(set(val_s.y.tolist())) < 2:
         raise ValueError("validation split needs images of both classes")
@@ -418,7 +429,7 @@ def train(cfg: TrainConfig, log: Log = print, dataset: Dataset | None = None) ->
             f"WARNING: no threshold meets both {floors} on every val source; kept the one "
             f"for the target sensitivity ({ops['floor_margin']:.2f} standard errors short)")
     metrics = report_splits(probs, ops["temperature"], ops["thresholds"], cfg.bootstrap,
-                            sources)
+                            sources, {s: v.groups for s, v in splits.items()})
     log(format_metrics(metrics))
     card = ModelCard(
         family=cfg.family, input_size=pre.size, channels=pre.channels,
@@ -586,10 +597,11 @@ def _comparable(cfg: TrainConfig) -> dict[str, Any]:
             if k not in ("name", "out", "data", "bootstrap") and v is not None}
 
 
-def _finished_fold(run: Path, cfg: TrainConfig, fold_ds: Dataset) -> bool:
-    """A fold run folder left by an earlier, interrupted CV with these same settings and
-    this same fold of the data can be reused; one trained differently cannot (a clear
-    error, not a silent mix). The run is finished once its predictions are written."""
+def reusable_run(run: Path, cfg: TrainConfig, ds: Dataset) -> bool:
+    """A run folder left by an earlier, interrupted command (a CV fold, a pipeline's or a
+    site-shift run) with these same settings (operating rule included) and these same
+    images can be reused; one trained differently cannot (a clear error, not a silent mix
+    of rules in one report). The run is finished once its predictions are written."""
     card_path = run / "card.json"
     if not (card_path.exists() and (run / "predictions.csv").exists()):
         return False
@@ -598,12 +610,22 @@ def _finished_fold(run: Path, cfg: TrainConfig, fold_ds: Dataset) -> bool:
     want = _comparable(cfg)
     differ = sorted(k for k, v in want.items() if k in training
                     and json.loads(json.dumps(training[k], default=str)) != v)
-    if card.data_fingerprint != fold_ds.fingerprint():
-        differ.append("the fold's images (other data or another number of folds)")
+    if card.data_fingerprint != ds.fingerprint():
+        differ.append("the images (other data, or another fold or number of folds)")
     if differ:
         raise ValueError(f"{run}: trained with other settings ({', '.join(differ)}); remove "
                          f"it or choose another --name")
     return True
+
+
+def train_or_reuse(cfg: TrainConfig, resume: bool = False, log: Log = print) -> Path:
+    """`train(cfg)`, unless `resume` and `reusable_run` says the run folder it would write
+    already holds the same training finished."""
+    done = Path(cfg.out) / (cfg.name or "")
+    if resume and cfg.name and reusable_run(done, cfg, _discover(cfg)):
+        log(f"reusing {done} (--resume: same settings and images)")
+        return done
+    return train(cfg, log=log)
 
 
 def cross_validate(cfg: TrainConfig, folds: int = 5, log: Log = print,
@@ -624,7 +646,7 @@ def cross_validate(cfg: TrainConfig, folds: int = 5, log: Log = print,
         fold_cfg = replace(cfg, name=f"{base}/fold{k + 1}", bootstrap=0)
         run = Path(cfg.out) / base / f"fold{k + 1}"
         fold_ds, n_train, n_held = _fold_dataset(ds, cfg, folds, k)
-        if resume and _finished_fold(run, fold_cfg, fold_ds):
+        if resume and reusable_run(run, fold_cfg, fold_ds):
             log(f"== fold {k + 1}/{folds}: reusing {run} (finished earlier)")
         else:
             log(f"== fold {k + 1}/{folds}: {n_train} train, {n_held} held out")

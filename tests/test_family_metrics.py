@@ -1,0 +1,125 @@
+"""Family-weighted AUC and the family bootstrap: copies of one radiograph (fracture-xray's
+rotations) or one patient's images count once. No TensorFlow."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+from conftest import write_tiny_dataset
+
+from edge_toolkit.benchmark import _accuracy, _auc_cell
+from edge_toolkit.metrics import (
+    bootstrap_auc_ci,
+    family_auc,
+    family_bootstrap_ci,
+    family_weights,
+    roc_auc,
+    summarize,
+    weighted_auc,
+)
+from edge_toolkit.multisource import discover_sources, groups_of
+from edge_toolkit.train.calibrate import format_metrics, report_splits
+
+
+def copies_data() -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray, np.ndarray]:
+    """20 families, one image each, except one easy fractured family copied 60 times: per
+    image the copies dominate, per family they count once."""
+    rng = np.random.default_rng(3)
+    y1 = np.array([1] * 10 + [0] * 10)
+    p1 = np.round(rng.random(20) * 0.6 + 0.2 * y1, 3)  # a weak model on the singletons
+    y = np.concatenate([y1, np.ones(60, int)])
+    p = np.concatenate([p1, np.full(60, 0.99)])  # the copied family: confidently right
+    groups = [f"f{i}" for i in range(20)] + ["big"] * 60
+    y_dedup = np.concatenate([y1, [1]])
+    p_dedup = np.concatenate([p1, [0.99]])
+    return y, p, groups, y_dedup, p_dedup
+
+
+def test_weighted_auc_with_equal_weights_is_the_rank_auc_ties_included():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    p = np.round(rng.random(400) + 0.4 * y, 1)  # many ties
+    assert abs(weighted_auc(y, p, np.ones(400)) - roc_auc(y, p)) < 1e-12
+    assert abs(weighted_auc(y, p, np.full(400, 3.0)) - roc_auc(y, p)) < 1e-12
+    assert np.isnan(weighted_auc(np.ones(5), np.arange(5.0), np.ones(5)))
+
+
+def test_weighted_auc_matches_the_pairwise_definition():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 120)
+    p = np.round(rng.random(120), 2)
+    w = rng.random(120)
+    pos, neg = y == 1, y == 0
+    a, b = p[pos][:, None], p[neg][None, :]
+    pair = w[pos][:, None] * w[neg][None, :]
+    want = (((a > b) + 0.5 * (a == b)) * pair).sum() / pair.sum()
+    assert abs(weighted_auc(y, p, w) - want) < 1e-12
+
+
+def test_a_copied_family_counts_once():
+    y, p, groups, y_dedup, p_dedup = copies_data()
+    per_image = roc_auc(y, p)
+    assert per_image > roc_auc(y_dedup, p_dedup) + 0.05  # the copies inflate it
+    assert abs(family_auc(y, p, groups) - roc_auc(y_dedup, p_dedup)) < 1e-12
+    w = family_weights(groups)
+    assert w[-1] == 1 / 60 and w[0] == 1.0
+
+
+def test_the_family_interval_resamples_families_not_copies():
+    y, p, groups, _, _ = copies_data()
+    lo_i, hi_i = bootstrap_auc_ci(y, p, n=300)
+    lo_f, hi_f = family_bootstrap_ci(y, p, groups, n=300)
+    assert lo_f <= family_auc(y, p, groups) <= hi_f
+    assert hi_f - lo_f > 1.5 * (hi_i - lo_i)  # 21 families say less than 80 images
+    assert np.isnan(family_bootstrap_ci(np.ones(4), np.arange(4.0), list("abcd"))[0])
+
+
+def test_summaries_add_the_family_auc_only_where_a_family_repeats():
+    y, p, groups, _, _ = copies_data()
+    m = summarize(y, p, {"t": 0.5}, bootstrap=50, groups=groups)
+    assert m["families"] == 21 and m["families_with_fracture"] == 11
+    assert abs(m["auc_family"] - family_auc(y, p, groups)) < 1e-12
+    singles = [f"g{i}" for i in range(len(y))]
+    assert "auc_family" not in summarize(y, p, {}, bootstrap=0, groups=singles)
+    assert "auc_family" not in summarize(y, p, {}, bootstrap=0)
+
+
+def test_reports_give_each_source_its_family_auc():
+    y, p, groups, y_dedup, p_dedup = copies_data()
+    src = ["copies"] * len(y)
+    y2 = np.array([1, 0] * 10)
+    p2 = np.linspace(0.1, 0.9, 20)
+    y_all, p_all = np.concatenate([y, y2]), np.concatenate([p, p2])
+    sources = src + ["clinic"] * 20
+    fam = groups + [f"c{i}" for i in range(20)]
+    m = report_splits({"val": (y_all, p_all)}, 1.0, {"t": 0.5}, bootstrap=30,
+                      sources={"val": sources}, groups={"val": fam})
+    per = m["val"]["sources"]
+    assert abs(per["copies"]["auc_family"] - roc_auc(y_dedup, p_dedup)) < 1e-9
+    assert "auc_family" not in per["clinic"]  # every image its own family: nothing to add
+    text = format_metrics(m)
+    assert "family-weighted AUC" in text and "over 21 families (11 with a fracture)" in text
+
+
+def test_benchmark_cells_show_the_per_family_auc():
+    y, p, groups, _, _ = copies_data()
+    acc = _accuracy(y, p, 0.5, 40, groups)
+    cell = _auc_cell(acc)
+    assert cell.startswith(f"{roc_auc(y, p):.3f}") and "per family" in cell
+    assert "per family" not in _auc_cell(_accuracy(y, p, 0.5, 40))
+
+
+def test_groups_of_follows_loaded_paths_and_the_manifest(tmp_path):
+    a = write_tiny_dataset(tmp_path / "site-a", per_class=3)
+    files = sorted(a.rglob("*.png"))
+    with open(a / "manifest.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["path", "group"])
+        w.writeheader()
+        w.writerows({"path": str(q.relative_to(a)), "group": f"g{i % 2}"}
+                    for i, q in enumerate(files))
+    ds = discover_sources([a])
+    paths = [s.path for s in ds.samples][::-1]  # any order, e.g. after skipped files
+    got = groups_of(ds, paths)
+    want = {q.resolve(): f"site-a:g{i % 2}" for i, q in enumerate(files)}
+    assert got == [want[q.resolve()] for q in paths]
