@@ -6,9 +6,10 @@ Why: fracture-xray's val and test splits are mostly rotated copies of a few sour
 5 not fractured), val's 567 from 49. A per-image AUC then weighs one family's score 67
 times, and its per-image bootstrap interval treats 67 copies as 67 patients. This weighs
 each image by 1 / its family's size (each family counts once) and resamples whole families
-for the interval. FracAtlas's `block` is 25 consecutive image ids, a cautious patient
-grouping: there the weights are nearly uniform and the interval wide (benchmarks/README.md,
-"How many independent images"):
+for the interval. FracAtlas has no copies (each image is its own family, so its weighted AUC
+is the per-image one), but its `block` (25 consecutive image ids) is a cautious patient
+grouping: its interval resamples whole blocks (benchmarks/README.md, "How many independent
+images"):
 
     python benchmarks/family_auc.py edge_toolkit/models/fracture-mobilenetv2-256-int8-mixed.tflite
 """
@@ -23,7 +24,7 @@ import numpy as np
 from edge_toolkit.data import load_samples
 from edge_toolkit.evaluate import load_predictor
 from edge_toolkit.metrics import family_summary, roc_auc
-from edge_toolkit.multisource import discover_sources, sample_groups
+from edge_toolkit.multisource import discover_sources, groups_of, sample_groups
 from edge_toolkit.preprocess import PreprocessConfig
 
 DATA = ("../shared/data/fracture-xray", "../shared/data/fracatlas")
@@ -37,9 +38,9 @@ def main() -> None:
     ds = discover_sources(args.data or list(DATA))
     groups = sample_groups(ds)
     print("| model | split | source | images | families: with a fracture / without "
-          "| AUC per image | family-weighted AUC | its family bootstrap 95% |")
+          "| AUC per image | family-weighted AUC | its cluster bootstrap 95% |")
     print("|---|---|---|---:|---|---:|---:|---|")
-    group_of = {s.path: g for s, g in zip(ds.samples, groups)}
+    cluster_of = {s.path: g for s, g in zip(ds.samples, groups)}
     for model in args.models:
         card, predict = load_predictor(model)
         pre = PreprocessConfig.from_dict(card.preprocessing)
@@ -47,11 +48,12 @@ def main() -> None:
             loaded = load_samples([s for s in ds.samples if s.split == split], pre)
             p = np.asarray(predict(loaded.x), dtype=np.float64)
             src = np.array(loaded.sources)
-            fam = np.array([group_of[path] for path in loaded.paths])  # kept images only
+            fam = np.array(groups_of(ds, loaded.paths))  # copies of one radiograph
+            clu = np.array([cluster_of[path] for path in loaded.paths])  # kept images only
             for name in sorted(set(src)):
                 m = src == name
                 y, q, f = loaded.y[m], p[m], fam[m]
-                fs = family_summary(y, q, f.tolist()) or {  # every image its own family
+                fs = family_summary(y, q, f.tolist(), clusters=clu[m].tolist()) or {
                     "auc_family": roc_auc(y, q), "auc_family_ci95": [float("nan")] * 2,
                     "families": len(f), "families_with_fracture": int(y.sum())}
                 lo, hi = fs["auc_family_ci95"]

@@ -108,7 +108,8 @@ def row_from_file(path: Path) -> Row:
                run=card.parent)
 
 
-Split = tuple[np.ndarray, np.ndarray, list[str], list[str]]  # images, labels, each's source, family
+# images, labels, and each image's source, family of copies and resampling unit
+Split = tuple[np.ndarray, np.ndarray, list[str], list[str], list[str]]
 Scored = tuple[np.ndarray, np.ndarray]  # labels, calibrated probabilities
 
 
@@ -133,19 +134,21 @@ class SplitCache:
                 if split in ds.splits:
                     loaded = load_samples(ds.split(split), card.preprocess_config)
                     out[split] = (loaded.x, loaded.y, loaded.sources,
-                                  groups_of(ds, loaded.paths))
+                                  groups_of(ds, loaded.paths),
+                                  groups_of(ds, loaded.paths, clusters=True))
             self._cache[key] = out
         return self._cache[key]
 
 
 def _accuracy(y: np.ndarray, p: np.ndarray, threshold: float, bootstrap: int,
-              groups: Sequence[str] | None = None) -> dict[str, Any]:
+              groups: Sequence[str] | None = None,
+              clusters: Sequence[str] | None = None) -> dict[str, Any]:
     op = at_threshold(y, p, threshold)
     lo, hi = bootstrap_auc_ci(y, p, n=bootstrap)
     return {"n": int(len(y)), "positives": int(np.sum(y)), "auc": roc_auc(y, p),
             "auc_ci95": [lo, hi], "sensitivity": op["sensitivity"],
             "specificity": op["specificity"], "threshold": threshold,
-            } | family_summary(y, p, groups, bootstrap)
+            } | family_summary(y, p, groups, bootstrap, clusters=clusters)
 
 
 def measure_accuracy(path: Path, cache: SplitCache, bootstrap: int, threads: int,
@@ -158,14 +161,14 @@ def measure_accuracy(path: Path, cache: SplitCache, bootstrap: int, threads: int
 
     clf = Classifier.load(path, num_threads=threads)
     out, probs = {}, {}
-    for split, (x, y, sources, groups) in cache.get(clf.card, data).items():
+    for split, (x, y, sources, groups, clusters) in cache.get(clf.card, data).items():
         p = apply_temperature(clf.predict_raw_batch(x), clf.card.temperature)
-        out[split] = _accuracy(y, p, clf.card.threshold, bootstrap, groups)
+        out[split] = _accuracy(y, p, clf.card.threshold, bootstrap, groups, clusters)
         masks = by_source(sources)
-        fam = np.asarray(groups)
+        fam, clu = np.asarray(groups), np.asarray(clusters)
         if len(masks) > 1:
             out[split]["sources"] = {name: _accuracy(y[m], p[m], clf.card.threshold,
-                                                     bootstrap, fam[m])
+                                                     bootstrap, fam[m], clu[m])
                                      for name, m in masks.items()}
         probs[split] = (y, p)
     return out, probs
@@ -388,9 +391,10 @@ def markdown(result: dict[str, Any]) -> str:
     h = result["host"]
     if any("auc_family" in c for c in _all_accuracies(result)):
         lines += ["", "per family: where a split holds several images of one radiograph "
-                  "(fracture-xray's rotated copies) or one patient block, each family counts "
-                  "once and the interval resamples whole families; the per-image interval "
-                  "counts every copy as a new patient."]
+                  "(fracture-xray's rotated copies) each such family counts once, and the "
+                  "interval resamples whole families or patient groups (FracAtlas's blocks "
+                  "of consecutive ids); the per-image interval counts every copy as a new "
+                  "patient."]
     lines += ["", "ΔAUC: the file's AUC minus its run's float32 file's on the same images, "
               "with a paired bootstrap interval (an interval that excludes 0 is a real "
               "difference).",
@@ -408,7 +412,8 @@ def write_csv(result: dict[str, Any], path: Path) -> None:
     cols = ["family", "variant", "status", "reason", "size_bytes", "gzip_bytes", "sparsity"]
     for s in SPLITS:
         cols += [f"{s}_auc", f"{s}_auc_lo", f"{s}_auc_hi", f"{s}_sensitivity",
-                 f"{s}_specificity", f"{s}_delta_auc", f"{s}_delta_lo", f"{s}_delta_hi"]
+                 f"{s}_specificity", f"{s}_auc_family", f"{s}_auc_family_lo",
+                 f"{s}_auc_family_hi", f"{s}_delta_auc", f"{s}_delta_lo", f"{s}_delta_hi"]
         for n in _sources(result, s):
             cols += [f"{s}_{n}_auc", f"{s}_{n}_auc_lo", f"{s}_{n}_auc_hi",
                      f"{s}_{n}_sensitivity", f"{s}_{n}_specificity", f"{s}_{n}_auc_family",
@@ -431,7 +436,7 @@ def write_csv(result: dict[str, Any], path: Path) -> None:
                                     f"{prefix}auc_hi": m["auc_ci95"][1],
                                     f"{prefix}sensitivity": m["sensitivity"],
                                     f"{prefix}specificity": m["specificity"]})
-                        if "auc_family" in m and prefix != f"{s}_":
+                        if "auc_family" in m:
                             lo, hi = m["auc_family_ci95"]
                             out.update({f"{prefix}auc_family": m["auc_family"],
                                         f"{prefix}auc_family_lo": lo,

@@ -220,7 +220,8 @@ class LoadedSplit:
     paths: list[Path]
     skipped: list[tuple[str, str]]
     sources: list[str] = field(default_factory=list)  # per kept image, as `paths`
-    groups: list[str] = field(default_factory=list)  # each kept image's family, where set
+    groups: list[str] = field(default_factory=list)  # each kept image's family of copies
+    clusters: list[str] = field(default_factory=list)  # and its resampling unit, where set
 
 
 def load_samples(samples: list[Sample], cfg: PreprocessConfig, workers: int = 4

@@ -91,7 +91,7 @@ def evaluate_model(model: Path, data: Sequence[str | Path] | Path | None = None,
     ds = scoring_dataset(card, data)
     pre = PreprocessConfig.from_dict(card.preprocessing)
     wanted = [*(splits or ["val", "test"]), FLAT_SPLIT]
-    probs, sources, families = {}, {}, {}
+    probs, sources, families, clusters = {}, {}, {}, {}
     for split in wanted:
         if split not in {s.split for s in ds.samples}:
             continue
@@ -101,10 +101,11 @@ def evaluate_model(model: Path, data: Sequence[str | Path] | Path | None = None,
         probs[split] = (loaded.y, np.asarray(predict(loaded.x), dtype=np.float64))
         sources[split] = loaded.sources
         families[split] = groups_of(ds, loaded.paths)
+        clusters[split] = groups_of(ds, loaded.paths, clusters=True)
     if not probs:
         names = ", ".join(ds.source_names)
         raise EvaluationError(f"{names}: no readable images in the splits {splits}")
     thresholds = card.thresholds or {"stored": card.threshold}
     metrics = report_splits(probs, card.temperature, thresholds, bootstrap, sources,
-                            families)
+                            families, clusters)
     return metrics, format_metrics(metrics)

@@ -71,61 +71,78 @@ def paired_auc_delta(y: np.ndarray, p: np.ndarray, p_ref: np.ndarray, n: int = 1
     return {"delta": float(delta), "ci95": [float(lo), float(hi)], "n": int(len(y))}
 
 
+def _weighted_auc_binned(score_bin: np.ndarray, y: np.ndarray, w: np.ndarray,
+                         bins: int) -> float:
+    """`weighted_auc` from each image's rank among the distinct scores (`score_bin`), so a
+    bootstrap can reuse one sort for every resample."""
+    w_pos, w_neg = float(w[y].sum()), float(w[~y].sum())
+    if w_pos <= 0 or w_neg <= 0:
+        return float("nan")
+    neg_at = np.bincount(score_bin, weights=np.where(y, 0.0, w), minlength=bins)
+    neg_below = np.cumsum(neg_at) - neg_at  # normal weight strictly below each score
+    won = neg_below[score_bin[y]] + 0.5 * neg_at[score_bin[y]]
+    return float((w[y] * won).sum() / (w_pos * w_neg))
+
+
 def weighted_auc(y: np.ndarray, p: np.ndarray, w: np.ndarray) -> float:
     """AUC where each (fractured, normal) pair counts w_pos * w_neg (ties one half); equal
     weights give `roc_auc`. Sort-based, so it scales like `roc_auc`."""
     y = np.asarray(y).astype(bool)
     p, w = np.asarray(p, np.float64), np.asarray(w, np.float64)
-    w_pos, w_neg = float(w[y].sum()), float(w[~y].sum())
-    if not y.any() or y.all() or w_pos <= 0 or w_neg <= 0:
-        return float("nan")
-    _, inv = np.unique(p, return_inverse=True)
-    neg_at = np.bincount(inv, weights=np.where(y, 0.0, w))  # normal weight at each score
-    neg_below = np.cumsum(neg_at) - neg_at
-    won = neg_below[inv[y]] + 0.5 * neg_at[inv[y]]
-    return float((w[y] * won).sum() / (w_pos * w_neg))
+    uniq, score_bin = np.unique(p, return_inverse=True)
+    return _weighted_auc_binned(score_bin.reshape(-1), y, w, len(uniq))
 
 
-def family_weights(groups: Sequence[str]) -> np.ndarray:
-    """1 / the size of each image's family: a family (rotated copies of one radiograph, one
-    patient's images) counts once, however many copies it has."""
-    keys = list(groups)
+def family_weights(families: Sequence[str]) -> np.ndarray:
+    """1 / the size of each image's family: a family (rotated copies of one radiograph) counts
+    once, however many copies it has."""
+    keys = list(families)
     size = Counter(keys)
     return np.array([1.0 / size[g] for g in keys], dtype=np.float64)
 
 
 def has_repeats(groups: Sequence[str] | None) -> bool:
-    """Whether some family holds more than one image (else per image = per family)."""
+    """Whether some group holds more than one image (else per image = per group)."""
     return groups is not None and len(set(groups)) < len(list(groups))
 
 
-def family_auc(y: np.ndarray, p: np.ndarray, groups: Sequence[str]) -> float:
+def family_auc(y: np.ndarray, p: np.ndarray, families: Sequence[str]) -> float:
     """The family-weighted AUC: `weighted_auc` with `family_weights`."""
-    return weighted_auc(y, p, family_weights(groups))
+    return weighted_auc(y, p, family_weights(families))
 
 
-def family_bootstrap_ci(y: np.ndarray, p: np.ndarray, groups: Sequence[str], n: int = 1000,
-                        seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile interval of `family_auc` when whole families are resampled (families with
-    a fracture and those without separately, so every resample has both classes). A drawn
-    family counts once per draw. Why: resampling images treats 67 rotations of one
-    radiograph as 67 patients and gives intervals far narrower than the data supports."""
-    y = np.asarray(y).astype(int)
+def family_bootstrap_ci(y: np.ndarray, p: np.ndarray, families: Sequence[str],
+                        clusters: Sequence[str] | None = None, n: int = 1000, seed: int = 0,
+                        level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of `family_auc` when whole clusters are resampled: `clusters` are
+    the units that may share a patient (FracAtlas's blocks of consecutive ids; by default the
+    families themselves), each family inside one cluster. Clusters with a fracture and those
+    without are resampled separately (all together, one-class resamples dropped, where every
+    cluster holds a fracture); a cluster drawn twice counts twice. Why: resampling images
+    treats 67 rotations of one radiograph as 67 patients and gives intervals far narrower
+    than the data supports."""
+    y = np.asarray(y).astype(bool)
     p = np.asarray(p, np.float64)
-    keys = np.asarray(list(groups))
-    members = {g: np.flatnonzero(keys == g) for g in dict.fromkeys(keys.tolist())}
-    with_pos = [g for g, ix in members.items() if y[ix].any()]
-    without = [g for g in members if g not in set(with_pos)]
-    if not with_pos or not without or n <= 0:
+    base = family_weights(families)
+    keys = np.asarray(list(clusters if clusters is not None else families))
+    if len(keys) != len(y) or len(base) != len(y):
+        raise ValueError("one family and one cluster per image are needed")
+    if n <= 0 or y.all() or not y.any():
         return float("nan"), float("nan")
+    uniq, cluster_of = np.unique(keys, return_inverse=True)
+    cluster_of = cluster_of.reshape(-1)
+    with_pos = np.bincount(cluster_of, weights=y.astype(float), minlength=len(uniq)) > 0
+    strata = [np.flatnonzero(with_pos), np.flatnonzero(~with_pos)]
+    if not len(strata[1]):
+        strata = [np.arange(len(uniq))]
+    score_values, score_bin = np.unique(p, return_inverse=True)
+    score_bin = score_bin.reshape(-1)
     rng = np.random.default_rng(seed)
     aucs = []
     for _ in range(n):
-        pick = [*(with_pos[i] for i in rng.integers(0, len(with_pos), len(with_pos))),
-                *(without[i] for i in rng.integers(0, len(without), len(without)))]
-        idx = np.concatenate([members[g] for g in pick])
-        w = np.concatenate([np.full(len(members[g]), 1.0 / len(members[g])) for g in pick])
-        a = weighted_auc(y[idx], p[idx], w)
+        draw = np.concatenate([s[rng.integers(0, len(s), len(s))] for s in strata])
+        times = np.bincount(draw, minlength=len(uniq)).astype(np.float64)
+        a = _weighted_auc_binned(score_bin, y, base * times[cluster_of], len(score_values))
         if not math.isnan(a):
             aucs.append(a)
     if not aucs:
@@ -332,25 +349,31 @@ def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> 
 
 
 def family_summary(y: np.ndarray, p: np.ndarray, groups: Sequence[str] | None,
-                   bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """`auc_family` (each family counts once), its family-bootstrap interval and the family
-    counts, where some family repeats; else {} (the per-image numbers already say it)."""
-    if not has_repeats(groups):
+                   bootstrap: int = 1000, seed: int = 0,
+                   clusters: Sequence[str] | None = None) -> dict[str, Any]:
+    """`auc_family` (each family of copies counts once) with its cluster-bootstrap interval,
+    the family and cluster counts, where some family or cluster repeats; else {} (the
+    per-image numbers already say it all)."""
+    if groups is None or not (has_repeats(groups) or has_repeats(clusters)):
         return {}
-    keys = np.asarray(list(groups))  # type: ignore[arg-type]
+    keys = np.asarray(list(groups))
     y = np.asarray(y).astype(int)
-    with_pos = set(keys[y == 1].tolist())
-    lo, hi = (family_bootstrap_ci(y, p, keys, n=bootstrap, seed=seed) if bootstrap
+    lo, hi = (family_bootstrap_ci(y, p, keys, clusters, n=bootstrap, seed=seed) if bootstrap
               else (float("nan"), float("nan")))
-    return {"auc_family": family_auc(y, p, keys), "auc_family_ci95": [lo, hi],
-            "families": len(set(keys.tolist())), "families_with_fracture": len(with_pos)}
+    out = {"auc_family": family_auc(y, p, keys), "auc_family_ci95": [lo, hi],
+           "families": len(set(keys.tolist())),
+           "families_with_fracture": len(set(keys[y == 1].tolist()))}
+    if clusters is not None and len(set(clusters)) != out["families"]:
+        out["clusters"] = len(set(clusters))  # the interval resampled other units
+    return out
 
 
 def summarize(y: np.ndarray, p: np.ndarray, thresholds: dict[str, float],
-              bootstrap: int = 1000, seed: int = 0,
-              groups: Sequence[str] | None = None) -> dict[str, Any]:
+              bootstrap: int = 1000, seed: int = 0, groups: Sequence[str] | None = None,
+              clusters: Sequence[str] | None = None) -> dict[str, Any]:
     """Every reported number for one split: AUC with interval, ECE, each operating point;
-    with `groups` (each image's family) that repeat, the family-weighted AUC too."""
+    with `groups` (each image's family of copies) or `clusters` (its resampling unit) that
+    repeat, the family-weighted AUC and its cluster-bootstrap interval too."""
     auc = roc_auc(y, p)
     lo, hi = bootstrap_auc_ci(y, p, n=bootstrap, seed=seed) if bootstrap else (np.nan, np.nan)
     out: dict[str, Any] = {
@@ -358,4 +381,4 @@ def summarize(y: np.ndarray, p: np.ndarray, thresholds: dict[str, float],
         "auc_ci95": [lo, hi], "ece": expected_calibration_error(y, p),
         "operating_points": {k: at_threshold(y, p, t) for k, t in thresholds.items()},
     }
-    return out | family_summary(y, p, groups, bootstrap, seed)
+    return out | family_summary(y, p, groups, bootstrap, seed, clusters)

@@ -30,6 +30,7 @@ from edge_toolkit.data import (
 FLAT_SPLIT = "all"  # the one split of a folder that has class folders but no split folders
 MANIFEST = "manifest.csv"
 GROUP_COLUMNS = ("group", "block")  # fracture-xray: source family; FracAtlas: patient block
+FAMILY_COLUMNS = ("group",)  # copies of one radiograph (a `block` is many radiographs)
 
 
 def source_names(roots: Sequence[str | Path]) -> list[str]:
@@ -102,24 +103,24 @@ def merge(datasets: Sequence[Dataset]) -> Dataset:
                    sources=sources)
 
 
-def _manifest_groups(root: Path) -> dict[Path, str]:
-    """path -> group from a dataset's manifest.csv (`group` or `block` column), if any."""
+def _manifest_groups(root: Path, columns: Sequence[str] = GROUP_COLUMNS) -> dict[Path, str]:
+    """path -> group from a dataset's manifest.csv (the first of `columns` it has), if any."""
     path = root / MANIFEST
     if not path.is_file():
         return {}
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        column = next((c for c in GROUP_COLUMNS if c in (reader.fieldnames or [])), None)
+        column = next((c for c in columns if c in (reader.fieldnames or [])), None)
         if column is None or "path" not in (reader.fieldnames or []):
             return {}
         return {(root / row["path"]).resolve(): row[column] for row in reader}
 
 
-def sample_groups(ds: Dataset) -> list[str]:
+def sample_groups(ds: Dataset, columns: Sequence[str] = GROUP_COLUMNS) -> list[str]:
     """A group id per sample: images of one group (a source family, a patient) must stay
-    in one fold. From each source's manifest.csv where it has one, else the file-name family;
-    prefixed by the source, so groups never join across sites."""
-    manifests = {name: _manifest_groups(root) for name, root in ds.sources.items()}
+    in one fold. From each source's manifest.csv where it has one of `columns`, else the
+    file-name family; prefixed by the source, so groups never join across sites."""
+    manifests = {name: _manifest_groups(root, columns) for name, root in ds.sources.items()}
     out = []
     for s in ds.samples:
         found = manifests.get(s.source, {}).get(s.path.resolve())
@@ -127,10 +128,14 @@ def sample_groups(ds: Dataset) -> list[str]:
     return out
 
 
-def groups_of(ds: Dataset, paths: Sequence[Path]) -> list[str]:
-    """The family (`sample_groups`) of each of `paths`, images of `ds`, in their order: for
-    family-weighted scores of a loaded split, whose skipped files are already gone."""
-    by_path = dict(zip((s.path for s in ds.samples), sample_groups(ds)))
+def groups_of(ds: Dataset, paths: Sequence[Path], clusters: bool = False) -> list[str]:
+    """For each of `paths` (images of `ds`, in their order; a loaded split's, whose skipped
+    files are gone): its family of copies of one radiograph (the manifest's `group`, else
+    the file-name family), the unit that family-weighted scores count once; or with
+    `clusters` its resampling unit (`sample_groups`: `group` or a patient `block`), what a
+    family bootstrap draws and folds keep together."""
+    ids = sample_groups(ds) if clusters else sample_groups(ds, FAMILY_COLUMNS)
+    by_path = dict(zip((s.path for s in ds.samples), ids))
     return [by_path.get(p, f"?:{group_key(p)}") for p in paths]
 
 

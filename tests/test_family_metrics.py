@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 
 import numpy as np
+import pytest
 from conftest import write_tiny_dataset
 
 from edge_toolkit.benchmark import _accuracy, _auc_cell
@@ -123,3 +124,61 @@ def test_groups_of_follows_loaded_paths_and_the_manifest(tmp_path):
     got = groups_of(ds, paths)
     want = {q.resolve(): f"site-a:g{i % 2}" for i, q in enumerate(files)}
     assert got == [want[q.resolve()] for q in paths]
+
+
+def reference_interval(y, p, families, clusters, n, seed):
+    """The cluster bootstrap spelled out: each drawn cluster's images appended once per draw."""
+    y, p = np.asarray(y).astype(int), np.asarray(p, float)
+    base = family_weights(families)
+    keys = np.asarray(clusters)
+    uniq = np.unique(keys)
+    members = [np.flatnonzero(keys == k) for k in uniq]
+    with_pos = np.array([y[m].any() for m in members])
+    strata = [np.flatnonzero(with_pos), np.flatnonzero(~with_pos)]
+    rng = np.random.default_rng(seed)
+    aucs = []
+    for _ in range(n):
+        draw = np.concatenate([s[rng.integers(0, len(s), len(s))] for s in strata])
+        idx = np.concatenate([members[c] for c in draw])
+        aucs.append(weighted_auc(y[idx], p[idx], base[idx]))
+    return tuple(np.quantile(aucs, [0.025, 0.975]))
+
+
+def test_the_cluster_bootstrap_counts_a_cluster_drawn_twice_twice():
+    y, p, groups, _, _ = copies_data()
+    clusters = [f"b{i // 4}" for i in range(20)] + ["big"] * 60
+    got = family_bootstrap_ci(y, p, groups, clusters, n=200, seed=5)
+    want = reference_interval(y, p, groups, clusters, 200, 5)
+    assert np.allclose(got, want)
+
+
+def test_patient_blocks_are_resampled_but_do_not_reweight_images():
+    """FracAtlas: no copies (each image its own family) but blocks of consecutive ids that
+    mix classes: the AUC stays the per-image one, the interval resamples blocks."""
+    rng = np.random.default_rng(7)
+    y = rng.integers(0, 2, 120)
+    p = rng.random(120) + 0.5 * y
+    families = [f"img{i}" for i in range(120)]
+    blocks = [f"block{i // 25}" for i in range(120)]  # the last block has 20 images
+    m = summarize(y, p, {}, bootstrap=200, groups=families, clusters=blocks)
+    assert m["auc_family"] == pytest.approx(roc_auc(y, p))
+    assert m["clusters"] == 5 and m["families"] == 120
+    lo, hi = m["auc_family_ci95"]
+    assert lo < m["auc"] < hi  # every block mixes classes: all resampled together
+    assert "the interval resamples 5 patient groups" in format_metrics({"val": m | {"ece": 0.0,
+                                                                       "auc_ci95": [0, 1]}})
+
+
+def test_benchmark_csv_has_the_whole_splits_family_auc(tmp_path):
+    from edge_toolkit.benchmark import write_csv
+
+    y, p, groups, _, _ = copies_data()
+    acc = _accuracy(y, p, 0.5, 30, groups)
+    row = {"family": "f", "variant": "float32", "status": "validated", "reason": "",
+           "size_bytes": 1, "gzip_bytes": 1, "sparsity": 0.0, "accuracy": {"test": acc},
+           "latency": {}, "peak_rss_mb": 1.0}
+    write_csv({"threads": [], "rows": [row]}, tmp_path / "b.csv")
+    with open(tmp_path / "b.csv", newline="") as f:
+        out = next(csv.DictReader(f))
+    assert float(out["test_auc_family"]) == pytest.approx(acc["auc_family"])
+    assert float(out["test_auc_family_lo"]) <= float(out["test_auc_family"])

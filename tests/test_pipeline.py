@@ -116,7 +116,10 @@ def test_resume_reuses_trained_models(pipeline_run):
                                              "benchmark"]
 
 
-def test_resume_refuses_a_run_trained_by_another_operating_rule(pipeline_run, tmp_path):
+@pytest.mark.parametrize("rule, differs", [((0.9, 0.3), "target_sensitivity"),
+                                           ((0.8, None), "min_specificity")])
+def test_resume_refuses_a_run_trained_by_another_operating_rule(pipeline_run, tmp_path, rule,
+                                                                differs):
     """A --resume'd pipeline asked for another rule must not report the old run's threshold
     as if it were chosen by the new one: the stage fails in one line, nothing is retrained
     over it."""
@@ -128,12 +131,12 @@ def test_resume_refuses_a_run_trained_by_another_operating_rule(pipeline_run, tm
     before = (copy / "scratch_cnn" / "model.keras").stat().st_mtime_ns
     _, ok = run_pipeline(folder.parent / "data", copy, ["scratch_cnn"], "float32", None, [1],
                          epochs=1, fine_tune_epochs=0, size=16, min_auc=None,
-                         log=lambda m: None, resume=True, target_sensitivity=0.9,
-                         min_specificity=0.3)
+                         log=lambda m: None, resume=True, target_sensitivity=rule[0],
+                         min_specificity=rule[1])
     assert not ok
     stage = json.loads((copy / "pipeline.json").read_text())["stages"][0]
     assert stage["stage"] == "train scratch_cnn" and not stage["ok"]
-    assert "other settings (target_sensitivity)" in stage["reason"]
+    assert f"other settings ({differs})" in stage["reason"]
     assert (copy / "scratch_cnn" / "model.keras").stat().st_mtime_ns == before
 
 

@@ -352,3 +352,8 @@ def test_the_selection_criterion_counts_each_family_once():
     per_family = selection_auc(source_aucs(y, p, sources, groups))
     assert per_family < per_image - 0.05  # 40 easy copies no longer outvote 10 families
     assert per_family == pytest.approx(selection_auc(source_aucs(y[:11], p[:11], sources[:11])))
+    from edge_toolkit.train.trainer import score_details
+
+    line = score_details({"val_auc": 0.8, "val_auc_a": 0.8, "per_image_val_auc": 0.9})
+    assert line == " (a 0.8000; per image 0.9000)"  # not read as a source named per_image
+    assert score_details({"val_auc": 0.8, "per_image_val_auc": 0.9}) == " (per image 0.9000)"

@@ -248,6 +248,7 @@ class ExportContext:
             from edge_toolkit.multisource import groups_of
 
             loaded.groups = groups_of(self.dataset, loaded.paths)  # family-weighted scores
+            loaded.clusters = groups_of(self.dataset, loaded.paths, clusters=True)
             for path, reason in loaded.skipped:
                 self.log(f"skipped {path}: {reason}")
             if len(loaded.y) == 0:
@@ -352,8 +353,9 @@ def variant_card(ctx: ExportContext, variant: Variant, p: np.ndarray, check: Val
     if test is not None and p_test is not None:
         probs["test"], sources["test"] = (test.y, p_test), test.sources
     families = {"val": val.groups} | ({"test": test.groups} if "test" in probs else {})
+    clusters = {"val": val.clusters} | ({"test": test.clusters} if "test" in probs else {})
     metrics = report_splits(probs, card.temperature, card.thresholds, ctx.cfg.bootstrap,
-                            sources, families)
+                            sources, families, clusters)
     parent_val = (parent.metrics.get("val") or {}).get("auc")
     card.variant = variant.name
     card.parent = ctx.run.name

@@ -179,6 +179,10 @@ def recalibrate(clf: Any, samples: list[Sample], target_sensitivity: float | Non
                                f"not {min_specificity}")
     target_sensitivity, min_specificity = operating_rule(clf.card, target_sensitivity,
                                                          min_specificity)
+    if min_specificity is not None and not 0 < min_specificity < 1:  # a card's, unchecked
+        raise CalibrationError(f"{clf.model_path}: its card's minimum specificity "
+                               f"{min_specificity} is not between 0 and 1; give "
+                               "--min-specificity")
     if not 0 < target_sensitivity < 1:
         raise CalibrationError(f"target sensitivity must be between 0 and 1, not "
                                f"{target_sensitivity}")

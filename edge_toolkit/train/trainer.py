@@ -176,13 +176,22 @@ def selection_auc(aucs: dict[str, float]) -> float:
 def val_scores(model: Any, val: LoadedSplit) -> dict[str, float]:
     """`val_auc` (the selection criterion: the mean of the sources' AUCs, family-weighted
     where `val.groups` repeats), `val_loss`, with several sources each one's AUC as
-    `val_auc_<source>`, and with families the per-image criterion as `val_auc_per_image`."""
+    `val_auc_<source>`, and with families the per-image criterion as `per_image_val_auc`."""
     p = predict(model, val.x)
     aucs = source_aucs(val.y, p, val.sources, val.groups or None)
     out = {"val_auc": selection_auc(aucs), "val_loss": log_loss(val.y, p)}
     if has_repeats(val.groups or None):
-        out["val_auc_per_image"] = selection_auc(source_aucs(val.y, p, val.sources))
+        out["per_image_val_auc"] = selection_auc(source_aucs(val.y, p, val.sources))
     return out | ({f"val_auc_{k}": v for k, v in aucs.items()} if len(aucs) > 1 else {})
+
+
+def score_details(scores: dict[str, Any]) -> str:
+    """" (fracatlas 0.86 fracture-xray 0.91; per image 0.89)" for a log line: each source's
+    AUC and, where families made the criterion family-weighted, the per-image one."""
+    parts = " ".join(f"{k[8:]} {v:.4f}" for k, v in scores.items() if k.startswith("val_auc_"))
+    if "per_image_val_auc" in scores:
+        parts += f"; per image {scores['per_image_val_auc']:.4f}"
+    return f" ({parts.lstrip('; ')})" if parts else ""
 
 
 def _val_monitor(model: Any, val: LoadedSplit) -> Any:
@@ -207,11 +216,8 @@ def _probe_phase(model: Any, train_s: LoadedSplit, weights: np.ndarray, val_s: L
     record = probe(model, train_s.x, train_s.y, weights, val_s.x, val_s.y, val_s.sources,
                    float(cfg.probe_l2 or 0.0), log)
     row = {"phase": 1, "phase_start": 1, "candidate": "probe"} | val_scores(model, val_s)
-    per_source = " ".join(f"{k[8:]} {v:.4f}" for k, v in row.items()
-                          if k.startswith("val_auc_"))
     log(f"phase 1 linear probe (L2 {record['l2']:g}): val_loss {row['val_loss']:.4f} "
-        f"val_auc {row['val_auc']:.4f}" + (f" ({per_source})" if per_source else "")
-        + f", {time.perf_counter() - t:.0f}s")
+        f"val_auc {row['val_auc']:.4f}{score_details(row)}, {time.perf_counter() - t:.0f}s")
     return record, row
 
 
@@ -284,12 +290,9 @@ def _fit_phase(model: Any, train_ds: Any, val: LoadedSplit, epochs: int, lr: flo
     class Progress(keras.callbacks.Callback):
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             logs = logs or {}
-            per_source = " ".join(f"{k[8:]} {v:.4f}" for k, v in logs.items()
-                                  if k.startswith("val_auc_"))
             log(f"phase {phase} epoch {epoch + 1}/{epochs}: loss {logs.get('loss', 0):.4f} "
                 f"auc {logs.get('auc', 0):.4f} val_loss {logs.get('val_loss', 0):.4f} "
-                f"val_auc {logs.get('val_auc', 0):.4f}" + (f" ({per_source})" if per_source
-                                                             else ""))
+                f"val_auc {logs.get('val_auc', 0):.4f}{score_details(logs)}")
 
     hist = model.fit(train_ds, epochs=epochs, verbose=0,
                      callbacks=[_val_monitor(model, val), stop, checkpoint, Progress(),
@@ -348,6 +351,7 @@ def train(cfg: TrainConfig, log: Log = print, dataset: Dataset | None = None) ->
     splits = load_splits(ds, pre, log, workers=cfg.workers)
     for loaded in splits.values():  # families: the criterion and reports count each once
         loaded.groups = groups_of(ds, loaded.paths)
+        loaded.clusters = groups_of(ds, loaded.paths, clusters=True)
     train_s, val_s = splits["train"], splits.get("val")
     if val_s is None or len(val_s.y) == 0 or len(set(val_s.y.tolist())) < 2:
         raise ValueError("validation split needs images of both classes")
@@ -429,7 +433,8 @@ def train(cfg: TrainConfig, log: Log = print, dataset: Dataset | None = None) ->
             f"WARNING: no threshold meets both {floors} on every val source; kept the one "
             f"for the target sensitivity ({ops['floor_margin']:.2f} standard errors short)")
     metrics = report_splits(probs, ops["temperature"], ops["thresholds"], cfg.bootstrap,
-                            sources, {s: v.groups for s, v in splits.items()})
+                            sources, {s: v.groups for s, v in splits.items()},
+                            {s: v.clusters for s, v in splits.items()})
     log(format_metrics(metrics))
     card = ModelCard(
         family=cfg.family, input_size=pre.size, channels=pre.channels,
@@ -590,11 +595,13 @@ def _train_fold_in_child(cfg: TrainConfig, folds: int, k: int, log: Log) -> Path
 
 
 def _comparable(cfg: TrainConfig) -> dict[str, Any]:
-    """The settings that decide a fold's model, as the fold's card records them (those left
-    to the device, None here, such as mixed precision, are not compared)."""
+    """The settings that decide a run's model and operating point, as its card records them
+    (those left to the device, None here, such as mixed precision, are not compared; no
+    specificity floor is a rule of its own and is)."""
     d = json.loads(json.dumps(asdict(effective_config(cfg)), default=str))
     return {k: v for k, v in d.items()
-            if k not in ("name", "out", "data", "bootstrap") and v is not None}
+            if k not in ("name", "out", "data", "bootstrap", "workers")
+            and (v is not None or k == "min_specificity")}
 
 
 def reusable_run(run: Path, cfg: TrainConfig, ds: Dataset) -> bool:
@@ -652,8 +659,10 @@ def cross_validate(cfg: TrainConfig, folds: int = 5, log: Log = print,
             log(f"== fold {k + 1}/{folds}: {n_train} train, {n_held} held out")
             run = _train_fold_in_child(fold_cfg, folds, k, log)
         val = ModelCard.load(run / "card.json").metrics["val"]
-        per_source = {name: m["auc"] for name, m in (val.get("sources") or {}).items()}
-        scores.append({"pooled": val["auc"], **per_source,
+        # family-weighted where the held-out fold has copies, as training selects
+        per_source = {name: m.get("auc_family", m["auc"])
+                      for name, m in (val.get("sources") or {}).items()}
+        scores.append({"pooled": val.get("auc_family", val["auc"]), **per_source,
                        "mean_of_sources": selection_auc(per_source) if per_source
                        else val["auc"]})
     result = {"folds": folds, "config": {k: v for k, v in asdict(cfg).items()
