@@ -13,6 +13,15 @@ can tell; one that straddles 0 is not.
 
 `--ensemble` adds one more row: the mean of the recipes' probabilities per image (e.g. two
 seeds of one recipe averaged), compared with the reference like the others.
+
+Where a source's manifest.csv (in the `--data` folders) has a `group` column, that source's
+AUC is family-weighted (each radiograph's rotated copies count once), as the trainer now
+selects. `--within region` adds, for sources whose manifest has that column, the AUC inside
+each of its values (at least 5 images of each class) and their mean: whether a recipe tells
+fractures apart within a body region, not only which regions are often fractured:
+
+    python benchmarks/compare_recipes.py runs/real/cv2/s256 runs/real/cv2/s256-region \
+        --within region
 """
 
 from __future__ import annotations
@@ -24,7 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_toolkit.metrics import roc_auc
+from edge_toolkit.metrics import family_auc, roc_auc
+
+DATA = ("../shared/data/fracture-xray", "../shared/data/fracatlas")
 
 
 def held_out_predictions(folder: Path, split: str) -> dict[str, tuple[str, int, float]]:
@@ -40,15 +51,80 @@ def held_out_predictions(folder: Path, split: str) -> dict[str, tuple[str, int, 
     return out
 
 
-def mean_of_sources(y: np.ndarray, p: np.ndarray, src: np.ndarray) -> float:
-    return float(np.mean([roc_auc(y[src == s], p[src == s]) for s in np.unique(src)]))
+def manifest_lookup(roots: list[str], column: str) -> dict[str, str]:
+    """resolved image path -> its value of `column` in its dataset's manifest.csv."""
+    out: dict[str, str] = {}
+    for root in map(Path, roots):
+        path = root / "manifest.csv"
+        if not path.is_file():
+            continue
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                if row.get(column):
+                    out[str((root / row["path"]).resolve())] = row[column]
+    return out
+
+
+def source_auc(y: np.ndarray, p: np.ndarray, fam: np.ndarray) -> float:
+    """Family-weighted where images have families ("" = its own family), else per image."""
+    if (fam == "").all():
+        return roc_auc(y, p)
+    own = np.array([f or f"img{i}" for i, f in enumerate(fam)])
+    return family_auc(y, p, own)
+
+
+def mean_of_sources(y: np.ndarray, p: np.ndarray, src: np.ndarray,
+                    fam: np.ndarray | None = None) -> float:
+    fam = fam if fam is not None else np.full(len(y), "")
+    return float(np.mean([source_auc(y[src == s], p[src == s], fam[src == s])
+                          for s in np.unique(src)]))
+
+
+def within_mean(y: np.ndarray, p: np.ndarray, stratum: np.ndarray,
+                values: list[str]) -> float:
+    """Mean AUC inside each of the strata `values` (fixed, so every resample averages the
+    same strata)."""
+    aucs = [roc_auc(y[stratum == v], p[stratum == v]) for v in values]
+    return float(np.nanmean(aucs)) if aucs else float("nan")
 
 
 ENSEMBLE = "ensemble (mean probability of the recipes)"
 
 
+def cluster_boots(paths: list[str], src: np.ndarray, y: np.ndarray, fam: np.ndarray,
+                  roots: list[str], n: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`n` paired resamples of whole clusters (a `group` of copies or a patient `block`,
+    else the image), within each source those with a fracture and those without apart;
+    each as (image indices, family keys), a family drawn twice keyed apart so it counts
+    twice."""
+    cluster_of = manifest_lookup(roots, "block") | manifest_lookup(roots, "group")
+    keys = np.array([f"{s}:{cluster_of.get(str(Path(k).resolve()), k)}"
+                     for k, s in zip(paths, src)])
+    uniq, inv = np.unique(keys, return_inverse=True)
+    members = [[] for _ in uniq]
+    for i, c in enumerate(inv.reshape(-1)):
+        members[c].append(i)
+    members_a = [np.array(m) for m in members]
+    has_pos = np.array([y[m].any() for m in members_a])
+    src_of = np.array([src[m[0]] for m in members_a])
+    strata = []
+    for s in np.unique(src):
+        pos, neg = np.flatnonzero((src_of == s) & has_pos), np.flatnonzero((src_of == s) & ~has_pos)
+        strata += [pos, neg] if len(neg) else [np.concatenate([pos, neg])]
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        draw = np.concatenate([st[rng.integers(0, len(st), len(st))] for st in strata if len(st)])
+        idx = np.concatenate([members_a[c] for c in draw])
+        copy = np.concatenate([np.full(len(members_a[c]), j) for j, c in enumerate(draw)])
+        fk = np.array([f"{f}#{j}" if f else "" for f, j in zip(fam[idx], copy)], dtype=object)
+        out.append((idx, fk))
+    return out
+
+
 def compare(folders: list[Path], split: str = "val", n: int = 1000, seed: int = 0,
-            ensemble: bool = False) -> dict:
+            ensemble: bool = False, data: list[str] | None = None,
+            within: str | None = None) -> dict:
     preds = [held_out_predictions(f, split) for f in folders]
     paths = sorted(set.intersection(*(set(p) for p in preds)))
     if not paths:
@@ -60,21 +136,34 @@ def compare(folders: list[Path], split: str = "val", n: int = 1000, seed: int = 
     if ensemble:
         ps.append(np.mean(ps, axis=0))
         names.append(ENSEMBLE)
-    strata = [np.flatnonzero((src == s) & (y == c)) for s in np.unique(src) for c in (0, 1)]
-    rng = np.random.default_rng(seed)
-    boots = [np.concatenate([rng.choice(ix, len(ix)) for ix in strata]) for _ in range(n)]
-    groups = {s: src == s for s in np.unique(src)} | {"mean_of_sources": None}
+    roots = list(data or DATA)
+    family_of = manifest_lookup(roots, "group")
+    fam = np.array([family_of.get(str(Path(k).resolve()), "") for k in paths], dtype=object)
+    boots = cluster_boots(paths, src, y, fam, roots, n, seed)
+    groups: dict = {s: src == s for s in np.unique(src)} | {"mean_of_sources": None}
+    if within:
+        value_of = manifest_lookup(roots, within)
+        stratum = np.array([value_of.get(str(Path(k).resolve()), "") for k in paths])
+        values = [v for v in np.unique(stratum).tolist() if v and min(
+            int((y[stratum == v] == c).sum()) for c in (0, 1)) >= 5]
+        for v in values:
+            groups[f"{within} {v}"] = stratum == v
+        groups[f"within-{within} mean"] = ("within", stratum, values)
     result: dict = {"images": len(paths), "split": split, "recipes": {}}
     for folder, p in zip(names, ps):
         rows = {}
         for name, mask in groups.items():
-            def score(idx: np.ndarray, q: np.ndarray, mask=mask) -> float:
+            def score(draw: tuple[np.ndarray, np.ndarray], q: np.ndarray,
+                      mask=mask) -> float:
+                idx, fk = draw
                 if mask is None:
-                    return mean_of_sources(y[idx], q[idx], src[idx])
-                keep = idx[mask[idx]]
-                return roc_auc(y[keep], q[keep])
+                    return mean_of_sources(y[idx], q[idx], src[idx], fk)
+                if isinstance(mask, tuple):
+                    return within_mean(y[idx], q[idx], mask[1][idx], mask[2])
+                keep = mask[idx]
+                return source_auc(y[idx][keep], q[idx][keep], fk[keep])
 
-            everything = np.arange(len(y))
+            everything = (np.arange(len(y)), fam)
             auc, ref = score(everything, p), score(everything, ps[0])
             deltas = np.array([score(b, p) - score(b, ps[0]) for b in boots])
             lo, hi = np.quantile(deltas, [0.025, 0.975])
@@ -91,8 +180,12 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="Also write the comparison here.")
     ap.add_argument("--ensemble", action="store_true",
                     help="Add the mean of the recipes' probabilities as one more row.")
+    ap.add_argument("--data", action="append",
+                    help=f"dataset folders whose manifests name families (default {DATA})")
+    ap.add_argument("--within", help="a manifest column: also score inside each value")
     args = ap.parse_args()
-    res = compare(args.folders, args.split, args.bootstrap, ensemble=args.ensemble)
+    res = compare(args.folders, args.split, args.bootstrap, ensemble=args.ensemble,
+                  data=args.data, within=args.within)
     names = list(next(iter(res["recipes"].values())))
     print(f"{res['images']} images ({res['split']}), reference: {args.folders[0]}\n")
     print("| recipe | " + " | ".join(names) + " |")

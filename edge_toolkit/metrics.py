@@ -124,12 +124,16 @@ def family_bootstrap_ci(y: np.ndarray, p: np.ndarray, families: Sequence[str],
     y = np.asarray(y).astype(bool)
     p = np.asarray(p, np.float64)
     base = family_weights(families)
-    keys = np.asarray(list(clusters if clusters is not None else families))
-    if len(keys) != len(y) or len(base) != len(y):
+    fams = list(families)
+    keys = list(clusters) if clusters is not None else fams
+    if len(keys) != len(y) or len(fams) != len(y):
         raise ValueError("one family and one cluster per image are needed")
-    if n <= 0 or y.all() or not y.any():
+    first = {}  # a family split between clusters is drawn whole, with its first cluster
+    for f, k in zip(fams, keys):
+        first.setdefault(f, k)
+    uniq, cluster_of = np.unique(np.asarray([first[f] for f in fams]), return_inverse=True)
+    if n <= 0 or y.all() or not y.any() or len(uniq) < 2:
         return float("nan"), float("nan")
-    uniq, cluster_of = np.unique(keys, return_inverse=True)
     cluster_of = cluster_of.reshape(-1)
     with_pos = np.bincount(cluster_of, weights=y.astype(float), minlength=len(uniq)) > 0
     strata = [np.flatnonzero(with_pos), np.flatnonzero(~with_pos)]

@@ -139,24 +139,59 @@ def groups_of(ds: Dataset, paths: Sequence[Path], clusters: bool = False) -> lis
     return [by_path.get(p, f"?:{group_key(p)}") for p in paths]
 
 
-def source_balanced_weights(y: np.ndarray, sources: Sequence[str],
-                            balance: float = 1.0) -> np.ndarray:
+def manifest_column(ds: Dataset, paths: Sequence[Path], column: str) -> list[str]:
+    """Each of `paths`' value in its source's manifest.csv `column` (e.g. FracAtlas's
+    `region`), "" where the source has no such column or row."""
+    tables = {name: _manifest_groups(root, (column,)) for name, root in ds.sources.items()}
+    source_of = {s.path: s.source for s in ds.samples}
+    return [tables.get(source_of.get(p, ""), {}).get(p.resolve(), "") for p in paths]
+
+
+def source_balanced_weights(y: np.ndarray, sources: Sequence[str], balance: float = 1.0,
+                            strata: Sequence[str] | None = None) -> np.ndarray:
     """Per-image training weights, mean 1: classes balanced within each source, and each
     source's total weight moved from its size (balance 0) to an equal share (balance 1), so
-    a small site is not drowned by a large one."""
+    a small site is not drowned by a large one. With `strata` (e.g. each image's body
+    region) classes are balanced within each stratum of a source instead (small strata
+    keep the source's weights, `_balanced_strata`), each keeping its share of the weight: a
+    region's share of fractures (FracAtlas: hands far more often than legs) then says
+    nothing about the label, and the model must look at the bone, not guess the region."""
     y = np.asarray(y).astype(int)
     src = np.asarray(sources)
+    cell = np.asarray(list(strata), dtype=object) if strata is not None else None
     w = np.zeros(len(y), np.float64)
     names = sorted(set(src.tolist()))
     for name in names:
         m = src == name
         n_s = int(m.sum())
         share = (len(y) / (len(names) * n_s)) ** balance
-        for c in (0, 1):
-            mc = m & (y == c)
-            if mc.any():
-                w[mc] = share * n_s / (2 * int(mc.sum()))
+        # the source first, then each balanced stratum over its images: each class gets
+        # half of the weight share x size (a class a source lacks leaves its half unused)
+        for ms in [m, *_balanced_strata(y, m, cell)]:
+            for c in (0, 1):
+                mc = ms & (y == c)
+                if mc.any():
+                    w[mc] = share * int(ms.sum()) / (2 * int(mc.sum()))
     return (w / w.mean()).astype(np.float32) if len(w) else w.astype(np.float32)
+
+
+MIN_STRATUM_CLASS = 5  # fewer fractured or normal images: the stratum is not balanced
+
+
+def _balanced_strata(y: np.ndarray, in_source: np.ndarray, cell: np.ndarray | None
+                     ) -> list[np.ndarray]:
+    """The source's strata that get their own class balance. One with fewer than
+    MIN_STRATUM_CLASS images of either class (FracAtlas train: hips with 1 fracture in 49,
+    shoulders with none) keeps the source's weights instead: balancing it would give one
+    image dozens of times the weight of the others."""
+    if cell is None:
+        return []
+    out = []
+    for value in sorted(set(cell[in_source].tolist()), key=str):
+        ms = in_source & (cell == value)
+        if min(int((ms & (y == c)).sum()) for c in (0, 1)) >= MIN_STRATUM_CLASS:
+            out.append(ms)
+    return out
 
 
 def by_source(sources: Sequence[str]) -> dict[str, np.ndarray]:

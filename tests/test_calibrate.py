@@ -184,3 +184,15 @@ def test_the_new_file_keeps_the_card_archives_other_members(models, tmp_path):
     assert res.exit_code == 0, res.output
     out = (tmp_path / "out.tflite").read_bytes()
     assert read_member(out, "edge_toolkit_gate.npz") == b"arrays"
+
+
+@pytest.mark.parametrize("floor", [1.5, "half"])
+def test_a_cards_unusable_rule_is_one_error_not_a_traceback(models, tmp_path, floor):
+    from edge_toolkit.runtime.recalibrate import CalibrationError, read_labelled, recalibrate
+
+    data = write_clinic(tmp_path / "clinic", 30, 30)
+    clf = Classifier.load(models["float"])
+    clf.card.min_specificity = floor
+    with pytest.raises(CalibrationError, match="specificity|not a number"):
+        recalibrate(clf, read_labelled(data))
+    assert recalibrate(clf, read_labelled(data), min_specificity=0.5).min_specificity == 0.5

@@ -182,3 +182,35 @@ def test_benchmark_csv_has_the_whole_splits_family_auc(tmp_path):
         out = next(csv.DictReader(f))
     assert float(out["test_auc_family"]) == pytest.approx(acc["auc_family"])
     assert float(out["test_auc_family_lo"]) <= float(out["test_auc_family"])
+
+
+def test_blocks_are_clusters_not_families(tmp_path):
+    """A manifest with a patient `block` column: families come from file names (no copies
+    here), clusters from the blocks; a `group` column would be both."""
+    a = write_tiny_dataset(tmp_path / "site-a", per_class=3)
+    files = sorted(a.rglob("*.png"))
+    with open(a / "manifest.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["path", "block"])
+        w.writeheader()
+        w.writerows({"path": str(q.relative_to(a)), "block": f"b{i // 3}"}
+                    for i, q in enumerate(files))
+    ds = discover_sources([a])
+    paths = [s.path for s in ds.samples]
+    families, clusters = groups_of(ds, paths), groups_of(ds, paths, clusters=True)
+    assert len(set(families)) == len(paths)  # each radiograph its own family
+    assert len(set(clusters)) == (len(files) + 2) // 3  # blocks of three
+    y = np.array([s.label for s in ds.samples])
+    p = np.linspace(0, 1, len(y))
+    m = summarize(y, p, {}, bootstrap=20, groups=families, clusters=clusters)
+    assert m["auc_family"] == pytest.approx(roc_auc(y, p)) and "clusters" in m
+
+
+def test_a_family_split_between_clusters_is_drawn_whole_and_one_cluster_gives_no_interval():
+    y = np.array([1, 0, 1, 0, 1, 0, 0, 1])
+    p = np.array([0.9, 0.1, 0.6, 0.4, 0.7, 0.3, 0.5, 0.8])
+    families = ["f0", "f1", "f2", "f3", "f4", "f5", "f6", "f0"]  # f0 in two clusters
+    clusters = ["c0", "c0", "c1", "c1", "c2", "c2", "c3", "c3"]
+    moved = ["c0", "c0", "c1", "c1", "c2", "c2", "c3", "c0"]  # f0 kept with its first
+    got = family_bootstrap_ci(y, p, families, clusters, n=100, seed=1)
+    assert np.allclose(got, reference_interval(y, p, families, moved, 100, 1))
+    assert np.isnan(family_bootstrap_ci(y, p, families, ["one"] * 8, n=50)[0])

@@ -25,6 +25,7 @@ from edge_toolkit.multisource import (
     dataset_for_card,
     discover_scoring,
     discover_sources,
+    manifest_column,
     sample_groups,
     source_balanced_weights,
     source_names,
@@ -106,6 +107,38 @@ def test_source_balanced_weights():
     assert w[big & (y == 1)].sum() == pytest.approx(w[big & (y == 0)].sum())  # and classes
     w0 = source_balanced_weights(y, src, 0.0)
     assert w0[big].sum() == pytest.approx(10 * w0[small].sum())  # by size
+
+
+def test_balancing_within_a_column_makes_it_say_nothing_about_the_label(tmp_path):
+    """FracAtlas-like: hands often fractured, legs rarely. Balanced within region, each
+    region's fractured and normal images weigh the same, and each region keeps its share."""
+    y = np.array([1] * 40 + [0] * 60 + [1] * 10 + [0] * 90 + [0] * 5 + [1] + [0] * 20)
+    region = ["hand"] * 100 + ["leg"] * 100 + ["shoulder"] * 5 + ["hip"] * 21
+    src = ["fa"] * 226
+    w = source_balanced_weights(y, src, 1.0, region)
+    r = np.array(region)
+    for name in ("hand", "leg"):
+        m = r == name
+        assert w[m & (y == 1)].sum() == pytest.approx(w[m & (y == 0)].sum())
+    assert w[r == "hand"].sum() == pytest.approx(w[r == "leg"].sum())  # equal sizes
+    plain = source_balanced_weights(y, src, 1.0)
+    small = (r == "shoulder") | (r == "hip")  # too few of a class: the source's weights
+    assert np.allclose(w[small] / plain[small], w[small][0] / plain[small][0])
+    assert w[(r == "hip") & (y == 1)][0] < 5 * w[(r == "hand") & (y == 1)][0]  # no outlier
+    assert np.allclose(source_balanced_weights(y, src, 1.0, [""] * 226), plain)
+    assert np.allclose(source_balanced_weights(y, src, 1.0, None), plain)
+    a = write_tiny_dataset(tmp_path / "site-a", per_class=2)
+    files = sorted(a.rglob("*.png"))
+    with open(a / "manifest.csv", "w", newline="") as f:
+        wr = csv.DictWriter(f, fieldnames=["path", "region"])
+        wr.writeheader()
+        wr.writerows({"path": str(q.relative_to(a)), "region": f"r{i % 2}"}
+                     for i, q in enumerate(files))
+    ds = discover_sources([a])
+    paths = [s.path for s in ds.samples]
+    want = {q.resolve(): f"r{i % 2}" for i, q in enumerate(files)}
+    assert manifest_column(ds, paths, "region") == [want[p.resolve()] for p in paths]
+    assert set(manifest_column(ds, paths, "no_such_column")) == {""}
 
 
 def test_folds_keep_groups_together_and_balance_strata():

@@ -140,6 +140,34 @@ def test_resume_refuses_a_run_trained_by_another_operating_rule(pipeline_run, tm
     assert (copy / "scratch_cnn" / "model.keras").stat().st_mtime_ns == before
 
 
+@pytest.mark.parametrize("edit, differs", [
+    ({"balance_within": "region"}, "balance_within"),  # trained with strata, asked without
+    ({"selection": None}, "selection"),  # a card from before family-weighted selection
+    ({"min_specificity": None}, "min_specificity"),  # a card from before the floor existed
+])
+def test_resume_reads_settings_a_card_lacks_as_their_old_defaults(pipeline_run, tmp_path,
+                                                                   edit, differs):
+    import shutil
+
+    folder, _, _ = pipeline_run
+    copy = tmp_path / "out"
+    shutil.copytree(folder / "scratch_cnn", copy / "scratch_cnn")
+    card_path = copy / "scratch_cnn" / "card.json"
+    card = json.loads(card_path.read_text())
+    for key, value in edit.items():
+        if value is None:
+            card["export"]["training"].pop(key)
+        else:
+            card["export"]["training"][key] = value
+    card_path.write_text(json.dumps(card))
+    _, ok = run_pipeline(folder.parent / "data", copy, ["scratch_cnn"], "float32", None, [1],
+                         epochs=1, fine_tune_epochs=0, size=16, min_auc=None,
+                         log=lambda m: None, resume=True, target_sensitivity=0.8,
+                         min_specificity=0.3)
+    stage = json.loads((copy / "pipeline.json").read_text())["stages"][0]
+    assert not ok and f"other settings ({differs})" in stage["reason"]
+
+
 def test_loose_files_keep_their_validation_status(pipeline_run, tmp_path):
     from edge_toolkit.benchmark import row_from_file
     from edge_toolkit.card import embed_card, read_card

@@ -357,3 +357,29 @@ def test_the_selection_criterion_counts_each_family_once():
     line = score_details({"val_auc": 0.8, "val_auc_a": 0.8, "per_image_val_auc": 0.9})
     assert line == " (a 0.8000; per image 0.9000)"  # not read as a source named per_image
     assert score_details({"val_auc": 0.8, "per_image_val_auc": 0.9}) == " (per image 0.9000)"
+
+
+def test_balance_within_a_column_no_manifest_has_is_refused(sites):
+    root, a, b = sites
+    cfg = replace(cfg_for(root, [str(a), str(b)], "no-column"), balance_within="regoin")
+    with pytest.raises(ValueError, match="no source's manifest.csv has a 'regoin' column"):
+        train(cfg, log=lambda m: None)
+
+
+def test_balance_within_reaches_the_weights_and_the_card(tmp_path):
+    """A site whose manifest has a region column: training logs the strata it balanced
+    and the card records the setting (a --resume compares it)."""
+    a = write_synthetic(tmp_path / "site-r", {"train": 12, "val": 6, "test": 4}, size=24,
+                        seed=3)
+    files = sorted(p for p in a.rglob("*.png"))
+    with open(a / "manifest.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["path", "region"])
+        w.writeheader()
+        w.writerows({"path": str(q.relative_to(a)), "region": "hand" if i % 2 else "leg"}
+                    for i, q in enumerate(files))
+    logs: list[str] = []
+    cfg = replace(cfg_for(tmp_path, str(a), "regions"), balance_within="region")
+    run = train(cfg, log=logs.append)
+    assert any("classes balanced within each region: hand, leg" in m for m in logs)
+    card = ModelCard.load(run / "card.json")
+    assert card.export["training"]["balance_within"] == "region"

@@ -21,13 +21,16 @@ from edge_toolkit.train.tfsetup import determinism, keras, set_seed
 
 
 def training_weights(ctx: Any) -> np.ndarray:
-    """Per-image weights as in training: classes balanced within each source, sources
-    balanced as the run's card says."""
-    from edge_toolkit.multisource import source_balanced_weights
+    """Per-image weights as in training: classes balanced within each source (and within
+    each value of `balance_within`, if the run used it), sources balanced as the run's card
+    says."""
+    from edge_toolkit.multisource import manifest_column, source_balanced_weights
 
     train = ctx.train
+    within = (ctx.card.export.get("training") or {}).get("balance_within")
+    strata = manifest_column(ctx.dataset, train.paths, within) if within else None
     return source_balanced_weights(train.y, train.sources,
-                                   float(ctx.card.dataset.get("source_balance", 1.0)))
+                                   float(ctx.card.dataset.get("source_balance", 1.0)), strata)
 
 
 class BestByValAUC(keras.callbacks.Callback):

@@ -159,11 +159,15 @@ def operating_rule(card: Any, target_sensitivity: float | None,
     rule its threshold was chosen by), else 0.95 sensitivity and no specificity floor. A
     floor of 0 switches the card's floor off. Why: a clinic recalibrating the bundled model
     expects its operating rule kept, not silently replaced by another default."""
-    target = (target_sensitivity if target_sensitivity is not None
-              else float(getattr(card, "target_sensitivity", None) or DEFAULT_TARGET))
-    floor = min_specificity if min_specificity is not None else getattr(
-        card, "min_specificity", None)
-    return target, (float(floor) if floor else None)
+    try:
+        target = (target_sensitivity if target_sensitivity is not None
+                  else float(getattr(card, "target_sensitivity", None) or DEFAULT_TARGET))
+        floor = min_specificity if min_specificity is not None else getattr(
+            card, "min_specificity", None)
+        return target, (float(floor) if floor else None)
+    except (TypeError, ValueError):
+        raise CalibrationError("the model card's operating rule is not a number; give "
+                               "--target-sensitivity and --min-specificity") from None
 
 
 def recalibrate(clf: Any, samples: list[Sample], target_sensitivity: float | None = None,

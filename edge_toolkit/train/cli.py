@@ -51,6 +51,11 @@ def parse_augment(base: Any, items: tuple[str, ...]) -> Any:
 @click.option("--source-balance", type=click.FloatRange(0, 1), default=1.0, show_default=True,
               help="With several sources: 1 = each source weighs the same in training, "
                    "0 = each weighs by its size (classes are balanced within each source).")
+@click.option("--balance-within", metavar="COLUMN",
+              help="Also balance the classes within each value of this manifest.csv column "
+                   "(e.g. region: FracAtlas's hands are fractured far more often than its "
+                   "legs), so the column's value alone does not predict the label; values "
+                   "with fewer than 5 images of a class keep the source's weights.")
 @click.option("--model", "family", type=click.Choice(list_families()), default="mobilenetv2",
               show_default=True, help="Model family from the registry.")
 @click.option("--size", type=int, help="Input size in pixels (default: the family's).")
@@ -110,7 +115,8 @@ def parse_augment(base: Any, items: tuple[str, ...]) -> Any:
 @click.option("--resume", is_flag=True,
               help="With --folds: reuse the folds an interrupted cross-validation of the same "
                    "settings (same --out and --name) finished; train the rest.")
-def train(data: tuple[Path, ...], source_balance: float, family: str, size: int | None,
+def train(data: tuple[Path, ...], source_balance: float, balance_within: str | None,
+          family: str, size: int | None,
           alpha: float | None,
           weights: Path | None, channels: int | None, fit: str | None, epochs: int | None,
           fine_tune_epochs: int | None, batch_size: int, learning_rate: float | None,
@@ -157,7 +163,7 @@ def train(data: tuple[Path, ...], source_balance: float, family: str, size: int 
                       probe_mix=mix, keep=keep,
                       target_sensitivity=target_sensitivity,
                       min_specificity=min_specificity, seed=seed,
-                      source_balance=source_balance,
+                      source_balance=source_balance, balance_within=balance_within,
                       mixed_precision=mixed_precision)
     if resume and not folds:
         raise click.UsageError("--resume goes with --folds")

@@ -12,7 +12,7 @@ import csv
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from edge_toolkit.multisource import (
     describe_sources,
     discover_sources,
     groups_of,
+    manifest_column,
     source_balanced_weights,
 )
 from edge_toolkit.preprocess import PreprocessConfig
@@ -84,6 +85,8 @@ class TrainConfig:
     # 0: each source weighs by its size; 1: every source weighs the same (classes are
     # balanced within each source either way)
     source_balance: float = 1.0
+    # a manifest column (e.g. "region"): classes are also balanced within each of its values
+    balance_within: str | None = None
     val_fraction: float = 0.15
     seed: int = 0
     mixed_precision: bool | None = None
@@ -360,7 +363,15 @@ def train(cfg: TrainConfig, log: Log = print, dataset: Dataset | None = None) ->
     log(f"devices: {strategy.num_replicas_in_sync} replica(s), mixed precision {mixed}")
     batch = cfg.batch_size * strategy.num_replicas_in_sync
     augmenter = build_augmenter(cfg.augment, pre.value_range, cfg.seed)
-    weights = source_balanced_weights(train_s.y, train_s.sources, cfg.source_balance)
+    strata = (manifest_column(ds, train_s.paths, cfg.balance_within)
+              if cfg.balance_within else None)
+    if strata is not None and not any(strata):
+        raise ValueError(f"--balance-within {cfg.balance_within}: no source's manifest.csv "
+                         f"has a {cfg.balance_within!r} column with values for its images")
+    if strata is not None:
+        log(f"classes balanced within each {cfg.balance_within}: "
+            f"{', '.join(sorted({v or '(none)' for v in strata}))}")
+    weights = source_balanced_weights(train_s.y, train_s.sources, cfg.source_balance, strata)
     train_ds = make_dataset(train_s.x, train_s.y, batch, augmenter, shuffle=True,
                             seed=cfg.seed, weights=weights)
     with strategy.scope():
@@ -453,7 +464,8 @@ def train(cfg: TrainConfig, log: Log = print, dataset: Dataset | None = None) ->
                  "skipped": {s: len(v.skipped) for s, v in splits.items()}},
         metrics=metrics,
         export={"training": {k: v for k, v in asdict(cfg).items() if k not in ("data", "out")}
-                | {"mixed_precision": mixed, "params": int(model.count_params()),
+                | {"mixed_precision": mixed, "selection": SELECTION,
+                   "params": int(model.count_params()),
                    "probe": probe_record, "determinism": repro, "kept": kept,
                    "epochs_run": len(history),
                    "wall_seconds": round(time.perf_counter() - t0, 1)}},
@@ -594,14 +606,29 @@ def _train_fold_in_child(cfg: TrainConfig, folds: int, k: int, log: Log) -> Path
             child.join(timeout=10)
 
 
+# How a run chooses what it keeps; recorded in each card, so a resumed command never reuses
+# a run chosen by another rule. 2: the mean of the sources' family-weighted val AUCs.
+SELECTION = "family-weighted-2"
+
+
 def _comparable(cfg: TrainConfig) -> dict[str, Any]:
     """The settings that decide a run's model and operating point, as its card records them
-    (those left to the device, None here, such as mixed precision, are not compared; no
-    specificity floor is a rule of its own and is)."""
+    (mixed precision left to the device, None, is not compared; every other None is a
+    setting of its own, e.g. no specificity floor)."""
     d = json.loads(json.dumps(asdict(effective_config(cfg)), default=str))
-    return {k: v for k, v in d.items()
-            if k not in ("name", "out", "data", "bootstrap", "workers")
-            and (v is not None or k == "min_specificity")}
+    out = {k: v for k, v in d.items()
+           if k not in ("name", "out", "data", "bootstrap", "workers")
+           and not (k == "mixed_precision" and v is None)}
+    return out | {"selection": SELECTION}
+
+
+def _recorded(training: dict[str, Any], key: str) -> Any:
+    """A setting as a card's training record has it; one the card predates is read as the
+    default of its time (no floor, no strata, per-image selection)."""
+    if key in training:
+        return json.loads(json.dumps(training[key], default=str))
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    return {"selection": "per-image-1"}.get(key, defaults.get(key))
 
 
 def reusable_run(run: Path, cfg: TrainConfig, ds: Dataset) -> bool:
@@ -615,8 +642,7 @@ def reusable_run(run: Path, cfg: TrainConfig, ds: Dataset) -> bool:
     card = ModelCard.load(card_path)
     training = card.export.get("training", {})
     want = _comparable(cfg)
-    differ = sorted(k for k, v in want.items() if k in training
-                    and json.loads(json.dumps(training[k], default=str)) != v)
+    differ = sorted(k for k, v in want.items() if _recorded(training, k) != v)
     if card.data_fingerprint != ds.fingerprint():
         differ.append("the images (other data, or another fold or number of folds)")
     if differ:
@@ -664,7 +690,7 @@ def cross_validate(cfg: TrainConfig, folds: int = 5, log: Log = print,
                       for name, m in (val.get("sources") or {}).items()}
         scores.append({"pooled": val.get("auc_family", val["auc"]), **per_source,
                        "mean_of_sources": selection_auc(per_source) if per_source
-                       else val["auc"]})
+                       else val.get("auc_family", val["auc"])})
     result = {"folds": folds, "config": {k: v for k, v in asdict(cfg).items()
                                          if k not in ("data", "out")},
               "sources": ds.source_names, "per_fold": scores,
