@@ -15,6 +15,7 @@ from edge_toolkit.benchmark import pareto_front
 from edge_toolkit.crossval import assign_folds, make_folds, summarize_folds
 from edge_toolkit.data import DatasetError
 from edge_toolkit.metrics import (
+    family_auc,
     paired_auc_delta,
     proportion_ci,
     roc_auc,
@@ -239,3 +240,10 @@ def test_linear_probe_solves_the_regularised_problem():
     best, scores = choose_l2(x[:300], y[:300], w[:300], x[300:], y[300:], ["s"] * 100,
                              grid=(1.0, 1e6))
     assert best == 1.0 and scores[1.0] > 0.85
+    # with families of copies in val the penalty is judged as training judges: per family
+    fam = ["copies"] * 50 + [f"f{i}" for i in range(50)]  # one family holds half of val
+    _, fam_scores = choose_l2(x[:300], y[:300], w[:300], x[300:], y[300:], ["s"] * 100,
+                              grid=(1.0,), val_groups=fam)
+    head1 = fit_logistic(x[:300], y[:300], w[:300], 1.0)
+    assert fam_scores[1.0] == pytest.approx(family_auc(y[300:], head1.logits(x[300:]), fam))
+    assert fam_scores[1.0] != pytest.approx(scores[1.0])

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_toolkit.metrics import roc_auc
+from edge_toolkit.metrics import family_auc, has_repeats, roc_auc
 
 POOL_LAYER = "head_pool"
 HEAD_LAYER = "head_logistic"
@@ -60,21 +60,27 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None
     return LinearHead(coef=coef, intercept=float(beta[-1] - coef @ mu))
 
 
-def _mean_source_auc(y: np.ndarray, s: np.ndarray, sources: Sequence[str]) -> float:
+def _mean_source_auc(y: np.ndarray, s: np.ndarray, sources: Sequence[str],
+                     groups: Sequence[str] | None = None) -> float:
+    """The trainer's criterion: the mean of the sources' AUCs, family-weighted where
+    `groups` (each image's family of copies) repeat."""
     src = np.asarray(sources)
-    aucs = [roc_auc(y[src == n], s[src == n]) for n in sorted(set(src.tolist()))]
+    fam = np.asarray(list(groups)) if has_repeats(groups) else None
+    aucs = [roc_auc(y[m], s[m]) if fam is None else family_auc(y[m], s[m], fam[m])
+            for m in (src == n for n in sorted(set(src.tolist())))]
     aucs = [a for a in aucs if not np.isnan(a)]
     return float(np.mean(aucs)) if aucs else float("nan")
 
 
 def choose_l2(f_train: np.ndarray, y_train: np.ndarray, w_train: np.ndarray,
               f_val: np.ndarray, y_val: np.ndarray, val_sources: Sequence[str],
-              grid: Sequence[float] = L2_GRID) -> tuple[float, dict[float, float]]:
-    """The penalty whose head scores best on val (mean of per-source AUCs)."""
+              grid: Sequence[float] = L2_GRID, val_groups: Sequence[str] | None = None
+              ) -> tuple[float, dict[float, float]]:
+    """The penalty whose head scores best on val (the trainer's criterion)."""
     scores = {}
     for l2 in grid:
         head = fit_logistic(f_train, y_train, w_train, l2)
-        scores[l2] = _mean_source_auc(y_val, head.logits(f_val), val_sources)
+        scores[l2] = _mean_source_auc(y_val, head.logits(f_val), val_sources, val_groups)
     best = max(scores, key=lambda k: (scores[k], k))  # ties: the stronger penalty
     return best, scores
 
@@ -97,14 +103,16 @@ def set_head(model: Any, head: LinearHead) -> None:
 
 def probe(model: Any, x_train: np.ndarray, y_train: np.ndarray, w_train: np.ndarray,
           x_val: np.ndarray, y_val: np.ndarray, val_sources: Sequence[str], l2: float = 0.0,
-          log: Callable[[str], None] = print) -> dict[str, Any]:
+          log: Callable[[str], None] = print,
+          val_groups: Sequence[str] | None = None) -> dict[str, Any]:
     """Fit the head of `model` as a linear probe with penalty `l2` (0: the best of L2_GRID on
     val); returns a record for the card."""
     f_train = pooled_features(model, x_train)
     record: dict[str, Any] = {"features": int(f_train.shape[1])}
     if not l2:
         f_val = pooled_features(model, x_val)
-        l2, scores = choose_l2(f_train, y_train, w_train, f_val, y_val, val_sources)
+        l2, scores = choose_l2(f_train, y_train, w_train, f_val, y_val, val_sources,
+                               val_groups=val_groups)
         record["val_auc_by_l2"] = {str(k): v for k, v in scores.items()}
         log("linear probe: val AUC by L2 penalty " + ", ".join(
             f"{k:g}: {v:.4f}" for k, v in scores.items()) + f" -> {l2:g}")

@@ -217,7 +217,7 @@ def _probe_phase(model: Any, train_s: LoadedSplit, weights: np.ndarray, val_s: L
 
     t = time.perf_counter()
     record = probe(model, train_s.x, train_s.y, weights, val_s.x, val_s.y, val_s.sources,
-                   float(cfg.probe_l2 or 0.0), log)
+                   float(cfg.probe_l2 or 0.0), log, val_groups=val_s.groups or None)
     row = {"phase": 1, "phase_start": 1, "candidate": "probe"} | val_scores(model, val_s)
     log(f"phase 1 linear probe (L2 {record['l2']:g}): val_loss {row['val_loss']:.4f} "
         f"val_auc {row['val_auc']:.4f}{score_details(row)}, {time.perf_counter() - t:.0f}s")
