@@ -139,6 +139,9 @@ def compare(folders: list[Path], split: str = "val", n: int = 1000, seed: int = 
     roots = list(data or DATA)
     family_of = manifest_lookup(roots, "group")
     fam = np.array([family_of.get(str(Path(k).resolve()), "") for k in paths], dtype=object)
+    if not any(str(Path(k).resolve()) in family_of for k in paths) and family_of:
+        print("WARNING: no image matched the manifests' paths (run from the folder the "
+              "predictions were made in): every image is its own family")
     boots = cluster_boots(paths, src, y, fam, roots, n, seed)
     groups: dict = {s: src == s for s in np.unique(src)} | {"mean_of_sources": None}
     if within:
@@ -166,7 +169,8 @@ def compare(folders: list[Path], split: str = "val", n: int = 1000, seed: int = 
             everything = (np.arange(len(y)), fam)
             auc, ref = score(everything, p), score(everything, ps[0])
             deltas = np.array([score(b, p) - score(b, ps[0]) for b in boots])
-            lo, hi = np.quantile(deltas, [0.025, 0.975])
+            lo, hi = (np.nanquantile(deltas, [0.025, 0.975]) if np.isfinite(deltas).any()
+                      else (float("nan"), float("nan")))  # draws without both classes: out
             rows[str(name)] = {"auc": auc, "delta": auc - ref, "ci95": [float(lo), float(hi)]}
         result["recipes"][str(folder)] = rows
     return result

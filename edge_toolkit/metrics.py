@@ -123,8 +123,8 @@ def family_bootstrap_ci(y: np.ndarray, p: np.ndarray, families: Sequence[str],
     than the data supports."""
     y = np.asarray(y).astype(bool)
     p = np.asarray(p, np.float64)
-    base = family_weights(families)
     fams = list(families)
+    base = family_weights(fams)
     keys = list(clusters) if clusters is not None else fams
     if len(keys) != len(y) or len(fams) != len(y):
         raise ValueError("one family and one cluster per image are needed")

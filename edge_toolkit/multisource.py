@@ -155,7 +155,8 @@ def source_balanced_weights(y: np.ndarray, sources: Sequence[str], balance: floa
     region) classes are balanced within each stratum of a source instead (small strata
     keep the source's weights, `_balanced_strata`), each keeping its share of the weight: a
     region's share of fractures (FracAtlas: hands far more often than legs) then says
-    nothing about the label, and the model must look at the bone, not guess the region."""
+    nothing about the label, and the model must look at the bone, not guess the region.
+    With strata the classes of a source are balanced only within its balanced strata."""
     y = np.asarray(y).astype(int)
     src = np.asarray(sources)
     cell = np.asarray(list(strata), dtype=object) if strata is not None else None
@@ -172,6 +173,8 @@ def source_balanced_weights(y: np.ndarray, sources: Sequence[str], balance: floa
                 mc = ms & (y == c)
                 if mc.any():
                     w[mc] = share * int(ms.sum()) / (2 * int(mc.sum()))
+        if cell is not None and w[m].sum() > 0:  # strata: the source keeps its exact share
+            w[m] *= share * n_s / w[m].sum()
     return (w / w.mean()).astype(np.float32) if len(w) else w.astype(np.float32)
 
 

@@ -127,6 +127,9 @@ def test_balancing_within_a_column_makes_it_say_nothing_about_the_label(tmp_path
     assert np.allclose(w[small] / plain[small], w[small][0] / plain[small][0])
     assert w[(r == "hip") & (y == 1)][0] < 5 * w[(r == "hand") & (y == 1)][0]  # no outlier
     assert np.allclose(source_balanced_weights(y, src, 1.0, [""] * 226), plain)
+    two = source_balanced_weights(np.concatenate([y, [1, 0] * 20]), src + ["b"] * 40, 1.0,
+                                  region + [""] * 40)
+    assert two[:226].sum() == pytest.approx(two[226:].sum())  # sources keep equal shares
     assert np.allclose(source_balanced_weights(y, src, 1.0, None), plain)
     a = write_tiny_dataset(tmp_path / "site-a", per_class=2)
     files = sorted(a.rglob("*.png"))

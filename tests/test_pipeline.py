@@ -142,7 +142,7 @@ def test_resume_refuses_a_run_trained_by_another_operating_rule(pipeline_run, tm
 
 @pytest.mark.parametrize("edit, differs", [
     ({"balance_within": "region"}, "balance_within"),  # trained with strata, asked without
-    ({"selection": None}, "selection"),  # a card from before family-weighted selection
+    ({"selection": None}, "selection"),  # a card that does not say how it selected
     ({"min_specificity": None}, "min_specificity"),  # a card from before the floor existed
 ])
 def test_resume_reads_settings_a_card_lacks_as_their_old_defaults(pipeline_run, tmp_path,
@@ -217,3 +217,23 @@ def test_the_demo_sample_gets_short_settings(tmp_path):
     assert is_demo_sample(REPO / "demo" / "fracatlas")
     assert is_demo_sample(DEMO_SAMPLE) and not is_demo_sample(tmp_path)
     assert not is_demo_sample(None)
+
+
+def test_resume_reuses_a_card_that_lacks_a_setting_asked_at_its_default(pipeline_run, tmp_path):
+    import shutil
+
+    folder, _, _ = pipeline_run
+    copy = tmp_path / "out"
+    shutil.copytree(folder / "scratch_cnn", copy / "scratch_cnn")
+    card_path = copy / "scratch_cnn" / "card.json"
+    card = json.loads(card_path.read_text())
+    card["export"]["training"].pop("balance_within")  # a card from before the option
+    if card["export"]["training"].get("preprocessing") == {}:
+        card["export"]["training"].pop("preprocessing")  # a default_factory field
+    card_path.write_text(json.dumps(card))
+    logs: list[str] = []
+    _, ok = run_pipeline(folder.parent / "data", copy, ["scratch_cnn"], "float32", None, [1],
+                         epochs=1, fine_tune_epochs=0, size=16, min_auc=None,
+                         log=logs.append, resume=True, target_sensitivity=0.8,
+                         min_specificity=0.3)
+    assert ok and any("reusing" in m for m in logs), "\n".join(logs[-5:])

@@ -29,6 +29,10 @@ def training_weights(ctx: Any) -> np.ndarray:
     train = ctx.train
     within = (ctx.card.export.get("training") or {}).get("balance_within")
     strata = manifest_column(ctx.dataset, train.paths, within) if within else None
+    if strata is not None and not any(strata):
+        ctx.log(f"WARNING: the run balanced classes within {within!r}, which no manifest.csv "
+                "of this data has: fine-tuning without it")
+        strata = None
     return source_balanced_weights(train.y, train.sources,
                                    float(ctx.card.dataset.get("source_balance", 1.0)), strata)
 

@@ -12,7 +12,7 @@ import csv
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -608,7 +608,8 @@ def _train_fold_in_child(cfg: TrainConfig, folds: int, k: int, log: Log) -> Path
 
 # How a run chooses what it keeps; recorded in each card, so a resumed command never reuses
 # a run chosen by another rule. 2: the mean of the sources' family-weighted val AUCs.
-SELECTION = "family-weighted-2"
+# 3: the probe's penalty search as well.
+SELECTION = "family-weighted-3"
 
 
 def _comparable(cfg: TrainConfig) -> dict[str, Any]:
@@ -627,8 +628,11 @@ def _recorded(training: dict[str, Any], key: str) -> Any:
     default of its time (no floor, no strata, per-image selection)."""
     if key in training:
         return json.loads(json.dumps(training[key], default=str))
-    defaults = {f.name: f.default for f in fields(TrainConfig)}
-    return {"selection": "per-image-1"}.get(key, defaults.get(key))
+    defaults = {f.name: f.default if f.default is not MISSING
+                else None if f.default_factory is MISSING
+                else f.default_factory() for f in fields(TrainConfig)}
+    value = {"selection": "per-image-1"}.get(key, defaults.get(key))
+    return json.loads(json.dumps(value, default=str))
 
 
 def reusable_run(run: Path, cfg: TrainConfig, ds: Dataset) -> bool:
