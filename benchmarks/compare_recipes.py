@@ -139,9 +139,9 @@ def compare(folders: list[Path], split: str = "val", n: int = 1000, seed: int = 
     roots = list(data or DATA)
     family_of = manifest_lookup(roots, "group")
     fam = np.array([family_of.get(str(Path(k).resolve()), "") for k in paths], dtype=object)
-    if not any(str(Path(k).resolve()) in family_of for k in paths) and family_of:
-        print("WARNING: no image matched the manifests' paths (run from the folder the "
-              "predictions were made in): every image is its own family")
+    if not any(str(Path(k).resolve()) in family_of for k in paths):
+        print("WARNING: no image matched a manifest's `group` rows (run from the folder the "
+              "predictions were made in, or give --data): every image is its own family")
     boots = cluster_boots(paths, src, y, fam, roots, n, seed)
     groups: dict = {s: src == s for s in np.unique(src)} | {"mean_of_sources": None}
     if within:

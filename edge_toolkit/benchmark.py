@@ -306,7 +306,8 @@ def _auc_cell(acc: dict[str, Any]) -> str:
     cell = f"{acc['auc']:.3f} [{lo:.2f}, {hi:.2f}]"
     if "auc_family" in acc:  # copies of one radiograph: the per-family number is the honest one
         flo, fhi = acc["auc_family_ci95"]
-        cell += f"; per family {acc['auc_family']:.3f} [{flo:.2f}, {fhi:.2f}]"
+        cell += (f"; per family {acc['auc_family']:.3f}" + (
+            " [too few groups]" if np.isnan(flo) else f" [{flo:.2f}, {fhi:.2f}]"))
     return cell
 
 

@@ -111,6 +111,9 @@ def family_auc(y: np.ndarray, p: np.ndarray, families: Sequence[str]) -> float:
     return weighted_auc(y, p, family_weights(families))
 
 
+MIN_CLUSTERS = 5  # fewer resampled groups give intervals that only look like intervals
+
+
 def family_bootstrap_ci(y: np.ndarray, p: np.ndarray, families: Sequence[str],
                         clusters: Sequence[str] | None = None, n: int = 1000, seed: int = 0,
                         level: float = 0.95) -> tuple[float, float]:
@@ -118,7 +121,8 @@ def family_bootstrap_ci(y: np.ndarray, p: np.ndarray, families: Sequence[str],
     the units that may share a patient (FracAtlas's blocks of consecutive ids; by default the
     families themselves), each family inside one cluster. Clusters with a fracture and those
     without are resampled separately (all together, one-class resamples dropped, where every
-    cluster holds a fracture); a cluster drawn twice counts twice. Why: resampling images
+    cluster holds a fracture); a cluster drawn twice counts twice; NaN with fewer than
+    MIN_CLUSTERS clusters or one alone in a stratum. Why: resampling images
     treats 67 rotations of one radiograph as 67 patients and gives intervals far narrower
     than the data supports."""
     y = np.asarray(y).astype(bool)
@@ -132,13 +136,15 @@ def family_bootstrap_ci(y: np.ndarray, p: np.ndarray, families: Sequence[str],
     for f, k in zip(fams, keys):
         first.setdefault(f, k)
     uniq, cluster_of = np.unique(np.asarray([first[f] for f in fams]), return_inverse=True)
-    if n <= 0 or y.all() or not y.any() or len(uniq) < 2:
+    if n <= 0 or y.all() or not y.any() or len(uniq) < MIN_CLUSTERS:
         return float("nan"), float("nan")
     cluster_of = cluster_of.reshape(-1)
     with_pos = np.bincount(cluster_of, weights=y.astype(float), minlength=len(uniq)) > 0
     strata = [np.flatnonzero(with_pos), np.flatnonzero(~with_pos)]
     if not len(strata[1]):
         strata = [np.arange(len(uniq))]
+    if min(len(s) for s in strata) < 2:  # a stratum of one is never resampled: no interval
+        return float("nan"), float("nan")
     score_values, score_bin = np.unique(p, return_inverse=True)
     score_bin = score_bin.reshape(-1)
     rng = np.random.default_rng(seed)

@@ -113,7 +113,9 @@ def _manifest_groups(root: Path, columns: Sequence[str] = GROUP_COLUMNS) -> dict
         column = next((c for c in columns if c in (reader.fieldnames or [])), None)
         if column is None or "path" not in (reader.fieldnames or []):
             return {}
-        return {(root / row["path"]).resolve(): row[column] for row in reader}
+        # a blank value is no group: that image falls back to its file-name family
+        return {(root / row["path"]).resolve(): row[column] for row in reader
+                if (row.get(column) or "").strip()}
 
 
 def sample_groups(ds: Dataset, columns: Sequence[str] = GROUP_COLUMNS) -> list[str]:

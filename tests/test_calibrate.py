@@ -105,6 +105,7 @@ def test_without_flags_the_cards_rule_is_kept_and_0_switches_the_floor_off(model
     res = run(ruled, data, "-o", again)
     assert res.exit_code == 0, res.output
     assert "target sensitivity 0.8 with specificity at least 0.5" in res.output
+    assert "(rule: the model card's)" in res.output
     card = read_card(again)
     assert card.target_sensitivity == 0.8 and card.min_specificity == 0.5
     assert card.threshold == pytest.approx(read_card(ruled).threshold)  # same rule, same data

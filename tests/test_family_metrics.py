@@ -165,7 +165,7 @@ def test_patient_blocks_are_resampled_but_do_not_reweight_images():
     assert m["clusters"] == 5 and m["families"] == 120
     lo, hi = m["auc_family_ci95"]
     assert lo < m["auc"] < hi  # every block mixes classes: all resampled together
-    assert "the interval resamples 5 patient groups" in format_metrics({"val": m | {"ece": 0.0,
+    assert "the interval resamples 5 groups" in format_metrics({"val": m | {"ece": 0.0,
                                                                        "auc_ci95": [0, 1]}})
 
 
@@ -206,11 +206,45 @@ def test_blocks_are_clusters_not_families(tmp_path):
 
 
 def test_a_family_split_between_clusters_is_drawn_whole_and_one_cluster_gives_no_interval():
-    y = np.array([1, 0, 1, 0, 1, 0, 0, 1])
-    p = np.array([0.9, 0.1, 0.6, 0.4, 0.7, 0.3, 0.5, 0.8])
-    families = ["f0", "f1", "f2", "f3", "f4", "f5", "f6", "f0"]  # f0 in two clusters
-    clusters = ["c0", "c0", "c1", "c1", "c2", "c2", "c3", "c3"]
-    moved = ["c0", "c0", "c1", "c1", "c2", "c2", "c3", "c0"]  # f0 kept with its first
+    y = np.array([1, 0, 1, 0, 1, 0, 0, 1, 0, 0, 1, 0, 0, 0])
+    p = np.array([0.9, 0.1, 0.6, 0.4, 0.7, 0.3, 0.5, 0.8, 0.2, 0.35, 0.65, 0.15, 0.3, 0.1])
+    families = ["f0", "f1", "f2", "f3", "f4", "f5", "f6", "f0", "f8", "f9", "f10", "f11",
+                "f12", "f13"]  # f0 in two clusters
+    clusters = ["c0", "c0", "c1", "c1", "c2", "c2", "c3", "c3", "c4", "c4", "c5", "c5",
+                "c6", "c7"]
+    moved = list(clusters)
+    moved[7] = "c0"  # f0 kept with its first cluster
     got = family_bootstrap_ci(y, p, families, clusters, n=100, seed=1)
+    assert np.isfinite(got).all()
     assert np.allclose(got, reference_interval(y, p, families, moved, 100, 1))
-    assert np.isnan(family_bootstrap_ci(y, p, families, ["one"] * 8, n=50)[0])
+    assert np.isnan(family_bootstrap_ci(y, p, families, ["one"] * 14, n=50)[0])
+
+
+def test_too_few_groups_give_no_interval_rather_than_a_false_one():
+    y = np.array([1, 0] * 20)
+    p = np.linspace(0, 1, 40)
+    families = [f"img{i}" for i in range(40)]
+    blocks = [f"b{i // 10}" for i in range(40)]  # 4 patient blocks
+    assert np.isnan(family_bootstrap_ci(y, p, families, blocks, n=50)[0])
+    m = summarize(y, p, {}, bootstrap=50, groups=families, clusters=blocks)
+    text = format_metrics({"test": m | {"ece": 0.0}})
+    assert "[too few groups for an interval]" in text and "nan" not in text
+    y2 = np.array([1] + [0] * 39)  # one fractured family alone in its stratum
+    fam2 = [f"f{i // 4}" for i in range(40)]
+    assert np.isnan(family_bootstrap_ci(y2, p, fam2, n=50)[0])
+    assert "too few groups" in _auc_cell(_accuracy(y, p, 0.5, 30, families, blocks))
+
+
+def test_a_blank_group_is_no_group(tmp_path):
+    """A manifest whose `group` is blank for most rows must not join those images into one
+    family: they fall back to their file-name families."""
+    a = write_tiny_dataset(tmp_path / "site-a", per_class=3)
+    files = sorted(a.rglob("*.png"))
+    with open(a / "manifest.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["path", "group"])
+        w.writeheader()
+        w.writerows({"path": str(q.relative_to(a)), "group": "g" if i < 2 else ""}
+                    for i, q in enumerate(files))
+    ds = discover_sources([a])
+    fams = groups_of(ds, [s.path for s in ds.samples])
+    assert len(set(fams)) == len(files) - 1  # the two "g" rows together, the rest alone

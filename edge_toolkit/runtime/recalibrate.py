@@ -146,6 +146,7 @@ class Recalibration:
     thresholds_after: dict[str, float]
     skipped: list[tuple[str, str]] = field(default_factory=list)
     min_specificity: float | None = None
+    rule_from: str = "given"  # where the rule came from: given, the model card, or both
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -181,6 +182,9 @@ def recalibrate(clf: Any, samples: list[Sample], target_sensitivity: float | Non
     if min_specificity is not None and not 0 <= min_specificity < 1:
         raise CalibrationError(f"minimum specificity must be 0 (off) or between 0 and 1, "
                                f"not {min_specificity}")
+    asked = [target_sensitivity is not None, min_specificity is not None]
+    rule_from = ("given" if all(asked) else "the model card's" if not any(asked)
+                 else "given, the rest the model card's")
     target_sensitivity, min_specificity = operating_rule(clf.card, target_sensitivity,
                                                          min_specificity)
     if min_specificity is not None and not 0 < min_specificity < 1:  # a card's, unchecked
@@ -226,7 +230,8 @@ def recalibrate(clf: Any, samples: list[Sample], target_sensitivity: float | Non
         cross_validated=cross_validated(y, r, target_sensitivity,
                                         min_specificity=min_specificity),
         temperature_before=float(card.temperature), temperature_after=float(t_after),
-        thresholds_after=thresholds, skipped=skipped, min_specificity=min_specificity)
+        thresholds_after=thresholds, skipped=skipped, min_specificity=min_specificity,
+        rule_from=rule_from)
 
 
 def recalibrated_card(card: ModelCard, rec: Recalibration, data_name: str) -> ModelCard:
@@ -286,5 +291,6 @@ def format_report(rec: Recalibration) -> str:
         f"temperature {rec.temperature_before:.3f} -> {rec.temperature_after:.3f}; target "
         f"sensitivity {rec.target_sensitivity:g}"
         + (f" with specificity at least {rec.min_specificity:g} (widest margin on both)"
-           if rec.min_specificity is not None else "") + "; intervals: Wilson 95%",
+           if rec.min_specificity is not None else "") + f" (rule: {rec.rule_from}); "
+        "intervals: Wilson 95%",
     ])

@@ -82,10 +82,12 @@ def family_line(m: dict[str, Any]) -> str:
     """'family-weighted AUC 0.937 [0.813, 0.999] over 8 families (3 with a fracture)', and
     which units the interval resampled when they are not the families."""
     lo, hi = m["auc_family_ci95"]
-    line = (f"family-weighted AUC {m['auc_family']:.3f} [{lo:.3f}, {hi:.3f}] over "
+    interval = ("[too few groups for an interval]" if np.isnan(lo) else
+                f"[{lo:.3f}, {hi:.3f}]")
+    line = (f"family-weighted AUC {m['auc_family']:.3f} {interval} over "
             f"{m['families']} families ({m['families_with_fracture']} with a fracture)")
     if "clusters" in m:
-        line += f"; the interval resamples {m['clusters']} patient groups"
+        line += f"; the interval resamples {m['clusters']} groups (e.g. patient blocks)"
     return line
 
 

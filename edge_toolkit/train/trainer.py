@@ -346,6 +346,10 @@ def train(cfg: TrainConfig, log: Log = print, dataset: Dataset | None = None) ->
     if ds.carved_val:
         log(f"no val/ folder: carved {cfg.val_fraction:.0%} of train as validation "
             f"(seed {cfg.seed})")
+    if cfg.balance_within and not any(manifest_column(
+            ds, [s.path for s in ds.samples if s.split == "train"], cfg.balance_within)):
+        raise ValueError(f"--balance-within {cfg.balance_within}: no source's manifest.csv "
+                         f"has a {cfg.balance_within!r} column with values for its images")
     model_cfg = family.config(**cfg.model)
     pre = PreprocessConfig.from_dict(preprocess_config(cfg.family, model_cfg,
                                                        **cfg.preprocessing))
@@ -365,9 +369,6 @@ def train(cfg: TrainConfig, log: Log = print, dataset: Dataset | None = None) ->
     augmenter = build_augmenter(cfg.augment, pre.value_range, cfg.seed)
     strata = (manifest_column(ds, train_s.paths, cfg.balance_within)
               if cfg.balance_within else None)
-    if strata is not None and not any(strata):
-        raise ValueError(f"--balance-within {cfg.balance_within}: no source's manifest.csv "
-                         f"has a {cfg.balance_within!r} column with values for its images")
     if strata is not None:
         log(f"classes balanced within each {cfg.balance_within}: "
             f"{', '.join(sorted({v or '(none)' for v in strata}))}")
