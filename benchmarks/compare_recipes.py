@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_toolkit.metrics import family_auc, roc_auc
+from edge_toolkit.multisource import manifest_values
 
 DATA = ("../shared/data/fracture-xray", "../shared/data/fracatlas")
 
@@ -52,17 +53,9 @@ def held_out_predictions(folder: Path, split: str) -> dict[str, tuple[str, int, 
 
 
 def manifest_lookup(roots: list[str], column: str) -> dict[str, str]:
-    """resolved image path -> its value of `column` in its dataset's manifest.csv."""
-    out: dict[str, str] = {}
-    for root in map(Path, roots):
-        path = root / "manifest.csv"
-        if not path.is_file():
-            continue
-        with open(path, newline="") as f:
-            for row in csv.DictReader(f):
-                if row.get(column):
-                    out[str((root / row["path"]).resolve())] = row[column]
-    return out
+    """resolved image path (as text) -> its value of `column` in its dataset's manifest.csv."""
+    return {str(path): value for root in roots
+            for path, value in manifest_values(Path(root), (column,)).items()}
 
 
 def source_auc(y: np.ndarray, p: np.ndarray, fam: np.ndarray) -> float:

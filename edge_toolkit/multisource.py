@@ -103,8 +103,9 @@ def merge(datasets: Sequence[Dataset]) -> Dataset:
                    sources=sources)
 
 
-def _manifest_groups(root: Path, columns: Sequence[str] = GROUP_COLUMNS) -> dict[Path, str]:
-    """path -> group from a dataset's manifest.csv (the first of `columns` it has), if any."""
+def manifest_values(root: Path, columns: Sequence[str] = GROUP_COLUMNS) -> dict[Path, str]:
+    """resolved path -> value from a dataset's manifest.csv (the first of `columns` it has;
+    blank values left out), if any."""
     path = root / MANIFEST
     if not path.is_file():
         return {}
@@ -122,7 +123,7 @@ def sample_groups(ds: Dataset, columns: Sequence[str] = GROUP_COLUMNS) -> list[s
     """A group id per sample: images of one group (a source family, a patient) must stay
     in one fold. From each source's manifest.csv where it has one of `columns`, else the
     file-name family; prefixed by the source, so groups never join across sites."""
-    manifests = {name: _manifest_groups(root, columns) for name, root in ds.sources.items()}
+    manifests = {name: manifest_values(root, columns) for name, root in ds.sources.items()}
     out = []
     for s in ds.samples:
         found = manifests.get(s.source, {}).get(s.path.resolve())
@@ -144,7 +145,7 @@ def groups_of(ds: Dataset, paths: Sequence[Path], clusters: bool = False) -> lis
 def manifest_column(ds: Dataset, paths: Sequence[Path], column: str) -> list[str]:
     """Each of `paths`' value in its source's manifest.csv `column` (e.g. FracAtlas's
     `region`), "" where the source has no such column or row."""
-    tables = {name: _manifest_groups(root, (column,)) for name, root in ds.sources.items()}
+    tables = {name: manifest_values(root, (column,)) for name, root in ds.sources.items()}
     source_of = {s.path: s.source for s in ds.samples}
     return [tables.get(source_of.get(p, ""), {}).get(p.resolve(), "") for p in paths]
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -71,3 +73,15 @@ def write_tiny_dataset(root: Path, per_class: int = 6, size: int = 24,
 @pytest.fixture
 def tiny_dataset(tmp_path: Path) -> Path:
     return write_tiny_dataset(tmp_path / "data")
+
+
+def write_manifest(root: Path, column: str, value: Callable[[int], str]) -> list[Path]:
+    """A manifest.csv for every .png under `root`, sorted: its path and `column` =
+    value(index). Returns the files in that order."""
+    files = sorted(root.rglob("*.png"))
+    with open(root / "manifest.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["path", column])
+        writer.writeheader()
+        writer.writerows({"path": str(q.relative_to(root)), column: value(i)}
+                         for i, q in enumerate(files))
+    return files

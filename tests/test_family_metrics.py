@@ -7,7 +7,7 @@ import csv
 
 import numpy as np
 import pytest
-from conftest import write_tiny_dataset
+from conftest import write_manifest, write_tiny_dataset
 
 from edge_toolkit.benchmark import _accuracy, _auc_cell
 from edge_toolkit.metrics import (
@@ -113,12 +113,7 @@ def test_benchmark_cells_show_the_per_family_auc():
 
 def test_groups_of_follows_loaded_paths_and_the_manifest(tmp_path):
     a = write_tiny_dataset(tmp_path / "site-a", per_class=3)
-    files = sorted(a.rglob("*.png"))
-    with open(a / "manifest.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["path", "group"])
-        w.writeheader()
-        w.writerows({"path": str(q.relative_to(a)), "group": f"g{i % 2}"}
-                    for i, q in enumerate(files))
+    files = write_manifest(a, "group", lambda i: f"g{i % 2}")
     ds = discover_sources([a])
     paths = [s.path for s in ds.samples][::-1]  # any order, e.g. after skipped files
     got = groups_of(ds, paths)
@@ -188,12 +183,7 @@ def test_blocks_are_clusters_not_families(tmp_path):
     """A manifest with a patient `block` column: families come from file names (no copies
     here), clusters from the blocks; a `group` column would be both."""
     a = write_tiny_dataset(tmp_path / "site-a", per_class=3)
-    files = sorted(a.rglob("*.png"))
-    with open(a / "manifest.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["path", "block"])
-        w.writeheader()
-        w.writerows({"path": str(q.relative_to(a)), "block": f"b{i // 3}"}
-                    for i, q in enumerate(files))
+    files = write_manifest(a, "block", lambda i: f"b{i // 3}")
     ds = discover_sources([a])
     paths = [s.path for s in ds.samples]
     families, clusters = groups_of(ds, paths), groups_of(ds, paths, clusters=True)
@@ -239,12 +229,7 @@ def test_a_blank_group_is_no_group(tmp_path):
     """A manifest whose `group` is blank for most rows must not join those images into one
     family: they fall back to their file-name families."""
     a = write_tiny_dataset(tmp_path / "site-a", per_class=3)
-    files = sorted(a.rglob("*.png"))
-    with open(a / "manifest.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["path", "group"])
-        w.writeheader()
-        w.writerows({"path": str(q.relative_to(a)), "group": "g" if i < 2 else ""}
-                    for i, q in enumerate(files))
+    files = write_manifest(a, "group", lambda i: "g" if i < 2 else "")
     ds = discover_sources([a])
     fams = groups_of(ds, [s.path for s in ds.samples])
     assert len(set(fams)) == len(files) - 1  # the two "g" rows together, the rest alone

@@ -3,12 +3,11 @@ folds, source-balanced weights, paired deltas and the linear-probe solver. No Te
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_tiny_dataset
+from conftest import write_manifest, write_tiny_dataset
 from PIL import Image
 
 from edge_toolkit.benchmark import pareto_front
@@ -86,11 +85,7 @@ def test_card_without_folders_asks_for_data(tmp_path):
 
 def test_groups_come_from_each_sources_manifest_else_file_families(tmp_path):
     a, b = two_sources(tmp_path)
-    rows = [{"path": str(p.relative_to(a)), "group": "fam-1"} for p in sorted(a.rglob("*.png"))]
-    with open(a / "manifest.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["path", "group"])
-        w.writeheader()
-        w.writerows(rows)
+    write_manifest(a, "group", lambda i: "fam-1")
     ds = discover_sources([a, b])
     groups = dict(zip([s.path for s in ds.samples], sample_groups(ds)))
     assert {g for p, g in groups.items() if str(p).startswith(str(a))} == {"site-a:fam-1"}
@@ -132,12 +127,7 @@ def test_balancing_within_a_column_makes_it_say_nothing_about_the_label(tmp_path
     assert two[:226].sum() == pytest.approx(two[226:].sum())  # sources keep equal shares
     assert np.allclose(source_balanced_weights(y, src, 1.0, None), plain)
     a = write_tiny_dataset(tmp_path / "site-a", per_class=2)
-    files = sorted(a.rglob("*.png"))
-    with open(a / "manifest.csv", "w", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=["path", "region"])
-        wr.writeheader()
-        wr.writerows({"path": str(q.relative_to(a)), "region": f"r{i % 2}"}
-                     for i, q in enumerate(files))
+    files = write_manifest(a, "region", lambda i: f"r{i % 2}")
     ds = discover_sources([a])
     paths = [s.path for s in ds.samples]
     want = {q.resolve(): f"r{i % 2}" for i, q in enumerate(files)}

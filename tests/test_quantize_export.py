@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -386,19 +387,24 @@ def test_cli_export_one_variant(tiny_run, tmp_path):
     assert res.exit_code != 0 and "not a run folder" in res.output
 
 
-def _float32_card(run: Path, out: Path, min_specificity: float | None) -> ModelCard:
+def _float32_card(run: Path, out: Path, min_specificity: float | None,
+                  log: Any = None) -> ModelCard:
     """The card of `run`'s float32 file exported to `out` with this specificity floor."""
     from edge_toolkit.quantize.exporter import ExportConfig, export_run
 
     cfg = ExportConfig(variants="float32", tolerance=1.0, out=str(out), bootstrap=0,
                        min_specificity=min_specificity)
-    report = export_run(run, cfg, log=lambda m: None)
+    report = export_run(run, cfg, log=log or (lambda m: None))
     return read_card(Path(report.out) / report.result("float32").file)
 
 
 def test_a_specificity_floor_is_applied_to_each_file_and_recorded(tiny_run, tmp_path):
     plain = _float32_card(tiny_run, tmp_path / "plain", None)
-    floors = _float32_card(tiny_run, tmp_path / "floors", 0.3)
+    logs: list[str] = []
+    floors = _float32_card(tiny_run, tmp_path / "floors", 0.3, logs.append)
+    # the export says how far its threshold clears the floors, as training does
+    assert any(m.startswith("float32: threshold") and "standard errors" in m
+               or "WARNING: no threshold meets both" in m for m in logs)
     assert plain.min_specificity is None and floors.min_specificity == 0.3
     assert floors.temperature == plain.temperature
     assert floors.threshold <= plain.threshold  # never less sensitive than the plain rule

@@ -6,9 +6,11 @@ from __future__ import annotations
 import csv
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_manifest
 
 pytest.importorskip("tensorflow")
 
@@ -43,6 +45,14 @@ def sites(tmp_path_factory):
     a = write_synthetic(root / "site-a", {"train": 10, "val": 6, "test": 5}, size=24, seed=1)
     b = write_synthetic(root / "site-b", {"train": 6, "val": 6, "test": 5}, size=24, seed=2)
     return root, a, b
+
+
+def copy_flat(split: Path, flat: Path) -> None:
+    """A flat clinic folder (`fractured/`, `not fractured/`) of `split`'s images, renamed."""
+    for cls in ("fractured", "not fractured"):
+        (flat / cls).mkdir(parents=True)
+        for i, src in enumerate(sorted((split / cls).iterdir())):
+            (flat / cls / f"{i}.png").write_bytes(src.read_bytes())
 
 
 def cfg_for(root, data, name):
@@ -87,10 +97,7 @@ def test_a_specificity_floor_reaches_the_trained_card(sites, both_run):
 def test_evaluate_scores_a_run_on_another_flat_folder(both_run, sites, tmp_path):
     root, a, _ = sites
     flat = tmp_path / "other-hospital"
-    for cls in ("fractured", "not fractured"):
-        (flat / cls).mkdir(parents=True)
-        for i, src in enumerate(sorted((a / "test" / cls).iterdir())):
-            (flat / cls / f"{i}.png").write_bytes(src.read_bytes())
+    copy_flat(a / "test", flat)
     metrics, text = evaluate_model(both_run, [flat], bootstrap=20)
     assert set(metrics) == {"all"} and metrics["all"]["n"] == 10
     assert "all: n=10" in text
@@ -328,10 +335,7 @@ def test_evaluate_counts_rotated_copies_once(both_run, sites, tmp_path):
     the family-weighted AUC, copies (`N-rotatedK`) counted as one family."""
     _, a, _ = sites
     flat = tmp_path / "copies"
-    for cls in ("fractured", "not fractured"):
-        (flat / cls).mkdir(parents=True)
-        for i, src in enumerate(sorted((a / "test" / cls).iterdir())):
-            (flat / cls / f"{i}.png").write_bytes(src.read_bytes())
+    copy_flat(a / "test", flat)
     first = sorted((a / "test" / "fractured").iterdir())[0].read_bytes()
     for k in range(1, 5):
         (flat / "fractured" / f"0-rotated{k}.png").write_bytes(first)
@@ -371,12 +375,7 @@ def test_balance_within_reaches_the_weights_and_the_card(tmp_path):
     and the card records the setting (a --resume compares it)."""
     a = write_synthetic(tmp_path / "site-r", {"train": 12, "val": 6, "test": 4}, size=24,
                         seed=3)
-    files = sorted(p for p in a.rglob("*.png"))
-    with open(a / "manifest.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["path", "region"])
-        w.writeheader()
-        w.writerows({"path": str(q.relative_to(a)), "region": "hand" if i % 2 else "leg"}
-                    for i, q in enumerate(files))
+    write_manifest(a, "region", lambda i: "hand" if i % 2 else "leg")
     logs: list[str] = []
     cfg = replace(cfg_for(tmp_path, str(a), "regions"), balance_within="region")
     run = train(cfg, log=logs.append)

@@ -467,6 +467,10 @@ def export_variant(ctx: ExportContext, variant: Variant, out: Path,
         file_sparsity = sparsity(bare, weight_tensors(bare))
         io = clf.tensor_io()
         ops = operating_points(ctx, p, check)
+        if "floor_margin" in ops:  # as training says it: how far the threshold clears
+            from edge_toolkit.train.calibrate import floor_line
+
+            ctx.log(f"{variant.name}: {floor_line(ops)}")
         card = variant_card(ctx, variant, p, check, file_sparsity, settings, info, io, versions,
                             ops, p_test)
         card.heatmap = heatmap if clf.has_features else None

@@ -78,6 +78,18 @@ def report_splits(probs: dict[str, tuple[np.ndarray, np.ndarray]], temperature: 
     return out
 
 
+def floor_line(ops: dict[str, Any]) -> str:
+    """How the stored threshold of `choose_operating_points(..., min_specificity=S)` clears
+    both floors, in standard errors, or a warning that no threshold meets them."""
+    floors = (f"sensitivity {ops['target_sensitivity']:g} and specificity "
+              f"{ops['min_specificity']:g}")
+    margin = ops["floor_margin"]
+    return (f"threshold {ops['threshold']:.4f}: clears {floors} on every val source by "
+            f"{margin:.2f} standard errors" if margin >= 0 else
+            f"WARNING: no threshold meets both {floors} on every val source; kept the one "
+            f"for the target sensitivity ({margin:.2f} standard errors short)")
+
+
 def family_line(m: dict[str, Any]) -> str:
     """'family-weighted AUC 0.937 [0.813, 0.999] over 8 families (3 with a fracture)', and
     which units the interval resampled when they are not the families."""

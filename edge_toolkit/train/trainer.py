@@ -34,7 +34,12 @@ from edge_toolkit.preprocess import PreprocessConfig
 from edge_toolkit.train import plots
 from edge_toolkit.train.augment import AugmentConfig, build_augmenter, make_dataset
 from edge_toolkit.train.averaging import EpochWeights, interpolate_weights
-from edge_toolkit.train.calibrate import choose_operating_points, format_metrics, report_splits
+from edge_toolkit.train.calibrate import (
+    choose_operating_points,
+    floor_line,
+    format_metrics,
+    report_splits,
+)
 from edge_toolkit.train.models import build_model, get_family, preprocess_config
 from edge_toolkit.train.models import set_backbone_trainable as _set_trainable
 from edge_toolkit.train.tfsetup import (
@@ -439,11 +444,7 @@ def train(cfg: TrainConfig, log: Log = print, dataset: Dataset | None = None) ->
     ops = choose_operating_points(*probs["val"], cfg.target_sensitivity, sources["val"],
                                   cfg.min_specificity)
     if "floor_margin" in ops:
-        floors = f"sensitivity {cfg.target_sensitivity:g} and specificity {cfg.min_specificity:g}"
-        log(f"threshold {ops['threshold']:.4f}: clears {floors} on every val source by "
-            f"{ops['floor_margin']:.2f} standard errors" if ops["floor_margin"] >= 0 else
-            f"WARNING: no threshold meets both {floors} on every val source; kept the one "
-            f"for the target sensitivity ({ops['floor_margin']:.2f} standard errors short)")
+        log(floor_line(ops))
     metrics = report_splits(probs, ops["temperature"], ops["thresholds"], cfg.bootstrap,
                             sources, {s: v.groups for s, v in splits.items()},
                             {s: v.clusters for s, v in splits.items()})
