@@ -1,5 +1,6 @@
 """Grouped 5-fold cross-validation of the MobileNetV2 linear-probe recipe over the pooled
-train+val images of several sources: input size x L2 penalty (x source balance).
+train+val images of several sources: input size x L2 penalty (x source balance x grey-level
+normalisation). AUCs are family-weighted (each radiograph counts once), as training's.
 
     python benchmarks/select_probe_cv.py --data ../shared/data/fracture-xray \
         --data ../shared/data/fracatlas --weights ../shared/weights/mobilenet_v2_1.0_224_no_top.h5
@@ -21,8 +22,8 @@ import numpy as np
 
 from edge_toolkit.crossval import make_folds, summarize_folds
 from edge_toolkit.data import load_samples
-from edge_toolkit.metrics import roc_auc
-from edge_toolkit.multisource import discover_sources, source_balanced_weights
+from edge_toolkit.metrics import family_auc
+from edge_toolkit.multisource import discover_sources, groups_of, source_balanced_weights
 from edge_toolkit.preprocess import PreprocessConfig
 from edge_toolkit.train.models import build_model, preprocess_config
 from edge_toolkit.train.probe import fit_logistic, pooled_features
@@ -37,6 +38,8 @@ def main() -> None:
     ap.add_argument("--sizes", default="160,224,256")
     ap.add_argument("--l2", default="100,300,1000,3000")
     ap.add_argument("--balance", default="1.0")
+    ap.add_argument("--intensity", default="none",
+                    help="Comma-separated grey-level normalisations (preprocess.INTENSITY).")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--out", type=Path, help="Also write the results as JSON here.")
     args = ap.parse_args()
@@ -45,19 +48,22 @@ def main() -> None:
     y = np.array([s.label for s in plan.samples])
     src = np.array([s.source for s in plan.samples])
     fold = np.array(plan.fold)
+    fam = np.array(groups_of(ds, [s.path for s in plan.samples]))
     results = []
-    for size in [int(s) for s in args.sizes.split(",")]:
+    for size, intensity in [(int(s), i) for s in args.sizes.split(",")
+                            for i in args.intensity.split(",")]:
         t = time.perf_counter()
         model, cfg = build_model("mobilenetv2", input_size=size, weights=args.weights)
-        pre = PreprocessConfig.from_dict(preprocess_config("mobilenetv2", cfg))
+        pre = PreprocessConfig.from_dict(preprocess_config("mobilenetv2", cfg,
+                                                           intensity=intensity))
         chunks = []
         for start in range(0, len(plan.samples), CHUNK):  # a chunk at a time: bounded memory
             loaded = load_samples(plan.samples[start:start + CHUNK], pre)
             assert not loaded.skipped, loaded.skipped[:3]
             chunks.append(pooled_features(model, loaded.x))
         feats = np.concatenate(chunks)
-        print(f"size {size}: features {feats.shape} in {time.perf_counter() - t:.0f}s",
-              flush=True)
+        print(f"size {size}, intensity {intensity}: features {feats.shape} in "
+              f"{time.perf_counter() - t:.0f}s", flush=True)
         for balance in [float(b) for b in args.balance.split(",")]:
             for l2 in [float(v) for v in args.l2.split(",")]:
                 scores = []
@@ -65,17 +71,19 @@ def main() -> None:
                     tr, te = fold != k, fold == k
                     w = source_balanced_weights(y[tr], src[tr], balance)
                     s = fit_logistic(feats[tr], y[tr], w, l2).logits(feats[te])
-                    per = {n: roc_auc(y[te][src[te] == n], s[src[te] == n])
+                    per = {n: family_auc(y[te][src[te] == n], s[src[te] == n],
+                                         fam[te][src[te] == n])
                            for n in ds.source_names}
                     scores.append(per | {"mean_of_sources": float(np.mean(list(per.values())))})
-                results.append({"size": size, "l2": l2, "balance": balance,
-                                "summary": summarize_folds(scores)})
+                results.append({"size": size, "intensity": intensity, "l2": l2,
+                                "balance": balance, "summary": summarize_folds(scores)})
     names = [*ds.source_names, "mean_of_sources"]
-    print("\n| size | L2 | source balance | " + " | ".join(names) + " |")
-    print("|" + "---|" * (3 + len(names)))
+    print("\n| size | intensity | L2 | source balance | " + " | ".join(names) + " |")
+    print("|" + "---|" * (4 + len(names)))
     for r in results:
         cells = [f"{r['summary'][n]['mean']:.3f} ± {r['summary'][n]['sd']:.3f}" for n in names]
-        print(f"| {r['size']} | {r['l2']:g} | {r['balance']:g} | " + " | ".join(cells) + " |")
+        print(f"| {r['size']} | {r['intensity']} | {r['l2']:g} | {r['balance']:g} | "
+              + " | ".join(cells) + " |")
     best = max(results, key=lambda r: r["summary"]["mean_of_sources"]["mean"])
     se = best["summary"]["mean_of_sources"]["sd"] / np.sqrt(args.folds)
     within = [r for r in results

@@ -125,10 +125,14 @@ def card_problems(data: dict[str, Any]) -> list[str]:
 
 
 def _preprocessing(c: _Checker, pre: dict[str, Any]) -> None:
-    from edge_toolkit.preprocess import _RESAMPLE, VALUE_RANGES
+    from edge_toolkit.preprocess import _RESAMPLE, INTENSITY, VALUE_RANGES, PreprocessConfig
 
     choices = {"resize": tuple(_RESAMPLE), "fit": ("pad", "stretch"),
-               "value_range": tuple(VALUE_RANGES)}
+               "value_range": tuple(VALUE_RANGES), "intensity": INTENSITY}
+    for name in sorted(set(pre) - set(PreprocessConfig.__dataclass_fields__)):
+        # a step this version cannot apply would be skipped silently: train/serve skew
+        c.bad(f"preprocessing.{name}", "a step this edge_toolkit knows (a newer version's "
+              "model?)", pre[name])
     for name, allowed in choices.items():
         if name in pre and pre[name] not in allowed:
             c.bad(f"preprocessing.{name}", f"one of {', '.join(allowed)}", pre[name])

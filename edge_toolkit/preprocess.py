@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from edge_toolkit.images import DEFAULT_MAX_PIXELS, open_image
 
@@ -24,6 +24,10 @@ _RESAMPLE = {
     "lanczos": Image.Resampling.LANCZOS,
 }
 VALUE_RANGES = {"-1,1": (-1.0, 1.0), "0,1": (0.0, 1.0), "0,255": (0.0, 255.0)}
+# Per-image grey-level normalisation, applied to the resized radiograph (never to the
+# letterbox border): hospitals window and post-process their X-rays differently.
+INTENSITY = ("none", "autocontrast", "equalize")
+AUTOCONTRAST_CUTOFF = 1  # percent of the darkest and of the brightest pixels clipped
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,7 @@ class PreprocessConfig:
     fit: str = "pad"
     value_range: str = "-1,1"
     max_pixels: int = DEFAULT_MAX_PIXELS
+    intensity: str = "none"  # one of INTENSITY; cards without it were trained with "none"
 
     def __post_init__(self) -> None:
         if self.channels not in (1, 3):
@@ -46,6 +51,9 @@ class PreprocessConfig:
             raise ValueError(f"fit must be 'pad' or 'stretch', not {self.fit!r}")
         if self.value_range not in VALUE_RANGES:
             raise ValueError(f"value_range must be one of {sorted(VALUE_RANGES)}")
+        if self.intensity not in INTENSITY:
+            raise ValueError(f"intensity must be one of {list(INTENSITY)}, "
+                             f"not {self.intensity!r}")
         if self.size < 8:
             raise ValueError(f"size must be at least 8, not {self.size}")
 
@@ -62,17 +70,30 @@ class PreprocessConfig:
         return (self.size, self.size, self.channels)
 
 
+def adjust_intensity(img: Image.Image, mode: str) -> Image.Image:
+    """Grey levels of a grayscale image spread the same way whatever the hospital's
+    windowing: 'autocontrast' stretches the 1st to 99th percentile to 0-255, 'equalize'
+    flattens the histogram."""
+    if mode == "autocontrast":
+        return ImageOps.autocontrast(img, cutoff=AUTOCONTRAST_CUTOFF)
+    if mode == "equalize":
+        return ImageOps.equalize(img)
+    return img
+
+
 def resize_gray(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
-    """Grayscale PIL image -> uint8 array (size, size), stretched or letterboxed in black."""
+    """Grayscale PIL image -> uint8 array (size, size), stretched or letterboxed in black,
+    its grey levels normalised by `cfg.intensity` before the border is added."""
     method = _RESAMPLE[cfg.resize]
     if cfg.fit == "stretch" or img.width == img.height:
-        out = img.resize((cfg.size, cfg.size), method)
+        out = adjust_intensity(img.resize((cfg.size, cfg.size), method), cfg.intensity)
         return np.asarray(out, dtype=np.uint8)
     scale = cfg.size / max(img.width, img.height)
     w = max(1, round(img.width * scale))
     h = max(1, round(img.height * scale))
     canvas = Image.new("L", (cfg.size, cfg.size), 0)
-    canvas.paste(img.resize((w, h), method), ((cfg.size - w) // 2, (cfg.size - h) // 2))
+    canvas.paste(adjust_intensity(img.resize((w, h), method), cfg.intensity),
+                 ((cfg.size - w) // 2, (cfg.size - h) // 2))
     return np.asarray(canvas, dtype=np.uint8)
 
 

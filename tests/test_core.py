@@ -88,6 +88,47 @@ def test_preprocess_config_rejects_nonsense():
         PreprocessConfig(channels=2)
     with pytest.raises(ValueError):
         PreprocessConfig(fit="crop")
+    with pytest.raises(ValueError, match="intensity"):
+        PreprocessConfig(intensity="clahe")
+
+
+def _exposures(tmp_path: Path) -> tuple[Path, Path]:
+    """One 'radiograph' (a bone-like bar on soft tissue, 60x40) at two windowings: the
+    second is dim and flat, as another hospital's processing might leave it."""
+    base = np.tile(np.linspace(0.2, 0.5, 60), (40, 1))
+    base[:, 25:35] = 0.8
+    a, b = tmp_path / "bright.png", tmp_path / "dim.png"
+    Image.fromarray(np.clip(base * 255, 0, 255).astype(np.uint8)).save(a)
+    Image.fromarray(np.clip(60 + base * 80, 0, 255).astype(np.uint8)).save(b)
+    return a, b
+
+
+@pytest.mark.parametrize("intensity", ["autocontrast", "equalize"])
+def test_intensity_normalisation_evens_out_windowing_but_not_the_border(tmp_path, intensity):
+    bright, dim = _exposures(tmp_path)
+    plain = PreprocessConfig(size=30, channels=1, value_range="0,1")
+    norm = PreprocessConfig(size=30, channels=1, value_range="0,1", intensity=intensity)
+    gap = np.abs(preprocess(bright, plain) - preprocess(dim, plain))[5:-5].mean()
+    assert gap > 0.05  # the two windowings differ as they are
+    x_bright, x_dim = preprocess(bright, norm), preprocess(dim, norm)
+    assert np.abs(x_bright - x_dim)[5:-5].mean() < gap / 4
+    assert x_dim[5:-5].max() > 0.95 and x_dim[5:-5].min() < 0.2  # the full range is used
+    # 60x40 letterboxed to 30x20: rows 0-4 and 25-29 are border, left black by both
+    assert np.all(x_dim[:5] == 0) and np.all(x_dim[-5:] == 0)
+    np.testing.assert_array_equal(x_dim, preprocess(Image.open(dim), norm))
+
+
+def test_cards_without_an_intensity_step_read_as_none_and_unknown_steps_are_refused():
+    old = PreprocessConfig(size=32).to_dict()
+    del old["intensity"]  # a card written before the option existed
+    assert PreprocessConfig.from_dict(old).intensity == "none"
+    card = ModelCard(family="f", input_size=32, channels=3, preprocessing=old)
+    assert ModelCard.from_json(card.to_json()).preprocess_config.intensity == "none"
+    for pre, problem in ((old | {"intensity": "clahe"}, "preprocessing.intensity"),
+                         (old | {"sharpen": 2}, "preprocessing.sharpen")):
+        bad = ModelCard(family="f", input_size=32, channels=3, preprocessing=pre)
+        with pytest.raises(CardError, match=problem):
+            ModelCard.from_json(bad.to_json())
 
 
 @pytest.mark.parametrize("name,label", [("fractured", 1), ("not fractured", 0),

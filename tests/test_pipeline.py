@@ -237,3 +237,31 @@ def test_resume_reuses_a_card_that_lacks_a_setting_asked_at_its_default(pipeline
                          log=logs.append, resume=True, target_sensitivity=0.8,
                          min_specificity=0.3)
     assert ok and any("reusing" in m for m in logs), "\n".join(logs[-5:])
+
+
+@pytest.mark.parametrize("intensity, reused", [(None, True), ("equalize", False)])
+def test_resume_compares_the_preprocessing_the_card_records(pipeline_run, tmp_path, intensity,
+                                                             reused):
+    """A card from before the intensity step (no key) was trained without it and is reused;
+    one trained with another step is not (its images would be preprocessed otherwise)."""
+    import shutil
+
+    folder, _, _ = pipeline_run
+    copy = tmp_path / "out"
+    shutil.copytree(folder / "scratch_cnn", copy / "scratch_cnn")
+    card_path = copy / "scratch_cnn" / "card.json"
+    card = json.loads(card_path.read_text())
+    assert card["preprocessing"]["intensity"] == "none"
+    if intensity is None:
+        del card["preprocessing"]["intensity"]
+    else:
+        card["preprocessing"]["intensity"] = intensity
+    card_path.write_text(json.dumps(card))
+    _, ok = run_pipeline(folder.parent / "data", copy, ["scratch_cnn"], "float32", None, [1],
+                         epochs=1, fine_tune_epochs=0, size=16, min_auc=None,
+                         log=lambda m: None, resume=True, target_sensitivity=0.8,
+                         min_specificity=0.3)
+    stage = json.loads((copy / "pipeline.json").read_text())["stages"][0]
+    assert stage["ok"] == reused
+    if not reused:
+        assert "other settings (preprocessing)" in stage["reason"]

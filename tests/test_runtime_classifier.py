@@ -147,3 +147,26 @@ def test_classify_paths_reports_bad_files_and_goes_on(models, tmp_path):
     assert by_name["nothing-here.png"].error == "no such file or folder"
     skip = {results[0].path}
     assert len(list(classify_paths(clf, [tmp_path / "data"], skip=skip))) == len(results) - 2
+
+
+def test_the_cards_intensity_step_is_applied_on_the_device(models, tmp_path):
+    """A model trained on normalised grey levels gets them on the device: the card says so,
+    and a dim copy of an image then scores like the original."""
+    from edge_toolkit.card import embed_card
+
+    src = models["float"]
+    card = read_card(src)
+    card.preprocessing = {**card.preprocessing, "intensity": "autocontrast"}
+    normed = tmp_path / "normed.tflite"
+    normed.write_bytes(embed_card(src.read_bytes(), card))
+    ramp = np.tile(np.linspace(20, 235, 48), (48, 1))
+    ramp[:, 20:28] = 250
+    Image.fromarray(ramp.astype(np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray((90 + ramp * 0.3).astype(np.uint8)).save(tmp_path / "dim.png")
+    plain, norm = Classifier.load(src), Classifier.load(normed)
+    assert norm.config.intensity == "autocontrast" and plain.config.intensity == "none"
+    gap_plain = abs(plain.predict_file(tmp_path / "a.png").probability
+                    - plain.predict_file(tmp_path / "dim.png").probability)
+    gap_norm = abs(norm.predict_file(tmp_path / "a.png").probability
+                   - norm.predict_file(tmp_path / "dim.png").probability)
+    assert gap_norm < gap_plain / 2

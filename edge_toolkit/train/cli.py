@@ -64,6 +64,9 @@ def parse_augment(base: Any, items: tuple[str, ...]) -> Any:
               help="MobileNetV2 ImageNet weights file (.h5, no top); none = random init.")
 @click.option("--channels", type=click.IntRange(1, 3), help="scratch_cnn: 1 (gray) or 3.")
 @click.option("--fit", type=click.Choice(["pad", "stretch"]), help="Letterbox or stretch.")
+@click.option("--intensity", type=click.Choice(["none", "autocontrast", "equalize"]),
+              help="Per-image grey-level normalisation, recorded in the card and applied on "
+                   "the device too [default: the family's].")
 @click.option("--epochs", type=int, help="Epochs (head phase) [default: the family's].")
 @click.option("--fine-tune-epochs", type=int,
               help="Epochs fine-tuning the backbone top (pretrained backbones) "
@@ -118,7 +121,8 @@ def parse_augment(base: Any, items: tuple[str, ...]) -> Any:
 def train(data: tuple[Path, ...], source_balance: float, balance_within: str | None,
           family: str, size: int | None,
           alpha: float | None,
-          weights: Path | None, channels: int | None, fit: str | None, epochs: int | None,
+          weights: Path | None, channels: int | None, fit: str | None, intensity: str | None,
+          epochs: int | None,
           fine_tune_epochs: int | None, batch_size: int, learning_rate: float | None,
           fine_tune_lr: float | None, patience: int | None, head: str | None,
           probe_l2: float | None, average_epochs: int | None, probe_mix: str | None,
@@ -156,7 +160,8 @@ def train(data: tuple[Path, ...], source_balance: float, balance_within: str | N
     roots = [str(d) for d in data]
     cfg = TrainConfig(data=roots[0] if len(roots) == 1 else roots, family=family, out=out,
                       name=name, model=model,
-                      preprocessing={"fit": fit}, augment=aug, epochs=epochs,
+                      preprocessing={"fit": fit, "intensity": intensity}, augment=aug,
+                      epochs=epochs,
                       fine_tune_epochs=fine_tune_epochs, batch_size=batch_size,
                       learning_rate=learning_rate, fine_tune_lr=fine_tune_lr, patience=patience,
                       head=head, probe_l2=probe_l2, average_epochs=average_epochs,

@@ -620,9 +620,17 @@ def _comparable(cfg: TrainConfig) -> dict[str, Any]:
     setting of its own, e.g. no specificity floor)."""
     d = json.loads(json.dumps(asdict(effective_config(cfg)), default=str))
     out = {k: v for k, v in d.items()
-           if k not in ("name", "out", "data", "bootstrap", "workers")
+           if k not in ("name", "out", "data", "bootstrap", "workers", "preprocessing")
            and not (k == "mixed_precision" and v is None)}
     return out | {"selection": SELECTION}
+
+
+def _resolved_preprocessing(cfg: TrainConfig) -> dict[str, Any]:
+    """The preprocessing a run with these settings records in its card (overrides given
+    as None, or as the default, are the same preprocessing)."""
+    family = get_family(cfg.family)
+    return PreprocessConfig.from_dict(preprocess_config(
+        cfg.family, family.config(**cfg.model), **cfg.preprocessing)).to_dict()
 
 
 def _recorded(training: dict[str, Any], key: str) -> Any:
@@ -649,6 +657,8 @@ def reusable_run(run: Path, cfg: TrainConfig, ds: Dataset) -> bool:
     training = card.export.get("training", {})
     want = _comparable(cfg)
     differ = sorted(k for k, v in want.items() if _recorded(training, k) != v)
+    if PreprocessConfig.from_dict(card.preprocessing).to_dict() != _resolved_preprocessing(cfg):
+        differ.append("preprocessing")  # cards predating a step read as its default
     if card.data_fingerprint != ds.fingerprint():
         differ.append("the images (other data, or another fold or number of folds)")
     if differ:
