@@ -42,6 +42,9 @@ def main() -> None:
                     help="Comma-separated grey-level normalisations (preprocess.INTENSITY).")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--out", type=Path, help="Also write the results as JSON here.")
+    ap.add_argument("--unseen", action="store_true",
+                    help="Also fit on all but one source and score the one left out (all its "
+                         "train+val images): a hospital the probe never saw.")
     args = ap.parse_args()
     ds = discover_sources(args.data)
     plan = make_folds(ds, args.folds, seed=0)
@@ -77,6 +80,10 @@ def main() -> None:
                     scores.append(per | {"mean_of_sources": float(np.mean(list(per.values())))})
                 results.append({"size": size, "intensity": intensity, "l2": l2,
                                 "balance": balance, "summary": summarize_folds(scores)})
+        if args.unseen:
+            for l2 in [float(v) for v in args.l2.split(",")]:
+                print(f"unseen site, size {size}, intensity {intensity}, L2 {l2:g}: "
+                      + unseen_site_aucs(feats, y, src, fam, l2), flush=True)
     names = [*ds.source_names, "mean_of_sources"]
     print("\n| size | intensity | L2 | source balance | " + " | ".join(names) + " |")
     print("|" + "---|" * (4 + len(names)))
@@ -95,6 +102,18 @@ def main() -> None:
           f"L2 {pick['l2']:g}")
     if args.out:
         args.out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def unseen_site_aucs(feats: np.ndarray, y: np.ndarray, src: np.ndarray, fam: np.ndarray,
+                     l2: float) -> str:
+    """Family-weighted AUC on each source of a probe fitted on the other sources only."""
+    cells = []
+    for name in sorted(set(src)):
+        tr, te = src != name, src == name
+        w = source_balanced_weights(y[tr], src[tr], 1.0)
+        s = fit_logistic(feats[tr], y[tr], w, l2).logits(feats[te])
+        cells.append(f"{name} {family_auc(y[te], s, fam[te]):.3f}")
+    return ", ".join(cells)
 
 
 if __name__ == "__main__":

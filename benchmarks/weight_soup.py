@@ -33,7 +33,12 @@ def main() -> None:
     args = ap.parse_args()
     if len(args.runs) < 2:
         raise SystemExit("a soup needs two runs or more")
-    pre = PreprocessConfig.from_dict(ModelCard.load(args.runs[0] / "card.json").preprocessing)
+    pres = [PreprocessConfig.from_dict(ModelCard.load(r / "card.json").preprocessing)
+            for r in args.runs]
+    if any(p != pres[0] for p in pres):
+        raise SystemExit("the runs were trained on differently preprocessed images: "
+                         + "; ".join(f"{r}: {p}" for r, p in zip(args.runs, pres)))
+    pre = pres[0]
     data = load_samples(run_split_samples(args.runs[0], args.split), pre)
     src = np.array(data.sources)
     models = [keras.models.load_model(r / "model.keras", compile=False) for r in args.runs]

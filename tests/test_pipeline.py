@@ -257,11 +257,13 @@ def test_resume_compares_the_preprocessing_the_card_records(pipeline_run, tmp_pa
     else:
         card["preprocessing"]["intensity"] = intensity
     card_path.write_text(json.dumps(card))
+    logs: list[str] = []
     _, ok = run_pipeline(folder.parent / "data", copy, ["scratch_cnn"], "float32", None, [1],
                          epochs=1, fine_tune_epochs=0, size=16, min_auc=None,
-                         log=lambda m: None, resume=True, target_sensitivity=0.8,
+                         log=logs.append, resume=True, target_sensitivity=0.8,
                          min_specificity=0.3)
     stage = json.loads((copy / "pipeline.json").read_text())["stages"][0]
-    assert stage["ok"] == reused
+    assert stage["ok"] == reused == any("reusing" in m for m in logs)
     if not reused:
-        assert "other settings (preprocessing)" in stage["reason"]
+        assert ("other settings (preprocessing intensity equalize -> none)"
+                in stage["reason"])

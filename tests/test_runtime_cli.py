@@ -152,6 +152,12 @@ def test_cardless_model_with_explicit_settings(models, data):
     carded = jsonl(run(models["float"], img, "-f", "jsonl").stdout)
     assert bare[0]["threshold"] == 0.4
     assert bare[0]["probability"] == pytest.approx(carded[0]["probability"], abs=1e-5)
+    # a card-less model trained on normalised grey levels can be told so
+    res = run(models["bare"], img, "--value-range", "-1,1", "--threshold", "0.4",
+              "--intensity", "equalize", "-f", "jsonl", "--verbose")
+    assert "intensity equalize" in res.stderr
+    assert jsonl(res.stdout)[0]["probability"] != pytest.approx(bare[0]["probability"],
+                                                                abs=1e-5)
 
 
 def test_threshold_by_name_and_help_documents_exit_codes(models, data):

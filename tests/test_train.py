@@ -166,6 +166,20 @@ def test_train_cli_bad_probe_mix_is_a_usage_error(tmp_path, value):
     assert "Traceback" not in res.output
 
 
+def test_train_cli_intensity_reaches_the_card(tmp_path):
+    from click.testing import CliRunner
+
+    from edge_toolkit.train.cli import train as train_cmd
+
+    data = write_synthetic(tmp_path / "data", {"train": 8, "val": 6, "test": 4}, size=16)
+    res = CliRunner().invoke(train_cmd, [
+        "--data", str(data), "--model", "scratch_cnn", "--size", "16", "--epochs", "1",
+        "--intensity", "equalize", "--out", str(tmp_path / "runs"), "--name", "eq"])
+    assert res.exit_code == 0, res.output
+    card = json.loads((tmp_path / "runs" / "eq" / "card.json").read_text())
+    assert card["preprocessing"]["intensity"] == "equalize"
+
+
 def test_mixed_precision_run_saves_a_float32_model(tmp_path):
     """A GPU run trains in mixed float16; what it saves must convert and quantize."""
     data = write_synthetic(tmp_path / "data", {"train": 8, "val": 6, "test": 4}, size=16)

@@ -70,13 +70,15 @@ class CardlessOptions:
     channels: int | None = None
     fit: str = "pad"
     resize: str = "bilinear"
+    intensity: str = "none"
 
 
 def missing_card_message(model: str | Path) -> str:
     return (f"{model}: no edge_toolkit model card in this file, so its preprocessing and "
             "threshold are unknown. Re-export it with `edge-toolkit export`, or state them: "
-            "--value-range and --threshold (and --fit/--resize if it was not trained with "
-            "letterboxing and bilinear resizing; --size/--channels default to the model input)")
+            "--value-range and --threshold (and --fit/--resize/--intensity if it was not "
+            "trained with letterboxing, bilinear resizing and raw grey levels; "
+            "--size/--channels default to the model input)")
 
 
 class Classifier:
@@ -385,7 +387,8 @@ class Classifier:
         """One line on what is loaded, for logs and `--verbose`."""
         c = self.card
         return (f"{self.model_path}: {c.family} {c.variant}, input {self.config.shape} "
-                f"{self._in_dtype.name}, value range {self.config.value_range}, threshold "
+                f"{self._in_dtype.name}, value range {self.config.value_range}, fit "
+                f"{self.config.fit}, intensity {self.config.intensity}, threshold "
                 f"{self.threshold:g}, temperature {self.temperature:g}, backend {self.backend}")
 
 
@@ -443,7 +446,7 @@ def _card_for(interp: Any, opts: CardlessOptions) -> ModelCard:
     channels = opts.channels or shape[3]
     try:
         cfg = PreprocessConfig(size=size, channels=channels, value_range=opts.value_range,
-                               fit=opts.fit, resize=opts.resize)
+                               fit=opts.fit, resize=opts.resize, intensity=opts.intensity)
     except ValueError as exc:
         raise ModelError(str(exc)) from None
     return ModelCard(family="unknown (no card)", input_size=size, channels=channels,

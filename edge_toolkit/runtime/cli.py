@@ -27,6 +27,7 @@ from typing import Any, TextIO
 import click
 
 from edge_toolkit.files import OutputPathError, prepare_output, shown
+from edge_toolkit.preprocess import INTENSITY
 from edge_toolkit.runtime.classifier import CardlessOptions, Classifier, ModelError
 from edge_toolkit.runtime.interpreter import MAX_THREADS, BackendMissingError, default_threads
 from edge_toolkit.runtime.progress import BarSafeStream, Progress, wants_bar
@@ -111,6 +112,8 @@ def _cardless_options(f: Any) -> Any:
         click.option("--resize", type=click.Choice(["bilinear", "bicubic", "nearest", "area",
                                                     "lanczos"]),
                      help="Card-less models only: resize filter [default: bilinear]."),
+        click.option("--intensity", type=click.Choice(INTENSITY),
+                     help="Card-less models only: grey-level normalisation [default: none]."),
     ]):
         f = opt(f)
     return f
@@ -154,7 +157,8 @@ def load_classifier(model: Path, threads: int, threshold: str | None,
         opts = CardlessOptions(value_range=cardless["value_range"], size=cardless.get("size"),
                                channels=int(cardless["channels"]) if "channels" in cardless
                                else None, fit=cardless.get("fit", "pad"),
-                               resize=cardless.get("resize", "bilinear"))
+                               resize=cardless.get("resize", "bilinear"),
+                               intensity=cardless.get("intensity", "none"))
     value: float | str | None = threshold
     if threshold is not None:
         try:
@@ -373,7 +377,8 @@ class OverlayWriter:
 def classify(ctx: click.Context, args: tuple[str, ...], model_opt: str | None, fmt: str | None,
              output: Path | None, overwrite: bool, gate: bool, threads: int,
              threshold: str | None, value_range: str | None, size: int | None, channels: str | None,
-             fit: str | None, resize: str | None, heatmap_dir: Path | None, opacity: float,
+             fit: str | None, resize: str | None, intensity: str | None,
+             heatmap_dir: Path | None, opacity: float,
              progress: bool | None, quiet: bool, verbose: bool) -> None:
     """Classify image files, folders (recursively) or globs with MODEL (.tflite).
 
@@ -392,7 +397,7 @@ def classify(ctx: click.Context, args: tuple[str, ...], model_opt: str | None, f
     model, paths = _model_and_paths(args, model_opt)
     clf = load_classifier(model, threads, threshold, {
         "value_range": value_range, "size": size, "channels": channels, "fit": fit,
-        "resize": resize}, gate=gate)
+        "resize": resize, "intensity": intensity}, gate=gate)
     if verbose:
         click.echo(clf.describe(), err=True)
     _lock_output(ctx, output)

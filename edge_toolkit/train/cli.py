@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from edge_toolkit.families import list_families
+from edge_toolkit.preprocess import INTENSITY
 
 
 def _log(msg: str) -> None:
@@ -64,9 +65,9 @@ def parse_augment(base: Any, items: tuple[str, ...]) -> Any:
               help="MobileNetV2 ImageNet weights file (.h5, no top); none = random init.")
 @click.option("--channels", type=click.IntRange(1, 3), help="scratch_cnn: 1 (gray) or 3.")
 @click.option("--fit", type=click.Choice(["pad", "stretch"]), help="Letterbox or stretch.")
-@click.option("--intensity", type=click.Choice(["none", "autocontrast", "equalize"]),
-              help="Per-image grey-level normalisation, recorded in the card and applied on "
-                   "the device too [default: the family's].")
+@click.option("--intensity", type=click.Choice(INTENSITY),
+              help="Per-image grey-level normalisation of the resized radiograph, recorded "
+                   "in the card and applied on the device too [default: none].")
 @click.option("--epochs", type=int, help="Epochs (head phase) [default: the family's].")
 @click.option("--fine-tune-epochs", type=int,
               help="Epochs fine-tuning the backbone top (pretrained backbones) "

@@ -657,8 +657,9 @@ def reusable_run(run: Path, cfg: TrainConfig, ds: Dataset) -> bool:
     training = card.export.get("training", {})
     want = _comparable(cfg)
     differ = sorted(k for k, v in want.items() if _recorded(training, k) != v)
-    if PreprocessConfig.from_dict(card.preprocessing).to_dict() != _resolved_preprocessing(cfg):
-        differ.append("preprocessing")  # cards predating a step read as its default
+    had = PreprocessConfig.from_dict(card.preprocessing).to_dict()  # old cards: defaults
+    asked = _resolved_preprocessing(cfg)
+    differ += [f"preprocessing {k} {had[k]} -> {asked[k]}" for k in had if had[k] != asked[k]]
     if card.data_fingerprint != ds.fingerprint():
         differ.append("the images (other data, or another fold or number of folds)")
     if differ:
