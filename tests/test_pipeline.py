@@ -116,6 +116,27 @@ def test_resume_reuses_trained_models(pipeline_run):
                                              "benchmark"]
 
 
+def resume_edited_copy(pipeline_run, tmp_path, edit=None, rule=(0.8, 0.3)):
+    """Copy the trained scratch run, let `edit` change its card.json, `--resume` the
+    pipeline over it with the operating rule `rule`: (ok, first stage record, log lines)."""
+    import shutil
+
+    folder, _, _ = pipeline_run
+    copy = tmp_path / "out"
+    shutil.copytree(folder / "scratch_cnn", copy / "scratch_cnn")
+    card_path = copy / "scratch_cnn" / "card.json"
+    if edit is not None:
+        card = json.loads(card_path.read_text())
+        edit(card)
+        card_path.write_text(json.dumps(card))
+    logs: list[str] = []
+    _, ok = run_pipeline(folder.parent / "data", copy, ["scratch_cnn"], "float32", None, [1],
+                         epochs=1, fine_tune_epochs=0, size=16, min_auc=None,
+                         log=logs.append, resume=True, target_sensitivity=rule[0],
+                         min_specificity=rule[1])
+    return ok, json.loads((copy / "pipeline.json").read_text())["stages"][0], logs
+
+
 @pytest.mark.parametrize("rule, differs", [((0.9, 0.3), "target_sensitivity"),
                                            ((0.8, None), "min_specificity")])
 def test_resume_refuses_a_run_trained_by_another_operating_rule(pipeline_run, tmp_path, rule,
@@ -123,21 +144,14 @@ def test_resume_refuses_a_run_trained_by_another_operating_rule(pipeline_run, tm
     """A --resume'd pipeline asked for another rule must not report the old run's threshold
     as if it were chosen by the new one: the stage fails in one line, nothing is retrained
     over it."""
-    import shutil
-
-    folder, _, _ = pipeline_run
-    copy = tmp_path / "out"
-    shutil.copytree(folder / "scratch_cnn", copy / "scratch_cnn")
-    before = (copy / "scratch_cnn" / "model.keras").stat().st_mtime_ns
-    _, ok = run_pipeline(folder.parent / "data", copy, ["scratch_cnn"], "float32", None, [1],
-                         epochs=1, fine_tune_epochs=0, size=16, min_auc=None,
-                         log=lambda m: None, resume=True, target_sensitivity=rule[0],
-                         min_specificity=rule[1])
+    model = tmp_path / "out" / "scratch_cnn" / "model.keras"
+    ok, stage, _ = resume_edited_copy(pipeline_run, tmp_path, rule=rule)
     assert not ok
-    stage = json.loads((copy / "pipeline.json").read_text())["stages"][0]
     assert stage["stage"] == "train scratch_cnn" and not stage["ok"]
     assert f"other settings ({differs})" in stage["reason"]
-    assert (copy / "scratch_cnn" / "model.keras").stat().st_mtime_ns == before
+    trained = pipeline_run[0] / "scratch_cnn" / "model.keras"
+    # copytree keeps modification times: a retrained model would have a new one
+    assert model.stat().st_mtime_ns == trained.stat().st_mtime_ns
 
 
 @pytest.mark.parametrize("edit, differs", [
@@ -147,24 +161,14 @@ def test_resume_refuses_a_run_trained_by_another_operating_rule(pipeline_run, tm
 ])
 def test_resume_reads_settings_a_card_lacks_as_their_old_defaults(pipeline_run, tmp_path,
                                                                    edit, differs):
-    import shutil
+    def change(card: dict) -> None:
+        for key, value in edit.items():
+            if value is None:
+                card["export"]["training"].pop(key)
+            else:
+                card["export"]["training"][key] = value
 
-    folder, _, _ = pipeline_run
-    copy = tmp_path / "out"
-    shutil.copytree(folder / "scratch_cnn", copy / "scratch_cnn")
-    card_path = copy / "scratch_cnn" / "card.json"
-    card = json.loads(card_path.read_text())
-    for key, value in edit.items():
-        if value is None:
-            card["export"]["training"].pop(key)
-        else:
-            card["export"]["training"][key] = value
-    card_path.write_text(json.dumps(card))
-    _, ok = run_pipeline(folder.parent / "data", copy, ["scratch_cnn"], "float32", None, [1],
-                         epochs=1, fine_tune_epochs=0, size=16, min_auc=None,
-                         log=lambda m: None, resume=True, target_sensitivity=0.8,
-                         min_specificity=0.3)
-    stage = json.loads((copy / "pipeline.json").read_text())["stages"][0]
+    ok, stage, _ = resume_edited_copy(pipeline_run, tmp_path, change)
     assert not ok and f"other settings ({differs})" in stage["reason"]
 
 
@@ -220,22 +224,11 @@ def test_the_demo_sample_gets_short_settings(tmp_path):
 
 
 def test_resume_reuses_a_card_that_lacks_a_setting_asked_at_its_default(pipeline_run, tmp_path):
-    import shutil
+    def change(card: dict) -> None:
+        card["export"]["training"].pop("balance_within")  # a card from before the option
+        card["export"]["training"].pop("preprocessing", None)  # a default_factory field
 
-    folder, _, _ = pipeline_run
-    copy = tmp_path / "out"
-    shutil.copytree(folder / "scratch_cnn", copy / "scratch_cnn")
-    card_path = copy / "scratch_cnn" / "card.json"
-    card = json.loads(card_path.read_text())
-    card["export"]["training"].pop("balance_within")  # a card from before the option
-    if card["export"]["training"].get("preprocessing") == {}:
-        card["export"]["training"].pop("preprocessing")  # a default_factory field
-    card_path.write_text(json.dumps(card))
-    logs: list[str] = []
-    _, ok = run_pipeline(folder.parent / "data", copy, ["scratch_cnn"], "float32", None, [1],
-                         epochs=1, fine_tune_epochs=0, size=16, min_auc=None,
-                         log=logs.append, resume=True, target_sensitivity=0.8,
-                         min_specificity=0.3)
+    ok, _, logs = resume_edited_copy(pipeline_run, tmp_path, change)
     assert ok and any("reusing" in m for m in logs), "\n".join(logs[-5:])
 
 
@@ -244,26 +237,15 @@ def test_resume_compares_the_preprocessing_the_card_records(pipeline_run, tmp_pa
                                                              reused):
     """A card from before the intensity step (no key) was trained without it and is reused;
     one trained with another step is not (its images would be preprocessed otherwise)."""
-    import shutil
+    def change(card: dict) -> None:
+        assert card["preprocessing"]["intensity"] == "none"
+        if intensity is None:
+            del card["preprocessing"]["intensity"]
+        else:
+            card["preprocessing"]["intensity"] = intensity
 
-    folder, _, _ = pipeline_run
-    copy = tmp_path / "out"
-    shutil.copytree(folder / "scratch_cnn", copy / "scratch_cnn")
-    card_path = copy / "scratch_cnn" / "card.json"
-    card = json.loads(card_path.read_text())
-    assert card["preprocessing"]["intensity"] == "none"
-    if intensity is None:
-        del card["preprocessing"]["intensity"]
-    else:
-        card["preprocessing"]["intensity"] = intensity
-    card_path.write_text(json.dumps(card))
-    logs: list[str] = []
-    _, ok = run_pipeline(folder.parent / "data", copy, ["scratch_cnn"], "float32", None, [1],
-                         epochs=1, fine_tune_epochs=0, size=16, min_auc=None,
-                         log=logs.append, resume=True, target_sensitivity=0.8,
-                         min_specificity=0.3)
-    stage = json.loads((copy / "pipeline.json").read_text())["stages"][0]
-    assert stage["ok"] == reused == any("reusing" in m for m in logs)
+    ok, stage, logs = resume_edited_copy(pipeline_run, tmp_path, change)
+    assert ok == stage["ok"] == reused == any("reusing" in m for m in logs)
     if not reused:
         assert ("other settings (preprocessing intensity equalize -> none)"
                 in stage["reason"])
