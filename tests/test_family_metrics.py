@@ -233,3 +233,17 @@ def test_a_blank_group_is_no_group(tmp_path):
     ds = discover_sources([a])
     fams = groups_of(ds, [s.path for s in ds.samples])
     assert len(set(fams)) == len(files) - 1  # the two "g" rows together, the rest alone
+
+
+def test_metrics_without_a_bootstrap_show_no_interval():
+    """A cross-validation fold skips the bootstrap: its report must not read as if the
+    interval were nan or the groups too few."""
+    y = np.array([1, 0] * 20)
+    p = np.linspace(0, 1, 40)
+    families = [f"f{i // 2}" for i in range(40)]
+    m = summarize(y, p, {}, bootstrap=0, groups=families, clusters=families)
+    text = format_metrics({"val": m}, intervals=False)
+    assert "AUC" in text and "family-weighted AUC" in text
+    assert "nan" not in text and "too few" not in text and "[" not in text
+    with_ci = summarize(y, p, {}, bootstrap=50, groups=families, clusters=families)
+    assert format_metrics({"val": with_ci}).count("[") == 2  # per image and per family

@@ -90,31 +90,33 @@ def floor_line(ops: dict[str, Any]) -> str:
             f"for the target sensitivity ({margin:.2f} standard errors short)")
 
 
-def family_line(m: dict[str, Any]) -> str:
+def family_line(m: dict[str, Any], intervals: bool = True) -> str:
     """'family-weighted AUC 0.937 [0.813, 0.999] over 8 families (3 with a fracture)', and
-    which units the interval resampled when they are not the families."""
+    which units the interval resampled when they are not the families. `intervals` False:
+    none was computed (no bootstrap), so none is shown."""
     lo, hi = m["auc_family_ci95"]
-    interval = ("[too few groups for an interval]" if np.isnan(lo) else
-                f"[{lo:.3f}, {hi:.3f}]")
-    line = (f"family-weighted AUC {m['auc_family']:.3f} {interval} over "
+    interval = ("" if not intervals else "[too few groups for an interval] " if np.isnan(lo)
+                else f"[{lo:.3f}, {hi:.3f}] ")
+    line = (f"family-weighted AUC {m['auc_family']:.3f} {interval}over "
             f"{m['families']} families ({m['families_with_fracture']} with a fracture)")
-    if "clusters" in m:
+    if "clusters" in m and intervals:
         line += f"; the interval resamples {m['clusters']} groups (e.g. patient blocks)"
     return line
 
 
-def format_metrics(metrics: dict[str, Any]) -> str:
-    """A short human table: one line per split and operating point."""
+def format_metrics(metrics: dict[str, Any], intervals: bool = True) -> str:
+    """A short human table: one line per split and operating point (`intervals` False: the
+    metrics were computed without a bootstrap, e.g. a cross-validation fold's)."""
     lines = []
     for split, m in metrics.items():
         parts = [(split, m)] + [(f"  {split}/{name}", sm)
                                 for name, sm in (m.get("sources") or {}).items()]
         for label, sm in parts:
             lo, hi = sm["auc_ci95"]
-            lines.append(f"{label:>5}: n={sm['n']} AUC {sm['auc']:.3f} [{lo:.3f}, {hi:.3f}] "
-                         f"ECE {sm['ece']:.3f}")
+            ci = f"[{lo:.3f}, {hi:.3f}] " if intervals else ""
+            lines.append(f"{label:>5}: n={sm['n']} AUC {sm['auc']:.3f} {ci}ECE {sm['ece']:.3f}")
             if "auc_family" in sm:
-                lines.append(f"       {family_line(sm)}")
+                lines.append(f"       {family_line(sm, intervals)}")
             for name, op in sm["operating_points"].items():
                 lines.append(f"       {name:<16} thr {op['threshold']:.3f}  sens "
                              f"{op['sensitivity']:.3f}  spec {op['specificity']:.3f}  acc "

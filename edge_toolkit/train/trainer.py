@@ -448,7 +448,7 @@ def train(cfg: TrainConfig, log: Log = print, dataset: Dataset | None = None) ->
     metrics = report_splits(probs, ops["temperature"], ops["thresholds"], cfg.bootstrap,
                             sources, {s: v.groups for s, v in splits.items()},
                             {s: v.clusters for s, v in splits.items()})
-    log(format_metrics(metrics))
+    log(format_metrics(metrics, intervals=cfg.bootstrap > 0))
     card = ModelCard(
         family=cfg.family, input_size=pre.size, channels=pre.channels,
         preprocessing=pre.to_dict(), labels=list(LABELS), positive_label=LABELS[1],
