@@ -1,6 +1,8 @@
-"""Grouped 5-fold cross-validation of the MobileNetV2 linear-probe recipe over the pooled
-train+val images of several sources: input size x L2 penalty (x source balance x grey-level
-normalisation). AUCs are family-weighted (each radiograph counts once), as training's.
+"""Cross-validate the MobileNetV2 linear-probe recipe on frozen features, in minutes.
+
+Grouped 5-fold cross-validation over the pooled train+val images of several sources: input
+size x L2 penalty (x source balance x grey-level normalisation). AUCs are family-weighted
+(each radiograph counts once), as training's.
 
     python benchmarks/select_probe_cv.py --data ../shared/data/fracture-xray \
         --data ../shared/data/fracatlas --weights ../shared/weights/mobilenet_v2_1.0_224_no_top.h5
