@@ -121,6 +121,7 @@ def test_leave_one_source_out_scores_every_model_on_every_site(sites, both_run):
     assert [s["name"] for s in only_a.dataset["sources"]] == ["site-a"]
     md = site_shift_markdown([res])
     assert md.count("(unseen)") == 2 and "site-a + site-b" in md
+    assert "one training run" in md and "several seeds" in md
 
 
 def test_cross_validation_trains_each_fold_on_the_rest(sites):
