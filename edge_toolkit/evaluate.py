@@ -108,4 +108,4 @@ def evaluate_model(model: Path, data: Sequence[str | Path] | Path | None = None,
     thresholds = card.thresholds or {"stored": card.threshold}
     metrics = report_splits(probs, card.temperature, thresholds, bootstrap, sources,
                             families, clusters)
-    return metrics, format_metrics(metrics)
+    return metrics, format_metrics(metrics, intervals=bootstrap > 0)
