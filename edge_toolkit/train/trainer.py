@@ -356,8 +356,7 @@ def train(cfg: TrainConfig, log: Log = print, dataset: Dataset | None = None) ->
         raise ValueError(f"--balance-within {cfg.balance_within}: no source's manifest.csv "
                          f"has a {cfg.balance_within!r} column with values for its images")
     model_cfg = family.config(**cfg.model)
-    pre = PreprocessConfig.from_dict(preprocess_config(cfg.family, model_cfg,
-                                                       **cfg.preprocessing))
+    pre = run_preprocessing(cfg)
     run = _run_dir(cfg)
     log(f"run folder: {run}")
     splits = load_splits(ds, pre, log, workers=cfg.workers)
@@ -625,12 +624,11 @@ def _comparable(cfg: TrainConfig) -> dict[str, Any]:
     return out | {"selection": SELECTION}
 
 
-def _resolved_preprocessing(cfg: TrainConfig) -> dict[str, Any]:
-    """The preprocessing a run with these settings records in its card (overrides given
-    as None, or as the default, are the same preprocessing)."""
-    family = get_family(cfg.family)
+def run_preprocessing(cfg: TrainConfig) -> PreprocessConfig:
+    """The preprocessing a run with these settings trains with and records in its card
+    (the family's, the model's size, then the overrides that are set)."""
     return PreprocessConfig.from_dict(preprocess_config(
-        cfg.family, family.config(**cfg.model), **cfg.preprocessing)).to_dict()
+        cfg.family, get_family(cfg.family).config(**cfg.model), **cfg.preprocessing))
 
 
 def _recorded(training: dict[str, Any], key: str) -> Any:
@@ -658,7 +656,7 @@ def reusable_run(run: Path, cfg: TrainConfig, ds: Dataset) -> bool:
     want = _comparable(cfg)
     differ = sorted(k for k, v in want.items() if _recorded(training, k) != v)
     had = PreprocessConfig.from_dict(card.preprocessing).to_dict()  # old cards: defaults
-    asked = _resolved_preprocessing(cfg)
+    asked = run_preprocessing(cfg).to_dict()
     differ += [f"preprocessing {k} {had[k]} -> {asked[k]}" for k in had if had[k] != asked[k]]
     if card.data_fingerprint != ds.fingerprint():
         differ.append("the images (other data, or another fold or number of folds)")
