@@ -55,3 +55,33 @@ def test_acquisition_settings_come_from_the_cli():
 
     cfg = parse_augment(AugmentConfig(), ("gamma=0.3", "blur=1", "noise=0.02"))
     assert (cfg.gamma, cfg.blur, cfg.noise) == (0.3, 1.0, 0.02)
+
+
+def test_mixup_blends_images_labels_and_weights_by_one_lambda():
+    """Each mixed image must carry the label and weight of the same blend, or mixup
+    teaches the model noise: constant images equal to their index make the blend readable."""
+    from edge_toolkit.train.augment import make_dataset
+    from edge_toolkit.train.tfsetup import set_seed
+
+    set_seed(0)
+    n = 16
+    x = np.stack([np.full((4, 4, 1), i, np.float32) for i in range(n)])
+    y = np.arange(n, dtype=np.float32) * 10.0
+    w = np.arange(n, dtype=np.float32) + 100.0
+    mixed_x, mixed_y, mixed_w = (t.numpy() for t in next(iter(
+        make_dataset(x, y, n, weights=w, mixup=0.2))))
+    value = mixed_x[:, 0, 0, 0]
+    assert np.allclose(mixed_x, value[:, None, None, None])  # one blend per image
+    np.testing.assert_allclose(mixed_y, value * 10.0, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(mixed_w, value + 100.0, rtol=1e-5, atol=1e-3)
+    assert not np.allclose(value, np.arange(n)), "some images must be blended"
+    assert value.min() >= 0 and value.max() <= n - 1
+    plain = next(iter(make_dataset(x, y, n, weights=w)))  # mixup 0: the batch as it is
+    np.testing.assert_array_equal(plain[1].numpy(), y)
+
+
+def test_mixup_comes_from_the_cli_and_is_off_by_default():
+    from edge_toolkit.train.cli import parse_augment
+
+    assert AugmentConfig().mixup == 0.0
+    assert parse_augment(AugmentConfig(), ("mixup=0.2",)).mixup == 0.2

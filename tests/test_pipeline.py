@@ -158,6 +158,7 @@ def test_resume_refuses_a_run_trained_by_another_operating_rule(pipeline_run, tm
     ({"balance_within": "region"}, "balance_within"),  # trained with strata, asked without
     ({"selection": None}, "selection"),  # a card that does not say how it selected
     ({"min_specificity": None}, "min_specificity"),  # a card from before the floor existed
+    ({"augment": {"mixup": 0.2}}, "augment"),  # trained with mixup, asked without
 ])
 def test_resume_reads_settings_a_card_lacks_as_their_old_defaults(pipeline_run, tmp_path,
                                                                    edit, differs):
@@ -165,6 +166,8 @@ def test_resume_reads_settings_a_card_lacks_as_their_old_defaults(pipeline_run, 
         for key, value in edit.items():
             if value is None:
                 card["export"]["training"].pop(key)
+            elif isinstance(value, dict):
+                card["export"]["training"][key].update(value)
             else:
                 card["export"]["training"][key] = value
 
@@ -227,6 +230,7 @@ def test_resume_reuses_a_card_that_lacks_a_setting_asked_at_its_default(pipeline
     def change(card: dict) -> None:
         card["export"]["training"].pop("balance_within")  # a card from before the option
         card["export"]["training"].pop("preprocessing", None)  # a default_factory field
+        card["export"]["training"]["augment"].pop("mixup")  # augmentation added since
 
     ok, _, logs = resume_edited_copy(pipeline_run, tmp_path, change)
     assert ok and any("reusing" in m for m in logs), "\n".join(logs[-5:])

@@ -268,3 +268,26 @@ def test_a_runs_split_is_read_back_from_its_predictions(tiny_run):
     assert {s.split for s in val} == {"val"} and all(s.path.exists() for s in val)
     assert sorted(s.label for s in val) == sorted(
         1 if "not" not in s.path.parent.name else 0 for s in val)
+
+
+def test_label_smoothing_is_the_loss_a_run_trains_with(tmp_path):
+    """`--label-smoothing S` must reach the loss the network is fitted with (targets 1 - S/2
+    and S/2, so the loss is lowest at those probabilities), and the card must record it."""
+    from edge_toolkit.synthetic import write_synthetic
+    from edge_toolkit.train.tfsetup import keras
+    from edge_toolkit.train.trainer import train
+
+    data = write_synthetic(tmp_path / "data", {"train": 8, "val": 6, "test": 4}, size=16)
+    for smoothing in (0.0, 0.4):
+        cfg = TrainConfig(data=str(data), family="scratch_cnn", out=str(tmp_path / "runs"),
+                          name=f"ls{smoothing}", model={"input_size": 16, "width": 4,
+                                                        "stages": 2},
+                          epochs=1, batch_size=8, bootstrap=0, label_smoothing=smoothing)
+        run = train(cfg, log=lambda m: None)
+        assert ModelCard.load(run / "card.json").export["training"]["label_smoothing"] == (
+            smoothing)
+        loss = keras.models.load_model(run / "model.keras").loss
+        grid = np.linspace(0.5, 0.99, 50, dtype=np.float32)
+        values = [float(loss(np.ones((1, 1), np.float32), np.full((1, 1), p))) for p in grid]
+        best = grid[int(np.argmin(values))]
+        assert best == pytest.approx(1 - smoothing / 2, abs=0.011), (smoothing, best)

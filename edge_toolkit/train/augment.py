@@ -28,6 +28,10 @@ class AugmentConfig:
     gamma: float = 0.0  # log-gamma range: 0.3 = gamma between exp(-0.3) and exp(0.3)
     blur: float = 0.0  # largest Gaussian blur sigma, in pixels (drawn per batch)
     noise: float = 0.0  # largest Gaussian noise sd, as a fraction of the range (per image)
+    # mixup: each training image blended with another of its batch, labels and sample
+    # weights by the same lambda ~ Beta(mixup, mixup); applied in `make_dataset`, since it
+    # needs the labels (0: off)
+    mixup: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,10 +106,30 @@ def gaussian_blur(u: Any, sigma: Any, max_sigma: float) -> Any:
     return tf.nn.depthwise_conv2d(u, ky, [1, 1, 1, 1], "SAME")
 
 
+def mix_batch(x: Any, y: Any, w: Any | None, alpha: float, seed: int = 0) -> tuple[Any, ...]:
+    """Mixup within one batch: image i becomes lam_i x_i + (1 - lam_i) x_j for a shuffled
+    partner j, and its label and sample weight mix by the same lam_i ~ Beta(alpha, alpha).
+    A small alpha keeps most images close to one radiograph (lam near 0 or 1)."""
+    n = tf.shape(x)[0]
+    partner = tf.random.shuffle(tf.range(n), seed=seed)
+    g1 = tf.random.gamma([n], alpha, seed=seed + 1)
+    g2 = tf.random.gamma([n], alpha, seed=seed + 2)
+    lam = g1 / tf.maximum(g1 + g2, 1e-12)
+
+    def blend(a: Any) -> Any:
+        shape = tf.concat([[n], tf.ones([tf.rank(a) - 1], tf.int32)], 0)
+        t = tf.reshape(lam, shape)
+        return t * a + (1 - t) * tf.gather(a, partner)
+
+    return (blend(x), blend(y)) + (() if w is None else (blend(w),))
+
+
 def make_dataset(x: Any, y: Any, batch_size: int, augmenter: Any | None = None,
-                 shuffle: bool = False, seed: int = 0, weights: Any | None = None) -> Any:
+                 shuffle: bool = False, seed: int = 0, weights: Any | None = None,
+                 mixup: float = 0.0) -> Any:
     """A batched tf.data pipeline over in-memory preprocessed arrays; with `weights`, each
-    element carries its sample weight (class and source balance) as Keras expects.
+    element carries its sample weight (class and source balance) as Keras expects; with
+    `mixup` > 0, each batch is mixed after augmentation (`mix_batch`).
 
     Only indices go through tf.data (shuffled, batched); each batch is gathered from the
     numpy arrays as it is needed. `from_tensor_slices` on the images plus a full shuffle
@@ -131,5 +155,8 @@ def make_dataset(x: Any, y: Any, batch_size: int, augmenter: Any | None = None,
     ds = ds.batch(batch_size).map(load)
     if augmenter is not None:
         ds = ds.map(lambda a, *rest: (augmenter(a, training=True), *rest),
+                    num_parallel_calls=tf.data.AUTOTUNE)
+    if mixup:
+        ds = ds.map(lambda a, b, *w: mix_batch(a, b, w[0] if w else None, mixup, seed + 7),
                     num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)

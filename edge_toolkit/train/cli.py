@@ -40,7 +40,12 @@ def parse_augment(base: Any, items: tuple[str, ...]) -> Any:
         key, sep, value = item.partition("=")
         if not sep or key not in known:
             raise ValueError(f"{item!r}: expected KEY=VALUE with KEY one of {sorted(known)}")
-        changes[key] = value if key == "flip" else float(value)
+        try:
+            changes[key] = value if key == "flip" else float(value)
+        except ValueError:
+            raise ValueError(f"{item!r}: {key} takes a number") from None
+        if key != "flip" and changes[key] < 0:
+            raise ValueError(f"{item!r}: {key} must be 0 (off) or more")
     return replace(base, **changes)
 
 
@@ -82,6 +87,10 @@ def parse_augment(base: Any, items: tuple[str, ...]) -> Any:
                    "fine-tuning, or train it by SGD for --epochs [default: the family's].")
 @click.option("--probe-l2", type=float,
               help="Linear probe L2 penalty; 0 = choose it on val [default: the family's].")
+@click.option("--batchnorm-images", type=click.IntRange(0),
+              help="Re-estimate the pretrained backbone's BatchNorm statistics on this many "
+                   "training radiographs before fitting the head; 0 keeps ImageNet's "
+                   "[default: the family's].")
 @click.option("--average-epochs", type=click.IntRange(0),
               help="Also try the mean of the weights after the last N fine-tuning epochs "
                    "(stochastic weight averaging) as a candidate, judged on val "
@@ -103,7 +112,10 @@ def parse_augment(base: Any, items: tuple[str, ...]) -> Any:
 @click.option("--aug", "aug_overrides", multiple=True, metavar="KEY=VALUE",
               help="Augmentation setting, e.g. --aug rotation=0.25 --aug "
                    "flip=horizontal_and_vertical (keys: rotation, flip, zoom, shift, "
-                   "brightness, contrast).")
+                   "brightness, contrast, gamma, blur, noise, mixup).")
+@click.option("--label-smoothing", type=click.FloatRange(0, 0.5), default=0.0,
+              show_default=True,
+              help="Fine-tuning targets become 1 - S/2 and S/2 instead of 1 and 0.")
 @click.option("--dropout", type=float, help="Dropout before the classifier.")
 @click.option("--fine-tune-at", help="MobileNetV2: first backbone layer to unfreeze.")
 @click.option("--out", default="runs", show_default=True, help="Parent folder of run folders.")
@@ -126,9 +138,11 @@ def train(data: tuple[Path, ...], source_balance: float, balance_within: str | N
           epochs: int | None,
           fine_tune_epochs: int | None, batch_size: int, learning_rate: float | None,
           fine_tune_lr: float | None, patience: int | None, head: str | None,
-          probe_l2: float | None, average_epochs: int | None, probe_mix: str | None,
+          probe_l2: float | None, batchnorm_images: int | None,
+          average_epochs: int | None, probe_mix: str | None,
           keep: str | None, target_sensitivity: float, min_specificity: float | None,
-          no_augment: bool, aug_overrides: tuple[str, ...], dropout: float | None,
+          no_augment: bool, aug_overrides: tuple[str, ...], label_smoothing: float,
+          dropout: float | None,
           fine_tune_at: str | None, out: str, name: str | None, seed: int,
           mixed_precision: bool | None, folds: int | None, resume: bool) -> None:
     """Train a model family on a dataset folder and write a run folder with the model, its
@@ -165,12 +179,13 @@ def train(data: tuple[Path, ...], source_balance: float, balance_within: str | N
                       epochs=epochs,
                       fine_tune_epochs=fine_tune_epochs, batch_size=batch_size,
                       learning_rate=learning_rate, fine_tune_lr=fine_tune_lr, patience=patience,
-                      head=head, probe_l2=probe_l2, average_epochs=average_epochs,
+                      head=head, probe_l2=probe_l2, batchnorm_images=batchnorm_images,
+                      average_epochs=average_epochs,
                       probe_mix=mix, keep=keep,
                       target_sensitivity=target_sensitivity,
                       min_specificity=min_specificity, seed=seed,
                       source_balance=source_balance, balance_within=balance_within,
-                      mixed_precision=mixed_precision)
+                      label_smoothing=label_smoothing, mixed_precision=mixed_precision)
     if resume and not folds:
         raise click.UsageError("--resume goes with --folds")
     try:

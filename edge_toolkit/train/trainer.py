@@ -74,6 +74,9 @@ class TrainConfig:
     # before fine-tuning; "train": by SGD for `epochs`
     head: str | None = None
     probe_l2: float | None = None  # the probe's L2 penalty; 0 = choose it on val
+    # >0: a pretrained backbone's BatchNorm statistics are re-estimated on this many training
+    # radiographs before the probe (train/batchnorm.py); 0: its ImageNet statistics
+    batchnorm_images: int | None = None
     # >0: the mean of the weights after the last N fine-tuning epochs (stochastic weight
     # averaging) is one more candidate, judged on val like an epoch (train/averaging.py)
     average_epochs: int | None = None
@@ -92,6 +95,8 @@ class TrainConfig:
     source_balance: float = 1.0
     # a manifest column (e.g. "region"): classes are also balanced within each of its values
     balance_within: str | None = None
+    # >0: fine-tuning targets become 1 - s/2 and s/2 instead of 1 and 0 (label smoothing)
+    label_smoothing: float = 0.0
     val_fraction: float = 0.15
     seed: int = 0
     mixed_precision: bool | None = None
@@ -101,7 +106,7 @@ class TrainConfig:
 
 FALLBACK = {"epochs": 12, "fine_tune_epochs": 8, "learning_rate": 1e-3, "fine_tune_lr": 2e-5,
             "patience": 4, "head": "train", "probe_l2": 0.0, "average_epochs": 0,
-            "probe_mix": (), "keep": "best"}
+            "probe_mix": (), "keep": "best", "batchnorm_images": 0}
 
 
 def resolve_defaults(cfg: TrainConfig) -> TrainConfig:
@@ -285,12 +290,26 @@ def kept_candidate(history: list[dict[str, Any]]) -> str:
     return str(best.get("candidate", ""))
 
 
+def _radiograph_statistics(model: Any, x: np.ndarray, cfg: TrainConfig, log: Log) -> None:
+    """The backbone's BatchNorm statistics re-estimated on `cfg.batchnorm_images` training
+    radiographs drawn at random (un-augmented, as served)."""
+    from edge_toolkit.train.batchnorm import reestimate_batchnorm
+
+    t = time.perf_counter()
+    pick = np.sort(np.random.default_rng(cfg.seed).choice(
+        len(x), min(int(cfg.batchnorm_images), len(x)), replace=False))
+    batches = reestimate_batchnorm(model, x[pick], seed=cfg.seed)
+    log(f"BatchNorm statistics re-estimated on {len(pick)} training radiographs "
+        f"({batches} batches), {time.perf_counter() - t:.0f}s")
+
+
 def _fit_phase(model: Any, train_ds: Any, val: LoadedSplit, epochs: int, lr: float,
                cfg: TrainConfig, checkpoint: Any, phase: int, log: Log,
                extra: list[Any] | None = None) -> list[dict[str, Any]]:
     if epochs <= 0:
         return []
-    model.compile(optimizer=keras.optimizers.Adam(lr), loss="binary_crossentropy",
+    loss = keras.losses.BinaryCrossentropy(label_smoothing=cfg.label_smoothing)
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss,
                   weighted_metrics=[keras.metrics.AUC(name="auc")])
     stop = keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=cfg.patience,
                                          restore_best_weights=True)
@@ -378,7 +397,7 @@ def train(cfg: TrainConfig, log: Log = print, dataset: Dataset | None = None) ->
             f"{', '.join(sorted({v or '(none)' for v in strata}))}")
     weights = source_balanced_weights(train_s.y, train_s.sources, cfg.source_balance, strata)
     train_ds = make_dataset(train_s.x, train_s.y, batch, augmenter, shuffle=True,
-                            seed=cfg.seed, weights=weights)
+                            seed=cfg.seed, weights=weights, mixup=cfg.augment.mixup)
     with strategy.scope():
         model, model_cfg = build_model(cfg.family, **model_cfg)
     ckpt_path = run / "best.weights.h5"
@@ -390,6 +409,8 @@ def train(cfg: TrainConfig, log: Log = print, dataset: Dataset | None = None) ->
     pretrained = family.has_backbone and bool(model_cfg.get("weights"))
     with strategy.scope():
         _set_trainable(model, cfg.family, model_cfg, trainable=False)
+        if pretrained and cfg.batchnorm_images:
+            _radiograph_statistics(model, train_s.x, cfg, log)
         if cfg.head == "probe" and pretrained:
             probe_record, row = _probe_phase(model, train_s, weights, val_s, cfg, log)
             # the probe is the first candidate: kept in memory (a weights file saved before
@@ -634,12 +655,14 @@ def run_preprocessing(cfg: TrainConfig) -> PreprocessConfig:
 def _recorded(training: dict[str, Any], key: str) -> Any:
     """A setting as a card's training record has it; one the card predates is read as the
     default of its time (no floor, no strata, per-image selection)."""
+    if key == "augment" and isinstance(training.get(key), dict):  # keys added since: off
+        return asdict(AugmentConfig()) | {k: v for k, v in training[key].items()}
     if key in training:
         return json.loads(json.dumps(training[key], default=str))
     defaults = {f.name: f.default if f.default is not MISSING
                 else None if f.default_factory is MISSING
                 else f.default_factory() for f in fields(TrainConfig)}
-    value = {"selection": "per-image-1"}.get(key, defaults.get(key))
+    value = {"selection": "per-image-1", "batchnorm_images": 0}.get(key, defaults.get(key))
     return json.loads(json.dumps(value, default=str))
 
 

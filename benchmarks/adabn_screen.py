@@ -1,0 +1,117 @@
+"""Screen BatchNorm re-estimation on radiographs (AdaBN) with the frozen linear probe.
+
+MobileNetV2's BatchNorm layers normalise with ImageNet photo statistics; radiographs are
+grey, low in texture and windowed differently by every hospital. Re-estimating those
+statistics on training radiographs (no labels, no gradient) changes what the frozen
+backbone hands the probe. This screen measures whether it helps, the same way
+`select_probe_cv.py` screens sizes and penalties:
+
+    python benchmarks/adabn_screen.py --data ../shared/data/fracture-xray \
+        --data ../shared/data/fracatlas --weights ../shared/weights/mobilenet_v2_1.0_224_no_top.h5
+
+- in-distribution: grouped k-fold CV over the pooled train+val images; in each fold the
+  statistics come from that fold's training images only;
+- unseen site: statistics and probe from one source's images, scored on the other's.
+
+Prints the family-weighted AUC of ImageNet statistics against re-estimated ones. Test is
+never touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+from select_probe_cv import CHUNK
+
+from edge_toolkit.crossval import make_folds, summarize_folds
+from edge_toolkit.data import load_samples
+from edge_toolkit.metrics import family_auc
+from edge_toolkit.multisource import discover_sources, groups_of, source_balanced_weights
+from edge_toolkit.preprocess import PreprocessConfig
+from edge_toolkit.train.batchnorm import reestimate_batchnorm
+from edge_toolkit.train.models import build_model, preprocess_config
+from edge_toolkit.train.probe import fit_logistic, pooled_features
+
+
+def probe_scores(feats, y, src, fam, fold, folds, l2, names) -> list[dict[str, float]]:
+    """Each fold's family-weighted AUC per source of a probe fitted on the other folds."""
+    scores = []
+    for k in range(folds):
+        tr, te = fold != k, fold == k
+        w = source_balanced_weights(y[tr], src[tr], 1.0)
+        s = fit_logistic(feats[k][tr], y[tr], w, l2).logits(feats[k][te])
+        per = {n: family_auc(y[te][src[te] == n], s[src[te] == n], fam[te][src[te] == n])
+               for n in names}
+        scores.append(per | {"mean_of_sources": float(np.mean(list(per.values())))})
+    return scores
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", action="append", required=True)
+    ap.add_argument("--weights", required=True)
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--l2", type=float, default=1000.0)
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--stat-images", type=int, default=1024,
+                    help="Training images the statistics are averaged over.")
+    args = ap.parse_args()
+    ds = discover_sources(args.data)
+    plan = make_folds(ds, args.folds, seed=0)
+    y = np.array([s.label for s in plan.samples])
+    src = np.array([s.source for s in plan.samples])
+    fold = np.array(plan.fold)
+    fam = np.array(groups_of(ds, [s.path for s in plan.samples]))
+    model, cfg = build_model("mobilenetv2", input_size=args.size, weights=args.weights)
+    pre = PreprocessConfig.from_dict(preprocess_config("mobilenetv2", cfg))
+    t = time.perf_counter()
+    x = np.concatenate([load_samples(plan.samples[i:i + CHUNK], pre).x
+                        for i in range(0, len(plan.samples), CHUNK)])
+    print(f"{len(x)} images loaded in {time.perf_counter() - t:.0f}s", flush=True)
+    imagenet = model.get_weights()
+    rng = np.random.default_rng(0)
+
+    def features_after_stats(pool: np.ndarray) -> np.ndarray:
+        """Features of every image with statistics re-estimated on images `pool`."""
+        t0 = time.perf_counter()
+        model.set_weights(imagenet)
+        pick = rng.choice(pool, min(args.stat_images, len(pool)), replace=False)
+        reestimate_batchnorm(model, x[pick])
+        out = pooled_features(model, x)
+        print(f"  statistics from {len(pick)} images, features in "
+              f"{time.perf_counter() - t0:.0f}s", flush=True)
+        return out
+
+    base = pooled_features(model, x)
+    adapted = [features_after_stats(np.flatnonzero(fold != k)) for k in range(args.folds)]
+    names = ds.source_names
+    rows = {"ImageNet statistics": probe_scores([base] * args.folds, y, src, fam, fold,
+                                                args.folds, args.l2, names),
+            "re-estimated on the training folds": probe_scores(adapted, y, src, fam, fold,
+                                                               args.folds, args.l2, names)}
+    cols = [*names, "mean_of_sources"]
+    print(f"\nsize {args.size}, L2 {args.l2:g}, {args.folds}-fold grouped CV (family-weighted "
+          "AUC, mean ± sd over folds)\n")
+    print("| BatchNorm statistics | " + " | ".join(cols) + " | mean, paired difference |")
+    print("|" + "---|" * (len(cols) + 2))
+    ref = np.array([s["mean_of_sources"] for s in rows["ImageNet statistics"]])
+    for label, scores in rows.items():
+        summary = summarize_folds(scores)
+        diff = np.array([s["mean_of_sources"] for s in scores]) - ref
+        print(f"| {label} | " + " | ".join(f"{summary[c]['mean']:.3f} ± {summary[c]['sd']:.3f}"
+                                           for c in cols)
+              + f" | {diff.mean():+.3f} (folds {', '.join(f'{d:+.3f}' for d in diff)}) |")
+    print("\nunseen site (statistics and probe from the other source only):")
+    for name in names:
+        tr, te = src != name, src == name
+        w = source_balanced_weights(y[tr], src[tr], 1.0)
+        feats = features_after_stats(np.flatnonzero(tr))
+        for label, f in (("ImageNet", base), ("re-estimated", feats)):
+            s = fit_logistic(f[tr], y[tr], w, args.l2).logits(f[te])
+            print(f"  -> {name}, {label} statistics: {family_auc(y[te], s, fam[te]):.3f}")
+
+
+if __name__ == "__main__":
+    main()
