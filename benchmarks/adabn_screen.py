@@ -67,8 +67,12 @@ def main() -> None:
     model, cfg = build_model("mobilenetv2", input_size=args.size, weights=args.weights)
     pre = PreprocessConfig.from_dict(preprocess_config("mobilenetv2", cfg))
     t = time.perf_counter()
-    x = np.concatenate([load_samples(plan.samples[i:i + CHUNK], pre).x
-                        for i in range(0, len(plan.samples), CHUNK)])
+    chunks = []
+    for i in range(0, len(plan.samples), CHUNK):
+        loaded = load_samples(plan.samples[i:i + CHUNK], pre)
+        assert not loaded.skipped, loaded.skipped[:3]  # a skipped file would shift the labels
+        chunks.append(loaded.x)
+    x = np.concatenate(chunks)
     print(f"{len(x)} images loaded in {time.perf_counter() - t:.0f}s", flush=True)
     imagenet = model.get_weights()
     rng = np.random.default_rng(0)

@@ -28,8 +28,9 @@ def test_statistics_become_the_data_statistics_and_the_layer_is_left_as_found():
 
 
 def test_a_layer_sees_inputs_normalised_by_the_layers_below():
-    """Stacked layers: the second one's statistics are those of the first one's output with
-    the new statistics, so it ends near zero mean and unit variance."""
+    """Stacked layers: the second one's statistics are those of its own input, the first
+    one's output (normalised by each batch's statistics during the pass), not of the raw
+    images."""
     inputs = keras.Input((4, 4, 1))
     first = keras.layers.BatchNormalization(name="first")
     second = keras.layers.BatchNormalization(name="second")
