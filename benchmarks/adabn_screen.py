@@ -82,7 +82,8 @@ def main() -> None:
         t0 = time.perf_counter()
         model.set_weights(imagenet)
         pick = rng.choice(pool, min(args.stat_images, len(pool)), replace=False)
-        reestimate_batchnorm(model, x[pick])
+        reestimate_batchnorm(model, x, indices=pick[np.random.default_rng(0).permutation(
+            len(pick))])
         out = pooled_features(model, x)
         print(f"  statistics from {len(pick)} images, features in "
               f"{time.perf_counter() - t0:.0f}s", flush=True)

@@ -57,25 +57,42 @@ def test_acquisition_settings_come_from_the_cli():
     assert (cfg.gamma, cfg.blur, cfg.noise) == (0.3, 1.0, 0.02)
 
 
-def test_mixup_blends_images_labels_and_weights_by_one_lambda():
-    """Each mixed image must carry the label and weight of the same blend, or mixup
-    teaches the model noise: constant images equal to their index make the blend readable."""
-    from edge_toolkit.train.augment import make_dataset
+def test_mixup_mixes_the_weighted_losses_of_two_images():
+    """Each mixed image must carry the loss of the same blend, weighted as its two images
+    were (class and source balance), or mixup teaches noise and undoes the balancing:
+    constant images equal to their index make each image's blend readable."""
+    import tensorflow as tf
+
+    from edge_toolkit.train.augment import make_dataset, mix_batch
     from edge_toolkit.train.tfsetup import set_seed
 
     set_seed(0)
     n = 16
     x = np.stack([np.full((4, 4, 1), i, np.float32) for i in range(n)])
-    y = np.arange(n, dtype=np.float32) * 10.0
-    w = np.arange(n, dtype=np.float32) + 100.0
+    y = (np.arange(n) % 2).astype(np.float32)  # odd images fractured
+    w = np.where(y == 1, 4.0, 1.0).astype(np.float32)  # the rarer class weighs more
     mixed_x, mixed_y, mixed_w = (t.numpy() for t in next(iter(
         make_dataset(x, y, n, weights=w, mixup=0.2))))
     value = mixed_x[:, 0, 0, 0]
     assert np.allclose(mixed_x, value[:, None, None, None])  # one blend per image
-    np.testing.assert_allclose(mixed_y, value * 10.0, rtol=1e-5, atol=1e-3)
-    np.testing.assert_allclose(mixed_w, value + 100.0, rtol=1e-5, atol=1e-3)
     assert not np.allclose(value, np.arange(n)), "some images must be blended"
-    assert value.min() >= 0 and value.max() <= n - 1
+    # recover lam and the partner from the blend, then check the weighted loss mix
+    rows = []
+    for i, v in enumerate(value):
+        for j in range(n):
+            lam = 1.0 if j == i else (v - j) / (i - j)
+            if 0 <= lam <= 1:
+                mw = lam * w[i] + (1 - lam) * w[j]
+                my = (lam * w[i] * y[i] + (1 - lam) * w[j] * y[j]) / mw
+                if abs(mw - mixed_w[i]) < 1e-4 and abs(my - mixed_y[i]) < 1e-4:
+                    rows.append(i)
+                    break
+    assert rows == list(range(n)), "every label and weight must match its image's blend"
+    pair = [t.numpy() for t in mix_batch(tf.constant([[0.0], [1.0]]), tf.constant([0.0, 1.0]),
+                                         tf.constant([1.0, 4.0]), 0.2)]
+    p = pair[0][:, 0]  # lam for image 0's blend: its value is 1 - lam when mixed with 1
+    share = 4.0 * p / (4.0 * p + 1.0 * (1 - p))  # the fractured image's share of the loss
+    np.testing.assert_allclose(pair[1], share, atol=1e-5)
     plain = next(iter(make_dataset(x, y, n, weights=w)))  # mixup 0: the batch as it is
     np.testing.assert_array_equal(plain[1].numpy(), y)
 
@@ -85,3 +102,6 @@ def test_mixup_comes_from_the_cli_and_is_off_by_default():
 
     assert AugmentConfig().mixup == 0.0
     assert parse_augment(AugmentConfig(), ("mixup=0.2",)).mixup == 0.2
+    for bad in ("mixup=-0.2", "mixup=nan", "noise=inf", "gamma=much"):
+        with pytest.raises(ValueError, match="mixup|noise|gamma"):
+            parse_augment(AugmentConfig(), (bad,))

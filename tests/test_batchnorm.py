@@ -18,9 +18,9 @@ def test_statistics_become_the_data_statistics_and_the_layer_is_left_as_found():
     model = keras.Model(inputs, bn(inputs))
     bn.trainable = False  # frozen, as in fine-tuning: Keras 2 would then not update it
     x = np.random.default_rng(0).normal(3.0, 2.0, (96, 8, 8, 2)).astype(np.float32)
-    assert reestimate_batchnorm(model, x, batch_size=32) == 3
-    assert reestimate_batchnorm(model, x[:5], batch_size=32) == 1  # fewer than a batch
-    reestimate_batchnorm(model, x, batch_size=32)
+    assert reestimate_batchnorm(model, x, batch_size=32, indices=np.arange(5)) == 5  # one
+    assert reestimate_batchnorm(model, x, batch_size=32, indices=np.arange(90)) == 64
+    assert reestimate_batchnorm(model, x, batch_size=32) == 96
     np.testing.assert_allclose(bn.moving_mean.numpy(), x.mean(axis=(0, 1, 2)), atol=1e-3)
     np.testing.assert_allclose(bn.moving_variance.numpy(), x.var(axis=(0, 1, 2)), rtol=0.01)
     assert bn.trainable is False and bn.momentum == 0.99
@@ -68,3 +68,19 @@ def test_a_run_records_the_statistics_it_trained_with(tmp_path):
     np.testing.assert_array_equal(means[0], imagenet)
     assert not np.allclose(means[16], imagenet)
     assert any("re-estimated on 16 training radiographs" in m for m in lines)
+
+
+def test_the_setting_is_recorded_only_where_it_does_something():
+    """A card must not claim re-estimated statistics for a network without pretrained
+    ones; impossible settings are refused before any image loads."""
+    from edge_toolkit.train.trainer import TrainConfig, effective_config
+
+    scratch = TrainConfig(data="x", family="scratch_cnn", batchnorm_images=16)
+    assert effective_config(scratch).batchnorm_images == 0
+    pretrained = TrainConfig(data="x", family="mobilenetv2", batchnorm_images=16,
+                             model={"weights": "w.h5"})
+    assert effective_config(pretrained).batchnorm_images == 16
+    no_weights = TrainConfig(data="x", family="mobilenetv2", batchnorm_images=16)
+    assert effective_config(no_weights).batchnorm_images == 0
+    with pytest.raises(ValueError, match="label_smoothing"):
+        effective_config(TrainConfig(data="x", family="scratch_cnn", label_smoothing=1.5))

@@ -156,7 +156,7 @@ def fine_tune(model: Any, ctx: Any, epochs: int, lr: float, label: str,
         augmenter = build_augmenter(aug, value_range, ctx.seed)
     weights = training_weights(ctx)
     ds = make_dataset(train.x, train.y, ctx.batch_size, augmenter, shuffle=True,
-                      seed=ctx.seed, weights=weights)
+                      seed=ctx.seed, weights=weights, mixup=aug.mixup)
     frozen = freeze_batchnorm(model) if ctx.freeze_bn else 0
     model.compile(optimizer=keras.optimizers.Adam(lr), loss="binary_crossentropy")
     best = BestByValAUC(val.x, val.y, first_epoch, ctx.log, label, val.sources, val.groups)

@@ -108,20 +108,27 @@ def gaussian_blur(u: Any, sigma: Any, max_sigma: float) -> Any:
 
 def mix_batch(x: Any, y: Any, w: Any | None, alpha: float, seed: int = 0) -> tuple[Any, ...]:
     """Mixup within one batch: image i becomes lam_i x_i + (1 - lam_i) x_j for a shuffled
-    partner j, and its label and sample weight mix by the same lam_i ~ Beta(alpha, alpha).
-    A small alpha keeps most images close to one radiograph (lam near 0 or 1)."""
+    partner j, lam_i ~ Beta(alpha, alpha); a small alpha keeps most images close to one
+    radiograph. Its loss is the lam-weighted mix of the two images' weighted losses: with
+    sample weights (class and source balance), weight lam w_i + (1 - lam) w_j and label
+    (lam w_i y_i + (1 - lam) w_j y_j) / that weight (cross-entropy is linear in the label),
+    so mixing does not undo the balancing; without weights, label lam y_i + (1 - lam) y_j."""
     n = tf.shape(x)[0]
     partner = tf.random.shuffle(tf.range(n), seed=seed)
     g1 = tf.random.gamma([n], alpha, seed=seed + 1)
     g2 = tf.random.gamma([n], alpha, seed=seed + 2)
     lam = g1 / tf.maximum(g1 + g2, 1e-12)
 
-    def blend(a: Any) -> Any:
-        shape = tf.concat([[n], tf.ones([tf.rank(a) - 1], tf.int32)], 0)
-        t = tf.reshape(lam, shape)
+    def blend(a: Any, t: Any) -> Any:
+        t = tf.reshape(t, tf.concat([[n], tf.ones([tf.rank(a) - 1], tf.int32)], 0))
         return t * a + (1 - t) * tf.gather(a, partner)
 
-    return (blend(x), blend(y)) + (() if w is None else (blend(w),))
+    mixed = blend(x, lam)
+    if w is None:
+        return mixed, blend(y, lam)
+    weight = blend(w, lam)
+    share = lam * w / tf.maximum(weight, 1e-12)  # image i's share of the mixed loss
+    return mixed, blend(y, share), weight
 
 
 def make_dataset(x: Any, y: Any, batch_size: int, augmenter: Any | None = None,

@@ -44,8 +44,8 @@ def parse_augment(base: Any, items: tuple[str, ...]) -> Any:
             changes[key] = value if key == "flip" else float(value)
         except ValueError:
             raise ValueError(f"{item!r}: {key} takes a number") from None
-        if key != "flip" and changes[key] < 0:
-            raise ValueError(f"{item!r}: {key} must be 0 (off) or more")
+        if key != "flip" and not 0 <= changes[key] < float("inf"):
+            raise ValueError(f"{item!r}: {key} must be a finite number, 0 (off) or more")
     return replace(base, **changes)
 
 
@@ -115,7 +115,8 @@ def parse_augment(base: Any, items: tuple[str, ...]) -> Any:
                    "brightness, contrast, gamma, blur, noise, mixup).")
 @click.option("--label-smoothing", type=click.FloatRange(0, 0.5), default=0.0,
               show_default=True,
-              help="Fine-tuning targets become 1 - S/2 and S/2 instead of 1 and 0.")
+              help="Targets of every gradient-trained phase become 1 - S/2 and S/2 instead "
+                   "of 1 and 0 (the closed-form probe is not smoothed).")
 @click.option("--dropout", type=float, help="Dropout before the classifier.")
 @click.option("--fine-tune-at", help="MobileNetV2: first backbone layer to unfreeze.")
 @click.option("--out", default="runs", show_default=True, help="Parent folder of run folders.")

@@ -95,7 +95,7 @@ class TrainConfig:
     source_balance: float = 1.0
     # a manifest column (e.g. "region"): classes are also balanced within each of its values
     balance_within: str | None = None
-    # >0: fine-tuning targets become 1 - s/2 and s/2 instead of 1 and 0 (label smoothing)
+    # >0: the gradient-trained phases' targets become 1 - s/2 and s/2 (label smoothing)
     label_smoothing: float = 0.0
     val_fraction: float = 0.15
     seed: int = 0
@@ -298,9 +298,10 @@ def _radiograph_statistics(model: Any, x: np.ndarray, cfg: TrainConfig, log: Log
     t = time.perf_counter()
     pick = np.sort(np.random.default_rng(cfg.seed).choice(
         len(x), min(int(cfg.batchnorm_images), len(x)), replace=False))
-    batches = reestimate_batchnorm(model, x[pick], seed=cfg.seed)
-    log(f"BatchNorm statistics re-estimated on {len(pick)} training radiographs "
-        f"({batches} batches), {time.perf_counter() - t:.0f}s")
+    order = pick[np.random.default_rng(cfg.seed).permutation(len(pick))]  # random batches
+    used = reestimate_batchnorm(model, x, indices=order)
+    log(f"BatchNorm statistics re-estimated on {used} training radiographs "
+        f"({len(pick)} drawn), {time.perf_counter() - t:.0f}s")
 
 
 def _fit_phase(model: Any, train_ds: Any, val: LoadedSplit, epochs: int, lr: float,
@@ -344,6 +345,10 @@ def effective_config(cfg: TrainConfig) -> TrainConfig:
                  and cfg.fine_tune_epochs)
     if not keep_asked and not lp_ft:
         cfg = replace(cfg, keep="best")
+    if cfg.batchnorm_images and not (family.has_backbone and model_weights):
+        cfg = replace(cfg, batchnorm_images=0)  # no pretrained statistics to re-estimate
+    if not 0 <= cfg.label_smoothing < 1 or (cfg.batchnorm_images or 0) < 0:
+        raise ValueError("label_smoothing must be in [0, 1) and batchnorm_images 0 or more")
     return cfg
 
 
