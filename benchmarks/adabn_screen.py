@@ -23,29 +23,16 @@ import argparse
 import time
 
 import numpy as np
-from select_probe_cv import CHUNK
+from select_probe_cv import CHUNK, fold_arrays, probe_fold_scores
 
-from edge_toolkit.crossval import make_folds, summarize_folds
+from edge_toolkit.crossval import summarize_folds
 from edge_toolkit.data import load_samples
 from edge_toolkit.metrics import family_auc
-from edge_toolkit.multisource import discover_sources, groups_of, source_balanced_weights
+from edge_toolkit.multisource import source_balanced_weights
 from edge_toolkit.preprocess import PreprocessConfig
 from edge_toolkit.train.batchnorm import reestimate_batchnorm
 from edge_toolkit.train.models import build_model, preprocess_config
 from edge_toolkit.train.probe import fit_logistic, pooled_features
-
-
-def probe_scores(feats, y, src, fam, fold, folds, l2, names) -> list[dict[str, float]]:
-    """Each fold's family-weighted AUC per source of a probe fitted on the other folds."""
-    scores = []
-    for k in range(folds):
-        tr, te = fold != k, fold == k
-        w = source_balanced_weights(y[tr], src[tr], 1.0)
-        s = fit_logistic(feats[k][tr], y[tr], w, l2).logits(feats[k][te])
-        per = {n: family_auc(y[te][src[te] == n], s[src[te] == n], fam[te][src[te] == n])
-               for n in names}
-        scores.append(per | {"mean_of_sources": float(np.mean(list(per.values())))})
-    return scores
 
 
 def main() -> None:
@@ -58,12 +45,7 @@ def main() -> None:
     ap.add_argument("--stat-images", type=int, default=1024,
                     help="Training images the statistics are averaged over.")
     args = ap.parse_args()
-    ds = discover_sources(args.data)
-    plan = make_folds(ds, args.folds, seed=0)
-    y = np.array([s.label for s in plan.samples])
-    src = np.array([s.source for s in plan.samples])
-    fold = np.array(plan.fold)
-    fam = np.array(groups_of(ds, [s.path for s in plan.samples]))
+    ds, plan, y, src, fold, fam = fold_arrays(args.data, args.folds)
     model, cfg = build_model("mobilenetv2", input_size=args.size, weights=args.weights)
     pre = PreprocessConfig.from_dict(preprocess_config("mobilenetv2", cfg))
     t = time.perf_counter()
@@ -92,10 +74,10 @@ def main() -> None:
     base = pooled_features(model, x)
     adapted = [features_after_stats(np.flatnonzero(fold != k)) for k in range(args.folds)]
     names = ds.source_names
-    rows = {"ImageNet statistics": probe_scores([base] * args.folds, y, src, fam, fold,
-                                                args.folds, args.l2, names),
-            "re-estimated on the training folds": probe_scores(adapted, y, src, fam, fold,
-                                                               args.folds, args.l2, names)}
+    rows = {"ImageNet statistics": probe_fold_scores([base] * args.folds, y, src, fam, fold,
+                                                     args.l2, names),
+            "re-estimated on the training folds": probe_fold_scores(adapted, y, src, fam, fold,
+                                                                    args.l2, names)}
     cols = [*names, "mean_of_sources"]
     print(f"\nsize {args.size}, L2 {args.l2:g}, {args.folds}-fold grouped CV (family-weighted "
           "AUC, mean ± sd over folds)\n")

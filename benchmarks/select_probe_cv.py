@@ -19,6 +19,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -48,12 +49,7 @@ def main() -> None:
                     help="Also fit on all but one source and score the one left out (all its "
                          "train+val images): a hospital the probe never saw.")
     args = ap.parse_args()
-    ds = discover_sources(args.data)
-    plan = make_folds(ds, args.folds, seed=0)
-    y = np.array([s.label for s in plan.samples])
-    src = np.array([s.source for s in plan.samples])
-    fold = np.array(plan.fold)
-    fam = np.array(groups_of(ds, [s.path for s in plan.samples]))
+    ds, plan, y, src, fold, fam = fold_arrays(args.data, args.folds)
     results = []
     for size, intensity in [(int(s), i) for s in args.sizes.split(",")
                             for i in args.intensity.split(",")]:
@@ -71,15 +67,8 @@ def main() -> None:
               f"{time.perf_counter() - t:.0f}s", flush=True)
         for balance in [float(b) for b in args.balance.split(",")]:
             for l2 in [float(v) for v in args.l2.split(",")]:
-                scores = []
-                for k in range(args.folds):
-                    tr, te = fold != k, fold == k
-                    w = source_balanced_weights(y[tr], src[tr], balance)
-                    s = fit_logistic(feats[tr], y[tr], w, l2).logits(feats[te])
-                    per = {n: family_auc(y[te][src[te] == n], s[src[te] == n],
-                                         fam[te][src[te] == n])
-                           for n in ds.source_names}
-                    scores.append(per | {"mean_of_sources": float(np.mean(list(per.values())))})
+                scores = probe_fold_scores([feats] * args.folds, y, src, fam, fold, l2,
+                                           ds.source_names, balance)
                 results.append({"size": size, "intensity": intensity, "l2": l2,
                                 "balance": balance, "summary": summarize_folds(scores)})
         if args.unseen:
@@ -104,6 +93,34 @@ def main() -> None:
           f"L2 {pick['l2']:g}")
     if args.out:
         args.out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def fold_arrays(data: list[str], folds: int) -> tuple[Any, Any, np.ndarray, np.ndarray,
+                                                      np.ndarray, np.ndarray]:
+    """The sources, the grouped fold plan over their pooled train+val images, and each
+    image's label, source, fold and family, as arrays."""
+    ds = discover_sources(data)
+    plan = make_folds(ds, folds, seed=0)
+    y = np.array([s.label for s in plan.samples])
+    src = np.array([s.source for s in plan.samples])
+    fam = np.array(groups_of(ds, [s.path for s in plan.samples]))
+    return ds, plan, y, src, np.array(plan.fold), fam
+
+
+def probe_fold_scores(feats: list[np.ndarray], y: np.ndarray, src: np.ndarray,
+                      fam: np.ndarray, fold: np.ndarray, l2: float, names: list[str],
+                      balance: float = 1.0) -> list[dict[str, float]]:
+    """Each fold's family-weighted AUC per source (and their mean) of a probe fitted on the
+    other folds; `feats[k]` are the features fold k is fitted and scored with."""
+    scores = []
+    for k in range(len(feats)):
+        tr, te = fold != k, fold == k
+        w = source_balanced_weights(y[tr], src[tr], balance)
+        s = fit_logistic(feats[k][tr], y[tr], w, l2).logits(feats[k][te])
+        per = {n: family_auc(y[te][src[te] == n], s[src[te] == n], fam[te][src[te] == n])
+               for n in names}
+        scores.append(per | {"mean_of_sources": float(np.mean(list(per.values())))})
+    return scores
 
 
 def unseen_site_aucs(feats: np.ndarray, y: np.ndarray, src: np.ndarray, fam: np.ndarray,
