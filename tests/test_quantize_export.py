@@ -206,6 +206,7 @@ def test_fine_tuning_is_recorded_in_the_card(exported):
     assert qat["epochs"] == 1 and qat["learning_rate"] == 1e-5 and qat["best_epoch"] == 1
     assert qat["scheme"].startswith("Default8BitQuantizeScheme")
     assert qat["range_calibration_images"] == 40 and 0 <= qat["keras_val_auc_before"] <= 1
+    assert qat["label_smoothing"] == 0.0 and qat["augment"]["mixup"] == 0.0  # as trained
     # a scratch CNN trained its BatchNorm, so fine-tuning does too; pruning LR 0.3 x 1e-3
     assert qat["frozen_batchnorm_layers"] == 0 and report.config["freeze_bn"] is False
     assert report.config["prune_lr"] == pytest.approx(3e-4)

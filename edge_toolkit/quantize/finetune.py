@@ -152,13 +152,15 @@ def fine_tune(model: Any, ctx: Any, epochs: int, lr: float, label: str,
     value_range = ctx.preprocess.value_range
     augmenter = None
     if any([aug.rotation, aug.zoom, aug.shift, aug.brightness, aug.contrast,
-            aug.flip != "none"]):
+            aug.gamma, aug.blur, aug.noise, aug.flip != "none"]):
         augmenter = build_augmenter(aug, value_range, ctx.seed)
     weights = training_weights(ctx)
     ds = make_dataset(train.x, train.y, ctx.batch_size, augmenter, shuffle=True,
                       seed=ctx.seed, weights=weights, mixup=aug.mixup)
     frozen = freeze_batchnorm(model) if ctx.freeze_bn else 0
-    model.compile(optimizer=keras.optimizers.Adam(lr), loss="binary_crossentropy")
+    smoothing = float((getattr(ctx, "training", None) or {}).get("label_smoothing") or 0.0)
+    model.compile(optimizer=keras.optimizers.Adam(lr),
+                  loss=keras.losses.BinaryCrossentropy(label_smoothing=smoothing))
     best = BestByValAUC(val.x, val.y, first_epoch, ctx.log, label, val.sources, val.groups)
     eta = EtaProgress(epochs, math.ceil(len(train.y) / ctx.batch_size), ctx.log, label)
     model.fit(ds, epochs=epochs, callbacks=[*callbacks, best, eta], verbose=0)
@@ -166,6 +168,7 @@ def fine_tune(model: Any, ctx: Any, epochs: int, lr: float, label: str,
     return {"epochs": epochs, "learning_rate": lr, "batch_size": ctx.batch_size,
             "best_epoch": best.best_epoch, "keras_val_auc": best.best_auc,
             "val_auc_per_epoch": best.history, "augment": aug.to_dict(),
+            "label_smoothing": smoothing,
             "sample_weights": {"min": float(weights.min()), "max": float(weights.max())},
             "train_images": int(len(train.y)),
             "frozen_batchnorm_layers": frozen, "determinism": repro,

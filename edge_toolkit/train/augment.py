@@ -28,9 +28,9 @@ class AugmentConfig:
     gamma: float = 0.0  # log-gamma range: 0.3 = gamma between exp(-0.3) and exp(0.3)
     blur: float = 0.0  # largest Gaussian blur sigma, in pixels (drawn per batch)
     noise: float = 0.0  # largest Gaussian noise sd, as a fraction of the range (per image)
-    # mixup: each training image blended with another of its batch, labels and sample
-    # weights by the same lambda ~ Beta(mixup, mixup); applied in `make_dataset`, since it
-    # needs the labels (0: off)
+    # mixup: each training image blended with another of its batch, lambda ~ Beta(mixup,
+    # mixup), its loss the lambda-weighted mix of the two weighted losses (`mix_batch`);
+    # applied in `make_dataset`, since it needs the labels and weights (0: off)
     mixup: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:

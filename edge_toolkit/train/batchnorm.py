@@ -27,6 +27,8 @@ def reestimate_batchnorm(model: Any, x: np.ndarray, batch_size: int = 32,
     from edge_toolkit.train.tfsetup import keras
 
     order = np.arange(len(x)) if indices is None else np.asarray(indices)
+    if len(order) == 0:
+        raise ValueError("no images to estimate BatchNorm statistics on")
     bns = [layer for layer in model.layers
            if isinstance(layer, keras.layers.BatchNormalization)]
     saved = [(layer.trainable, layer.momentum) for layer in bns]

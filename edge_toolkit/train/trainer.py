@@ -345,10 +345,10 @@ def effective_config(cfg: TrainConfig) -> TrainConfig:
                  and cfg.fine_tune_epochs)
     if not keep_asked and not lp_ft:
         cfg = replace(cfg, keep="best")
-    if cfg.batchnorm_images and not (family.has_backbone and model_weights):
-        cfg = replace(cfg, batchnorm_images=0)  # no pretrained statistics to re-estimate
     if not 0 <= cfg.label_smoothing < 1 or (cfg.batchnorm_images or 0) < 0:
         raise ValueError("label_smoothing must be in [0, 1) and batchnorm_images 0 or more")
+    if cfg.batchnorm_images and not (family.has_backbone and model_weights):
+        cfg = replace(cfg, batchnorm_images=0)  # no pretrained statistics to re-estimate
     return cfg
 
 
