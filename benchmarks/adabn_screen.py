@@ -64,6 +64,7 @@ def main() -> None:
         t0 = time.perf_counter()
         model.set_weights(imagenet)
         pick = rng.choice(pool, min(args.stat_images, len(pool)), replace=False)
+        # batches shuffled once more: the draw the documented screen made
         reestimate_batchnorm(model, x, indices=pick[np.random.default_rng(0).permutation(
             len(pick))])
         out = pooled_features(model, x)

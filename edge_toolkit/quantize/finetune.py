@@ -150,10 +150,7 @@ def fine_tune(model: Any, ctx: Any, epochs: int, lr: float, label: str,
     train, val = ctx.train, ctx.val
     aug = ctx.augment
     value_range = ctx.preprocess.value_range
-    augmenter = None
-    if any([aug.rotation, aug.zoom, aug.shift, aug.brightness, aug.contrast,
-            aug.gamma, aug.blur, aug.noise, aug.flip != "none"]):
-        augmenter = build_augmenter(aug, value_range, ctx.seed)
+    augmenter = build_augmenter(aug, value_range, ctx.seed)  # as training builds it
     weights = training_weights(ctx)
     ds = make_dataset(train.x, train.y, ctx.batch_size, augmenter, shuffle=True,
                       seed=ctx.seed, weights=weights, mixup=aug.mixup)

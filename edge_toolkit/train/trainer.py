@@ -298,7 +298,8 @@ def _radiograph_statistics(model: Any, x: np.ndarray, cfg: TrainConfig, log: Log
     t = time.perf_counter()
     pick = np.sort(np.random.default_rng(cfg.seed).choice(
         len(x), min(int(cfg.batchnorm_images), len(x)), replace=False))
-    order = pick[np.random.default_rng(cfg.seed).permutation(len(pick))]  # random batches
+    # random batches; drawn exactly as the measured runs drew them (benchmarks/README.md)
+    order = pick[np.random.default_rng(cfg.seed).permutation(len(pick))]
     used = reestimate_batchnorm(model, x, indices=order)
     log(f"BatchNorm statistics re-estimated on {used} training radiographs "
         f"({len(pick)} drawn), {time.perf_counter() - t:.0f}s")
@@ -661,7 +662,7 @@ def _recorded(training: dict[str, Any], key: str) -> Any:
     """A setting as a card's training record has it; one the card predates is read as the
     default of its time (no floor, no strata, per-image selection)."""
     if key == "augment" and isinstance(training.get(key), dict):  # keys added since: off
-        return asdict(AugmentConfig()) | {k: v for k, v in training[key].items()}
+        return asdict(AugmentConfig()) | training[key]
     if key in training:
         return json.loads(json.dumps(training[key], default=str))
     defaults = {f.name: f.default if f.default is not MISSING
