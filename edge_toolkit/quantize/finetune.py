@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_toolkit.train.augment import AugmentConfig, build_augmenter, make_dataset
+from edge_toolkit.train.augment import AugmentConfig, build_augmenter, epoch_steps, make_dataset
 from edge_toolkit.train.tfsetup import determinism, keras, set_seed
 
 
@@ -133,9 +133,7 @@ def freeze_batchnorm(model: Any) -> int:
 
 
 def augment_config(card_training: dict[str, Any]) -> AugmentConfig:
-    known = AugmentConfig.__dataclass_fields__
-    return AugmentConfig(**{k: v for k, v in (card_training.get("augment") or {}).items()
-                            if k in known})
+    return AugmentConfig.from_record(card_training.get("augment"))
 
 
 def fine_tune(model: Any, ctx: Any, epochs: int, lr: float, label: str,
@@ -153,14 +151,15 @@ def fine_tune(model: Any, ctx: Any, epochs: int, lr: float, label: str,
     augmenter = build_augmenter(aug, value_range, ctx.seed)  # as training builds it
     weights = training_weights(ctx)
     ds = make_dataset(train.x, train.y, ctx.batch_size, augmenter, shuffle=True,
-                      seed=ctx.seed, weights=weights, mixup=aug.mixup)
+                      seed=ctx.seed, weights=weights, mixup=aug.mixup, redraw=aug.redraw)
     frozen = freeze_batchnorm(model) if ctx.freeze_bn else 0
     smoothing = float((getattr(ctx, "training", None) or {}).get("label_smoothing") or 0.0)
     model.compile(optimizer=keras.optimizers.Adam(lr),
                   loss=keras.losses.BinaryCrossentropy(label_smoothing=smoothing))
     best = BestByValAUC(val.x, val.y, first_epoch, ctx.log, label, val.sources, val.groups)
     eta = EtaProgress(epochs, math.ceil(len(train.y) / ctx.batch_size), ctx.log, label)
-    model.fit(ds, epochs=epochs, callbacks=[*callbacks, best, eta], verbose=0)
+    model.fit(ds, epochs=epochs, callbacks=[*callbacks, best, eta], verbose=0,
+              steps_per_epoch=epoch_steps(len(train.y), ctx.batch_size, aug.redraw))
     best.restore()
     return {"epochs": epochs, "learning_rate": lr, "batch_size": ctx.batch_size,
             "best_epoch": best.best_epoch, "keras_val_auc": best.best_auc,

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -32,9 +33,30 @@ class AugmentConfig:
     # mixup), its loss the lambda-weighted mix of the two weighted losses (`mix_batch`);
     # applied in `make_dataset`, since it needs the labels and weights (0: off)
     mixup: float = 0.0
+    # True: every epoch draws afresh (one endless iterator over the whole fit). False: each
+    # epoch repeats the first epoch's brightness/contrast/acquisition/mixup draws batch slot
+    # by batch slot, as every run before 2026-12-05 did (op-seeded random ops restart with
+    # each epoch's new iterator); kept so those runs can be reproduced from their cards
+    redraw: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any] | None) -> AugmentConfig:
+        """The augmentation a card's training record describes. A transform the card
+        predates was off; a card without `redraw` repeated its draws every epoch."""
+        known = {f.name for f in fields(cls)}
+        record = {k: v for k, v in (record or {}).items() if k in known}
+        return cls(**({"gamma": 0.0, "blur": 0.0, "noise": 0.0, "mixup": 0.0,
+                       "redraw": False} | record))
+
+
+def epoch_steps(n: int, batch_size: int, redraw: bool) -> int | None:
+    """`steps_per_epoch` for Keras' fit on `make_dataset(..., redraw=redraw)`: one pass of
+    the training set per epoch over the endless dataset; None (one iterator per epoch, so
+    Keras counts the batches itself) otherwise."""
+    return math.ceil(n / batch_size) if redraw else None
 
 
 def build_augmenter(cfg: AugmentConfig, value_range: str, seed: int = 0) -> Any:
@@ -133,10 +155,15 @@ def mix_batch(x: Any, y: Any, w: Any | None, alpha: float, seed: int = 0) -> tup
 
 def make_dataset(x: Any, y: Any, batch_size: int, augmenter: Any | None = None,
                  shuffle: bool = False, seed: int = 0, weights: Any | None = None,
-                 mixup: float = 0.0) -> Any:
+                 mixup: float = 0.0, redraw: bool = False) -> Any:
     """A batched tf.data pipeline over in-memory preprocessed arrays; with `weights`, each
     element carries its sample weight (class and source balance) as Keras expects; with
     `mixup` > 0, each batch is mixed after augmentation (`mix_batch`).
+
+    With `redraw`, the dataset is endless (reshuffled every pass) and fit needs
+    `epoch_steps`: one iterator then serves every epoch, so the random draws go on instead of
+    restarting; a new iterator per epoch would restart every op-seeded draw, and each epoch
+    would see the first epoch's brightness, contrast and mixup draws again.
 
     Only indices go through tf.data (shuffled, batched); each batch is gathered from the
     numpy arrays as it is needed. `from_tensor_slices` on the images plus a full shuffle
@@ -159,7 +186,10 @@ def make_dataset(x: Any, y: Any, batch_size: int, augmenter: Any | None = None,
     ds = tf.data.Dataset.range(len(y))
     if shuffle:
         ds = ds.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size).map(load)
+    ds = ds.batch(batch_size)
+    if redraw:
+        ds = ds.repeat()
+    ds = ds.map(load)
     if augmenter is not None:
         ds = ds.map(lambda a, *rest: (augmenter(a, training=True), *rest),
                     num_parallel_calls=tf.data.AUTOTUNE)

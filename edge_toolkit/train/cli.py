@@ -31,7 +31,7 @@ def _need_tf() -> None:
 
 
 def parse_augment(base: Any, items: tuple[str, ...]) -> Any:
-    """Apply KEY=VALUE overrides to an AugmentConfig (numbers, or a flip mode)."""
+    """Apply KEY=VALUE overrides to an AugmentConfig (numbers, a flip mode, redraw 0/1)."""
     from dataclasses import fields, replace
 
     known = {f.name: f.type for f in fields(base)}
@@ -40,6 +40,11 @@ def parse_augment(base: Any, items: tuple[str, ...]) -> Any:
         key, sep, value = item.partition("=")
         if not sep or key not in known:
             raise ValueError(f"{item!r}: expected KEY=VALUE with KEY one of {sorted(known)}")
+        if key == "redraw":
+            if value not in ("0", "1"):
+                raise ValueError(f"{item!r}: redraw takes 1 (fresh draws every epoch) or 0")
+            changes[key] = value == "1"
+            continue
         try:
             changes[key] = value if key == "flip" else float(value)
         except ValueError:
@@ -112,7 +117,8 @@ def parse_augment(base: Any, items: tuple[str, ...]) -> Any:
 @click.option("--aug", "aug_overrides", multiple=True, metavar="KEY=VALUE",
               help="Augmentation setting, e.g. --aug rotation=0.25 --aug "
                    "flip=horizontal_and_vertical (keys: rotation, flip, zoom, shift, "
-                   "brightness, contrast, gamma, blur, noise, mixup).")
+                   "brightness, contrast, gamma, blur, noise, mixup; redraw=0 repeats the "
+                   "first epoch's random draws every epoch, as runs before 2026-12-05 did).")
 @click.option("--label-smoothing", type=click.FloatRange(0, 0.5), default=0.0,
               show_default=True,
               help="Targets of every gradient-trained phase become 1 - S/2 and S/2 instead "

@@ -32,7 +32,7 @@ from edge_toolkit.multisource import (
 )
 from edge_toolkit.preprocess import PreprocessConfig
 from edge_toolkit.train import plots
-from edge_toolkit.train.augment import AugmentConfig, build_augmenter, make_dataset
+from edge_toolkit.train.augment import AugmentConfig, build_augmenter, epoch_steps, make_dataset
 from edge_toolkit.train.averaging import EpochWeights, interpolate_weights
 from edge_toolkit.train.calibrate import (
     choose_operating_points,
@@ -307,7 +307,8 @@ def _radiograph_statistics(model: Any, x: np.ndarray, cfg: TrainConfig, log: Log
 
 def _fit_phase(model: Any, train_ds: Any, val: LoadedSplit, epochs: int, lr: float,
                cfg: TrainConfig, checkpoint: Any, phase: int, log: Log,
-               extra: list[Any] | None = None) -> list[dict[str, Any]]:
+               extra: list[Any] | None = None, steps: int | None = None
+               ) -> list[dict[str, Any]]:
     if epochs <= 0:
         return []
     loss = keras.losses.BinaryCrossentropy(label_smoothing=cfg.label_smoothing)
@@ -323,7 +324,7 @@ def _fit_phase(model: Any, train_ds: Any, val: LoadedSplit, epochs: int, lr: flo
                 f"auc {logs.get('auc', 0):.4f} val_loss {logs.get('val_loss', 0):.4f} "
                 f"val_auc {logs.get('val_auc', 0):.4f}{score_details(logs)}")
 
-    hist = model.fit(train_ds, epochs=epochs, verbose=0,
+    hist = model.fit(train_ds, epochs=epochs, verbose=0, steps_per_epoch=steps,
                      callbacks=[_val_monitor(model, val), stop, checkpoint, Progress(),
                                 *(extra or [])])
     rows = [{k: float(v[i]) for k, v in hist.history.items()}
@@ -403,7 +404,9 @@ def train(cfg: TrainConfig, log: Log = print, dataset: Dataset | None = None) ->
             f"{', '.join(sorted({v or '(none)' for v in strata}))}")
     weights = source_balanced_weights(train_s.y, train_s.sources, cfg.source_balance, strata)
     train_ds = make_dataset(train_s.x, train_s.y, batch, augmenter, shuffle=True,
-                            seed=cfg.seed, weights=weights, mixup=cfg.augment.mixup)
+                            seed=cfg.seed, weights=weights, mixup=cfg.augment.mixup,
+                            redraw=cfg.augment.redraw)
+    steps = epoch_steps(len(train_s.y), batch, cfg.augment.redraw)
     with strategy.scope():
         model, model_cfg = build_model(cfg.family, **model_cfg)
     ckpt_path = run / "best.weights.h5"
@@ -427,14 +430,15 @@ def train(cfg: TrainConfig, log: Log = print, dataset: Dataset | None = None) ->
             history.append(row)
         else:
             history += _fit_phase(model, train_ds, val_s, cfg.epochs, cfg.learning_rate, cfg,
-                                  checkpoint, 1, log)
+                                  checkpoint, 1, log, steps=steps)
         if pretrained and cfg.fine_tune_epochs > 0:
             n = _set_trainable(model, cfg.family, model_cfg, trainable=True)
             log(f"fine-tuning from {model_cfg.get('fine_tune_at')}: {n} trainable tensors")
             # at least the last epoch: 'last' and the probe mixes need it
             collector = EpochWeights(model, max(1, cfg.average_epochs or 0))
             history += _fit_phase(model, train_ds, val_s, cfg.fine_tune_epochs,
-                                  cfg.fine_tune_lr, cfg, checkpoint, 2, log, [collector])
+                                  cfg.fine_tune_lr, cfg, checkpoint, 2, log, [collector],
+                                  steps)
             extra = _weight_space_candidates(model, collector, probe_weights, cfg, val_s,
                                              history, log)
             fixed = {"probe": probe_weights} | {k: w for k, (_, w) in extra.items()}
@@ -662,7 +666,7 @@ def _recorded(training: dict[str, Any], key: str) -> Any:
     """A setting as a card's training record has it; one the card predates is read as the
     default of its time (no floor, no strata, per-image selection)."""
     if key == "augment" and isinstance(training.get(key), dict):  # keys added since: off
-        return asdict(AugmentConfig()) | training[key]
+        return asdict(AugmentConfig.from_record(training[key]))
     if key in training:
         return json.loads(json.dumps(training[key], default=str))
     defaults = {f.name: f.default if f.default is not MISSING
