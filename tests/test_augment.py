@@ -98,3 +98,49 @@ def test_mixup_comes_from_the_cli_and_is_off_by_default():
     for bad in ("mixup=-0.2", "mixup=nan", "noise=inf", "gamma=much"):
         with pytest.raises(ValueError, match="mixup|noise|gamma"):
             parse_augment(AugmentConfig(), (bad,))
+
+
+def _two_epochs(redraw: bool, seed: int = 0) -> list[np.ndarray]:
+    """The batches Keras' fit would see in two epochs: one iterator over `epoch_steps`
+    batches per epoch when redrawing, a new iterator per epoch otherwise."""
+    from edge_toolkit.train.augment import epoch_steps, make_dataset
+    from edge_toolkit.train.tfsetup import set_seed
+
+    set_seed(seed)
+    x = np.zeros((6, 4, 4, 1), np.float32)  # flat images: only the brightness draws show
+    y = (np.arange(6) % 2).astype(np.float32)
+    aug = build_augmenter(AugmentConfig(0, "none", 0, 0, brightness=0.3, contrast=0),
+                          "-1,1", seed)
+    ds = make_dataset(x, y, 4, aug, redraw=redraw)
+    steps = epoch_steps(len(y), 4, redraw)
+    if redraw:
+        it = iter(ds)
+        return [next(it)[0].numpy() for _ in range(2 * steps)]
+    return [b[0].numpy() for _ in range(2) for b in ds]
+
+
+def test_every_epoch_draws_afresh_and_reproducibly():
+    """One iterator per fit: epoch 2's brightness draws differ from epoch 1's (a new
+    iterator per epoch restarts them), and the same seed gives the same stream."""
+    from edge_toolkit.train.augment import epoch_steps
+
+    assert epoch_steps(6, 4, True) == 2 and epoch_steps(6, 4, False) is None
+    fresh = _two_epochs(redraw=True)
+    assert [b.shape[0] for b in fresh] == [4, 2, 4, 2], "one pass of the data per epoch"
+    assert not np.allclose(fresh[0], fresh[2]) and not np.allclose(fresh[1], fresh[3])
+    again = _two_epochs(redraw=True)
+    assert all(np.array_equal(a, b) for a, b in zip(fresh, again))
+    repeated = _two_epochs(redraw=False)  # the runs before redraw: kept reproducible
+    assert np.allclose(repeated[0], repeated[2]) and np.allclose(repeated[1], repeated[3])
+
+
+def test_redraw_is_the_default_and_a_card_without_it_repeated_its_draws():
+    from edge_toolkit.train.cli import parse_augment
+
+    assert AugmentConfig().redraw is True
+    old = AugmentConfig.from_record({"rotation": 0.05, "brightness": 0.1, "unknown": 1})
+    assert old.redraw is False and old.mixup == 0.0 and old.brightness == 0.1
+    assert AugmentConfig.from_record(AugmentConfig().to_dict()) == AugmentConfig()
+    assert parse_augment(AugmentConfig(), ("redraw=0",)).redraw is False
+    with pytest.raises(ValueError, match="redraw"):
+        parse_augment(AugmentConfig(), ("redraw=yes",))

@@ -159,6 +159,7 @@ def test_resume_refuses_a_run_trained_by_another_operating_rule(pipeline_run, tm
     ({"selection": None}, "selection"),  # a card that does not say how it selected
     ({"min_specificity": None}, "min_specificity"),  # a card from before the floor existed
     ({"augment": {"mixup": 0.2}}, "augment"),  # trained with mixup, asked without
+    ({"augment": {"redraw": None}}, "augment"),  # a card whose draws repeated every epoch
 ])
 def test_resume_reads_settings_a_card_lacks_as_their_old_defaults(pipeline_run, tmp_path,
                                                                    edit, differs):
@@ -167,7 +168,11 @@ def test_resume_reads_settings_a_card_lacks_as_their_old_defaults(pipeline_run, 
             if value is None:
                 card["export"]["training"].pop(key)
             elif isinstance(value, dict):
-                card["export"]["training"][key].update(value)
+                for k, v in value.items():
+                    if v is None:
+                        card["export"]["training"][key].pop(k)
+                    else:
+                        card["export"]["training"][key][k] = v
             else:
                 card["export"]["training"][key] = value
 
