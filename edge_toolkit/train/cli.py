@@ -92,6 +92,9 @@ def parse_augment(base: Any, items: tuple[str, ...]) -> Any:
                    "fine-tuning, or train it by SGD for --epochs [default: the family's].")
 @click.option("--probe-l2", type=float,
               help="Linear probe L2 penalty; 0 = choose it on val [default: the family's].")
+@click.option("--fine-tune-schedule", type=click.Choice(["constant", "cosine"]),
+              help="Fine-tuning learning rate: constant, or a cosine decay to 0 over the "
+                   "fine-tuning epochs [default: the family's].")
 @click.option("--batchnorm-images", type=click.IntRange(0),
               help="Re-estimate the pretrained backbone's BatchNorm statistics on this many "
                    "training radiographs before fitting the head; 0 keeps ImageNet's "
@@ -144,7 +147,8 @@ def train(data: tuple[Path, ...], source_balance: float, balance_within: str | N
           weights: Path | None, channels: int | None, fit: str | None, intensity: str | None,
           epochs: int | None,
           fine_tune_epochs: int | None, batch_size: int, learning_rate: float | None,
-          fine_tune_lr: float | None, patience: int | None, head: str | None,
+          fine_tune_lr: float | None, fine_tune_schedule: str | None,
+          patience: int | None, head: str | None,
           probe_l2: float | None, batchnorm_images: int | None,
           average_epochs: int | None, probe_mix: str | None,
           keep: str | None, target_sensitivity: float, min_specificity: float | None,
@@ -185,7 +189,8 @@ def train(data: tuple[Path, ...], source_balance: float, balance_within: str | N
                       preprocessing={"fit": fit, "intensity": intensity}, augment=aug,
                       epochs=epochs,
                       fine_tune_epochs=fine_tune_epochs, batch_size=batch_size,
-                      learning_rate=learning_rate, fine_tune_lr=fine_tune_lr, patience=patience,
+                      learning_rate=learning_rate, fine_tune_lr=fine_tune_lr,
+                      fine_tune_schedule=fine_tune_schedule, patience=patience,
                       head=head, probe_l2=probe_l2, batchnorm_images=batchnorm_images,
                       average_epochs=average_epochs,
                       probe_mix=mix, keep=keep,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
@@ -69,6 +70,9 @@ class TrainConfig:
     batch_size: int = 32
     learning_rate: float | None = None
     fine_tune_lr: float | None = None
+    # "constant": fine-tuning at fine_tune_lr throughout; "cosine": decayed per step from
+    # fine_tune_lr to 0 over the fine-tuning epochs
+    fine_tune_schedule: str | None = None
     patience: int | None = None
     # "probe": the head of a pretrained backbone is fitted in closed form (train/probe.py)
     # before fine-tuning; "train": by SGD for `epochs`
@@ -106,7 +110,9 @@ class TrainConfig:
 
 FALLBACK = {"epochs": 12, "fine_tune_epochs": 8, "learning_rate": 1e-3, "fine_tune_lr": 2e-5,
             "patience": 4, "head": "train", "probe_l2": 0.0, "average_epochs": 0,
-            "probe_mix": (), "keep": "best", "batchnorm_images": 0}
+            "probe_mix": (), "keep": "best", "batchnorm_images": 0,
+            "fine_tune_schedule": "constant"}
+SCHEDULES = ("constant", "cosine")
 
 
 def resolve_defaults(cfg: TrainConfig) -> TrainConfig:
@@ -305,7 +311,15 @@ def _radiograph_statistics(model: Any, x: np.ndarray, cfg: TrainConfig, log: Log
         f"({len(pick)} drawn), {time.perf_counter() - t:.0f}s")
 
 
-def _fit_phase(model: Any, train_ds: Any, val: LoadedSplit, epochs: int, lr: float,
+def learning_rate(lr: float, schedule: str, epochs: int, steps_per_epoch: int) -> Any:
+    """Adam's learning rate: `lr` throughout, or a per-step cosine decay from `lr` to 0
+    that ends with the phase's last scheduled step."""
+    if schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(lr, max(1, epochs * steps_per_epoch))
+    return lr
+
+
+def _fit_phase(model: Any, train_ds: Any, val: LoadedSplit, epochs: int, lr: Any,
                cfg: TrainConfig, checkpoint: Any, phase: int, log: Log,
                extra: list[Any] | None = None, steps: int | None = None
                ) -> list[dict[str, Any]]:
@@ -349,6 +363,8 @@ def effective_config(cfg: TrainConfig) -> TrainConfig:
         cfg = replace(cfg, keep="best")
     if not 0 <= cfg.label_smoothing < 1 or (cfg.batchnorm_images or 0) < 0:
         raise ValueError("label_smoothing must be in [0, 1) and batchnorm_images 0 or more")
+    if cfg.fine_tune_schedule not in SCHEDULES:
+        raise ValueError(f"fine_tune_schedule {cfg.fine_tune_schedule!r}: one of {SCHEDULES}")
     if cfg.batchnorm_images and not (family.has_backbone and model_weights):
         cfg = replace(cfg, batchnorm_images=0)  # no pretrained statistics to re-estimate
     return cfg
@@ -436,9 +452,10 @@ def train(cfg: TrainConfig, log: Log = print, dataset: Dataset | None = None) ->
             log(f"fine-tuning from {model_cfg.get('fine_tune_at')}: {n} trainable tensors")
             # at least the last epoch: 'last' and the probe mixes need it
             collector = EpochWeights(model, max(1, cfg.average_epochs or 0))
-            history += _fit_phase(model, train_ds, val_s, cfg.fine_tune_epochs,
-                                  cfg.fine_tune_lr, cfg, checkpoint, 2, log, [collector],
-                                  steps)
+            lr = learning_rate(cfg.fine_tune_lr, cfg.fine_tune_schedule,
+                               cfg.fine_tune_epochs, math.ceil(len(train_s.y) / batch))
+            history += _fit_phase(model, train_ds, val_s, cfg.fine_tune_epochs, lr, cfg,
+                                  checkpoint, 2, log, [collector], steps)
             extra = _weight_space_candidates(model, collector, probe_weights, cfg, val_s,
                                              history, log)
             fixed = {"probe": probe_weights} | {k: w for k, (_, w) in extra.items()}
@@ -672,7 +689,8 @@ def _recorded(training: dict[str, Any], key: str) -> Any:
     defaults = {f.name: f.default if f.default is not MISSING
                 else None if f.default_factory is MISSING
                 else f.default_factory() for f in fields(TrainConfig)}
-    value = {"selection": "per-image-1", "batchnorm_images": 0}.get(key, defaults.get(key))
+    value = {"selection": "per-image-1", "batchnorm_images": 0,
+             "fine_tune_schedule": "constant"}.get(key, defaults.get(key))
     return json.loads(json.dumps(value, default=str))
 
 
