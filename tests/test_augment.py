@@ -141,6 +141,12 @@ def test_redraw_is_the_default_and_a_card_without_it_repeated_its_draws():
     old = AugmentConfig.from_record({"rotation": 0.05, "brightness": 0.1, "unknown": 1})
     assert old.redraw is False and old.mixup == 0.0 and old.brightness == 0.1
     assert AugmentConfig.from_record(AugmentConfig().to_dict()) == AugmentConfig()
+    off = AugmentConfig(0, "none", 0, 0, 0, 0).to_dict()
+    off.pop("redraw")  # nothing drawn per epoch: the old and new pipelines are the same
+    assert AugmentConfig.from_record(off).redraw is True
+    geometric = AugmentConfig(brightness=0, contrast=0).to_dict()
+    geometric.pop("redraw")
+    assert AugmentConfig.from_record(geometric).redraw is True
     assert parse_augment(AugmentConfig(), ("redraw=0",)).redraw is False
     with pytest.raises(ValueError, match="redraw"):
         parse_augment(AugmentConfig(), ("redraw=yes",))

@@ -38,7 +38,7 @@ def test_a_run_fine_tunes_with_the_schedule_and_records_it(tmp_path):
     cfg = TrainConfig(data=str(data), family="mobilenetv2", out=str(tmp_path / "runs"),
                       name="cosine", model={"input_size": 32, "weights": str(weights)},
                       fine_tune_epochs=2, batch_size=8, bootstrap=0,
-                      fine_tune_schedule="cosine")
+                      fine_tune_schedule="cosine", mixed_precision=False)  # GPU: compiled
     run = train(cfg, log=lambda m: None)
     training = ModelCard.load(run / "card.json").export["training"]
     assert training["fine_tune_schedule"] == "cosine"

@@ -192,8 +192,10 @@ class ExportContext:
     def _fine_tune_defaults(self) -> tuple[float, bool]:
         """Pruning LR and BatchNorm handling, as the run was trained: transfer families
         (MobileNetV2) were fine-tuned with BN frozen at `fine_tune_lr`; the others trained BN
-        at `learning_rate`. Pruning defaults to PRUNE_LR_FACTOR x that last rate (1e-4 overfit
-        MobileNetV2 in 4 epochs; 3e-5 left a pruned scratch CNN unrecovered)."""
+        at `learning_rate`. Pruning defaults to PRUNE_LR_FACTOR x that phase's peak rate (1e-4
+        overfit MobileNetV2 in 4 epochs; 3e-5 left a pruned scratch CNN unrecovered); with
+        `--fine-tune-schedule cosine` the run ended near 0, but pruning must recover from the
+        weights it removes, so it starts from the same peak-based rate either way."""
         from edge_toolkit.families import get_family
 
         try:

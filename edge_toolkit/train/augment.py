@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -45,11 +45,20 @@ class AugmentConfig:
     @classmethod
     def from_record(cls, record: dict[str, Any] | None) -> AugmentConfig:
         """The augmentation a card's training record describes. A transform the card
-        predates was off; a card without `redraw` repeated its draws every epoch."""
+        predates was off; a card without `redraw` repeated its draws every epoch, which
+        only mattered where it drew intensity or mixup values at all."""
         known = {f.name for f in fields(cls)}
         record = {k: v for k, v in (record or {}).items() if k in known}
-        return cls(**({"gamma": 0.0, "blur": 0.0, "noise": 0.0, "mixup": 0.0,
-                       "redraw": False} | record))
+        cfg = cls(**({"gamma": 0.0, "blur": 0.0, "noise": 0.0, "mixup": 0.0} | record))
+        if "redraw" not in record:
+            cfg = replace(cfg, redraw=not cfg.draws_per_epoch())
+        return cfg
+
+    def draws_per_epoch(self) -> bool:
+        """Whether it draws op-seeded random values (intensity, mixup), the ones a new
+        iterator restarts; the geometric layers and the shuffle vary every epoch anyway."""
+        return any((self.brightness, self.contrast, self.gamma, self.blur, self.noise,
+                    self.mixup))
 
 
 def epoch_steps(n: int, batch_size: int, redraw: bool) -> int | None:
