@@ -150,8 +150,17 @@ def manifest_column(ds: Dataset, paths: Sequence[Path], column: str) -> list[str
     return [tables.get(source_of.get(p, ""), {}).get(p.resolve(), "") for p in paths]
 
 
+def family_shares(families: Sequence[str], power: float) -> np.ndarray:
+    """Each image's relative share, 1 / (its family's size among `families`)^power."""
+    ids, inverse, counts = np.unique(np.asarray(families, dtype=object).astype(str),
+                                     return_inverse=True, return_counts=True)
+    return counts[inverse].astype(np.float64) ** -float(power)
+
+
 def source_balanced_weights(y: np.ndarray, sources: Sequence[str], balance: float = 1.0,
-                            strata: Sequence[str] | None = None) -> np.ndarray:
+                            strata: Sequence[str] | None = None,
+                            families: Sequence[str] | None = None,
+                            family_weight: float = 0.0) -> np.ndarray:
     """Per-image training weights, mean 1: classes balanced within each source, and each
     source's total weight moved from its size (balance 0) to an equal share (balance 1), so
     a small site is not drowned by a large one. With `strata` (e.g. each image's body
@@ -159,11 +168,20 @@ def source_balanced_weights(y: np.ndarray, sources: Sequence[str], balance: floa
     keep the source's weights, `_balanced_strata`), each keeping its share of the weight: a
     region's share of fractures (FracAtlas: hands far more often than legs) then says
     nothing about the label, and the model must look at the bone, not guess the region.
-    With strata the classes of a source are balanced only within its balanced strata."""
+    With strata the classes of a source are balanced only within its balanced strata.
+    With `families` (each image's family of copies of one radiograph) and `family_weight`
+    p > 0, images share their class cell's weight as 1 / family size^p instead of equally:
+    rotated copies of one radiograph then stop outweighing single ones (p = 1: each
+    radiograph counts once), and every class, stratum and source keeps its total."""
     y = np.asarray(y).astype(int)
     src = np.asarray(sources)
     cell = np.asarray(list(strata), dtype=object) if strata is not None else None
     w = np.zeros(len(y), np.float64)
+    each = np.ones(len(y))
+    if family_weight:
+        if families is None or len(families) != len(y):
+            raise ValueError("family_weight needs each training image's family")
+        each = family_shares(families, family_weight)
     names = sorted(set(src.tolist()))
     for name in names:
         m = src == name
@@ -175,7 +193,7 @@ def source_balanced_weights(y: np.ndarray, sources: Sequence[str], balance: floa
             for c in (0, 1):
                 mc = ms & (y == c)
                 if mc.any():
-                    w[mc] = share * int(ms.sum()) / (2 * int(mc.sum()))
+                    w[mc] = share * int(ms.sum()) / 2 * each[mc] / each[mc].sum()
         if cell is not None and w[m].sum() > 0:  # strata: the source keeps its exact share
             w[m] *= share * n_s / w[m].sum()
     return (w / w.mean()).astype(np.float32) if len(w) else w.astype(np.float32)

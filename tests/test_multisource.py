@@ -105,6 +105,45 @@ def test_source_balanced_weights():
     assert w0[big].sum() == pytest.approx(10 * w0[small].sum())  # by size
 
 
+def test_family_weight_shares_a_class_by_radiograph_not_by_copy():
+    """fracture-xray-like: one fractured radiograph with 16 rotated copies beside 4 single
+    ones. With p = 0.5 a copy weighs 1/4 of a single image (the family 4 in all), with p = 1
+    the whole family weighs one radiograph; every class and source keeps its total."""
+    y = np.array([1] * 20 + [0] * 20 + [1] * 5 + [0] * 15)
+    src = ["fx"] * 40 + ["fa"] * 20
+    fam = ["big"] * 16 + [f"s{i}" for i in range(24)] + [f"fa{i}" for i in range(20)]
+    plain = source_balanced_weights(y, src, 1.0)
+    assert np.allclose(source_balanced_weights(y, src, 1.0, None, fam, 0.0), plain)
+    for power, family_total in ((0.5, 4.0), (1.0, 1.0)):
+        w = source_balanced_weights(y, src, 1.0, None, fam, power)
+        assert w[0] * 16 == pytest.approx(family_total * w[16])  # the family vs one single
+        for cell in ((np.array(src) == "fx") & (y == 1), (np.array(src) == "fa") & (y == 0),
+                     np.array(src) == "fx"):
+            assert w[cell].sum() == pytest.approx(plain[cell].sum())
+        assert np.allclose(w[40:], plain[40:])  # a source without copies: unchanged
+    with pytest.raises(ValueError, match="family"):
+        source_balanced_weights(y, src, 1.0, None, fam[:10], 0.5)
+
+
+def test_family_weight_is_checked_before_training():
+    pytest.importorskip("tensorflow")
+    from types import SimpleNamespace
+
+    from edge_toolkit.quantize.finetune import training_weights
+    from edge_toolkit.train.trainer import TrainConfig, effective_config
+
+    assert effective_config(TrainConfig(data="x", family_weight=0.5)).family_weight == 0.5
+    with pytest.raises(ValueError, match="family_weight"):
+        effective_config(TrainConfig(data="x", family_weight=1.5))
+    # export fine-tuning (QAT, pruning) weighs the images as the run's card says
+    train = SimpleNamespace(y=np.array([1, 1, 1, 0]), sources=["fx"] * 4,
+                            groups=["a", "a", "b", "c"], paths=[])
+    card = SimpleNamespace(export={"training": {"family_weight": 1.0}},
+                           dataset={"source_balance": 1.0})
+    w = training_weights(SimpleNamespace(train=train, card=card))
+    assert w[0] + w[1] == pytest.approx(w[2])  # the two copies weigh one radiograph
+
+
 def test_balancing_within_a_column_makes_it_say_nothing_about_the_label(tmp_path):
     """FracAtlas-like: hands often fractured, legs rarely. Balanced within region, each
     region's fractured and normal images weigh the same, and each region keeps its share."""

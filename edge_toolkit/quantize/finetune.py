@@ -22,8 +22,8 @@ from edge_toolkit.train.tfsetup import determinism, keras, set_seed
 
 def training_weights(ctx: Any) -> np.ndarray:
     """Per-image weights as in training: classes balanced within each source (and within
-    each value of `balance_within`, if the run used it), sources balanced as the run's card
-    says."""
+    each value of `balance_within`, if the run used it), sources balanced and copies of one
+    radiograph weighted (`family_weight`) as the run's card says."""
     from edge_toolkit.multisource import manifest_column, source_balanced_weights
 
     train = ctx.train
@@ -33,8 +33,10 @@ def training_weights(ctx: Any) -> np.ndarray:
         ctx.log(f"WARNING: the run balanced classes within {within!r}, which no manifest.csv "
                 "of this data has: fine-tuning without it")
         strata = None
+    power = float((ctx.card.export.get("training") or {}).get("family_weight") or 0.0)
     return source_balanced_weights(train.y, train.sources,
-                                   float(ctx.card.dataset.get("source_balance", 1.0)), strata)
+                                   float(ctx.card.dataset.get("source_balance", 1.0)), strata,
+                                   train.groups, power)
 
 
 class BestByValAUC(keras.callbacks.Callback):

@@ -99,6 +99,9 @@ class TrainConfig:
     source_balance: float = 1.0
     # a manifest column (e.g. "region"): classes are also balanced within each of its values
     balance_within: str | None = None
+    # >0: within each class of a source, an image weighs 1 / (its family of copies' size)^p,
+    # so rotated copies of one radiograph stop outweighing single ones (1: each counts once)
+    family_weight: float = 0.0
     # >0: the gradient-trained phases' targets become 1 - s/2 and s/2 (label smoothing)
     label_smoothing: float = 0.0
     val_fraction: float = 0.15
@@ -363,6 +366,8 @@ def effective_config(cfg: TrainConfig) -> TrainConfig:
         cfg = replace(cfg, keep="best")
     if not 0 <= cfg.label_smoothing < 1 or (cfg.batchnorm_images or 0) < 0:
         raise ValueError("label_smoothing must be in [0, 1) and batchnorm_images 0 or more")
+    if not 0 <= cfg.family_weight <= 1:
+        raise ValueError("family_weight must be between 0 (per image) and 1 (per radiograph)")
     if cfg.fine_tune_schedule not in SCHEDULES:
         raise ValueError(f"fine_tune_schedule {cfg.fine_tune_schedule!r}: one of {SCHEDULES}")
     if cfg.batchnorm_images and not (family.has_backbone and model_weights):
@@ -418,7 +423,8 @@ def train(cfg: TrainConfig, log: Log = print, dataset: Dataset | None = None) ->
     if strata is not None:
         log(f"classes balanced within each {cfg.balance_within}: "
             f"{', '.join(sorted({v or '(none)' for v in strata}))}")
-    weights = source_balanced_weights(train_s.y, train_s.sources, cfg.source_balance, strata)
+    weights = source_balanced_weights(train_s.y, train_s.sources, cfg.source_balance, strata,
+                                      train_s.groups, cfg.family_weight)
     train_ds = make_dataset(train_s.x, train_s.y, batch, augmenter, shuffle=True,
                             seed=cfg.seed, weights=weights, mixup=cfg.augment.mixup,
                             redraw=cfg.augment.redraw)
