@@ -67,10 +67,10 @@ def parse_augment(base: Any, items: tuple[str, ...]) -> Any:
                    "(e.g. region: FracAtlas's hands are fractured far more often than its "
                    "legs), so the column's value alone does not predict the label; values "
                    "with fewer than 5 images of a class keep the source's weights.")
-@click.option("--family-weight", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+@click.option("--family-weight", type=click.FloatRange(0, 1),
               help="Within each class of a source, an image weighs 1 / (its family of copies "
                    "of one radiograph)^P: 0 = every image the same, 1 = every radiograph "
-                   "the same (fracture-xray's rotated copies).")
+                   "the same (fracture-xray's rotated copies) [default: the family's].")
 @click.option("--model", "family", type=click.Choice(list_families()), default="mobilenetv2",
               show_default=True, help="Model family from the registry.")
 @click.option("--size", type=int, help="Input size in pixels (default: the family's).")
@@ -146,7 +146,7 @@ def parse_augment(base: Any, items: tuple[str, ...]) -> Any:
               help="With --folds: reuse the folds an interrupted cross-validation of the same "
                    "settings (same --out and --name) finished; train the rest.")
 def train(data: tuple[Path, ...], source_balance: float, balance_within: str | None,
-          family_weight: float,
+          family_weight: float | None,
           family: str, size: int | None,
           alpha: float | None,
           weights: Path | None, channels: int | None, fit: str | None, intensity: str | None,

@@ -101,7 +101,7 @@ class TrainConfig:
     balance_within: str | None = None
     # >0: within each class of a source, an image weighs 1 / (its family of copies' size)^p,
     # so rotated copies of one radiograph stop outweighing single ones (1: each counts once)
-    family_weight: float = 0.0
+    family_weight: float | None = None
     # >0: the gradient-trained phases' targets become 1 - s/2 and s/2 (label smoothing)
     label_smoothing: float = 0.0
     val_fraction: float = 0.15
@@ -114,7 +114,7 @@ class TrainConfig:
 FALLBACK = {"epochs": 12, "fine_tune_epochs": 8, "learning_rate": 1e-3, "fine_tune_lr": 2e-5,
             "patience": 4, "head": "train", "probe_l2": 0.0, "average_epochs": 0,
             "probe_mix": (), "keep": "best", "batchnorm_images": 0,
-            "fine_tune_schedule": "constant"}
+            "fine_tune_schedule": "constant", "family_weight": 0.0}
 SCHEDULES = ("constant", "cosine")
 
 
@@ -695,8 +695,8 @@ def _recorded(training: dict[str, Any], key: str) -> Any:
     defaults = {f.name: f.default if f.default is not MISSING
                 else None if f.default_factory is MISSING
                 else f.default_factory() for f in fields(TrainConfig)}
-    value = {"selection": "per-image-1", "batchnorm_images": 0,
-             "fine_tune_schedule": "constant"}.get(key, defaults.get(key))
+    value = {"selection": "per-image-1", "batchnorm_images": 0, "fine_tune_schedule": "constant",
+             "family_weight": 0.0}.get(key, defaults.get(key))
     return json.loads(json.dumps(value, default=str))
 
 
