@@ -172,7 +172,10 @@ def source_balanced_weights(y: np.ndarray, sources: Sequence[str], balance: floa
     With `families` (each image's family of copies of one radiograph) and `family_weight`
     p > 0, images share their class cell's weight as 1 / family size^p instead of equally:
     rotated copies of one radiograph then stop outweighing single ones (p = 1: each
-    radiograph counts once), and every class, stratum and source keeps its total."""
+    radiograph counts once), and every class, source and balanced stratum keeps its total
+    (a stratum too small to balance takes its images' shares of the source-wide class cell,
+    so its total moves with copies elsewhere in the source; no source here has both strata
+    and copies: FracAtlas has regions and single images, fracture-xray copies and no regions)."""
     y = np.asarray(y).astype(int)
     src = np.asarray(sources)
     cell = np.asarray(list(strata), dtype=object) if strata is not None else None
