@@ -152,7 +152,7 @@ def manifest_column(ds: Dataset, paths: Sequence[Path], column: str) -> list[str
 
 def family_shares(families: Sequence[str], power: float) -> np.ndarray:
     """Each image's relative share, 1 / (its family's size among `families`)^power."""
-    ids, inverse, counts = np.unique(np.asarray(families, dtype=object).astype(str),
+    _, inverse, counts = np.unique(np.asarray(families, dtype=object).astype(str),
                                      return_inverse=True, return_counts=True)
     return counts[inverse].astype(np.float64) ** -float(power)
 

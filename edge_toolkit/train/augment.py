@@ -35,7 +35,7 @@ class AugmentConfig:
     mixup: float = 0.0
     # True: every epoch draws afresh (one endless iterator over the whole fit). False: each
     # epoch repeats the first epoch's brightness/contrast/acquisition/mixup draws batch slot
-    # by batch slot, as every run before 2026-12-05 did (op-seeded random ops restart with
+    # by batch slot, as runs before the fix of 2026-12-05 did (op-seeded random ops restart with
     # each epoch's new iterator); kept so those runs can be reproduced from their cards
     redraw: bool = True
 

@@ -125,7 +125,7 @@ def parse_augment(base: Any, items: tuple[str, ...]) -> Any:
               help="Augmentation setting, e.g. --aug rotation=0.25 --aug "
                    "flip=horizontal_and_vertical (keys: rotation, flip, zoom, shift, "
                    "brightness, contrast, gamma, blur, noise, mixup; redraw=0 repeats the "
-                   "first epoch's random draws every epoch, as runs before 2026-12-05 did).")
+                   "first epoch's random draws every epoch, as runs whose cards lack it did).")
 @click.option("--label-smoothing", type=click.FloatRange(0, 0.5), default=0.0,
               show_default=True,
               help="Targets of every gradient-trained phase become 1 - S/2 and S/2 instead "

@@ -695,8 +695,8 @@ def _recorded(training: dict[str, Any], key: str) -> Any:
     defaults = {f.name: f.default if f.default is not MISSING
                 else None if f.default_factory is MISSING
                 else f.default_factory() for f in fields(TrainConfig)}
-    value = {"selection": "per-image-1", "batchnorm_images": 0, "fine_tune_schedule": "constant",
-             "family_weight": 0.0}.get(key, defaults.get(key))
+    # the fallbacks are each option's "off", what a run did before the option existed
+    value = ({"selection": "per-image-1"} | FALLBACK).get(key, defaults.get(key))
     return json.loads(json.dumps(value, default=str))
 
 
