@@ -43,6 +43,12 @@ def main() -> None:
     ap.add_argument("--balance", default="1.0")
     ap.add_argument("--intensity", default="none",
                     help="Comma-separated grey-level normalisations (preprocess.INTENSITY).")
+    ap.add_argument("--fit", default="pad",
+                    help="Comma-separated ways to fit the picture into the square input: "
+                         "pad (letterbox) and/or stretch.")
+    ap.add_argument("--family-weight", default="0",
+                    help="Comma-separated exponents p: each image weighs 1/(its family of "
+                         "copies' size)^p in the probe's fit, as `train --family-weight`.")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--out", type=Path, help="Also write the results as JSON here.")
     ap.add_argument("--unseen", action="store_true",
@@ -51,37 +57,42 @@ def main() -> None:
     args = ap.parse_args()
     ds, plan, y, src, fold, fam = fold_arrays(args.data, args.folds)
     results = []
-    for size, intensity in [(int(s), i) for s in args.sizes.split(",")
-                            for i in args.intensity.split(",")]:
+    for size, intensity, fit in [(int(s), i, f) for s in args.sizes.split(",")
+                                 for i in args.intensity.split(",")
+                                 for f in args.fit.split(",")]:
         t = time.perf_counter()
         model, cfg = build_model("mobilenetv2", input_size=size, weights=args.weights)
         pre = PreprocessConfig.from_dict(preprocess_config("mobilenetv2", cfg,
-                                                           intensity=intensity))
+                                                           intensity=intensity) | {"fit": fit})
         chunks = []
         for start in range(0, len(plan.samples), CHUNK):  # a chunk at a time: bounded memory
             loaded = load_samples(plan.samples[start:start + CHUNK], pre)
             assert not loaded.skipped, loaded.skipped[:3]
             chunks.append(pooled_features(model, loaded.x))
         feats = np.concatenate(chunks)
-        print(f"size {size}, intensity {intensity}: features {feats.shape} in "
+        print(f"size {size}, intensity {intensity}, fit {fit}: features {feats.shape} in "
               f"{time.perf_counter() - t:.0f}s", flush=True)
-        for balance in [float(b) for b in args.balance.split(",")]:
-            for l2 in [float(v) for v in args.l2.split(",")]:
-                scores = probe_fold_scores([feats] * args.folds, y, src, fam, fold, l2,
-                                           ds.source_names, balance)
-                results.append({"size": size, "intensity": intensity, "l2": l2,
-                                "balance": balance, "summary": summarize_folds(scores)})
+        for balance, famw, l2 in [(float(b), float(p), float(v))
+                                  for b in args.balance.split(",")
+                                  for p in args.family_weight.split(",")
+                                  for v in args.l2.split(",")]:
+            scores = probe_fold_scores([feats] * args.folds, y, src, fam, fold, l2,
+                                       ds.source_names, balance, famw)
+            results.append({"size": size, "intensity": intensity, "fit": fit, "l2": l2,
+                            "balance": balance, "family_weight": famw,
+                            "summary": summarize_folds(scores), "folds": scores})
         if args.unseen:
             for l2 in [float(v) for v in args.l2.split(",")]:
-                print(f"unseen site, size {size}, intensity {intensity}, L2 {l2:g}: "
+                print(f"unseen site, size {size}, intensity {intensity}, fit {fit}, L2 {l2:g}: "
                       + unseen_site_aucs(feats, y, src, fam, l2), flush=True)
     names = [*ds.source_names, "mean_of_sources"]
-    print("\n| size | intensity | L2 | source balance | " + " | ".join(names) + " |")
-    print("|" + "---|" * (4 + len(names)))
+    print("\n| size | intensity | fit | L2 | source balance | family weight | "
+          + " | ".join(names) + " |")
+    print("|" + "---|" * (6 + len(names)))
     for r in results:
         cells = [f"{r['summary'][n]['mean']:.3f} ± {r['summary'][n]['sd']:.3f}" for n in names]
-        print(f"| {r['size']} | {r['intensity']} | {r['l2']:g} | {r['balance']:g} | "
-              + " | ".join(cells) + " |")
+        print(f"| {r['size']} | {r['intensity']} | {r['fit']} | {r['l2']:g} | {r['balance']:g} | "
+              f"{r['family_weight']:g} | " + " | ".join(cells) + " |")
     best = max(results, key=lambda r: r["summary"]["mean_of_sources"]["mean"])
     se = best["summary"]["mean_of_sources"]["sd"] / np.sqrt(args.folds)
     within = [r for r in results
@@ -109,13 +120,17 @@ def fold_arrays(data: list[str], folds: int) -> tuple[Any, Any, np.ndarray, np.n
 
 def probe_fold_scores(feats: list[np.ndarray], y: np.ndarray, src: np.ndarray,
                       fam: np.ndarray, fold: np.ndarray, l2: float, names: list[str],
-                      balance: float = 1.0) -> list[dict[str, float]]:
+                      balance: float = 1.0, family_weight: float = 0.0
+                      ) -> list[dict[str, float]]:
     """Each fold's family-weighted AUC per source (and their mean) of a probe fitted on the
-    other folds; `feats[k]` are the features fold k is fitted and scored with."""
+    other folds (copies weighted 1/family size^`family_weight`, sizes counted in those
+    folds, as training counts them in its train split); `feats[k]` are the features fold k
+    is fitted and scored with."""
     scores = []
     for k in range(len(feats)):
         tr, te = fold != k, fold == k
-        w = source_balanced_weights(y[tr], src[tr], balance)
+        w = source_balanced_weights(y[tr], src[tr], balance, families=fam[tr],
+                                    family_weight=family_weight)
         s = fit_logistic(feats[k][tr], y[tr], w, l2).logits(feats[k][te])
         per = {n: family_auc(y[te][src[te] == n], s[src[te] == n], fam[te][src[te] == n])
                for n in names}
