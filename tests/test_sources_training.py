@@ -21,7 +21,7 @@ from edge_toolkit.site_shift import (  # noqa: E402
     site_shift_markdown,
 )
 from edge_toolkit.synthetic import write_synthetic  # noqa: E402
-from edge_toolkit.train.tfsetup import determinism  # noqa: E402
+from edge_toolkit.train.tfsetup import determinism, gpus  # noqa: E402
 from edge_toolkit.train.trainer import TrainConfig, cross_validate, train  # noqa: E402
 
 TINY = {"input_size": 16, "width": 4, "stages": 2}
@@ -78,7 +78,7 @@ def test_one_model_on_two_sources_reports_each(both_run):
         assert "high_sensitivity" in per["site-b"]["operating_points"]
     rows = list(csv.DictReader(open(both_run / "predictions.csv")))
     assert {r["source"] for r in rows} == {"site-a", "site-b"}
-    assert card.export["training"]["determinism"]["device"] == "cpu"
+    assert card.export["training"]["determinism"]["device"] == ("gpu" if gpus() else "cpu")
 
 
 def test_a_specificity_floor_reaches_the_trained_card(sites, both_run):
@@ -166,6 +166,22 @@ def test_a_failing_fold_is_one_line_and_keeps_its_traceback(sites):
     assert f"traceback in {error_file}" in message
     assert error_file.read_text().startswith("Traceback (most recent call last)")
     assert not (root / "runs" / "cv-bad" / "fold1" / "card.json").exists()
+
+
+def test_a_run_without_determinism_turns_it_off_for_the_process():
+    """Op determinism is process-wide: a GPU fine-tuning run that cannot honour it (frozen
+    BatchNorm) must not inherit it from an earlier deterministic run in the same process."""
+    from tensorflow.python.framework.config import is_op_determinism_enabled
+
+    from edge_toolkit.train.tfsetup import set_seed
+
+    try:
+        set_seed(0, True)
+        assert is_op_determinism_enabled()
+        set_seed(0, determinism(True, devices=["/physical_device:GPU:0"])["deterministic"])
+        assert not is_op_determinism_enabled()
+    finally:
+        set_seed(0, True)
 
 
 def test_determinism_is_decided_per_device():

@@ -192,6 +192,25 @@ def test_mixed_precision_run_saves_a_float32_model(tmp_path):
     assert keras.mixed_precision.global_policy().name == "float32"
 
 
+def test_a_run_that_fails_mid_training_leaves_float32_on(tmp_path, monkeypatch):
+    """Mixed precision is process-wide: a GPU run that fails after switching it on (out of
+    memory, a bad option found late) must not leave later exports in float16."""
+    import edge_toolkit.train.trainer as trainer
+
+    def fail(*args, **kwargs):
+        assert keras.mixed_precision.global_policy().name == "mixed_float16"
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(trainer, "build_model", fail)
+    data = write_synthetic(tmp_path / "data", {"train": 8, "val": 6, "test": 4}, size=16)
+    cfg = TrainConfig(data=str(data), family="scratch_cnn", out=str(tmp_path / "runs"),
+                      name="mp-fail", model={"input_size": 16, "width": 4, "stages": 2},
+                      epochs=1, batch_size=8, bootstrap=0, mixed_precision=True)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        train(cfg, log=lambda m: None)
+    assert keras.mixed_precision.global_policy().name == "float32"
+
+
 def test_a_tiny_model_learns_synthetic_data_above_an_auc_floor(tmp_path):
     """Training must learn, not only run: a bar across the image vs along it (same
     brightness, so no global cue gives it away) is learned by a tiny CNN in a few epochs.

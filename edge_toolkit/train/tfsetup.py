@@ -32,7 +32,9 @@ tf, keras = import_tf()
 
 def set_seed(seed: int, deterministic: bool = True) -> None:
     """Seed Python, numpy and TensorFlow so a run can be repeated; with `deterministic`,
-    also make every op deterministic (see `determinism`: not possible for every GPU run)."""
+    also make every op deterministic, and without it turn that off again: the setting is
+    process-wide, and a run that cannot honour it (see `determinism`: frozen BatchNorm on a
+    GPU) must not inherit it from an earlier run in the same process."""
     import numpy as np
 
     random.seed(seed)
@@ -41,6 +43,10 @@ def set_seed(seed: int, deterministic: bool = True) -> None:
     if deterministic:
         # same seed, same data -> same model (tf.data's parallel random augmentation included)
         tf.config.experimental.enable_op_determinism()
+    else:  # TensorFlow has no public switch-off; the one it uses itself
+        from tensorflow.python.framework import config as tf_config
+
+        tf_config.disable_op_determinism()
 
 
 def gpus() -> list[Any]:

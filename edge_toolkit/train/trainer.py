@@ -378,6 +378,13 @@ def effective_config(cfg: TrainConfig) -> TrainConfig:
 def train(cfg: TrainConfig, log: Log = print, dataset: Dataset | None = None) -> Path:
     """Train, calibrate on val, report every split, write the run folder; return its path.
     `dataset` stands in for the folders (cross-validation folds)."""
+    try:
+        return _train(cfg, log, dataset)
+    finally:  # a failed GPU run must not leave mixed float16 on for the rest of the process:
+        keras.mixed_precision.set_global_policy("float32")  # tfmot and TFLite reject it
+
+
+def _train(cfg: TrainConfig, log: Log, dataset: Dataset | None) -> Path:
     t0 = time.perf_counter()
     cfg = effective_config(cfg)
     family = get_family(cfg.family)
