@@ -48,3 +48,43 @@ def test_a_run_fine_tunes_with_the_schedule_and_records_it(tmp_path):
     assert rate["config"]["decay_steps"] == 2 * -(-n_train // 8)  # 2 epochs of the batches
     training.pop("fine_tune_schedule")  # a card from before the option: constant
     assert _recorded(training, "fine_tune_schedule") == "constant"
+
+
+def test_a_gpu_shaped_run_trains_every_new_option_and_saves_float32(tmp_path, monkeypatch):
+    """No GPU in CI: stand in for one with a MirroredStrategy over the CPU in mixed float16,
+    as `strategy_and_precision` sets up on a GPU, and fine-tune with the cosine schedule
+    (under a loss-scale optimizer), family weights, fresh draws and re-estimated BatchNorm
+    statistics. The run must finish, record each option in its card, save a float32 model
+    that predicts, and leave the process in float32."""
+    import numpy as np
+
+    import edge_toolkit.train.trainer as trainer
+    from edge_toolkit.card import ModelCard
+    from edge_toolkit.synthetic import write_synthetic
+    from edge_toolkit.train.tfsetup import tf
+
+    def gpu_like(mixed_precision=None):
+        keras.mixed_precision.set_global_policy("mixed_float16")
+        return tf.distribute.MirroredStrategy(["/cpu:0"]), True
+
+    monkeypatch.setattr(trainer, "strategy_and_precision", gpu_like)
+    backbone = keras.applications.MobileNetV2(input_shape=(32, 32, 3), include_top=False,
+                                              weights=None)
+    weights = tmp_path / "backbone.h5"
+    backbone.save_weights(str(weights))
+    data = write_synthetic(tmp_path / "data", {"train": 12, "val": 6, "test": 4}, size=24)
+    lines: list[str] = []
+    cfg = TrainConfig(data=str(data), family="mobilenetv2", out=str(tmp_path / "runs"),
+                      name="gpu-like", model={"input_size": 32, "weights": str(weights)},
+                      fine_tune_epochs=2, batch_size=8, bootstrap=0, batchnorm_images=8,
+                      fine_tune_schedule="cosine", family_weight=0.5)
+    run = trainer.train(cfg, log=lines.append)
+    assert any("mixed precision True" in m for m in lines)
+    assert keras.mixed_precision.global_policy().name == "float32"
+    model = keras.models.load_model(run / "model.keras", compile=False)
+    assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
+    training = ModelCard.load(run / "card.json").export["training"]
+    assert (training["fine_tune_schedule"], training["family_weight"]) == ("cosine", 0.5)
+    assert training["augment"]["redraw"] is True and training["batchnorm_images"] == 8
+    probs = trainer.predict(model, np.zeros((2, 32, 32, 3), np.float32))
+    assert np.isfinite(probs).all()
