@@ -1,8 +1,9 @@
 """Cross-validate the MobileNetV2 linear-probe recipe on frozen features, in minutes.
 
 Grouped 5-fold cross-validation over the pooled train+val images of several sources: input
-size x L2 penalty (x source balance x grey-level normalisation). AUCs are family-weighted
-(each radiograph counts once), as training's.
+size x L2 penalty (x source balance x grey-level normalisation x letterbox or stretch x
+family weight, each image of a family of copies weighing 1/size^p in the fit, as `train
+--family-weight`). AUCs are family-weighted (each radiograph counts once), as training's.
 
     python benchmarks/select_probe_cv.py --data ../shared/data/fracture-xray \
         --data ../shared/data/fracatlas --weights ../shared/weights/mobilenet_v2_1.0_224_no_top.h5
@@ -55,6 +56,10 @@ def main() -> None:
                     help="Also fit on all but one source and score the one left out (all its "
                          "train+val images): a hospital the probe never saw.")
     args = ap.parse_args()
+    settings = [(float(b), float(p), float(v)) for b in args.balance.split(",")
+                for p in args.family_weight.split(",") for v in args.l2.split(",")]
+    if not all(0 <= p <= 1 for _, p, _ in settings):
+        ap.error("--family-weight: exponents between 0 (per image) and 1 (per radiograph)")
     ds, plan, y, src, fold, fam = fold_arrays(args.data, args.folds)
     results = []
     for size, intensity, fit in [(int(s), i, f) for s in args.sizes.split(",")
@@ -72,19 +77,17 @@ def main() -> None:
         feats = np.concatenate(chunks)
         print(f"size {size}, intensity {intensity}, fit {fit}: features {feats.shape} in "
               f"{time.perf_counter() - t:.0f}s", flush=True)
-        for balance, famw, l2 in [(float(b), float(p), float(v))
-                                  for b in args.balance.split(",")
-                                  for p in args.family_weight.split(",")
-                                  for v in args.l2.split(",")]:
+        for balance, famw, l2 in settings:
             scores = probe_fold_scores([feats] * args.folds, y, src, fam, fold, l2,
                                        ds.source_names, balance, famw)
             results.append({"size": size, "intensity": intensity, "fit": fit, "l2": l2,
                             "balance": balance, "family_weight": famw,
                             "summary": summarize_folds(scores), "folds": scores})
         if args.unseen:
-            for l2 in [float(v) for v in args.l2.split(",")]:
-                print(f"unseen site, size {size}, intensity {intensity}, fit {fit}, L2 {l2:g}: "
-                      + unseen_site_aucs(feats, y, src, fam, l2), flush=True)
+            for balance, famw, l2 in settings:
+                print(f"unseen site, size {size}, intensity {intensity}, fit {fit}, L2 {l2:g}, "
+                      f"balance {balance:g}, family weight {famw:g}: "
+                      + unseen_site_aucs(feats, y, src, fam, l2, balance, famw), flush=True)
     names = [*ds.source_names, "mean_of_sources"]
     print("\n| size | intensity | fit | L2 | source balance | family weight | "
           + " | ".join(names) + " |")
@@ -95,13 +98,16 @@ def main() -> None:
               f"{r['family_weight']:g} | " + " | ".join(cells) + " |")
     best = max(results, key=lambda r: r["summary"]["mean_of_sources"]["mean"])
     se = best["summary"]["mean_of_sources"]["sd"] / np.sqrt(args.folds)
+    rest = ("intensity", "fit", "balance", "family_weight")  # held at the best's values
     within = [r for r in results
-              if r["summary"]["mean_of_sources"]["mean"] >= best["summary"]["mean_of_sources"]
+              if all(r[k] == best[k] for k in rest)
+              and r["summary"]["mean_of_sources"]["mean"] >= best["summary"]["mean_of_sources"]
               ["mean"] - se]
     pick = min(within, key=lambda r: (r["size"], -r["l2"]))
-    print(f"\nbest: size {best['size']}, L2 {best['l2']:g}; one-standard-error rule (smallest "
-          f"input, then strongest penalty within {se:.3f} of the best): size {pick['size']}, "
-          f"L2 {pick['l2']:g}")
+    held = ", ".join(f"{k} {best[k]}" for k in rest)
+    print(f"\nbest: size {best['size']}, L2 {best['l2']:g} ({held}); one-standard-error rule "
+          f"over size and L2 at those settings (smallest input, then strongest penalty "
+          f"within {se:.3f} of the best): size {pick['size']}, L2 {pick['l2']:g}")
     if args.out:
         args.out.write_text(json.dumps(results, indent=2) + "\n")
 
@@ -139,12 +145,13 @@ def probe_fold_scores(feats: list[np.ndarray], y: np.ndarray, src: np.ndarray,
 
 
 def unseen_site_aucs(feats: np.ndarray, y: np.ndarray, src: np.ndarray, fam: np.ndarray,
-                     l2: float) -> str:
+                     l2: float, balance: float = 1.0, family_weight: float = 0.0) -> str:
     """Family-weighted AUC on each source of a probe fitted on the other sources only."""
     cells = []
     for name in sorted(set(src)):
         tr, te = src != name, src == name
-        w = source_balanced_weights(y[tr], src[tr], 1.0)
+        w = source_balanced_weights(y[tr], src[tr], balance, families=fam[tr],
+                                    family_weight=family_weight)
         s = fit_logistic(feats[tr], y[tr], w, l2).logits(feats[te])
         cells.append(f"{name} {family_auc(y[te], s, fam[te]):.3f}")
     return ", ".join(cells)

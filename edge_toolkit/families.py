@@ -70,7 +70,9 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
         # (benchmarks/cv_candidates.py). 256 px: in the same 2-fold CV every candidate kind
         # scored higher than at 224 px in both folds (mix-0.5 0.835 against 0.825, mean of
         # the sources' held-out AUC), for 1.3x the compute; 320 px tied it (0.835) for
-        # 1.56x more. benchmarks/README.md.
+        # 1.56x more, and under family weights gained only +0.004 (mix-0.5 lower in one
+        # fold). The probe's L2 and the fine-tuning rate (3e-5 against 1.5e-5 and 6e-5)
+        # were re-checked under family weights and stay. benchmarks/README.md.
         defaults={"input_size": 256, "alpha": 1.0, "weights": None, "dropout": 0.2,
                   "fine_tune_at": "block_13_expand"},
         has_backbone=True,

@@ -54,20 +54,31 @@ def test_a_gpu_shaped_run_trains_every_new_option_and_saves_float32(tmp_path, mo
     """No GPU in CI: stand in for one with a MirroredStrategy over the CPU in mixed float16,
     as `strategy_and_precision` sets up on a GPU, and fine-tune with the cosine schedule
     (under a loss-scale optimizer), family weights, fresh draws and re-estimated BatchNorm
-    statistics. The run must finish, record each option in its card, save a float32 model
-    that predicts, and leave the process in float32."""
+    statistics, with determinism decided as for one GPU (off: frozen BatchNorm). The run must
+    finish, record each option in its card, save a float32 model that predicts, and leave
+    the process in float32."""
     import numpy as np
 
     import edge_toolkit.train.trainer as trainer
     from edge_toolkit.card import ModelCard
     from edge_toolkit.synthetic import write_synthetic
-    from edge_toolkit.train.tfsetup import tf
+    from edge_toolkit.train.tfsetup import determinism, tf
 
     def gpu_like(mixed_precision=None):
         keras.mixed_precision.set_global_policy("mixed_float16")
         return tf.distribute.MirroredStrategy(["/cpu:0"]), True
 
+    policies: list[str] = []  # the policy each model is built under
+
+    def build_and_record(*args, **kwargs):
+        policies.append(keras.mixed_precision.global_policy().name)
+        return build_model(*args, **kwargs)
+
+    build_model = trainer.build_model
     monkeypatch.setattr(trainer, "strategy_and_precision", gpu_like)
+    monkeypatch.setattr(trainer, "build_model", build_and_record)
+    monkeypatch.setattr(trainer, "determinism",  # decided as on a machine with one GPU
+                        lambda frozen: determinism(frozen, devices=["/physical_device:GPU:0"]))
     backbone = keras.applications.MobileNetV2(input_shape=(32, 32, 3), include_top=False,
                                               weights=None)
     weights = tmp_path / "backbone.h5"
@@ -78,13 +89,24 @@ def test_a_gpu_shaped_run_trains_every_new_option_and_saves_float32(tmp_path, mo
                       name="gpu-like", model={"input_size": 32, "weights": str(weights)},
                       fine_tune_epochs=2, batch_size=8, bootstrap=0, batchnorm_images=8,
                       fine_tune_schedule="cosine", family_weight=0.5)
-    run = trainer.train(cfg, log=lines.append)
-    assert any("mixed precision True" in m for m in lines)
+    from tensorflow.python.framework.config import is_op_determinism_enabled
+
+    from edge_toolkit.train.tfsetup import set_seed
+
+    before = is_op_determinism_enabled()
+    try:
+        run = trainer.train(cfg, log=lines.append)
+        assert not is_op_determinism_enabled()
+    finally:  # process-wide: later tests start as they would have
+        set_seed(0, before)
+    assert policies == ["mixed_float16", "float32"]  # trained in float16, saved in float32
     assert keras.mixed_precision.global_policy().name == "float32"
+    assert any("not bit-reproducible" in m for m in lines)
     model = keras.models.load_model(run / "model.keras", compile=False)
     assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
     training = ModelCard.load(run / "card.json").export["training"]
     assert (training["fine_tune_schedule"], training["family_weight"]) == ("cosine", 0.5)
     assert training["augment"]["redraw"] is True and training["batchnorm_images"] == 8
+    assert training["determinism"]["deterministic"] is False  # frozen BatchNorm on a GPU
     probs = trainer.predict(model, np.zeros((2, 32, 32, 3), np.float32))
     assert np.isfinite(probs).all()

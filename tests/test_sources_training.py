@@ -175,13 +175,14 @@ def test_a_run_without_determinism_turns_it_off_for_the_process():
 
     from edge_toolkit.train.tfsetup import set_seed
 
+    before = is_op_determinism_enabled()
     try:
         set_seed(0, True)
         assert is_op_determinism_enabled()
         set_seed(0, determinism(True, devices=["/physical_device:GPU:0"])["deterministic"])
         assert not is_op_determinism_enabled()
     finally:
-        set_seed(0, True)
+        set_seed(0, before)
 
 
 def test_determinism_is_decided_per_device():

@@ -43,10 +43,10 @@ def set_seed(seed: int, deterministic: bool = True) -> None:
     if deterministic:
         # same seed, same data -> same model (tf.data's parallel random augmentation included)
         tf.config.experimental.enable_op_determinism()
-    else:  # TensorFlow has no public switch-off; the one it uses itself
+    else:  # TensorFlow has no public switch-off: the one its own tests use (TF 2.21)
         from tensorflow.python.framework import config as tf_config
 
-        tf_config.disable_op_determinism()
+        tf_config.disable_op_determinism()  # if a TF upgrade drops it, a test says so
 
 
 def gpus() -> list[Any]:
