@@ -134,7 +134,8 @@ def test_family_weight_is_checked_before_training():
 
     assert effective_config(TrainConfig(data="x", family_weight=0.5)).family_weight == 0.5
     assert effective_config(TrainConfig(data="x")).family_weight == 0.5  # mobilenetv2's
-    assert effective_config(TrainConfig(data="x", family="scratch_cnn")).family_weight == 0.0
+    assert effective_config(TrainConfig(data="x", family="scratch_cnn")).family_weight == 0.5
+    assert effective_config(TrainConfig(data="x", family="seed_cnn")).family_weight == 0.0
     from edge_toolkit.train.trainer import _recorded
 
     assert _recorded({}, "family_weight") == 0.0  # a card from before it weighed per image
