@@ -466,7 +466,7 @@ def _train(cfg: TrainConfig, log: Log, dataset: Dataset | None) -> Path:
             # at least the last epoch: 'last' and the probe mixes need it
             collector = EpochWeights(model, max(1, cfg.average_epochs or 0))
             lr = learning_rate(cfg.fine_tune_lr, cfg.fine_tune_schedule,
-                               cfg.fine_tune_epochs, math.ceil(len(train_s.y) / batch))
+                               cfg.fine_tune_epochs, steps or math.ceil(len(train_s.y) / batch))
             history += _fit_phase(model, train_ds, val_s, cfg.fine_tune_epochs, lr, cfg,
                                   checkpoint, 2, log, [collector], steps)
             extra = _weight_space_candidates(model, collector, probe_weights, cfg, val_s,
