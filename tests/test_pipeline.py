@@ -116,9 +116,10 @@ def test_resume_reuses_trained_models(pipeline_run):
                                              "benchmark"]
 
 
-def resume_edited_copy(pipeline_run, tmp_path, edit=None, rule=(0.8, 0.3)):
+def resume_edited_copy(pipeline_run, tmp_path, edit=None, rule=(0.8, 0.3), seed=0):
     """Copy the trained scratch run, let `edit` change its card.json, `--resume` the
-    pipeline over it with the operating rule `rule`: (ok, first stage record, log lines)."""
+    pipeline over it with the operating rule `rule` and `seed`: (ok, first stage record,
+    log lines)."""
     import shutil
 
     folder, _, _ = pipeline_run
@@ -133,8 +134,38 @@ def resume_edited_copy(pipeline_run, tmp_path, edit=None, rule=(0.8, 0.3)):
     _, ok = run_pipeline(folder.parent / "data", copy, ["scratch_cnn"], "float32", None, [1],
                          epochs=1, fine_tune_epochs=0, size=16, min_auc=None,
                          log=logs.append, resume=True, target_sensitivity=rule[0],
-                         min_specificity=rule[1])
+                         min_specificity=rule[1], seed=seed)
     return ok, json.loads((copy / "pipeline.json").read_text())["stages"][0], logs
+
+
+def test_the_seed_reaches_every_training_and_resume_tells_seeds_apart(pipeline_run, tmp_path):
+    """`pipeline --seed S` trains with S (recorded in each card and pipeline.json); a
+    --resume'd run asked for another seed is refused, not reported as that seed's."""
+    folder, _, _ = pipeline_run
+    assert ModelCard.load(folder / "scratch_cnn" / "card.json").export["training"]["seed"] == 0
+    assert json.loads((folder / "pipeline.json").read_text())["seed"] == 0
+    ok, stage, _ = resume_edited_copy(pipeline_run, tmp_path / "a", seed=0)
+    assert ok and stage["ok"]
+    ok, stage, _ = resume_edited_copy(pipeline_run, tmp_path / "b", seed=1)
+    assert not ok and "other settings (seed)" in stage["reason"]
+
+
+def test_pipeline_cli_passes_the_seed(pipeline_run, tmp_path):
+    """The CLI option reaches the trainer: --seed 2 over a seed-0 run is refused on resume."""
+    import shutil
+
+    from edge_toolkit.pipeline import pipeline
+
+    folder, _, _ = pipeline_run
+    shutil.copytree(folder / "scratch_cnn", tmp_path / "out" / "scratch_cnn")
+    args = ["--data", str(folder.parent / "data"), "--families", "scratch_cnn", "--variants",
+            "float32", "--size", "16", "--epochs", "1", "--fine-tune-epochs", "0",
+            "--target-sensitivity", "0.8", "--min-specificity", "0.3", "--threads", "1",
+            "--out", str(tmp_path), "--name", "out", "--resume"]
+    result = CliRunner().invoke(pipeline, [*args, "--seed", "2"])
+    assert result.exit_code == 1, result.output
+    assert "other settings (seed)" in result.output
+    assert json.loads((tmp_path / "out" / "pipeline.json").read_text())["seed"] == 2
 
 
 @pytest.mark.parametrize("rule, differs", [((0.9, 0.3), "target_sensitivity"),
