@@ -92,13 +92,15 @@ def run_pipeline(data: Path | list[Path] | None, out: Path, families: list[str],
                  fine_tune_epochs: int | None, size: int | None, min_auc: float | None,
                  log: Any = print, resume: bool = False, site_shift: bool | None = None,
                  target_sensitivity: float | None = None,
-                 min_specificity: float | None = None, seed: int = 0) -> tuple[Path, bool]:
+                 min_specificity: float | None = None, seed: int = 0,
+                 family_weight: float | None = None) -> tuple[Path, bool]:
     """Every stage, in order; returns (pipeline folder, whether every stage succeeded).
     With several dataset folders (sources), one model per family is trained on all of them,
     and (`site_shift`) each family is also trained on each source alone and every model
     scored on every source's test split. `seed` draws every training (and each export's
     calibration images, which follow their run's seed): rerun with other seeds to see how
-    far one table's numbers move."""
+    far one table's numbers move. `family_weight` overrides every family's default (0: each
+    image counts the same, as runs before family weights)."""
     from edge_toolkit.benchmark import below_floor, markdown, run_benchmark, write_outputs
     from edge_toolkit.quantize.exporter import ExportConfig, export_run
     from edge_toolkit.site_shift import leave_one_source_out, site_shift_markdown, write_site_shift
@@ -148,6 +150,8 @@ def run_pipeline(data: Path | list[Path] | None, out: Path, families: list[str],
             train_kw["epochs"] = epochs
         if fine_tune_epochs is not None:
             train_kw["fine_tune_epochs"] = fine_tune_epochs
+        if family_weight is not None:
+            train_kw["family_weight"] = family_weight
         if target_sensitivity is not None:
             train_kw["target_sensitivity"] = target_sensitivity
         if min_specificity is not None:  # exports are told too: a --resume'd run may
@@ -228,6 +232,9 @@ def run_pipeline(data: Path | list[Path] | None, out: Path, families: list[str],
               help="Specificity floor: thresholds clear both floors by the widest margin on "
                    "every val source (see `train --help`).")
 @click.option("--min-auc", type=float, help="Fail if a validated variant's val AUC is lower.")
+@click.option("--family-weight", type=click.FloatRange(0, 1),
+              help="Copies of one radiograph share their weight as 1/(family size)^P, for "
+                   "every family [default: each family's own, see `train --help`].")
 @click.option("--seed", default=0, show_default=True,
               help="Seed of every training in the run (data order, augmentation, "
                    "initialisation, a carved val split). One table is one seed: the seed "
@@ -240,7 +247,8 @@ def pipeline(data: tuple[Path, ...], site_shift: bool | None, families: str,
              variants: str | None,
              weights: Path | None, size: int | None, epochs: int | None,
              fine_tune_epochs: int | None, threads: str, target_sensitivity: float | None,
-             min_specificity: float | None, min_auc: float | None, seed: int, out: str,
+             min_specificity: float | None, min_auc: float | None,
+             family_weight: float | None, seed: int, out: str,
              name: str | None, resume: bool) -> None:
     """Train -> export every variant -> validate -> benchmark table, in one run folder.
 
@@ -271,7 +279,8 @@ def pipeline(data: tuple[Path, ...], site_shift: bool | None, families: str,
                              parse_threads(threads), epochs, fine_tune_epochs, size,
                              min_auc, log, resume=resume, site_shift=site_shift,
                              target_sensitivity=target_sensitivity,
-                             min_specificity=min_specificity, seed=seed)
+                             min_specificity=min_specificity, seed=seed,
+                             family_weight=family_weight)
     log(f"pipeline folder: {folder}")
     if not ok:
         sys.exit(1)

@@ -150,8 +150,11 @@ def test_the_seed_reaches_every_training_and_resume_tells_seeds_apart(pipeline_r
     assert not ok and "other settings (seed)" in stage["reason"]
 
 
-def test_pipeline_cli_passes_the_seed(pipeline_run, tmp_path):
-    """The CLI option reaches the trainer: --seed 2 over a seed-0 run is refused on resume."""
+@pytest.mark.parametrize("option, key", [(["--seed", "2"], "seed"),
+                                         (["--family-weight", "0"], "family_weight")])
+def test_pipeline_cli_passes_training_options(pipeline_run, tmp_path, option, key):
+    """Each CLI option reaches the trainer: asked over a run trained otherwise (seed 0, the
+    scratch CNN's family weight 0.5), the resumed stage is refused and names the setting."""
     import shutil
 
     from edge_toolkit.pipeline import pipeline
@@ -162,10 +165,11 @@ def test_pipeline_cli_passes_the_seed(pipeline_run, tmp_path):
             "float32", "--size", "16", "--epochs", "1", "--fine-tune-epochs", "0",
             "--target-sensitivity", "0.8", "--min-specificity", "0.3", "--threads", "1",
             "--out", str(tmp_path), "--name", "out", "--resume"]
-    result = CliRunner().invoke(pipeline, [*args, "--seed", "2"])
+    result = CliRunner().invoke(pipeline, [*args, *option])
     assert result.exit_code == 1, result.output
-    assert "other settings (seed)" in result.output
-    assert json.loads((tmp_path / "out" / "pipeline.json").read_text())["seed"] == 2
+    assert f"other settings ({key})" in result.output
+    assert json.loads((tmp_path / "out" / "pipeline.json").read_text())["seed"] == (
+        2 if key == "seed" else 0)
 
 
 @pytest.mark.parametrize("rule, differs", [((0.9, 0.3), "target_sensitivity"),
