@@ -37,10 +37,10 @@ def pool_maps(maps: np.ndarray, how: str) -> np.ndarray:
         return flat.mean(axis=1)
     if how == "max":
         return flat.max(axis=1)
-    if how.startswith("gem"):
+    if how.startswith("gem") and how[3:].replace(".", "", 1).isdigit():
         p = float(how[3:])
         return np.power(np.power(np.clip(flat, 1e-6, None), p).mean(axis=1), 1.0 / p)
-    raise ValueError(f"pooling {how!r}: avg, max or gemP")
+    raise ValueError(f"pooling {how!r}: avg, max or gemP with a power P, e.g. gem3")
 
 
 def main() -> None:

@@ -110,7 +110,8 @@ def run_pipeline(data: Path | list[Path] | None, out: Path, families: list[str],
     out.mkdir(parents=True, exist_ok=True)
     roots = [Path(data)] if isinstance(data, str | Path) else [Path(r) for r in data or []]
     state: dict[str, Any] = {"data": [str(r) for r in roots], "synthetic": False,
-                             "families": families, "variants": variants, "seed": seed}
+                             "families": families, "variants": variants, "seed": seed,
+                             "family_weight": family_weight}
 
     def write_state(finished: bool = False) -> None:
         rows = [{k: v for k, v in r.items() if k != "traceback"} for r in stages.results]
@@ -235,7 +236,7 @@ def run_pipeline(data: Path | list[Path] | None, out: Path, families: list[str],
 @click.option("--family-weight", type=click.FloatRange(0, 1),
               help="Copies of one radiograph share their weight as 1/(family size)^P, for "
                    "every family [default: each family's own, see `train --help`].")
-@click.option("--seed", default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True,
               help="Seed of every training in the run (data order, augmentation, "
                    "initialisation, a carved val split). One table is one seed: the seed "
                    "alone moves unseen-site AUC by up to 0.055, so compare several.")

@@ -1,0 +1,35 @@
+"""The pooling screen's arithmetic (benchmarks/pooling_screen.py): the numbers it reports
+are only as good as its avg / max / GeM."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from extras import require
+
+require("tensorflow")  # the script builds on select_probe_cv, which imports the trainer
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from pooling_screen import pool_maps  # noqa: E402
+
+
+def test_gem_lies_between_average_and_max_pooling():
+    maps = np.random.default_rng(0).uniform(0, 6, (3, 4, 4, 5)).astype(np.float32)
+    avg, mx, gem = (pool_maps(maps, how) for how in ("avg", "max", "gem3"))
+    assert avg.shape == mx.shape == gem.shape == (3, 5)
+    np.testing.assert_allclose(avg, maps.mean(axis=(1, 2)), rtol=1e-6)
+    np.testing.assert_allclose(mx, maps.max(axis=(1, 2)), rtol=1e-6)
+    assert np.all(avg < gem) and np.all(gem < mx)
+    # one hot cell among zeros: GeM p=3 is the cube root of its share of the cells
+    spike = np.zeros((1, 4, 4, 1), np.float32)
+    spike[0, 1, 2, 0] = 6.0
+    np.testing.assert_allclose(pool_maps(spike, "gem3")[0, 0], 6.0 / 16 ** (1 / 3), rtol=1e-4)
+
+
+@pytest.mark.parametrize("how", ["gem", "median", "gemx"])
+def test_an_unknown_pooling_is_refused(how):
+    with pytest.raises(ValueError, match="avg, max or gemP"):
+        pool_maps(np.ones((1, 2, 2, 1)), how)
