@@ -1,5 +1,6 @@
-"""The pooling screen's arithmetic (benchmarks/pooling_screen.py): the numbers it reports
-are only as good as its avg / max / GeM."""
+"""The arithmetic of two benchmark screens (benchmarks/pooling_screen.py,
+benchmarks/learning_curve.py): the numbers they report are only as good as their pooling and
+their subsets."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from extras import require
 require("tensorflow")  # the script builds on select_probe_cv, which imports the trainer
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
+from learning_curve import group_subset  # noqa: E402
 from pooling_screen import pool_maps  # noqa: E402
 
 
@@ -33,3 +35,16 @@ def test_gem_lies_between_average_and_max_pooling():
 def test_an_unknown_pooling_is_refused(how):
     with pytest.raises(ValueError, match="avg, max or gemP"):
         pool_maps(np.ones((1, 2, 2, 1)), how)
+
+
+def test_learning_curve_subsets_keep_whole_groups_and_each_sources_share():
+    groups = np.array([f"a{i // 3}" for i in range(60)] + [f"b{i}" for i in range(40)])
+    src = np.array(["a"] * 60 + ["b"] * 40)
+    rng = np.random.default_rng(0)
+    keep = group_subset(groups, src, 0.5, rng)
+    for g in np.unique(groups):  # a group is kept or dropped whole
+        assert len(set(keep[groups == g])) == 1
+    assert len(np.unique(groups[keep & (src == "a")])) == 10  # half of 20 groups
+    assert len(np.unique(groups[keep & (src == "b")])) == 20  # half of 40
+    assert group_subset(groups, src, 1.0, rng).all()
+    assert not np.array_equal(keep, group_subset(groups, src, 0.5, rng))  # fresh draws
