@@ -23,10 +23,9 @@ import argparse
 import time
 
 import numpy as np
-from select_probe_cv import CHUNK, fold_arrays, probe_fold_scores
+from select_probe_cv import fold_arrays, loaded_chunks, probe_fold_scores
 
 from edge_toolkit.crossval import summarize_folds
-from edge_toolkit.data import load_samples
 from edge_toolkit.metrics import family_auc
 from edge_toolkit.multisource import source_balanced_weights
 from edge_toolkit.preprocess import PreprocessConfig
@@ -49,12 +48,7 @@ def main() -> None:
     model, cfg = build_model("mobilenetv2", input_size=args.size, weights=args.weights)
     pre = PreprocessConfig.from_dict(preprocess_config("mobilenetv2", cfg))
     t = time.perf_counter()
-    chunks = []
-    for i in range(0, len(plan.samples), CHUNK):
-        loaded = load_samples(plan.samples[i:i + CHUNK], pre)
-        assert not loaded.skipped, loaded.skipped[:3]  # a skipped file would shift the labels
-        chunks.append(loaded.x)
-    x = np.concatenate(chunks)
+    x = np.concatenate(list(loaded_chunks(plan.samples, pre)))
     print(f"{len(x)} images loaded in {time.perf_counter() - t:.0f}s", flush=True)
     imagenet = model.get_weights()
     rng = np.random.default_rng(0)

@@ -20,9 +20,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from select_probe_cv import CHUNK, fold_arrays
+from select_probe_cv import fold_arrays, loaded_chunks
 
-from edge_toolkit.data import load_samples
 from edge_toolkit.metrics import family_auc
 from edge_toolkit.multisource import groups_of, source_balanced_weights
 from edge_toolkit.preprocess import PreprocessConfig
@@ -59,12 +58,8 @@ def main() -> None:
     t = time.perf_counter()
     model, cfg = build_model("mobilenetv2", input_size=args.size, weights=args.weights)
     pre = PreprocessConfig.from_dict(preprocess_config("mobilenetv2", cfg))
-    chunks = []
-    for start in range(0, len(plan.samples), CHUNK):
-        loaded = load_samples(plan.samples[start:start + CHUNK], pre)
-        assert not loaded.skipped, loaded.skipped[:3]
-        chunks.append(pooled_features(model, loaded.x))
-    feats = np.concatenate(chunks)
+    feats = np.concatenate([pooled_features(model, x)
+                            for x in loaded_chunks(plan.samples, pre)])
     print(f"features {feats.shape} in {time.perf_counter() - t:.0f}s", flush=True)
     names = list(ds.source_names)
     results = []

@@ -20,10 +20,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from select_probe_cv import CHUNK, fold_arrays, probe_fold_scores, unseen_site_aucs
+from select_probe_cv import fold_arrays, loaded_chunks, probe_fold_scores, unseen_site_aucs
 
 from edge_toolkit.crossval import summarize_folds
-from edge_toolkit.data import load_samples
 from edge_toolkit.preprocess import PreprocessConfig
 from edge_toolkit.train.models import build_model, preprocess_config
 from edge_toolkit.train.probe import POOL_LAYER
@@ -63,10 +62,8 @@ def main() -> None:
     pre = PreprocessConfig.from_dict(preprocess_config("mobilenetv2", cfg))
     maps_model = keras.Model(model.input, model.get_layer(POOL_LAYER).input)
     feats: dict[str, list[np.ndarray]] = {p: [] for p in pools}
-    for start in range(0, len(plan.samples), CHUNK):  # a chunk at a time: bounded memory
-        loaded = load_samples(plan.samples[start:start + CHUNK], pre)
-        assert not loaded.skipped, loaded.skipped[:3]
-        maps = predict_in_batches(maps_model, loaded.x, 64)
+    for x in loaded_chunks(plan.samples, pre):
+        maps = predict_in_batches(maps_model, x, 64)
         for p in pools:
             feats[p].append(pool_maps(maps, p))
     pooled = {p: np.concatenate(v) for p, v in feats.items()}

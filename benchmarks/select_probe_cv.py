@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,12 +70,8 @@ def main() -> None:
         model, cfg = build_model("mobilenetv2", input_size=size, weights=args.weights)
         pre = PreprocessConfig.from_dict(preprocess_config("mobilenetv2", cfg,
                                                            intensity=intensity) | {"fit": fit})
-        chunks = []
-        for start in range(0, len(plan.samples), CHUNK):  # a chunk at a time: bounded memory
-            loaded = load_samples(plan.samples[start:start + CHUNK], pre)
-            assert not loaded.skipped, loaded.skipped[:3]
-            chunks.append(pooled_features(model, loaded.x))
-        feats = np.concatenate(chunks)
+        feats = np.concatenate([pooled_features(model, x)
+                                for x in loaded_chunks(plan.samples, pre)])
         print(f"size {size}, intensity {intensity}, fit {fit}: features {feats.shape} in "
               f"{time.perf_counter() - t:.0f}s", flush=True)
         for balance, famw, l2 in settings:
@@ -110,6 +107,17 @@ def main() -> None:
           f"within {se:.3f} of the best): size {pick['size']}, L2 {pick['l2']:g}")
     if args.out:
         args.out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def loaded_chunks(samples: list, pre: PreprocessConfig) -> Iterator[np.ndarray]:
+    """The samples' preprocessed images, CHUNK at a time (bounded memory). A file that does
+    not load stops the screen: skipping it would shift every label after it."""
+    for start in range(0, len(samples), CHUNK):
+        loaded = load_samples(samples[start:start + CHUNK], pre)
+        if loaded.skipped:
+            raise SystemExit(f"{len(loaded.skipped)} images could not be read, e.g. "
+                             f"{loaded.skipped[0]}")
+        yield loaded.x
 
 
 def fold_arrays(data: list[str], folds: int) -> tuple[Any, Any, np.ndarray, np.ndarray,
