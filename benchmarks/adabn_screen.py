@@ -19,11 +19,11 @@ never touched.
 
 from __future__ import annotations
 
-import argparse
+import json
 import time
 
 import numpy as np
-from select_probe_cv import fold_arrays, loaded_chunks, probe_fold_scores
+from select_probe_cv import fold_arrays, loaded_chunks, probe_fold_scores, screen_arguments
 
 from edge_toolkit.crossval import summarize_folds
 from edge_toolkit.metrics import family_auc
@@ -35,12 +35,9 @@ from edge_toolkit.train.probe import fit_logistic, pooled_features
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", action="append", required=True)
-    ap.add_argument("--weights", required=True)
+    ap = screen_arguments(__doc__)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--l2", type=float, default=1000.0)
-    ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--stat-images", type=int, default=1024,
                     help="Training images the statistics are averaged over.")
     args = ap.parse_args()
@@ -85,6 +82,8 @@ def main() -> None:
         print(f"| {label} | " + " | ".join(f"{summary[c]['mean']:.3f} ± {summary[c]['sd']:.3f}"
                                            for c in cols)
               + f" | {diff.mean():+.3f} (folds {', '.join(f'{d:+.3f}' for d in diff)}) |")
+    results = {label: summarize_folds(scores) for label, scores in rows.items()}
+    results["unseen site"] = {}
     print("\nunseen site (statistics and probe from the other source only):")
     for name in names:
         tr, te = src != name, src == name
@@ -92,7 +91,11 @@ def main() -> None:
         feats = features_after_stats(np.flatnonzero(tr))
         for label, f in (("ImageNet", base), ("re-estimated", feats)):
             s = fit_logistic(f[tr], y[tr], w, args.l2).logits(f[te])
-            print(f"  -> {name}, {label} statistics: {family_auc(y[te], s, fam[te]):.3f}")
+            score = family_auc(y[te], s, fam[te])
+            results["unseen site"][f"{name}, {label} statistics"] = score
+            print(f"  -> {name}, {label} statistics: {score:.3f}")
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -14,13 +14,11 @@ the same images.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
-from pathlib import Path
 
 import numpy as np
-from select_probe_cv import fold_arrays, loaded_chunks
+from select_probe_cv import fold_arrays, loaded_chunks, screen_arguments
 
 from edge_toolkit.metrics import family_auc
 from edge_toolkit.multisource import groups_of, source_balanced_weights
@@ -41,16 +39,12 @@ def group_subset(groups: np.ndarray, src: np.ndarray, fraction: float,
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", action="append", required=True)
-    ap.add_argument("--weights", required=True)
+    ap = screen_arguments(__doc__)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--l2", type=float, default=1000.0)
     ap.add_argument("--family-weight", type=float, default=0.5)
     ap.add_argument("--fractions", default="0.25,0.5,0.75,1")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--out", type=Path, help="Also write the results as JSON here.")
     args = ap.parse_args()
 
     ds, plan, y, src, fold, fam = fold_arrays(args.data, args.folds)

@@ -14,13 +14,17 @@ and prints each source's family-weighted AUC, mean ± sd over folds, then the un
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
-from pathlib import Path
 
 import numpy as np
-from select_probe_cv import fold_arrays, loaded_chunks, probe_fold_scores, unseen_site_aucs
+from select_probe_cv import (
+    fold_arrays,
+    loaded_chunks,
+    probe_fold_scores,
+    screen_arguments,
+    unseen_site_aucs,
+)
 
 from edge_toolkit.crossval import summarize_folds
 from edge_toolkit.preprocess import PreprocessConfig
@@ -43,15 +47,11 @@ def pool_maps(maps: np.ndarray, how: str) -> np.ndarray:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", action="append", required=True)
-    ap.add_argument("--weights", required=True)
+    ap = screen_arguments(__doc__)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--pool", default="avg,max,gem3")
     ap.add_argument("--l2", default="300,1000,3000")
     ap.add_argument("--family-weight", type=float, default=0.5)
-    ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--out", type=Path, help="Also write the results as JSON here.")
     args = ap.parse_args()
     from edge_toolkit.train.tfsetup import keras, predict_in_batches
 

@@ -36,10 +36,19 @@ from edge_toolkit.train.probe import fit_logistic, pooled_features
 CHUNK = 400  # images preprocessed at once
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def screen_arguments(doc: str | None) -> argparse.ArgumentParser:
+    """The options every frozen-feature screen shares: its sources, the backbone's weights,
+    the number of grouped folds, and where to write the JSON."""
+    ap = argparse.ArgumentParser(description=(doc or "").split("\n")[0])
     ap.add_argument("--data", action="append", required=True)
     ap.add_argument("--weights", required=True)
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--out", type=Path, help="Also write the results as JSON here.")
+    return ap
+
+
+def main() -> None:
+    ap = screen_arguments(__doc__)
     ap.add_argument("--sizes", default="160,224,256")
     ap.add_argument("--l2", default="100,300,1000,3000")
     ap.add_argument("--balance", default="1.0")
@@ -51,8 +60,6 @@ def main() -> None:
     ap.add_argument("--family-weight", default="0",
                     help="Comma-separated exponents p: each image weighs 1/(its family of "
                          "copies' size)^p in the probe's fit, as `train --family-weight`.")
-    ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--out", type=Path, help="Also write the results as JSON here.")
     ap.add_argument("--unseen", action="store_true",
                     help="Also fit on all but one source and score the one left out (all its "
                          "train+val images): a hospital the probe never saw.")
