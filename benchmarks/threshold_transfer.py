@@ -23,9 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from edge_toolkit.card import ModelCard
 from edge_toolkit.data import load_samples
 from edge_toolkit.evaluate import load_predictor, scoring_dataset
-from edge_toolkit.metrics import apply_temperature, at_threshold
+from edge_toolkit.metrics import apply_temperature, at_threshold, logit, sigmoid
 from edge_toolkit.preprocess import PreprocessConfig
 from edge_toolkit.train.calibrate import choose_operating_points
 
@@ -95,6 +96,18 @@ def cross_fitted_operating_points(oof: OutOfFold, target_sensitivity: float,
     return ops
 
 
+def raw_threshold(threshold: float, temperature: float) -> float:
+    """The model's own output at which its calibrated probability reaches `threshold`:
+    thresholds of differently calibrated models compare on this scale."""
+    return float(sigmoid(logit(np.array([threshold])) * temperature)[0])
+
+
+def fold_thresholds(folder: str | Path) -> list[float]:
+    """Each fold model's own stored threshold (chosen on its held-out fold), raw scale."""
+    cards = [ModelCard.load(run / "card.json") for run in fold_runs(folder)]
+    return [raw_threshold(c.threshold, c.temperature) for c in cards]
+
+
 def decisions_by_source(y: np.ndarray, q: np.ndarray, threshold: float,
                         sources: list[str]) -> dict[str, dict[str, float]]:
     """Sensitivity and specificity at `threshold` of each source's images."""
@@ -127,21 +140,37 @@ def main() -> None:
     p = np.asarray(predict(loaded.x), dtype=np.float64)
     result = {
         "cv_folder": str(args.cv_folder), "model": str(args.model), "split": args.split,
+        "fold_raw_thresholds": fold_thresholds(args.cv_folder),
         "cross_fitted": {"temperature": ops["temperature"], "threshold": ops["threshold"],
+                         "raw_threshold": raw_threshold(ops["threshold"], ops["temperature"]),
                          "floor_margin": ops.get("floor_margin"),
+                         "out_of_fold": decisions_by_source(
+                             oof.y, apply_temperature(oof.p, ops["temperature"]),
+                             ops["threshold"], oof.sources),
                          "by_source": decisions_by_source(
                              loaded.y, apply_temperature(p, ops["temperature"]),
                              ops["threshold"], loaded.sources)},
         "own": {"temperature": card.temperature, "threshold": card.threshold,
+                "raw_threshold": raw_threshold(card.threshold, card.temperature),
                 "by_source": decisions_by_source(
                     loaded.y, apply_temperature(p, card.temperature), card.threshold,
                     loaded.sources)},
     }
     print(f"{len(oof.y)} out-of-fold images from {oof.folds} folds; {len(loaded.y)} "
           f"{args.split} images scored by {args.model.name}")
+    print("each fold model's own threshold, raw: "
+          + ", ".join(f"{t:.4f}" for t in result["fold_raw_thresholds"]))
     for which in ("cross_fitted", "own"):
         r = result[which]
-        print(f"{which}: temperature {r['temperature']:.3f}, threshold {r['threshold']:.4f}")
+        print(f"{which}: temperature {r['temperature']:.3f}, threshold {r['threshold']:.4f} "
+              f"(raw {r['raw_threshold']:.4f})")
+        if which == "cross_fitted":
+            print(f"  margin over the floors on the out-of-fold predictions: "
+                  f"{r['floor_margin']:.2f} standard errors; there:")
+            for name, m in r["out_of_fold"].items():
+                print(f"    {name}: sensitivity {m['sensitivity']:.3f} specificity "
+                      f"{m['specificity']:.3f} ({m['images']} images)")
+            print(f"  on {args.split}:")
         for name, m in r["by_source"].items():
             print(f"  {name}: sensitivity {m['sensitivity']:.3f} specificity "
                   f"{m['specificity']:.3f} ({m['images']} images, {m['fractured']} fractured)")

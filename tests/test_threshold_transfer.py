@@ -18,8 +18,10 @@ from threshold_transfer import (  # noqa: E402
     cross_fitted_operating_points,
     decisions_by_source,
     out_of_fold,
+    raw_threshold,
 )
 
+from edge_toolkit.metrics import apply_temperature  # noqa: E402
 from edge_toolkit.train.calibrate import choose_operating_points  # noqa: E402
 
 
@@ -88,3 +90,11 @@ def test_decisions_are_counted_per_source():
     out = decisions_by_source(y, q, 0.5, src)
     assert out["a"] == {"sensitivity": 0.5, "specificity": 0.5, "images": 4, "fractured": 2}
     assert out["b"] == {"sensitivity": 1.0, "specificity": 1.0, "images": 4, "fractured": 1}
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 1.7])
+def test_a_raw_threshold_is_where_the_calibrated_probability_reaches_the_threshold(temperature):
+    raw = raw_threshold(0.3, temperature)
+    assert apply_temperature(np.array([raw]), temperature)[0] == pytest.approx(0.3)
+    if temperature != 1.0:  # a temperature above 1 (an overconfident model) lowers the raw cut
+        assert (raw < 0.3) == (temperature > 1)
