@@ -568,6 +568,13 @@ def write_outputs(result: dict[str, Any], out: Path) -> list[Path]:
     return paths
 
 
+def unmeasured(result: dict[str, Any]) -> list[str]:
+    """Files that were there to measure but could not be (e.g. no dataset to score on): one
+    line each, naming the file and why."""
+    return [f"{r['file']}: {r['reason']}" for r in result["rows"]
+            if r["file"] and r["status"] != EXPORT_FAILED and not r["accuracy"]]
+
+
 def below_floor(result: dict[str, Any], min_auc: float) -> list[str]:
     """Validated rows whose val AUC is under the floor (or unmeasured)."""
     bad = []

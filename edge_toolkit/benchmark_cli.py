@@ -44,12 +44,14 @@ def benchmark(sources: tuple[Path, ...], data: tuple[Path, ...], out: Path | Non
     `edge-toolkit export`) or .tflite files, in one table (Markdown, CSV, JSON, PNG).
 
     A loose .tflite whose card holds no validation record is listed as not-validated.
-    Exit 0; 1 when --min-auc is not met; 2 when a source cannot be read."""
+    Exit 0; 1 when --min-auc is not met; 2 when a source cannot be read or a file cannot be
+    measured (the table is still written, with the others)."""
     from edge_toolkit.benchmark import (
         BenchmarkError,
         below_floor,
         markdown,
         run_benchmark,
+        unmeasured,
         write_outputs,
     )
 
@@ -65,9 +67,13 @@ def benchmark(sources: tuple[Path, ...], data: tuple[Path, ...], out: Path | Non
     for p in write_outputs(result, dest):
         click.echo(f"wrote {p}", err=True)
     click.echo(markdown(result))
-    if min_auc is not None:
-        bad = below_floor(result, min_auc)
-        if bad:
-            for line in bad:
-                click.echo(f"below --min-auc: {line}", err=True)
-            sys.exit(1)
+    bad = below_floor(result, min_auc) if min_auc is not None else []
+    for line in bad:
+        click.echo(f"below --min-auc: {line}", err=True)
+    failed = unmeasured(result)
+    for line in failed:
+        click.echo(f"Error: not measured: {line}", err=True)
+    if failed:
+        sys.exit(2)
+    if bad:
+        sys.exit(1)

@@ -31,6 +31,7 @@ INSTALL_HINT = "install the DICOM extra: pip install 'fracture-edge-toolkit[dico
 # What a compressed transfer syntax needs when pydicom cannot decode it with what is
 # installed; only permissively licensed decoders are named.
 DECODER_HINTS = {
+    "1.2.840.10008.1.2.4.51": "python-gdcm",  # JPEG Extended, 12-bit samples
     "1.2.840.10008.1.2.4.57": "python-gdcm",  # JPEG Lossless
     "1.2.840.10008.1.2.4.70": "python-gdcm",  # JPEG Lossless SV1
     "1.2.840.10008.1.2.4.80": "pyjpegls or python-gdcm",  # JPEG-LS lossless

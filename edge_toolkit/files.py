@@ -167,10 +167,16 @@ def atomic_write(path: str | Path, data: bytes | Callable[[BinaryIO], None],
                  sync_dir: bool = True) -> Path:
     """Write `data` (bytes, or a function writing to the open file) to a temporary file
     beside `path`, fsync it and rename it over `path`: a reader, or the file after a power
-    cut, is the old file or the whole new one, never half of it."""
+    cut, is the old file or the whole new one, never half of it. An existing file keeps its
+    mode and a new one gets the umask's, as `open()` would give it (mkstemp's is 0600)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        try:
+            mode = os.stat(path).st_mode & 0o7777
+        except OSError:
+            mode = new_file_mode()
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             if isinstance(data, bytes | bytearray):
                 f.write(data)

@@ -150,7 +150,7 @@ def test_unusable_data_is_one_line_and_writes_nothing(models, tmp_path, case, ex
         data.write_text("\n".join(rows) + "\n")
     out = tmp_path / "out.tflite"
     res = run(models["float"], data, "-o", out)
-    assert res.exit_code != 0
+    assert res.exit_code == 2
     errors = [line for line in res.output.splitlines() if line.startswith("Error")]
     assert len(errors) == 1 and expected in errors[0], res.output
     assert "Traceback" not in res.output
@@ -160,7 +160,7 @@ def test_unusable_data_is_one_line_and_writes_nothing(models, tmp_path, case, ex
 def test_a_model_without_a_card_is_refused(models, tmp_path):
     data = write_clinic(tmp_path / "c", 25, 25)
     res = run(models["bare"], data, "-o", tmp_path / "out.tflite")
-    assert res.exit_code != 0 and "no edge_toolkit model card" in res.output
+    assert res.exit_code == 2 and "no edge_toolkit model card" in res.output
     assert not (tmp_path / "out.tflite").exists()
 
 
@@ -169,7 +169,7 @@ def test_never_overwrites_the_model_it_recalibrates(models, tmp_path):
     copy = tmp_path / "m.tflite"
     copy.write_bytes(Path(models["float"]).read_bytes())
     res = run(copy, data, "-o", copy)
-    assert res.exit_code != 0 and "refusing to overwrite" in res.output
+    assert res.exit_code == 2 and "refusing to overwrite" in res.output
     assert copy.read_bytes() == Path(models["float"]).read_bytes()
 
 

@@ -17,6 +17,7 @@ from pydicom.encaps import encapsulate  # noqa: E402
 from pydicom.uid import (  # noqa: E402
     ExplicitVRLittleEndian,
     JPEGBaseline8Bit,
+    JPEGExtended12Bit,
     JPEGLosslessSV1,
     RLELossless,
     generate_uid,
@@ -139,10 +140,14 @@ def test_jpeg_baseline_decodes_with_pillow(tmp_path):
     assert c[0] < 10 and c[-1] > 245
 
 
-def test_compressed_without_a_decoder_names_the_one_to_install(tmp_path):
-    ds = dataset(ramp(16), bits_stored=16)
-    ds.file_meta.TransferSyntaxUID = JPEGLosslessSV1
-    ds.PixelData = encapsulate([b"\xff\xd8\xff\xc3" + b"\0" * 32 + b"\xff\xd9"])
+@pytest.mark.parametrize("syntax, bits, marker", [
+    (JPEGLosslessSV1, 16, b"\xc3"),  # JPEG Lossless, process 14
+    (JPEGExtended12Bit, 12, b"\xc1"),  # JPEG Extended, 12-bit samples
+])
+def test_compressed_without_a_decoder_names_the_one_to_install(tmp_path, syntax, bits, marker):
+    ds = dataset(ramp(16), bits_stored=bits)
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.PixelData = encapsulate([b"\xff\xd8\xff" + marker + b"\0" * 32 + b"\xff\xd9"])
     ds["PixelData"].VR = "OB"
     path = save(ds, tmp_path / "lossless.dcm")
     with pytest.raises(ImageLoadError) as err:

@@ -189,6 +189,26 @@ def test_concurrent_writers_never_duplicate_or_lose(model, tmp_path, fmt):
     assert n == len(imgs)
 
 
+def test_atomic_writes_give_a_new_file_the_umasks_mode_and_keep_an_old_ones(tmp_path):
+    """The writer behind calibrate's model file, capture's pictures and the web station's
+    files: mkstemp's 0600 must not leak into them."""
+    from edge_toolkit.files import atomic_write
+
+    old = os.umask(0o022)
+    try:
+        new = atomic_write(tmp_path / "new.tflite", b"model")
+        assert stat.S_IMODE(new.stat().st_mode) == 0o644
+        kept = tmp_path / "kept.tflite"
+        kept.write_bytes(b"old")
+        kept.chmod(0o640)
+        atomic_write(kept, lambda f: f.write(b"new"))
+        assert stat.S_IMODE(kept.stat().st_mode) == 0o640 and kept.read_bytes() == b"new"
+        os.umask(0o077)
+        assert stat.S_IMODE(atomic_write(tmp_path / "private", b"x").stat().st_mode) == 0o600
+    finally:
+        os.umask(old)
+
+
 def test_output_files_honour_the_umask(model, images, tmp_path):
     old = os.umask(0o022)
     try:

@@ -223,6 +223,13 @@ def test_exported_card_reports_each_source_and_names_no_folders(both_run, sites,
     row = json.loads((tmp_path / "bench" / "benchmark.json").read_text())["rows"][0]
     assert set(row["accuracy"]["test"]["sources"]) == {"site-a", "site-b"}
     assert "site-a test AUC" in res.output and "site-b test AUC" in res.output
+    # without --data it has nothing to score on: the table is written, the file named, exit 2
+    res = CliRunner().invoke(benchmark, [str(tmp_path / report.results[0].file), "--threads",
+                                         "1", "--runs", "2", "--warmup", "1", "--out",
+                                         str(tmp_path / "bench2")])
+    assert res.exit_code == 2, res.output
+    assert "not measured" in res.output and "pass --data" in res.output
+    assert (tmp_path / "bench2" / "benchmark.json").exists()
 
 
 def test_pretrained_backbone_gets_a_linear_probe_head_then_fine_tuning(sites, backbone_weights,

@@ -284,6 +284,19 @@ def test_runtime_and_cli_do_not_import_flask():
     assert r.returncode == 0, r.stderr
 
 
+@pytest.mark.parametrize("threads", ["0", "65"])
+def test_serve_refuses_a_thread_count_the_interpreter_would_refuse(models, tmp_path, threads):
+    from click.testing import CliRunner
+
+    from edge_toolkit.cli import main
+
+    res = CliRunner().invoke(main, ["serve", str(models["gap"]), "--data", str(tmp_path / "d"),
+                                    "--no-camera", "--threads", threads])
+    assert res.exit_code == 2 and "--threads" in res.output, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+    assert not (tmp_path / "d").exists()
+
+
 def test_serve_runs_under_waitress_and_stops_cleanly_on_sigterm(models, tmp_path):
     import urllib.request
 

@@ -22,6 +22,13 @@ from edge_toolkit.runtime.recalibrate import (
 )
 
 
+class CalibrateFailure(click.ClickException):
+    """Unusable images, labels or model, or an output that cannot be written: one line on
+    stderr, exit code 2, nothing written."""
+
+    exit_code = 2
+
+
 @click.command()
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("data", type=click.Path(path_type=Path))
@@ -61,9 +68,9 @@ def calibrate(model: Path, data: Path, target_sensitivity: float | None,
         card = recalibrated_card(clf.card, rec, data.name)
         written = write_recalibrated(model, out, card)
     except (ModelError, BackendMissingError, CalibrationError) as exc:
-        raise click.ClickException(str(exc)) from None
+        raise CalibrateFailure(str(exc)) from None
     except OSError as exc:
-        raise click.ClickException(f"{exc.filename or output}: {exc.strerror or exc}"
+        raise CalibrateFailure(f"{exc.filename or output}: {exc.strerror or exc}"
                                    ) from None
     for path, reason in rec.skipped:
         click.echo(f"skipped: {path}: {reason}", err=True)

@@ -23,12 +23,12 @@ import io
 import json
 import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
-from edge_toolkit.files import fsync_dir, new_file_mode, shown
+from edge_toolkit.files import atomic_write as write_bytes_atomically
+from edge_toolkit.files import new_file_mode, shown
 from edge_toolkit.runtime.results import FIELDS, Result
 
 try:
@@ -261,25 +261,7 @@ def _parse_json(text: str, output: Path) -> list[dict[str, Any]]:
 
 def atomic_write(path: Path, text: str) -> None:
     """Replace `path` with `text` so a reader (or a crash) sees the old or the new file whole."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        try:  # mkstemp makes 0600; keep the file's mode, or give a new one the umask's
-            mode = os.stat(path).st_mode & 0o7777
-        except OSError:
-            mode = new_file_mode()
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    fsync_dir(path.parent)
+    write_bytes_atomically(path, text.encode("utf-8"))
 
 
 class _DurableAppender:

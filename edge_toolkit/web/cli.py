@@ -16,6 +16,8 @@ from typing import Any
 
 import click
 
+from edge_toolkit.runtime.interpreter import MAX_THREADS
+
 WEB_HINT = "the web station needs its extra: pip install 'fracture-edge-toolkit[web]'"
 
 
@@ -55,7 +57,7 @@ def _camera_factory(fake: str | None, enabled: bool) -> Any:
               help="Largest picture in pixels (pixel bombs) [default: the card's limit].")
 @click.option("--threshold", metavar="P|NAME",
               help="Decision threshold: a probability, or an operating point in the card.")
-@click.option("-t", "--threads", type=click.IntRange(min=1), default=None,
+@click.option("-t", "--threads", type=click.IntRange(1, MAX_THREADS), default=None,
               help="Interpreter threads [default: all cores, up to 4].")
 @click.option("--workers", type=click.IntRange(min=1), default=4, show_default=True,
               help="Web server threads (requests handled at once).")
