@@ -151,6 +151,21 @@ def test_control_characters_in_file_names_are_escaped(model, images, tmp_path):
     assert len(lines) == 1 and "m\\nodel.tflite" in lines[0]
 
 
+@pytest.mark.parametrize("extra", [[], ["--overwrite"], ["-f", "csv", "--overwrite"]])
+def test_an_output_that_is_one_of_the_inputs_is_refused_untouched(model, images, tmp_path,
+                                                                  extra):
+    """`-o x.jpg` with x.jpg among the images must not empty the radiograph first."""
+    target = images[1]
+    before = target.read_bytes()
+    res = invoke(classify, model, *images, *extra, "-o", target)
+    assert res.exit_code == 2
+    lines = error_lines(res)
+    assert len(lines) == 1 and "is also one of the images" in lines[0]
+    assert target.read_bytes() == before
+    folder = invoke(classify, model, target.parent, "--overwrite", "-o", target)
+    assert folder.exit_code == 2 and target.read_bytes() == before
+
+
 def test_second_writer_of_one_output_is_refused(model, images, tmp_path):
     out = tmp_path / "res.jsonl"
     with OutputLock(out):  # a run in progress holds it

@@ -408,10 +408,13 @@ def classify(ctx: click.Context, args: tuple[str, ...], model_opt: str | None, f
                        "heatmaps existed): no heatmaps written", err=True)
         else:
             overlays = OverlayWriter(clf, heatmap_dir, opacity)
-    fmt, existing = _open_output(fmt, output, overwrite, clf.model_id)
-    from edge_toolkit.runtime.sources import expand_paths
+    from edge_toolkit.runtime.sources import expand_paths, resolve_key
 
     sources = expand_paths(paths)
+    if output is not None and resolve_key(output) in {s.key for s in sources}:
+        raise RuntimeFailure(f"{shown(output)}: is also one of the images to classify; "
+                             "choose another --output")
+    fmt, existing = _open_output(fmt, output, overwrite, clf.model_id)
     if not sources:  # exit 3 below; csv/json still get an empty document
         click.echo(f"error: no images found in {' '.join(paths)}", err=True)
     done = existing.done
