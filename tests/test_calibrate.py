@@ -134,6 +134,10 @@ def test_a_csv_of_path_label_works_with_a_header(models, tmp_path):
     ("few_positives", "too few images for a meaningful threshold: 5 fractured"),
     ("one_class", "only one class"),
     ("bad_rows", "2 bad row(s): line 3: unknown label 'maybe'"),
+    ("repeated_rows", "2 bad row(s): line 4: c/fractured/001.png: listed again (first on line 2)"
+                      "; line 5: c/fractured/000.png: listed again (first on line 1)"),
+    ("header_only", "no path,label rows"),
+    ("folder_row", "line 2: c/fractured: a folder, not an image file"),
 ])
 def test_unusable_data_is_one_line_and_writes_nothing(models, tmp_path, case, expected):
     if case == "few_positives":
@@ -141,6 +145,19 @@ def test_unusable_data_is_one_line_and_writes_nothing(models, tmp_path, case, ex
     elif case == "one_class":
         data = write_clinic(tmp_path / "c", 0, 60)
         (data / "fractured").rmdir()
+    elif case == "repeated_rows":  # a repeat, and one image under both labels
+        write_clinic(tmp_path / "c", 25, 25)
+        data = tmp_path / "labels.csv"
+        data.write_text("c/fractured/000.png,fractured\nc/fractured/001.png,1\n"
+                        "c/not fractured/000.png,0\nc/fractured/001.png,1\n"
+                        "c/fractured/000.png,not fractured\n")
+    elif case == "header_only":
+        data = tmp_path / "labels.csv"
+        data.write_text("path,label\n")
+    elif case == "folder_row":
+        write_clinic(tmp_path / "c", 25, 25)
+        data = tmp_path / "labels.csv"
+        data.write_text("c/fractured/000.png,1\nc/fractured,1\n")
     else:
         imgs = write_clinic(tmp_path / "c", 25, 25)
         rows = [f"{p},{p.parent.name}" for p in sorted(imgs.rglob("*.png"))]
@@ -162,6 +179,23 @@ def test_a_model_without_a_card_is_refused(models, tmp_path):
     res = run(models["bare"], data, "-o", tmp_path / "out.tflite")
     assert res.exit_code == 2 and "no edge_toolkit model card" in res.output
     assert not (tmp_path / "out.tflite").exists()
+
+
+def test_never_writes_over_its_labels_an_image_or_a_device(models, tmp_path):
+    data = write_clinic(tmp_path / "c", 25, 25)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("".join(f"{p},{p.parent.name}\n" for p in sorted(data.rglob("*.png"))))
+    before = labels.read_bytes()
+    image = data / "fractured" / "003.png"
+    image_bytes = image.read_bytes()
+    for target, source in ((labels, labels), (image, data), (image, labels)):
+        res = run(models["float"], source, "-o", target)
+        assert res.exit_code == 2 and "is one of the inputs" in res.output, res.output
+    assert labels.read_bytes() == before and image.read_bytes() == image_bytes
+    res = run(models["float"], data, "-o", "/dev/null")
+    assert res.exit_code == 2 and "a device, not a regular file" in res.output, res.output
+    res = run(models["float"], data, "-o", tmp_path / "c")
+    assert res.exit_code == 2 and "is a directory" in res.output, res.output  # click says so
 
 
 def test_never_overwrites_the_model_it_recalibrates(models, tmp_path):
@@ -197,3 +231,16 @@ def test_a_cards_unusable_rule_is_one_error_not_a_traceback(models, tmp_path, fl
     with pytest.raises(CalibrationError, match="specificity|not a number"):
         recalibrate(clf, read_labelled(data))
     assert recalibrate(clf, read_labelled(data), min_specificity=0.5).min_specificity == 0.5
+
+
+def test_ctrl_c_exits_130_and_writes_nothing(models, tmp_path, monkeypatch):
+    import edge_toolkit.runtime.calibrate_cli as cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "recalibrate", interrupted)
+    data = write_clinic(tmp_path / "c", 25, 25)
+    res = run(models["float"], data, "-o", tmp_path / "m.tflite")
+    assert res.exit_code == 130 and "interrupted: nothing written" in res.output
+    assert not (tmp_path / "m.tflite").exists()

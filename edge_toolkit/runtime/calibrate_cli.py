@@ -4,10 +4,12 @@ labelled images and write a new model file (TF-free; runs on the device)."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
 
+from edge_toolkit.files import OutputPathError, prepare_output, shown
 from edge_toolkit.runtime.classifier import Classifier, ModelError
 from edge_toolkit.runtime.interpreter import BackendMissingError
 from edge_toolkit.runtime.recalibrate import (
@@ -20,13 +22,15 @@ from edge_toolkit.runtime.recalibrate import (
     recalibrated_card,
     write_recalibrated,
 )
+from edge_toolkit.runtime.results import EXIT_INTERRUPTED, EXIT_USAGE
+from edge_toolkit.runtime.sources import resolve_key
 
 
 class CalibrateFailure(click.ClickException):
     """Unusable images, labels or model, or an output that cannot be written: one line on
     stderr, exit code 2, nothing written."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
 
 @click.command()
@@ -58,16 +62,24 @@ def calibrate(model: Path, data: Path, target_sensitivity: float | None,
     The new file's card records the old and new operating points, the image counts and the
     images' fingerprint. Without --target-sensitivity / --min-specificity the model's own
     rule (recorded in its card) is kept. Nothing is written when the images cannot support
-    a threshold (exit 2)."""
+    a threshold, a CSV row is bad or repeated, or --output is one of the inputs (exit 2),
+    nor on Ctrl-C (exit 130)."""
+    out = output or model.with_name(f"{model.stem}-recalibrated.tflite")
     try:
+        prepare_output(out)  # before any work: a device, a folder, no permission
         clf = Classifier.load(model)
         samples = read_labelled(data)
+        if resolve_key(out) in {resolve_key(data)} | {resolve_key(s.path) for s in samples}:
+            raise CalibrationError(f"{shown(out)}: is one of the inputs (the labels or an "
+                                   "image); choose another --output")
         rec = recalibrate(clf, samples, target_sensitivity, min_positives, min_negatives,
                           min_specificity)
-        out = output or model.with_name(f"{model.stem}-recalibrated.tflite")
         card = recalibrated_card(clf.card, rec, data.name)
         written = write_recalibrated(model, out, card)
-    except (ModelError, BackendMissingError, CalibrationError) as exc:
+    except KeyboardInterrupt:
+        click.echo("interrupted: nothing written", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except (ModelError, BackendMissingError, CalibrationError, OutputPathError) as exc:
         raise CalibrateFailure(str(exc)) from None
     except OSError as exc:
         raise CalibrateFailure(f"{exc.filename or output}: {exc.strerror or exc}"

@@ -12,6 +12,7 @@ TF-free: it runs on the device.
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,7 +22,7 @@ import numpy as np
 
 from edge_toolkit.card import ModelCard, embed_card
 from edge_toolkit.data import Dataset, DatasetError, Sample, class_id
-from edge_toolkit.files import atomic_write
+from edge_toolkit.files import atomic_write, kind_of
 from edge_toolkit.images import ImageLoadError, is_image_name
 from edge_toolkit.metrics import (
     apply_temperature,
@@ -58,6 +59,7 @@ def read_labelled(source: str | Path) -> list[Sample]:
     if not source.is_file():
         raise CalibrationError(f"{source}: no such folder or CSV file")
     samples, bad = [], []
+    first_line: dict[str, int] = {}  # each image once: a repeat would count twice
     try:
         with open(source, newline="", encoding="utf-8") as f:
             for lineno, row in enumerate(csv.reader(f), start=1):
@@ -66,12 +68,20 @@ def read_labelled(source: str | Path) -> list[Sample]:
                 problem, sample = _csv_row(row, source.parent)
                 if problem and lineno == 1 and not samples:
                     continue  # a header row
+                if sample is not None:
+                    key = os.path.realpath(sample.path)
+                    if key in first_line:
+                        problem = (f"{row[0].strip()}: listed again (first on line "
+                                   f"{first_line[key]})")
+                    first_line.setdefault(key, lineno)
                 if problem:
                     bad.append(f"line {lineno}: {problem}")
                 else:
                     samples.append(sample)
     except (UnicodeDecodeError, csv.Error) as exc:
         raise CalibrationError(f"{source}: not a readable CSV file ({exc})") from None
+    if not samples and not bad:
+        raise CalibrationError(f"{source}: no path,label rows")
     if bad:
         more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
         raise CalibrationError(f"{source}: {len(bad)} bad row(s): {'; '.join(bad[:3])}{more}")
@@ -88,8 +98,10 @@ def _csv_row(row: list[str], base: Path) -> tuple[str | None, Sample | None]:
     path = Path(path_text) if Path(path_text).is_absolute() else base / path_text
     if not is_image_name(path) and path.suffix.lower() not in (".dcm", ""):
         return f"{path_text}: not an image file name", None
-    if not path.is_file():
+    if not path.exists():
         return f"{path_text}: no such file", None
+    if not path.is_file():
+        return f"{path_text}: {kind_of(path.stat().st_mode)}, not an image file", None
     return None, Sample(path, label, "calibration")
 
 
