@@ -11,6 +11,7 @@ when the preprocessing is checked). Every field is checked when a card is read:
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import zipfile
@@ -34,6 +35,10 @@ if TYPE_CHECKING:
 
 CARD_SCHEMA = "edge_toolkit.card/1"
 CARD_MEMBER = "edge_toolkit_card.json"
+# The SHA-256 of the flatbuffer the card describes, beside the card: the ZIP's own CRCs guard
+# the card and the gate's arrays, nothing guarded the weights (a bad SD card or copy then
+# still gave confident answers). Files written before it have none and are not checked.
+CHECKSUM_MEMBER = "model.sha256"
 TFLITE_IDENTIFIER = b"TFL3"  # flatbuffer file identifier at bytes 4..8
 
 
@@ -201,6 +206,8 @@ def split_tflite(data: bytes) -> tuple[bytes, ModelCard | None]:
             # earliest member header marks where the flatbuffer ends.
             archive_start = min(i.header_offset for i in infos.values())
             card = ModelCard.from_json(zf.read(CARD_MEMBER).decode("utf-8"))
+            expected = (zf.read(CHECKSUM_MEMBER).decode("ascii").strip()
+                        if CHECKSUM_MEMBER in infos else None)
     except zipfile.BadZipFile:
         return data, None
     except CardError:
@@ -210,22 +217,33 @@ def split_tflite(data: bytes) -> tuple[bytes, ModelCard | None]:
                         ) from None
     bare = data[:archive_start] if archive_start > 0 else data
     check_flatbuffer(bare)
+    if expected is not None and model_checksum(bare) != expected:
+        raise CardError("the model's weights are damaged: their SHA-256 differs from the one "
+                        "stored with its card (copy the file again)")
     return bare, card
+
+
+def model_checksum(bare: bytes) -> str:
+    """The SHA-256 (hex) of a bare flatbuffer, as stored beside its card."""
+    return hashlib.sha256(bare).hexdigest()
 
 
 def embed_card(model: bytes, card: ModelCard, members: dict[str, bytes] | None = None) -> bytes:
     """Return `model` (a bare or carded flatbuffer) with `card` appended as a ZIP archive.
 
     Other members of an existing archive (the input gate's arrays) are kept unless `members`
-    replaces them; `members` adds files next to the card.
+    replaces them; `members` adds files next to the card. The flatbuffer's SHA-256 is
+    stored beside the card, and `split_tflite` refuses a file whose weights no longer match.
     """
     bare, _ = split_tflite(model)
-    extra = {name: data for name in _member_names(model) if name != CARD_MEMBER
+    extra = {name: data for name in _member_names(model)
+             if name not in (CARD_MEMBER, CHECKSUM_MEMBER)
              and (data := read_member(model, name)) is not None}
     extra.update(members or {})
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr(CARD_MEMBER, card.to_json())
+        zf.writestr(CHECKSUM_MEMBER, model_checksum(bare) + "\n")
         for name, data in sorted(extra.items()):
             zf.writestr(name, data)
     return bare + buf.getvalue()

@@ -85,6 +85,38 @@ def test_invalid_card_is_refused_by_classify_and_card(model, images, tmp_path, c
     assert message in lines[0]
 
 
+def test_damaged_weights_are_refused_not_classified(model, images, tmp_path):
+    """A file whose flatbuffer changed after export (a bad SD card, a broken copy) used to
+    load and give confident answers: the checksum stored beside the card catches it."""
+    data = model.read_bytes()
+    bare, _ = split_tflite(data)
+    damaged = bytearray(data)
+    middle = len(bare) // 2
+    damaged[middle:middle + 64] = bytes(64)  # inside the weights, not the card
+    assert bytes(damaged[middle:middle + 64]) != data[middle:middle + 64]
+    bad = tmp_path / "damaged.tflite"
+    bad.write_bytes(bytes(damaged))
+    for cmd, args in ((classify, [bad, *images]), (card_cmd, [bad])):
+        res = invoke(cmd, *args)
+        assert res.exit_code == 2, res.output
+        lines = error_lines(res)
+        assert len(lines) == 1 and "weights are damaged" in lines[0], lines
+        assert "damaged.tflite" in lines[0]
+    assert invoke(classify, model, *images).exit_code == 0  # the intact file still works
+    # a file from before checksums (card only) still loads
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        card_json = zf.read("edge_toolkit_card.json")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("edge_toolkit_card.json", card_json)
+    old = tmp_path / "old.tflite"
+    old.write_bytes(bare + buf.getvalue())
+    assert invoke(classify, old, *images).exit_code == 0
+
+
 def test_card_lists_every_problem_on_its_own_line(model, tmp_path):
     path = carded_copy(model, tmp_path, "worse", threshold="high", temperature=0)
     res = invoke(card_cmd, path)

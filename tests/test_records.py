@@ -42,6 +42,14 @@ def test_bundled_card_loads_and_does_not_contradict_itself():
     assert not [s for s in _strings(card.to_dict()) if s.startswith(("/", "~"))]
 
 
+def test_bundled_file_carries_the_checksum_of_its_weights():
+    from edge_toolkit.card import CHECKSUM_MEMBER, model_checksum, read_member, split_tflite
+
+    data = bundled_model().read_bytes()
+    bare, _ = split_tflite(data)
+    assert read_member(data, CHECKSUM_MEMBER).decode().strip() == model_checksum(bare)
+
+
 def test_typed_sections_read_old_cards_and_pass_newer_keys_through():
     base = json.loads(read_card(bundled_model()).to_json())
     base["dataset"] = {"root": "/data/x", "sources": [{"name": "a"}, {"name": "b"}]}
