@@ -229,6 +229,18 @@ def test_resume_refuses_another_models_output(models, data):
     assert res.exit_code == 2 and "--format" in res.stderr
 
 
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "json"])
+def test_resume_refuses_results_decided_at_another_threshold(models, data, fmt):
+    out = data["root"] / f"t.{fmt}"
+    first, rest = data["good"][0], data["good"][1:]
+    assert run(models["float"], first, "-o", out).exit_code == 0
+    res = run(models["float"], first, *rest, "-o", out, "--threshold", "0.9")
+    assert res.exit_code == 2 and "decided at threshold" in res.stderr, res.stderr
+    assert len(read_output(out, fmt)) == 1  # untouched
+    assert run(models["float"], first, *rest, "-o", out).exit_code == 0  # same threshold
+    assert len({r["threshold"] for r in read_output(out, fmt)}) == 1
+
+
 def test_output_survives_sigkill_and_resumes(models, tmp_path):
     """A real kill -9 in the middle of a batch: nothing written is lost, nothing is redone."""
     images = make_images(tmp_path / "many", 400, size=24)

@@ -204,7 +204,8 @@ class Batch:
 
 
 def _open_output(fmt: str | None, output: Path | None, overwrite: bool,
-                 model_id: str | None) -> tuple[str, Existing]:
+                 model_id: str | None, threshold: float | None = None
+                 ) -> tuple[str, Existing]:
     try:
         fmt = format_for(output, fmt)
         if output is None:
@@ -217,7 +218,7 @@ def _open_output(fmt: str | None, output: Path | None, overwrite: bool,
         prepare_output(output)
         if overwrite:
             return fmt, Existing(fresh=True)
-        return fmt, read_existing(output, fmt, model_id)
+        return fmt, read_existing(output, fmt, model_id, threshold)
     except (OutputError, OutputPathError) as exc:
         raise RuntimeFailure(str(exc)) from None
     except OSError as exc:
@@ -414,7 +415,7 @@ def classify(ctx: click.Context, args: tuple[str, ...], model_opt: str | None, f
     if output is not None and resolve_key(output) in {s.key for s in sources}:
         raise RuntimeFailure(f"{shown(output)}: is also one of the images to classify; "
                              "choose another --output")
-    fmt, existing = _open_output(fmt, output, overwrite, clf.model_id)
+    fmt, existing = _open_output(fmt, output, overwrite, clf.model_id, clf.threshold)
     if not sources:  # exit 3 below; csv/json still get an empty document
         click.echo(f"error: no images found in {' '.join(paths)}", err=True)
     done = existing.done

@@ -12,8 +12,9 @@ To stdout, every format streams (json as an array written element by element). W
 Resume: `read_existing` loads an earlier output and drops a partial last line; the resolved
 paths of its successful records are what the next run skips. Failed records of files given
 again are dropped and those files retried; failures of files not in this run stay on record.
-Records written by another model (a different `model_id`) make the run refuse rather than
-silently mix two models' answers, unless `--overwrite` starts afresh.
+Records written by another model (a different `model_id`) or decided at another threshold
+make the run refuse rather than silently mix two models' or operating points' answers,
+unless `--overwrite` starts afresh.
 """
 
 from __future__ import annotations
@@ -162,8 +163,11 @@ class Existing:
         return Existing(kept, self.stale + len(self.records) - len(kept), self.fresh)
 
 
-def read_existing(output: Path, fmt: str, model_id: str | None = None) -> Existing:
-    """Load an earlier output for resuming (see module docstring). Missing file: empty."""
+def read_existing(output: Path, fmt: str, model_id: str | None = None,
+                  threshold: float | None = None) -> Existing:
+    """Load an earlier output for resuming (see module docstring). Missing file: empty.
+    With `threshold`, results decided at another threshold are refused like another
+    model's: one file, one operating point."""
     rows: list[dict[str, Any]] = []
     stale = 0
     if output.exists() and not output.is_file():
@@ -191,6 +195,11 @@ def read_existing(output: Path, fmt: str, model_id: str | None = None) -> Existi
             raise OutputError(f"{output} holds results of another model (model_id "
                               f"{row['model_id']}, this one is {model_id}); use another "
                               "--output or --overwrite")
+        earlier = _float_or_none(row.get("threshold"))
+        if threshold is not None and earlier is not None and abs(earlier - threshold) > 1e-6:
+            raise OutputError(f"{output} holds results decided at threshold {earlier:g}, this "
+                              f"run's is {threshold:g}; give the same --threshold, another "
+                              "--output, or --overwrite")
         if row["path"] in kept:
             stale += 1
             if kept[row["path"]]["status"] == "ok":
@@ -198,6 +207,14 @@ def read_existing(output: Path, fmt: str, model_id: str | None = None) -> Existi
             del kept[row["path"]]  # keep file order of the latest record
         kept[row["path"]] = row
     return Existing(list(kept.values()), stale)
+
+
+def _float_or_none(value: Any) -> float | None:
+    """A number as a JSON record or a CSV cell holds it; None where there is none."""
+    try:
+        return None if value in (None, "") else float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _read_text(path: Path) -> str:
