@@ -79,10 +79,12 @@ def scoring_dataset(card: ModelCard, data: Sequence[str | Path] | None) -> Datas
 
 
 def evaluate_model(model: Path, data: Sequence[str | Path] | Path | None = None,
-                   splits: list[str] | None = None,
-                   bootstrap: int = 1000) -> tuple[dict[str, Any], str]:
+                   splits: list[str] | None = None, bootstrap: int = 1000,
+                   on_skip: Callable[[str, str], None] | None = None
+                   ) -> tuple[dict[str, Any], str]:
     """Metrics per split, pooled and per source, at the card's thresholds; and a summary.
-    A flat folder's images form the split `all`, which is always scored."""
+    A flat folder's images form the split `all`, which is always scored. `on_skip(path,
+    reason)` hears of each image that could not be read (it is left out of the metrics)."""
     from edge_toolkit.train.calibrate import format_metrics, report_splits
 
     card, predict = load_predictor(Path(model))
@@ -96,6 +98,9 @@ def evaluate_model(model: Path, data: Sequence[str | Path] | Path | None = None,
         if split not in {s.split for s in ds.samples}:
             continue
         loaded = load_samples([s for s in ds.samples if s.split == split], pre)
+        for path, reason in loaded.skipped:
+            if on_skip is not None:
+                on_skip(path, reason)
         if len(loaded.y) == 0:
             continue
         probs[split] = (loaded.y, np.asarray(predict(loaded.x), dtype=np.float64))

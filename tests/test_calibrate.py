@@ -1,5 +1,6 @@
 """`edge-toolkit calibrate`: a clinic re-chooses the operating point on its own labelled
-images, TF-free. Good case, too few positives, one class, bad CSV rows, a card-less model."""
+images, TF-free. Good case, too few positives, one class, bad CSV rows, a card-less model;
+and `evaluate` on a clinic folder names what it could not read."""
 
 from __future__ import annotations
 
@@ -244,3 +245,26 @@ def test_ctrl_c_exits_130_and_writes_nothing(models, tmp_path, monkeypatch):
     res = run(models["float"], data, "-o", tmp_path / "m.tflite")
     assert res.exit_code == 130 and "interrupted: nothing written" in res.output
     assert not (tmp_path / "m.tflite").exists()
+
+
+def test_evaluate_names_each_unreadable_image_and_warns_of_one_class(models, tmp_path):
+    """The site-shift check on a clinic's folder: a file it cannot read is left out of the
+    metrics with a line naming it, never silently; one class only makes AUC undefined."""
+    from edge_toolkit.cli import main
+
+    data = write_clinic(tmp_path / "c", 25, 25)
+    (data / "fractured" / "broken.png").write_bytes(b"not a png")
+    res = CliRunner().invoke(main, ["evaluate", str(models["float"]), "--data", str(data),
+                                    "--bootstrap", "0", "--json"])
+    assert res.exit_code == 0, res.output
+    skipped = [ln for ln in res.stderr.splitlines() if ln.startswith("skipped:")]
+    assert len(skipped) == 1 and "broken.png" in skipped[0]
+    report = json.loads(res.stdout)
+    assert report["all"]["n"] == 50
+    (data / "fractured" / "broken.png").unlink()
+    for p in (data / "fractured").iterdir():
+        p.unlink()
+    (data / "fractured").rmdir()
+    res = CliRunner().invoke(main, ["evaluate", str(models["float"]), "--data", str(data),
+                                    "--bootstrap", "0"])
+    assert "images of one class only" in res.stderr, res.output

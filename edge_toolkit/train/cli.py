@@ -233,13 +233,22 @@ def evaluate(model: Path, data: tuple[Path, ...], splits: str, bootstrap: int,
     per source: on its own data, or on any other folder (site-shift check).
 
     Thresholds and temperature are those stored in the card (chosen on val at training
-    time); nothing is re-chosen here, least of all on test."""
+    time); nothing is re-chosen here, least of all on test. An unreadable image is left out
+    with a `skipped: PATH: reason` line on stderr."""
     from edge_toolkit.evaluate import EvaluationError, evaluate_model
+    from edge_toolkit.files import shown
+
+    def skipped(path: str, reason: str) -> None:
+        click.echo(f"skipped: {shown(path)}: {reason}", err=True)
 
     try:
-        metrics, text = evaluate_model(model, data, splits.split(","), bootstrap)
+        metrics, text = evaluate_model(model, data, splits.split(","), bootstrap, skipped)
     except EvaluationError as exc:
         raise click.ClickException(str(exc)) from None
+    for split, m in metrics.items():
+        if isinstance(m, dict) and m.get("auc") is not None and m["auc"] != m["auc"]:
+            click.echo(f"warning: {split}: images of one class only: AUC is undefined, and "
+                       "so is sensitivity or specificity", err=True)
     if as_json:
         import json
 
