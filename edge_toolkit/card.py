@@ -267,10 +267,15 @@ def read_member(data: bytes, name: str) -> bytes | None:
 
 
 def read_card(path: str | Path) -> ModelCard | None:
-    """Read the card of a `.tflite` file; None if the file has no card."""
+    """Read the card of a `.tflite` file; None if the file has no card. A card archive
+    that no longer opens (a truncated copy) is a CardError, not "no card"."""
     from edge_toolkit.files import read_regular
 
-    return split_tflite(read_regular(path))[1]
+    data = read_regular(path)
+    card = split_tflite(data)[1]
+    if card is None and CARD_MEMBER.encode() in data:
+        raise CardError("the embedded model card is damaged (file truncated?)")
+    return card
 
 
 def load_card(path: str | Path) -> ModelCard:

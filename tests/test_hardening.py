@@ -117,6 +117,15 @@ def test_damaged_weights_are_refused_not_classified(model, images, tmp_path):
     assert invoke(classify, old, *images).exit_code == 0
 
 
+def test_a_truncated_file_is_damaged_not_cardless(model, tmp_path):
+    cut = tmp_path / "cut.tflite"
+    cut.write_bytes(model.read_bytes()[:-40])  # the end of the card archive is gone
+    res = invoke(card_cmd, cut)
+    assert res.exit_code == 2
+    lines = error_lines(res)
+    assert len(lines) == 1 and "card is damaged" in lines[0], lines
+
+
 def test_card_lists_every_problem_on_its_own_line(model, tmp_path):
     path = carded_copy(model, tmp_path, "worse", threshold="high", temperature=0)
     res = invoke(card_cmd, path)

@@ -52,6 +52,15 @@ def test_bench_table_and_errors(models, tmp_path):
     res = CliRunner().invoke(bench, [str(models["float"]), str(bad), str(models["bare"]),
                                      "--in-process", "-t", "1", "--runs", "3", "-o", str(out)])
     assert res.exit_code == 2 and f"error: {bad}" in res.stderr
+    assert res.stderr.count(str(bad)) == 1  # the file named once, not once per layer
+    missing = tmp_path / "missing.tflite"
+    for extra in ([], ["--in-process"]):  # a child process reports the reason, not a repr
+        res = CliRunner().invoke(bench, [str(bad), str(missing), *extra, "-t", "1", "--runs",
+                                         "2"])
+        errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+        assert errors == [f"error: {bad}: not a TFLite model (no TFL3 flatbuffer identifier "
+                          "at bytes 4-8: wrong file, or its start is damaged)",
+                          f"error: {missing}: No such file or directory"], errors
     table = out.read_text()
     assert "MEAN MS" in table and "RATIO" in table and "PEAK RSS MB" in table
     assert models["float"].name in table and models["bare"].name in table  # no card needed

@@ -60,8 +60,8 @@ def bench_model(model: str | Path, threads: list[int], warmup: int = 5, runs: in
     data = read_regular(path)
     try:
         bare, card = split_tflite(data)
-    except CardError as exc:
-        raise ValueError(f"{path}: {exc}") from None
+    except CardError as exc:  # the reason only: the caller names the file once
+        raise ValueError(str(exc)) from None
     baseline = peak_rss_kb()
     out: dict[str, Any] = {
         "model": str(path), "size_bytes": len(data), "flatbuffer_bytes": len(bare),
@@ -109,7 +109,7 @@ def bench_in_child(model: str | Path, threads: list[int], warmup: int, runs: int
                           capture_output=True, text=True)
     if proc.returncode != 0:
         lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-        raise ValueError(lines[-1] if lines else f"benchmark of {model} failed")
+        raise ValueError(lines[-1] if lines else "benchmark failed")
     return json.loads(proc.stdout)
 
 
@@ -220,8 +220,8 @@ def _child_main(argv: list[str]) -> int:
     job = json.loads(argv[0])
     try:
         res = bench_model(job["model"], job["threads"], job["warmup"], job["runs"])
-    except (OSError, ValueError, RuntimeError) as exc:
-        print(f"{job['model']}: {exc}", file=sys.stderr)
+    except (OSError, ValueError, RuntimeError) as exc:  # the reason; the parent names the file
+        print(getattr(exc, "strerror", None) or exc, file=sys.stderr)
         return 2
     print(json.dumps(res))
     return 0
