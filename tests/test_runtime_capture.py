@@ -87,6 +87,18 @@ def test_a_bad_model_fails_before_the_camera_starts(tmp_path):
     assert res.exit_code == 2 and "cannot read model" in res.stderr
 
 
+def test_a_fake_camera_picture_that_is_not_one_is_one_error_line(models, tmp_path):
+    shot = tmp_path / "text.jpg"
+    shot.write_text("not a picture")
+    res = CliRunner().invoke(capture, [str(models["float"]), "--save-dir", str(tmp_path / "c"),
+                                       "--fake-camera", str(shot), "--interval", "0"])
+    assert res.exit_code == 3
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+    assert errors == [f"error: capture 1: fake camera: {shot}: not a readable picture "
+                      f"(cannot identify image file '{shot}')"], res.stderr
+    assert "cannot write" not in res.stderr
+
+
 def test_camera_helpers(tmp_path):
     with pytest.raises(CameraError, match="no images"):
         FakeCameraSource(tmp_path)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -122,9 +123,17 @@ class FakeCameraSource:
     def capture(self) -> Image.Image:
         path = self.paths[self._i % len(self.paths)]
         self._i += 1
-        with Image.open(path) as img:
-            img.load()
-            return img.copy()
+        try:
+            with warnings.catch_warnings():  # a huge picture is refused, not warned about
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as img:
+                    img.load()
+                    return img.copy()
+        except (OSError, ValueError, Image.DecompressionBombError,
+                Image.DecompressionBombWarning) as exc:
+            reason = getattr(exc, "strerror", None) or exc
+            raise CameraError(f"fake camera: {path}: not a readable picture ({reason})"
+                              ) from None
 
     def close(self) -> None:
         pass
