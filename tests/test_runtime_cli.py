@@ -265,6 +265,34 @@ def test_output_survives_sigkill_and_resumes(models, tmp_path):
     assert sorted(r["path"] for r in after) == sorted(str(p.resolve()) for p in images)
 
 
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_sigterm_stops_between_images_and_keeps_what_was_written(models, tmp_path, fmt):
+    """What a service manager or `timeout` sends: the run ends as on Ctrl-C (exit 143),
+    the output whole and its lock gone, and a rerun finishes the rest."""
+    images = make_images(tmp_path / "many", 400, size=24)
+    out = tmp_path / f"out.{fmt}"
+    cmd = [sys.executable, "-m", "edge_toolkit.cli", "classify", str(models["float"]),
+           str(tmp_path / "many"), "-o", str(out), "-t", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    written = out if fmt == "csv" else out.with_name(out.name + ".partial.jsonl")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if written.exists() and written.read_text().count("\n") > 30:
+            proc.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.01)
+    err = proc.communicate()[1]
+    assert proc.returncode == 143, err
+    assert "stopped (SIGTERM)" in err and "Traceback" not in err
+    before = read_output(out, fmt)  # a whole document, json included
+    assert 30 <= len(before) < len(images)
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".lock")]
+    resumed = subprocess.run(cmd + ["-q"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert sorted(r["path"] for r in read_output(out, fmt)) == sorted(
+        str(p.resolve()) for p in images)
+
+
 def read_output(path: Path, fmt: str) -> list[dict]:
     text = path.read_text()
     if fmt == "csv":

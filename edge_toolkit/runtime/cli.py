@@ -10,6 +10,7 @@ Exit codes of classify and capture:
     installed, no camera); nothing was classified
   3 no image succeeded (all failed or were rejected, or none found)
   130 interrupted; results already written to --output are kept
+  143 stopped by SIGTERM; the same
   141 stdout was closed by its reader (`| head`); stopped quietly
 bench: 0 when every model was measured, 2 when a model could not be (each named on stderr).
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import sys
 import time
 import warnings
@@ -58,11 +60,36 @@ Exit codes:
   2  usage or model error: bad option, unreadable/corrupt model, model without a card
   3  no image succeeded: all failed or were rejected, or none were found
  130 interrupted (Ctrl-C): what was already written to --output is kept
+ 143 stopped by SIGTERM (a service manager, `timeout`): the same, kept
  141 stdout closed by its reader (e.g. `| head`)
 """
 
 
 EXIT_PIPE_CLOSED = 141  # 128 + SIGPIPE, what a shell reports for `cat big | head`
+
+
+EXIT_TERMINATED = 143  # 128 + SIGTERM: a service manager or `timeout` stopped the run
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, taken the way Ctrl-C is: the batch stops between images and keeps what it
+    wrote (a systemd stop or `timeout` used to kill it mid-write, lock file left behind)."""
+
+
+def _stop_gracefully_on_sigterm(ctx: click.Context) -> None:
+    """Until this command ends, SIGTERM raises `Terminated` in the main thread."""
+    def terminate(signum: int, frame: Any) -> None:
+        raise Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, terminate)
+    except ValueError:  # not the main thread (an embedding application): leave it be
+        return
+    ctx.call_on_close(lambda: signal.signal(signal.SIGTERM, previous))
+
+
+def _interrupt_code(exc: KeyboardInterrupt) -> int:
+    return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
 
 
 class RuntimeFailure(click.ClickException):
@@ -283,7 +310,9 @@ def _write_failed(batch: Batch, output: Path | None, exc: OSError) -> None:
 
 def _finish(ctx: click.Context, batch: Batch, writer: Writer, safe: BarSafeStream | None,
             *, skipped: int, output: Path | None, quiet: bool, started: float,
-            interrupted: bool) -> None:
+            interrupted: int) -> None:
+    """Close the writer, print the summary, exit. `interrupted`: 0, or the exit code of the
+    signal that stopped the batch (130 Ctrl-C, 143 SIGTERM)."""
     batch.progress.close()
     try:
         writer.close()
@@ -294,8 +323,7 @@ def _finish(ctx: click.Context, batch: Batch, writer: Writer, safe: BarSafeStrea
     except OSError as exc:
         raise RuntimeFailure(f"cannot write {output or 'stdout'} ({exc.strerror or exc}); "
                              "rerun to resume") from None
-    code = EXIT_INTERRUPTED if interrupted else exit_code(batch.ok + skipped,
-                                                          batch.failed + batch.rejected)
+    code = interrupted or exit_code(batch.ok + skipped, batch.failed + batch.rejected)
     if not quiet:
         parts = [f"{batch.ok} classified", f"{batch.failed} failed"]
         if batch.rejected:
@@ -303,7 +331,8 @@ def _finish(ctx: click.Context, batch: Batch, writer: Writer, safe: BarSafeStrea
         if skipped:
             parts.append(f"{skipped} already done in {output}")
         where = f"; results in {output}" if output else ""
-        state = "interrupted" if interrupted else "done"
+        state = ("stopped (SIGTERM)" if interrupted == EXIT_TERMINATED
+                 else "interrupted" if interrupted else "done")
         click.echo(f"{state}: {', '.join(parts)} in {time.perf_counter() - started:.1f} s"
                    f"{where} (exit {code})", err=True)
     ctx.exit(code)
@@ -394,6 +423,7 @@ def classify(ctx: click.Context, args: tuple[str, ...], model_opt: str | None, f
     Decision support for research and education, not a diagnosis.
     """
     started = time.perf_counter()
+    _stop_gracefully_on_sigterm(ctx)
     _route_image_warnings()
     model, paths = _model_and_paths(args, model_opt)
     clf = load_classifier(model, threads, threshold, {
@@ -426,15 +456,15 @@ def classify(ctx: click.Context, args: tuple[str, ...], model_opt: str | None, f
     bar = Progress(len(todo), enabled=show)
     writer, safe = _make_writer(fmt, output, existing, clf, [s.file for s in todo], bar)
     batch = Batch(writer, bar)
-    interrupted = False
+    interrupted = 0
     try:
         for src in todo:
             if overlays is None:
                 batch.add(clf.classify_source(src))
             else:
                 batch.add(overlays.classify(src, bar))
-    except KeyboardInterrupt:
-        interrupted = True
+    except KeyboardInterrupt as exc:
+        interrupted = _interrupt_code(exc)
     except BrokenPipeError:
         _pipe_closed(ctx)
     except OSError as exc:  # only writing can raise here: the disk is full or went away
@@ -496,6 +526,7 @@ def capture(ctx: click.Context, model: Path | None, count: int, interval: float,
     from edge_toolkit.runtime.sources import Source, resolve_key
 
     started = time.perf_counter()
+    _stop_gracefully_on_sigterm(ctx)
     if model is None:
         from edge_toolkit.runtime.bundled import NoBundledModelError, bundled_model
 
@@ -520,7 +551,7 @@ def capture(ctx: click.Context, model: Path | None, count: int, interval: float,
     writer, safe = _make_writer(fmt, output, existing, clf,
                                 [str(save_dir / capture_name(suffix=opts.suffix))], bar)
     batch = Batch(writer, bar)
-    interrupted = False
+    interrupted = 0
     try:
         taken = 0
         next_at = time.monotonic()
@@ -540,8 +571,8 @@ def capture(ctx: click.Context, model: Path | None, count: int, interval: float,
                                        f"({exc.strerror or exc})", clf.model_id))
                 continue
             batch.add(clf.classify_source(Source(str(path), resolve_key(path))))
-    except KeyboardInterrupt:
-        interrupted = True
+    except KeyboardInterrupt as exc:
+        interrupted = _interrupt_code(exc)
     except BrokenPipeError:
         _pipe_closed(ctx)
     except OSError as exc:
