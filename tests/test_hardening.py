@@ -190,6 +190,11 @@ def test_control_characters_in_file_names_are_escaped(model, images, tmp_path):
     assert res.exit_code == 2
     lines = error_lines(res)
     assert len(lines) == 1 and "m\\nodel.tflite" in lines[0]
+    good = tmp_path / "a\nb.png"  # a readable picture with a newline in its name
+    good.write_bytes(images[0].read_bytes())
+    res = invoke(classify, model, good)  # the terminal table: one row, the name escaped
+    rows = [ln for ln in res.stdout.splitlines() if ln.strip()]
+    assert res.exit_code == 0 and len(rows) == 2 and "a\\nb.png" in rows[1], res.stdout
 
 
 @pytest.mark.parametrize("extra", [[], ["--overwrite"], ["-f", "csv", "--overwrite"]])

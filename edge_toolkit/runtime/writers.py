@@ -327,7 +327,7 @@ class TableWriter:
 
     def __init__(self, stream: TextIO, positive_label: str, files: list[str]) -> None:
         self.stream = stream
-        self.width = max(4, min(60, max((len(f) for f in files), default=4)))
+        self.width = max(4, min(60, max((len(shown(f)) for f in files), default=4)))
         self.header = (f"{'FILE':<{self.width}}  {'LABEL':<14}  "
                        f"{'P(' + positive_label + ')':>14}  {'THRESHOLD':>9}  {'MS':>8}")
         self._started = False
@@ -338,7 +338,7 @@ class TableWriter:
         if not self._started:
             self._emit(self.header)
             self._started = True
-        name = result.file
+        name = shown(result.file)  # a newline in a name must not break the table
         if len(name) > self.width:
             name = "..." + name[-(self.width - 3):]
         self._emit(f"{name:<{self.width}}  {result.label or '':<14}  "
