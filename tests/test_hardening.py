@@ -197,6 +197,18 @@ def test_control_characters_in_file_names_are_escaped(model, images, tmp_path):
     assert res.exit_code == 0 and len(rows) == 2 and "a\\nb.png" in rows[1], res.stdout
 
 
+def test_an_empty_folder_beside_other_paths_is_named(model, images, tmp_path):
+    empty = tmp_path / "empty"
+    (empty / ".hidden").mkdir(parents=True)
+    (empty / ".hidden" / "x.png").write_bytes(images[0].read_bytes())  # hidden: not walked
+    (empty / "notes.txt").write_text("no pictures here")
+    res = invoke(classify, model, images[0], empty)
+    assert res.exit_code == 0  # a warning, not a failed image
+    assert [ln for ln in error_lines(res) if ln.startswith("warning:")] == [
+        f"warning: {empty}: no images in this folder"]
+    assert invoke(classify, model, images[0].parent, empty).exit_code == 0
+
+
 @pytest.mark.parametrize("extra", [[], ["--overwrite"], ["-f", "csv", "--overwrite"]])
 def test_an_output_that_is_one_of_the_inputs_is_refused_untouched(model, images, tmp_path,
                                                                   extra):

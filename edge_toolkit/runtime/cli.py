@@ -439,9 +439,12 @@ def classify(ctx: click.Context, args: tuple[str, ...], model_opt: str | None, f
                        "heatmaps existed): no heatmaps written", err=True)
         else:
             overlays = OverlayWriter(clf, heatmap_dir, opacity)
-    from edge_toolkit.runtime.sources import expand_paths, resolve_key
+    from edge_toolkit.runtime.sources import empty_folders, expand_paths, resolve_key
 
     sources = expand_paths(paths)
+    if sources:  # with nothing at all, the error line below says so
+        for folder in empty_folders(paths):
+            click.echo(f"warning: {shown(folder)}: no images in this folder", err=True)
     if output is not None and resolve_key(output) in {s.key for s in sources}:
         raise RuntimeFailure(f"{shown(output)}: is also one of the images to classify; "
                              "choose another --output")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +65,25 @@ def expand_paths(items: Iterable[str | Path]) -> list[Source]:
         else:
             add(Source(text, resolve_key(text), "no such file or folder"))
     return out
+
+
+def empty_folders(items: Iterable[str | Path]) -> list[str]:
+    """The folders among `items` with no image in them (hidden ones aside): named beside
+    other paths they would otherwise drop out of a batch without a word."""
+    out = []
+    for item in items:
+        text = os.fspath(item)
+        if os.path.isdir(text) and not any(
+                not name.startswith(".") and is_image_name(name)
+                for _, dirs, files in _visible_walk(text) for name in files):
+            out.append(text)
+    return out
+
+
+def _visible_walk(folder: str) -> Iterator[tuple[str, list[str], list[str]]]:
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        yield root, dirs, files
 
 
 def _walk(folder: str) -> list[Source]:
