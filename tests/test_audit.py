@@ -390,3 +390,13 @@ def test_kaggle_original_sample(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output[-2000:]
     assert not quick_leak_check(tmp_path / "o").leaked
     assert time.perf_counter() - t0 < 60
+
+
+def test_control_characters_in_file_names_are_escaped_in_the_report(tmp_path: Path) -> None:
+    root = build_clean(tmp_path / "ds")
+    folder = root / "train" / "fractured"
+    (folder / "two\nlines.jpg").write_bytes(b"not a picture")  # listed as unreadable
+    (folder / "copy\x1b[31m.png").write_bytes((folder / "0.png").read_bytes())  # a duplicate
+    text = format_text(run_audit(root))
+    assert "two\\nlines.jpg" in text and "copy\\x1b[31m.png" in text
+    assert "\x1b" not in text and not any(ln.startswith("lines.jpg") for ln in text.splitlines())

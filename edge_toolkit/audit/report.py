@@ -28,6 +28,7 @@ from edge_toolkit.audit.leakage import LeakSummary, compute_leakage
 from edge_toolkit.audit.scan import Record, Scan, scan
 from edge_toolkit.audit.shortcuts import shortcut_check
 from edge_toolkit.data import LABELS, SPLITS
+from edge_toolkit.files import shown
 
 
 @dataclass
@@ -200,7 +201,7 @@ def _pct(a: int, b: int) -> str:
 def _files_line(entry: dict[str, Any], limit: int = 3) -> str:
     files = entry["files"]
     more = f" (+{len(files) - limit} more)" if len(files) > limit else ""
-    return ", ".join(files[:limit]) + more
+    return ", ".join(shown(f) for f in files[:limit]) + more
 
 
 def _counts(d: dict[str, int]) -> str:
@@ -228,15 +229,15 @@ def format_text(report: AuditReport, max_groups: int = 8) -> str:
                          f"{_counts(s['formats'])} | {_counts(s['modes'])}")
     if d["unreadable"]:
         lines += ["", f"Unreadable files ({len(d['unreadable'])})"]
-        lines += [f"  {u['file']}: {u['reason']}" for u in d["unreadable"][:max_groups]]
+        lines += [f"  {shown(u['file'])}: {u['reason']}" for u in d["unreadable"][:max_groups]]
         if len(d["unreadable"]) > max_groups:
             lines.append(f"  ... {len(d['unreadable']) - max_groups} more (see --json)")
     if d["ignored_files"]:
         lines.append(f"Ignored (not image files by name): {len(d['ignored_files'])}, e.g. "
-                     + ", ".join(d["ignored_files"][:3]))
+                     + ", ".join(shown(f) for f in d["ignored_files"][:3]))
     if d["unknown_class_folders"]:
         lines.append("Ignored folders (not a known class name): "
-                     + ", ".join(d["unknown_class_folders"]))
+                     + ", ".join(shown(f) for f in d["unknown_class_folders"]))
 
     ex = d["exact_duplicates"]
     lines += ["", f"Exact duplicates (same bytes): {ex['groups']} groups, "
@@ -260,7 +261,7 @@ def format_text(report: AuditReport, max_groups: int = 8) -> str:
     if ff["cross_split"]:
         lines.append(f"File-name families (N.jpg, N-rotated...) spanning splits: "
                      f"{ff['cross_split']} of {ff['families']} (by name only; the pixels decide "
-                     "leakage), e.g. " + ", ".join(ff["cross_split_names"][:5]))
+                     "leakage), e.g. " + ", ".join(shown(f) for f in ff["cross_split_names"][:5]))
 
     lines += ["", "Leakage into evaluation splits"]
     lk = d["leakage"]
@@ -271,7 +272,7 @@ def format_text(report: AuditReport, max_groups: int = 8) -> str:
                      f"{s['exact_or_near_in_train']}/{s['files']} "
                      f"({s['exact_or_near_in_train_pct']:.1f}%) exact or near")
         for e in s["examples"][:2]:
-            lines.append(f"      e.g. {e['file']} = {e['train_copy']} ({e['kind']})")
+            lines.append(f"      e.g. {shown(e['file'])} = {shown(e['train_copy'])} ({e['kind']})")
     if lk["test_with_copy_in_val"]:
         lines.append(f"  test: {lk['test_with_copy_in_val']} images have a copy in val")
     lines.append(d["verdict"])
