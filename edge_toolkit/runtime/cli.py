@@ -7,7 +7,8 @@ Exit codes of classify and capture:
   0 all images classified (files already in a resumed --output count as done)
   1 some images failed or were rejected by the input gate, the rest were classified
   2 usage or model error (bad option, unreadable/corrupt model, no card, no interpreter
-    installed, no camera); nothing was classified
+    installed, no camera); nothing was classified. Also: --output could not be written
+    any more (disk full): what was written stays, a rerun resumes
   3 no image succeeded (all failed or were rejected, or none found)
   130 interrupted; results already written to --output are kept
   143 stopped by SIGTERM; the same
@@ -57,7 +58,8 @@ Exit codes:
   0  every image was classified (files already in a resumed --output count)
   1  some images failed (one `error: PATH: reason` line each on stderr) or were
      rejected by the input gate (`rejected: PATH: reason`; --no-gate turns it off)
-  2  usage or model error: bad option, unreadable/corrupt model, model without a card
+  2  usage or model error: bad option, unreadable/corrupt model, model without a card;
+     or --output could not be written (disk full): a rerun resumes
   3  no image succeeded: all failed or were rejected, or none were found
  130 interrupted (Ctrl-C): what was already written to --output is kept
  143 stopped by SIGTERM (a service manager, `timeout`): the same, kept
