@@ -11,8 +11,8 @@ Exit codes of classify and capture:
     any more (disk full): what was written stays, a rerun resumes
   3 no image succeeded (all failed or were rejected, or none found)
   130 interrupted; results already written to --output are kept
-  143 stopped by SIGTERM; the same
   141 stdout was closed by its reader (`| head`); stopped quietly
+  143 stopped by SIGTERM; the same as 130
 bench: 0 when every model was measured, 2 when a model could not be (each named on stderr).
 """
 
@@ -62,8 +62,8 @@ Exit codes:
      or --output could not be written (disk full): a rerun resumes
   3  no image succeeded: all failed or were rejected, or none were found
  130 interrupted (Ctrl-C): what was already written to --output is kept
- 143 stopped by SIGTERM (a service manager, `timeout`): the same, kept
  141 stdout closed by its reader (e.g. `| head`)
+ 143 stopped by SIGTERM (a service manager, `timeout`): the same, kept
 """
 
 
