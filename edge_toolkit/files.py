@@ -172,12 +172,12 @@ def atomic_write(path: str | Path, data: bytes | Callable[[BinaryIO], None],
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        try:
-            mode = os.stat(path).st_mode & 0o7777
-        except OSError:
-            mode = new_file_mode()
-        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
+            try:
+                mode = os.stat(path).st_mode & 0o7777
+            except OSError:
+                mode = new_file_mode()
+            os.fchmod(f.fileno(), mode)
             if isinstance(data, bytes | bytearray):
                 f.write(data)
             else:
