@@ -155,6 +155,77 @@ def test_bad_uploads_each_get_a_clear_message_and_the_server_keeps_serving(model
     assert upload(client, [(xray_png(1), "again.png")]).status_code == 200
 
 
+def test_a_full_disk_fails_that_picture_only_and_leaves_nothing_of_it(models, tmp_path,
+                                                                     monkeypatch):
+    """ENOSPC while a picture's display copy is written: it gets a message, nothing of it
+    stays on disk or in the history, and the pictures before and after it are kept."""
+    import errno
+
+    import edge_toolkit.web.station as station_module
+
+    real = station_module.atomic_write
+
+    def full_for_the_second_display(path, data, **kw):
+        if path.parent.name == "display" and not hasattr(full_for_the_second_display, "hit"):
+            if any((path.parent).iterdir()):  # the first picture's copy is there already
+                full_for_the_second_display.hit = True
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, data, **kw)
+
+    monkeypatch.setattr(station_module, "atomic_write", full_for_the_second_display)
+    _, client = make_client(models["gap"], tmp_path / "data")
+    resp = client.post("/api/classify", headers={"X-Requested-With": "t"},
+                       content_type="multipart/form-data",
+                       data={"files": [(io.BytesIO(xray_png(i)), f"{n}.png")
+                                       for i, n in enumerate("abc")]})
+    body = resp.get_json()
+    assert resp.status_code == 200, body
+    assert [r["file_name"] for r in body["results"]] == ["a.png", "c.png"]
+    assert body["errors"] == ["b.png: could not be stored (No space left on device); nothing "
+                              "was kept for it"]
+    data = tmp_path / "data"
+    assert [r["file_name"] for r in rows(data)] == ["a.png", "c.png"]
+    for sub in ("images", "display"):  # exactly the two committed pictures' files
+        assert len(list((data / sub).iterdir())) == 2, sub
+
+
+def test_result_numbers_beyond_sqlite_are_404_not_500(models, tmp_path):
+    _, client = make_client(models["gap"], tmp_path / "data")
+    huge = "9" * 20
+    for url in (f"/result/{huge}", f"/results?ids={huge}", f"/files/{huge}/original"):
+        assert client.get(url).status_code == 404, url
+
+
+def test_the_results_page_counts_every_saved_picture_and_errors_fit_the_cookie(
+        models, tmp_path, monkeypatch):
+    import edge_toolkit.web.app as app_module
+
+    monkeypatch.setattr(app_module, "MAX_RESULTS_SHOWN", 2)
+    _, client = make_client(models["gap"], tmp_path / "data")
+    bad = [(b"not a picture", "\u9aa8" * 60 + f"{i}.png") for i in range(30)]
+    resp = upload(client, [(xray_png(i), f"{i}.png") for i in range(3)] + bad)
+    page = resp.get_data(as_text=True)
+    assert "3 results saved to the history (the first 2 shown here" in page
+    assert "more files could not be read" in page  # cut to fit, and said so
+    cookie = app_module._cookie_sized([f"{name}: not an image file" for _, name in bad])
+    import json
+    assert sum(len(json.dumps(line)) for line in cookie) <= app_module.ERRORS_IN_COOKIE + 100
+
+
+def test_serve_refuses_a_damaged_history_in_one_line(models, tmp_path):
+    from click.testing import CliRunner
+
+    from edge_toolkit.cli import main
+
+    data = tmp_path / "d"
+    data.mkdir()
+    (data / "history.sqlite").write_bytes(b"this is not a database" * 100)
+    res = CliRunner().invoke(main, ["serve", str(models["gap"]), "--data", str(data),
+                                    "--no-camera"])
+    assert res.exit_code == 2 and "cannot open the history" in res.output, res.output
+    assert "Traceback" not in res.output
+
+
 def test_history_filters_csv_and_verdicts(models, tmp_path):
     station, client = make_client(models["gap"], tmp_path / "data")
     upload(client, [(xray_png(0), "=cmd.png"), (xray_png(1, False), "b.png")],

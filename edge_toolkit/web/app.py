@@ -8,6 +8,7 @@ script adds drag and drop and the heatmap opacity slider.
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from dataclasses import dataclass
@@ -43,8 +44,11 @@ def _cookie_sized(errors: list[str]) -> list[str]:
     """The upload's error lines, cut to fit the session cookie (browsers drop cookies over
     4 KB), with a count of those left out."""
     kept: list[str] = []
+    size = 0
     for line in errors:
-        if sum(map(len, kept)) + len(line) > ERRORS_IN_COOKIE:
+        # as the cookie stores it: JSON escapes a non-ASCII character as 6 bytes (\uXXXX)
+        size += len(json.dumps(line))
+        if size > ERRORS_IN_COOKIE:
             kept.append(f"... and {len(errors) - len(kept)} more files could not be read.")
             break
         kept.append(line)
@@ -206,7 +210,7 @@ def create_app(station: Station, settings: Settings) -> Flask:
         rows = [r for r in (station.store.get(i) for i in ids[:MAX_RESULTS_SHOWN]) if r]
         if not rows:
             abort(404, description="There are no such results.")
-        return render_template("results.html", rows=rows,
+        return render_template("results.html", rows=rows, saved=len(ids),
                                errors=session.pop("upload_errors", []))
 
     @app.post("/capture")

@@ -10,6 +10,7 @@ sent), then the process exits 0.
 from __future__ import annotations
 
 import signal
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,9 @@ def serve(model: Path | None, host: str, port: int, data_dir: Path, token_file: 
         secret = load_or_create_secret(data_dir)
     except (OSError, StoreError, AuthError) as exc:
         raise ServeError(f"{data_dir}: {getattr(exc, 'strerror', None) or exc}") from None
+    except sqlite3.Error as exc:  # a damaged history file, or one on a read-only disk
+        raise ServeError(f"{data_dir / 'history.sqlite'}: cannot open the history ({exc})"
+                         ) from None
     max_request = int(max(max_request_mb, max_upload_mb) * 1e6)
     app = create_app(station, Settings(token=token, secret_key=secret,
                                        max_request_bytes=max_request))

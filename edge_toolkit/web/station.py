@@ -11,6 +11,7 @@ leaves nothing behind. The model is shared by the server's threads behind one lo
 from __future__ import annotations
 
 import re
+import sqlite3
 import threading
 import time
 import uuid
@@ -43,6 +44,14 @@ class Limits:
 
     max_file_bytes: int = 20 * 1024 * 1024
     max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+def _remove(paths: tuple[Path, ...]) -> None:
+    for path in paths:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 def _png_bytes(img: Image.Image) -> bytes:
@@ -129,8 +138,11 @@ class Station:
                               f"{self.limits.max_file_bytes / 1e6:g} MB limit per picture")
         uid = uuid.uuid4().hex
         stored = self.data / "images" / f"{uid}{safe_suffix(name)}"
-        atomic_write(stored, data, sync_dir=False)
+        # what this picture may leave on disk: all of it goes if it is not committed
+        leftovers = (stored, self.data / "display" / f"{uid}.png",
+                     self.data / "heat" / f"{uid}.png")
         try:
+            atomic_write(stored, data, sync_dir=False)
             try:
                 img = open_image(stored, max_pixels=self.limits.max_pixels)
             except ImageLoadError as exc:
@@ -138,8 +150,13 @@ class Station:
             except MemoryError:
                 raise UploadError(f"{name}: too large to decode on this device") from None
             return self._classify(uid, name, stored, img, reference, source)
+        except (OSError, sqlite3.Error) as exc:  # a full or failing disk: this picture only
+            _remove(leftovers)
+            reason = getattr(exc, "strerror", None) or exc
+            raise UploadError(f"{name}: could not be stored ({reason}); nothing was kept for "
+                              "it") from None
         except BaseException:
-            stored.unlink(missing_ok=True)
+            _remove(leftovers)
             raise
 
     def _classify(self, uid: str, name: str, stored: Path, img: Image.Image,

@@ -165,6 +165,8 @@ class HistoryStore:
             return int(cur.lastrowid)
 
     def get(self, result_id: int) -> dict[str, Any] | None:
+        if not 0 < result_id < 2 ** 63:  # no such row, and SQLite could not even take it
+            return None
         with self.connect() as db:
             row = db.execute("SELECT * FROM results WHERE id = ?", (result_id,)).fetchone()
         return _row(row) if row else None
