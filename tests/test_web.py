@@ -149,6 +149,8 @@ def test_bad_uploads_each_get_a_clear_message_and_the_server_keeps_serving(model
     # a request over the whole-upload cap: a page saying so, not a dropped connection
     resp = upload(client, [(b"\0" * 1_200_000, "huge.png")])
     assert resp.status_code == 413 and "too large" in resp.get_data(as_text=True)
+    resp = upload(client, [(b"x", f"{i}.png") for i in range(1001)])  # too many parts
+    assert resp.status_code == 413 and "1000 pictures and fields" in resp.get_data(as_text=True)
     assert [r["file_name"] for r in rows(tmp_path / "data")] == ["ok.png"]
     kept = {p.name for p in (tmp_path / "data" / "images").iterdir()}
     assert kept == {Path(rows(tmp_path / "data")[0]["stored_image"]).name}  # nothing else

@@ -38,6 +38,8 @@ OPEN_ENDPOINTS = ("login", "static", "healthz")
 HISTORY_PAGE = 200  # rows shown on the history page (the CSV has all)
 MAX_RESULTS_SHOWN = 500  # results one results page lists
 ERRORS_IN_COOKIE = 2000  # characters of upload errors carried to the results page
+FORM_PARTS = 1000  # pictures and fields in one submit (Werkzeug's default, said in messages)
+FORM_TEXT_BYTES = 500_000  # one text field (a reference, a note)
 
 
 def _cookie_sized(errors: list[str]) -> list[str]:
@@ -70,7 +72,8 @@ def create_app(station: Station, settings: Settings) -> Flask:
         SECRET_KEY=settings.secret_key, MAX_CONTENT_LENGTH=settings.max_request_bytes,
         SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Strict",
         SESSION_COOKIE_NAME="edge_toolkit_session", TEMPLATES_AUTO_RELOAD=False,
-        SEND_FILE_MAX_AGE_DEFAULT=3600)
+        SEND_FILE_MAX_AGE_DEFAULT=3600, MAX_FORM_PARTS=FORM_PARTS,
+        MAX_FORM_MEMORY_SIZE=FORM_TEXT_BYTES)
     app.extensions["station"] = station
     auth_required = settings.token is not None
 
@@ -133,7 +136,9 @@ def create_app(station: Station, settings: Settings) -> Flask:
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(_: Exception) -> Any:
         text = (f"The upload is too large: at most {settings.max_request_bytes / 1e6:g} MB "
-                f"per upload, {station.limits.max_file_bytes / 1e6:g} MB per picture.")
+                f"per upload, {station.limits.max_file_bytes / 1e6:g} MB per picture, "
+                f"{FORM_PARTS} pictures and fields, {FORM_TEXT_BYTES // 1000} KB per text "
+                "field.")
         if api():
             return jsonify(error=text), 413
         return render_template("index.html", errors=[text], recent=_recent()), 413
