@@ -313,6 +313,26 @@ def test_token_is_required_beyond_localhost(models, tmp_path):
     assert "a.png" in client.get("/history").get_data(as_text=True)
 
 
+def test_wrong_tokens_are_refused_without_stalling_the_station(models, tmp_path,
+                                                               monkeypatch):
+    """Five misses from one address: 429 for it, even with the right token, for a minute;
+    no worker thread sleeps (that stalled everyone), other addresses unaffected."""
+    import edge_toolkit.web.app as app_module
+
+    def no_sleeping(seconds):
+        raise AssertionError(f"a request slept {seconds} s in a worker thread")
+
+    monkeypatch.setattr(app_module.time, "sleep", no_sleeping)
+    _, client = make_client(models["gap"], tmp_path / "data", token="s3cret-token")
+    codes = [client.post("/login", data={"token": "wrong"}).status_code for _ in range(5)]
+    assert codes == [401] * 5
+    resp = client.post("/login", data={"token": "s3cret-token"})
+    assert resp.status_code == 429 and "wait a minute" in resp.get_data(as_text=True)
+    other = client.post("/login", data={"token": "s3cret-token"},
+                        environ_base={"REMOTE_ADDR": "10.0.0.7"})
+    assert other.status_code == 302
+
+
 def test_every_asset_comes_from_the_package(models, tmp_path):
     _, client = make_client(models["gap"], tmp_path / "data")
     upload(client, [(xray_png(0), "a.png")])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -57,6 +58,37 @@ def _cookie_sized(errors: list[str]) -> list[str]:
     return kept
 
 
+class LoginFailures:
+    """Wrong tokens per client address over the last `window` seconds. Guessing slows by
+    refusal (429 after `limit` misses), not by sleeping: a sleeping worker thread was one
+    fewer for everyone, so a few wrong logins in a loop stalled the whole station."""
+
+    def __init__(self, limit: int = 5, window: float = 60.0) -> None:
+        self.limit, self.window = limit, window
+        self._misses: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, client: str, now: float) -> list[float]:
+        kept = [t for t in self._misses.get(client, []) if now - t < self.window]
+        if kept:
+            self._misses[client] = kept
+        else:
+            self._misses.pop(client, None)
+        return kept
+
+    def allows(self, client: str) -> bool:
+        with self._lock:
+            return len(self._recent(client, time.monotonic())) < self.limit
+
+    def record(self, client: str) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if len(self._misses) > 10_000:  # bounded memory under a flood of addresses
+                for other in list(self._misses):
+                    self._recent(other, now)
+            self._misses.setdefault(client, []).append(now)
+
+
 @dataclass(frozen=True)
 class Settings:
     """How the app guards itself. `token` None: loopback only, no login."""
@@ -76,6 +108,7 @@ def create_app(station: Station, settings: Settings) -> Flask:
         MAX_FORM_MEMORY_SIZE=FORM_TEXT_BYTES)
     app.extensions["station"] = station
     auth_required = settings.token is not None
+    failures = LoginFailures()
 
     def api() -> bool:
         return request.path.startswith("/api/")
@@ -161,16 +194,21 @@ def create_app(station: Station, settings: Settings) -> Flask:
             nxt = url_for("index")
         if not auth_required:
             return redirect(nxt)
-        error = None
+        error, code = None, 200
         if request.method == "POST":
-            if token_matches(request.form.get("token"), settings.token or ""):
+            client = request.remote_addr or "?"
+            if not failures.allows(client):
+                error, code = ("Too many wrong tokens from this computer: wait a minute and "
+                               "try again."), 429
+            elif token_matches(request.form.get("token"), settings.token or ""):
                 session.clear()
                 session["auth"] = True
                 session.permanent = True
                 return redirect(nxt)
-            time.sleep(1.0)  # slows guessing
-            error = "That is not this station's token."
-        return render_template("login.html", error=error, next=nxt), (401 if error else 200)
+            else:
+                failures.record(client)
+                error, code = "That is not this station's token.", 401
+        return render_template("login.html", error=error, next=nxt), code
 
     @app.post("/logout")
     def logout() -> Any:
