@@ -191,6 +191,19 @@ def test_a_full_disk_fails_that_picture_only_and_leaves_nothing_of_it(models, tm
         assert len(list((data / sub).iterdir())) == 2, sub
 
 
+def test_what_the_decoder_noted_reaches_the_result_not_only_the_log(models, tmp_path):
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(xray_png(0))).save(buf, format="JPEG", quality=95)
+    no_end = buf.getvalue()[:-2]  # a JPEG without its end marker: loads, with a note
+    _, client = make_client(models["gap"], tmp_path / "data")
+    resp = client.post("/api/classify", headers={"X-Requested-With": "t"},
+                       content_type="multipart/form-data",
+                       data={"files": [(io.BytesIO(no_end), "cut.jpg")]})
+    warnings = resp.get_json()["results"][0]["warnings"]
+    assert any(w.startswith("JPEG end marker missing") for w in warnings), warnings
+    assert not any(str(tmp_path) in w for w in warnings)  # no server path in the page
+
+
 def test_result_numbers_beyond_sqlite_are_404_not_500(models, tmp_path):
     _, client = make_client(models["gap"], tmp_path / "data")
     huge = "9" * 20

@@ -15,6 +15,7 @@ import sqlite3
 import threading
 import time
 import uuid
+import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,7 +25,7 @@ from PIL import Image
 
 from edge_toolkit import __version__
 from edge_toolkit.files import atomic_write, fsync_dir
-from edge_toolkit.images import DEFAULT_MAX_PIXELS, ImageLoadError, open_image
+from edge_toolkit.images import DEFAULT_MAX_PIXELS, ImageLoadError, ImageWarning, open_image
 from edge_toolkit.runtime.classifier import Classifier
 from edge_toolkit.runtime.heatmap import explain_image, heat_rgba
 from edge_toolkit.web.store import HistoryStore
@@ -52,6 +53,12 @@ def _remove(paths: tuple[Path, ...]) -> None:
             path.unlink(missing_ok=True)
         except OSError:
             pass
+
+
+def _without_path(message: str, stored: Path) -> str:
+    """A decoder's note about the stored copy, without the server's file name."""
+    text = message.replace(f"{stored}: ", "").replace(str(stored), "the picture")
+    return text[:1].upper() + text[1:]
 
 
 def _png_bytes(img: Image.Image) -> bytes:
@@ -144,12 +151,18 @@ class Station:
         try:
             atomic_write(stored, data, sync_dir=False)
             try:
-                img = open_image(stored, max_pixels=self.limits.max_pixels)
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", ImageWarning)
+                    img = open_image(stored, max_pixels=self.limits.max_pixels)
             except ImageLoadError as exc:
                 raise UploadError(f"{name}: {exc.reason}") from None
             except MemoryError:
                 raise UploadError(f"{name}: too large to decode on this device") from None
-            return self._classify(uid, name, stored, img, reference, source)
+            # what the decoder noted (a multi-frame DICOM read at its first frame, a JPEG
+            # without its end marker) is for the reader, not only for the server's log
+            notes = [_without_path(str(w.message), stored) for w in caught
+                     if issubclass(w.category, ImageWarning)]
+            return self._classify(uid, name, stored, img, reference, source, notes)
         except (OSError, sqlite3.Error) as exc:  # a full or failing disk: this picture only
             _remove(leftovers)
             reason = getattr(exc, "strerror", None) or exc
@@ -160,7 +173,7 @@ class Station:
             raise
 
     def _classify(self, uid: str, name: str, stored: Path, img: Image.Image,
-                  reference: str | None, source: str) -> int:
+                  reference: str | None, source: str, notes: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         with self._model_lock:
             ex = explain_image(self.clf, img, file=name, max_side=DISPLAY_SIDE)
@@ -188,8 +201,8 @@ class Station:
             "threshold": r.threshold if r.threshold is not None else self.clf.threshold,
             "model_id": self.clf.model_id, "model_name": self.model_name,
             "reference": (reference or "").strip()[:200] or None,
-            "warnings": self.warnings_for(ex.original_size or img.size,
-                                          None if rejected else r.probability),
+            "warnings": [*(notes or []), *self.warnings_for(
+                ex.original_size or img.size, None if rejected else r.probability)],
             "heatmap": str(heat.relative_to(self.data)) if heat else None,
             "display": str(display.relative_to(self.data)),
             "ms": round((time.perf_counter() - t0) * 1e3, 2),
