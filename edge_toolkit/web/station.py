@@ -107,6 +107,7 @@ class Station:
             (self.data / sub).mkdir(parents=True, exist_ok=True)
         self.store = HistoryStore(self.data / "history.sqlite")
         self._model_lock = threading.Lock()
+        self._decode_lock = threading.Lock()
         self._camera_lock = threading.Lock()
         self.model_name = model_name(clf)
         self.model_version = model_version(clf)
@@ -151,7 +152,9 @@ class Station:
         try:
             atomic_write(stored, data, sync_dir=False)
             try:
-                with warnings.catch_warnings(record=True) as caught:
+                # catch_warnings is process-wide: one decode at a time under it, so a note
+                # can never land on another request's picture
+                with self._decode_lock, warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always", ImageWarning)
                     img = open_image(stored, max_pixels=self.limits.max_pixels)
             except ImageLoadError as exc:
