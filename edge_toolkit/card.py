@@ -195,7 +195,9 @@ def check_flatbuffer(data: bytes) -> None:
 
 
 def split_tflite(data: bytes) -> tuple[bytes, ModelCard | None]:
-    """Split a file's bytes into the bare flatbuffer and its card (None when it has none)."""
+    """Split a file's bytes into the bare flatbuffer and its card (None when it has none).
+    CardError for a card archive cut short, a damaged card, or weights whose checksum no
+    longer matches the one stored beside the card."""
     check_flatbuffer(data)
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
@@ -209,6 +211,8 @@ def split_tflite(data: bytes) -> tuple[bytes, ModelCard | None]:
             expected = (zf.read(CHECKSUM_MEMBER).decode("ascii").strip()
                         if CHECKSUM_MEMBER in infos else None)
     except zipfile.BadZipFile:
+        if CARD_MEMBER.encode() in data:  # a card archive that no longer opens: cut short
+            raise CardError("the embedded model card is damaged (file truncated?)") from None
         return data, None
     except CardError:
         raise
@@ -267,15 +271,10 @@ def read_member(data: bytes, name: str) -> bytes | None:
 
 
 def read_card(path: str | Path) -> ModelCard | None:
-    """Read the card of a `.tflite` file; None if the file has no card. A card archive
-    that no longer opens (a truncated copy) is a CardError, not "no card"."""
+    """Read the card of a `.tflite` file; None if the file has no card."""
     from edge_toolkit.files import read_regular
 
-    data = read_regular(path)
-    card = split_tflite(data)[1]
-    if card is None and CARD_MEMBER.encode() in data:
-        raise CardError("the embedded model card is damaged (file truncated?)")
-    return card
+    return split_tflite(read_regular(path))[1]
 
 
 def load_card(path: str | Path) -> ModelCard:

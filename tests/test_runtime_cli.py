@@ -241,20 +241,27 @@ def test_resume_refuses_results_decided_at_another_threshold(models, data, fmt):
     assert len({r["threshold"] for r in read_output(out, fmt)}) == 1
 
 
+def signal_midway(cmd: list[str], written: Path, sig: int) -> subprocess.Popen:
+    """Start `cmd` and send it `sig` once `written` holds more than 30 lines (a batch in
+    its middle); stderr is piped for the caller."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if written.exists() and written.read_text().count("\n") > 30:
+            proc.send_signal(sig)
+            break
+        time.sleep(0.01)
+    return proc
+
+
 def test_output_survives_sigkill_and_resumes(models, tmp_path):
     """A real kill -9 in the middle of a batch: nothing written is lost, nothing is redone."""
     images = make_images(tmp_path / "many", 400, size=24)
     out = tmp_path / "out.csv"
     cmd = [sys.executable, "-m", "edge_toolkit.cli", "classify", str(models["float"]),
            str(tmp_path / "many"), "-o", str(out), "-t", "1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        if out.exists() and out.read_text().count("\n") > 30:
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.01)
-    proc.wait()
+    proc = signal_midway(cmd, out, signal.SIGKILL)
+    proc.communicate()
     text = out.read_text()
     before = list(csv.DictReader(io.StringIO(text[: text.rfind("\n") + 1])))
     assert proc.returncode == -signal.SIGKILL and 30 <= len(before) < len(images)
@@ -273,14 +280,8 @@ def test_sigterm_stops_between_images_and_keeps_what_was_written(models, tmp_pat
     out = tmp_path / f"out.{fmt}"
     cmd = [sys.executable, "-m", "edge_toolkit.cli", "classify", str(models["float"]),
            str(tmp_path / "many"), "-o", str(out), "-t", "1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     written = out if fmt == "csv" else out.with_name(out.name + ".partial.jsonl")
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        if written.exists() and written.read_text().count("\n") > 30:
-            proc.send_signal(signal.SIGTERM)
-            break
-        time.sleep(0.01)
+    proc = signal_midway(cmd, written, signal.SIGTERM)
     err = proc.communicate()[1]
     assert proc.returncode == 143, err
     assert "stopped (SIGTERM)" in err and "Traceback" not in err

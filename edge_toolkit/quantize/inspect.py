@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_toolkit.card import CARD_MEMBER, CardError, split_tflite
+from edge_toolkit.card import CardError, split_tflite
 from edge_toolkit.files import read_regular
 from edge_toolkit.runtime.interpreter import create_interpreter, tensor_io
 
@@ -99,8 +99,6 @@ def inspect_bytes(data: bytes) -> dict[str, Any]:
         bare, card = split_tflite(data)
     except CardError as exc:
         raise InspectError(str(exc)) from None
-    if card is None and CARD_MEMBER.encode() in data:
-        raise InspectError("the embedded model card is damaged (file truncated?)")
     weights = weight_tensors(bare)
     interp: Any = _interpreter(bare, delegates=True)
     inp, out = interp.get_input_details()[0], interp.get_output_details()[0]

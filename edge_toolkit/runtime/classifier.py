@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from edge_toolkit.card import CARD_MEMBER, CardError, ModelCard, split_tflite
+from edge_toolkit.card import CardError, ModelCard, split_tflite
 from edge_toolkit.files import read_regular
 from edge_toolkit.images import ImageLoadError, open_image
 from edge_toolkit.metrics import apply_temperature
@@ -148,8 +148,6 @@ class Classifier:
                              ) from None
         has_card = card is not None
         if card is None:
-            if CARD_MEMBER.encode() in data:
-                raise ModelError(f"{path}: the embedded model card is damaged (file truncated?)")
             if cardless is None or threshold is None:
                 raise MissingCardError(missing_card_message(path))
             if isinstance(threshold, str):
@@ -181,8 +179,6 @@ class Classifier:
             bare, embedded = split_tflite(data)
         except CardError as exc:
             raise ModelError("\n".join(exc.lines(name))) from None
-        if embedded is None and CARD_MEMBER.encode() in data:
-            raise ModelError(f"{name}: the embedded model card is damaged (file truncated?)")
         card = card or embedded
         if card is None:
             raise MissingCardError(missing_card_message(name))
