@@ -22,6 +22,8 @@ from edge_toolkit.runtime.heatmap import (
     explain_image,
     heat_rgba,
     overlay,
+    overlay_source,
+    source_text,
     to_original,
 )
 from edge_toolkit.synthetic import phantom
@@ -155,6 +157,34 @@ def test_classify_heatmap_writes_overlays_beside_the_results(models, tmp_path):
     r = _cli("classify", str(models["single"]), str(pics / "bone.png"), "--heatmap",
              str(tmp_path / "none"), "-q")
     assert r.returncode == 0 and "no feature-map output" in r.stderr
+
+
+def test_same_named_images_never_overwrite_each_others_overlay(models, tmp_path):
+    """Two `bone.png` from two folders: each overlay names its image inside the PNG; the
+    second gets a name of its own (a hash of its path, so the same in every run) and a note
+    says which; a later run with only the second image, into the same folder, still does not
+    overwrite the first image's overlay."""
+    a, b, out = tmp_path / "a", tmp_path / "b", tmp_path / "heat"
+    for folder, (seed, at) in ((a, (1, 0.2)), (b, (2, -0.3))):
+        folder.mkdir()
+        _fractured(seed, at)[0].save(folder / "bone.png")
+    r = _cli("classify", str(models["gap_float"]), str(a), str(b), "--heatmap", str(out),
+             "-f", "csv", "-q")
+    assert r.returncode == 0, r.stderr
+    names = sorted(p.name for p in out.iterdir())
+    assert len(names) == 2 and "bone.heatmap.png" in names, names
+    other = next(n for n in names if n != "bone.heatmap.png")
+    assert other.startswith("bone~") and f"heatmap written as {other}" in r.stderr
+    owners = {n: overlay_source(out / n) for n in names}
+    assert owners == {"bone.heatmap.png": source_text(str((a / "bone.png").resolve())),
+                      other: source_text(str((b / "bone.png").resolve()))}
+    first = (out / "bone.heatmap.png").read_bytes()
+    r = _cli("classify", str(models["gap_float"]), str(b), "--heatmap", str(out), "-q")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in out.iterdir()) == names  # b's overlay: the same name again
+    assert (out / "bone.heatmap.png").read_bytes() == first
+    r = _cli("classify", str(models["gap_float"]), str(a), "--heatmap", str(out), "-q")
+    assert r.returncode == 0 and "heatmap written as" not in r.stderr  # its own: rewritten
 
 
 def test_heatmap_goes_through_the_input_gate(models, tmp_path):

@@ -342,7 +342,9 @@ def _finish(ctx: click.Context, batch: Batch, writer: Writer, safe: BarSafeStrea
 
 class OverlayWriter:
     """classify --heatmap: classify each source and write its overlay PNG in one inference;
-    a file that cannot be written is a warning, never a lost result."""
+    a file that cannot be written is a warning, never a lost result. Each overlay names its
+    image inside the PNG; an image whose plain name (`xray.heatmap.png`) belongs to another
+    image, in this run or an earlier one, gets `xray~HASH.heatmap.png` and a note saying so."""
 
     def __init__(self, clf: Classifier, folder: Path, opacity: float) -> None:
         try:
@@ -352,19 +354,30 @@ class OverlayWriter:
         self.clf, self.folder, self.opacity = clf, folder, opacity
         self.names: dict[str, str] = {}  # overlay name -> source key (no overwriting)
 
-    def _name(self, file: str, key: str) -> str:
-        from edge_toolkit.runtime.heatmap import overlay_name
+    def _owner(self, name: str) -> str | None:
+        """Which image `name` belongs to (`source_text` of its key): this run's, else the one
+        the file on disk names."""
+        from edge_toolkit.runtime.heatmap import overlay_source
 
-        name, n = overlay_name(file), 1
-        while self.names.get(name, key) != key:
-            name = overlay_name(f"{Path(file).stem}~{n}")
-            n += 1
-        self.names[name] = key
+        if name in self.names:
+            return self.names[name]
+        return overlay_source(self.folder / name)
+
+    def _name(self, file: str, key: str, bar: Progress) -> str:
+        from edge_toolkit.runtime.heatmap import overlay_name, source_text
+
+        name = overlay_name(file)
+        owner = self._owner(name)
+        if owner not in (None, source_text(key)):
+            name = overlay_name(file, key)
+            bar.echo(f"note: {shown(file)}: heatmap written as {name} ({overlay_name(file)} "
+                     f"belongs to {shown(owner)})", sys.stderr)
+        self.names[name] = source_text(key)
         return name
 
     def classify(self, src: Any, bar: Progress) -> Result:
         from edge_toolkit.images import ImageLoadError
-        from edge_toolkit.runtime.heatmap import explain_file, overlay
+        from edge_toolkit.runtime.heatmap import explain_file, overlay, save_overlay
 
         if src.problem:
             return self.clf.classify_source(src)
@@ -379,9 +392,9 @@ class OverlayWriter:
             return error_result(src.file, src.key, f"unexpected {type(exc).__name__}: {exc}",
                                 self.clf.model_id)
         if ex.heat is not None:
-            path = self.folder / self._name(src.file, src.key)
+            path = self.folder / self._name(src.file, src.key, bar)
             try:
-                overlay(ex.image, ex.heat, self.opacity).save(path, format="PNG")
+                save_overlay(overlay(ex.image, ex.heat, self.opacity), path, src.key)
             except OSError as exc:
                 bar.echo(f"warning: {path}: heatmap not written ({exc.strerror or exc})",
                          sys.stderr)

@@ -180,6 +180,44 @@ def explain_file(clf: Classifier, path: str | Path, *, file: str | None = None,
                          key=resolve_key(path), heatmap=heatmap, max_side=max_side)
 
 
-def overlay_name(file: str | Path) -> str:
-    """`xray.jpg` -> `xray.heatmap.png`: the overlay written beside the results."""
-    return f"{Path(file).stem}.heatmap.png"
+def overlay_name(file: str | Path, key: str | None = None) -> str:
+    """`xray.jpg` -> `xray.heatmap.png`: the overlay written beside the results. With the
+    source's key, `xray~1a2b3c4d.heatmap.png`: the name for a second `xray.jpg` from another
+    folder, the same for that file in every run (a hash of its path, not a counter)."""
+    if key is None:
+        return f"{Path(file).stem}.heatmap.png"
+    import hashlib
+
+    tag = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f"{Path(file).stem}~{tag}.heatmap.png"
+
+
+SOURCE_TEXT = "Source"  # PNG text chunk naming the image an overlay belongs to
+
+
+def source_text(key: str) -> str:
+    """`key` as an overlay stores it (a path that is not valid UTF-8 keeps its odd bytes as
+    escapes): compare with `overlay_source`'s answer through this."""
+    return key.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def save_overlay(picture: Image.Image, path: Path, key: str) -> None:
+    """Write an overlay PNG that names its source image, so a later run into the same folder
+    can tell its own overlay from another image's of the same name."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_itxt(SOURCE_TEXT, source_text(key))
+    picture.save(path, format="PNG", pnginfo=info)
+
+
+def overlay_source(path: Path) -> str | None:
+    """The source image an overlay file names (`source_text` of its key); None for a file
+    with no name in it (written before overlays carried one, or not an overlay) or that
+    cannot be read. Reads the PNG's header chunks only, not its pixels."""
+    try:
+        with Image.open(path) as im:
+            value = im.info.get(SOURCE_TEXT)
+    except (OSError, ValueError, SyntaxError):
+        return None
+    return str(value) if value is not None else None
