@@ -15,7 +15,7 @@ require("tensorflow")  # the script builds on select_probe_cv, which imports the
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from learning_curve import group_subset  # noqa: E402
-from pooling_screen import pool_maps  # noqa: E402
+from pooling_screen import pool_maps, with_taps  # noqa: E402
 
 
 def test_gem_lies_between_average_and_max_pooling():
@@ -35,6 +35,18 @@ def test_gem_lies_between_average_and_max_pooling():
 def test_an_unknown_pooling_is_refused(how):
     with pytest.raises(ValueError, match="avg, max or gemP"):
         pool_maps(np.ones((1, 2, 2, 1)), how)
+
+
+def test_taps_sit_beside_each_pooling_one_at_a_time():
+    x = np.arange(6.0).reshape(3, 2)
+    taps = {"block_9_add": np.full((3, 1), 7.0), "block_12_add": -np.ones((3, 3))}
+    sets = with_taps({"avg": x}, taps)
+    assert list(sets) == ["avg", "avg+block_9_add", "avg+block_12_add"]
+    assert sets["avg+block_12_add"].shape == (3, 5)
+    np.testing.assert_array_equal(sets["avg+block_9_add"][:, :2], x)
+    np.testing.assert_array_equal(sets["avg+block_9_add"][:, 2], 7.0)
+    with pytest.raises(ValueError, match="2 rows for 3 images"):
+        with_taps({"avg": x}, {"bad": np.zeros((2, 1))})
 
 
 def test_learning_curve_subsets_keep_whole_groups_and_each_sources_share():
