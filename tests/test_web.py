@@ -191,6 +191,216 @@ def test_a_full_disk_fails_that_picture_only_and_leaves_nothing_of_it(models, tm
         assert len(list((data / sub).iterdir())) == 2, sub
 
 
+def form_tokens(client) -> dict[str, str]:
+    """The upload form's hidden fields: its CSRF token and its one-time submit token."""
+    page = client.get("/").get_data(as_text=True)
+    return dict(re.findall(r'name="(csrf|submit_token)" value="([^"]+)"', page))
+
+
+def second_tab(client):
+    """A second browser tab of the same session: another test client with its cookie."""
+    other = client.application.test_client()
+    other.set_cookie("edge_toolkit_session",
+                     client.get_cookie("edge_toolkit_session").value)
+    return other
+
+
+def test_a_form_sent_twice_is_stored_once_and_shows_the_first_results(models, tmp_path,
+                                                                      monkeypatch):
+    """A double click or a browser's re-POST: the same one-time form token with the same
+    pictures. The repeat (even while the first is still classifying) is shown the first's
+    results and stores nothing; the same form with other pictures is a new submit."""
+    import threading
+
+    station, client = make_client(models["gap"], tmp_path / "data")
+    form = form_tokens(client)
+
+    def send(c, files, **extra):
+        data = {**form, **extra, "files": [(io.BytesIO(b), n) for b, n in files]}
+        return c.post("/upload", data=data, content_type="multipart/form-data")
+
+    # the second click arrives while the first is still being classified
+    real, entered, release = station.classify_bytes, threading.Event(), threading.Event()
+
+    def slow(*args, **kw):
+        entered.set()
+        assert release.wait(30)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(station, "classify_bytes", slow)
+    other = second_tab(client)
+    answers = {}
+    first = threading.Thread(target=lambda: answers.setdefault(
+        "first", send(client, [(xray_png(0), "a.png")], reference="R-1")))
+    first.start()
+    assert entered.wait(30)
+    second = threading.Thread(target=lambda: answers.setdefault(
+        "second", send(other, [(xray_png(0), "a.png")], reference="R-1")))
+    second.start()
+    second.join(0.5)
+    release.set()
+    first.join(30)
+    second.join(30)
+    assert answers["first"].status_code == answers["second"].status_code == 303
+    assert answers["first"].headers["Location"].endswith("/results?ids=1")
+    assert answers["second"].headers["Location"].endswith("/results?ids=1&again=1")
+    page = other.get(answers["second"].headers["Location"]).get_data(as_text=True)
+    assert "sent more than once" in page and "a.png" in page
+    # the browser sending the form again later: still the first's results
+    assert send(client, [(xray_png(0), "a.png")], reference="R-1").headers[
+        "Location"].endswith("/results?ids=1&again=1")
+    assert [r["file_name"] for r in rows(tmp_path / "data")] == ["a.png"]
+    # the same form with another picture is a new submit
+    assert send(client, [(xray_png(1), "b.png")], reference="R-1").headers[
+        "Location"].endswith("/results?ids=2")
+    assert [r["file_name"] for r in rows(tmp_path / "data")] == ["a.png", "b.png"]
+    # scripts: a submit_token makes a retry safe; without one every POST classifies
+    api = {"headers": {"X-Requested-With": "t"}, "content_type": "multipart/form-data"}
+    bodies = [client.post("/api/classify", **api, data={
+        "submit_token": "retry-1", "files": [(io.BytesIO(xray_png(2)), "c.png")]}).get_json()
+        for _ in range(2)]
+    assert [r["id"] for r in bodies[1]["results"]] == [r["id"] for r in bodies[0]["results"]]
+    assert bodies[1]["repeat"] is True and "repeat" not in bodies[0]
+    for _ in range(2):
+        client.post("/api/classify", **api,
+                    data={"files": [(io.BytesIO(xray_png(3)), "d.png")]})
+    assert [r["file_name"] for r in rows(tmp_path / "data")] == ["a.png", "b.png", "c.png",
+                                                                 "d.png", "d.png"]
+
+
+def test_empty_file_inputs_are_skipped_and_a_nameless_picture_is_kept(models, tmp_path):
+    """A browser sends an empty part (no file name, no bytes) for a file input left empty:
+    beside chosen pictures that is normal and says nothing; alone it is a clear message. A
+    part with bytes but no file name is a picture, never dropped silently."""
+    _, client = make_client(models["gap"], tmp_path / "data")
+    resp = upload(client, [(xray_png(1), ""), (b"", "")])
+    assert resp.status_code == 200 and 'id="errors"' not in resp.get_data(as_text=True)
+    resp = upload(client, [(b"", ""), (xray_png(0), "a.png"), (b"", "")])
+    assert resp.status_code == 200 and 'id="errors"' not in resp.get_data(as_text=True)
+    assert [r["file_name"] for r in rows(tmp_path / "data")] == ["upload", "a.png"]
+    resp = upload(client, [(b"", "")])
+    assert resp.status_code == 400
+    assert "No picture was chosen: choose one or more" in resp.get_data(as_text=True)
+    api = client.post("/api/classify", headers={"X-Requested-With": "t"},
+                      content_type="multipart/form-data", data={"files": "xray.png"})
+    assert api.status_code == 400
+    assert "'files' came as a text field: with curl, -F files=@PATH" in api.json["errors"][0]
+
+
+def test_a_reference_or_note_over_its_limit_is_refused_not_cut(models, tmp_path):
+    """A cut patient reference points at another patient or none; a cut note loses the
+    reader's words: both are refused with a message, what was typed stays in the form, and
+    nothing is stored. A note's CRLF line breaks count as one character, as the browser's
+    maxlength counts them."""
+    _, client = make_client(models["gap"], tmp_path / "data")
+    long_ref = "R" * 201
+    resp = upload(client, [(xray_png(0), "a.png")], reference=long_ref)
+    page = resp.get_data(as_text=True)
+    assert resp.status_code == 400 and "The reference is 201 characters long; at most 200" in page
+    assert f'value="{long_ref}"' in page and rows(tmp_path / "data") == []
+    api = client.post("/api/classify", headers={"X-Requested-With": "t"},
+                      content_type="multipart/form-data",
+                      data={"reference": long_ref, "files": [(io.BytesIO(xray_png()), "a.png")]})
+    assert api.status_code == 400 and "at most 200" in api.json["errors"][0]
+    assert upload(client, [(xray_png(0), "a.png")], reference="R" * 200).status_code == 200
+    assert rows(tmp_path / "data")[0]["reference"] == "R" * 200
+    csrf = csrf_of(client)
+    resp = client.post("/result/1/verdict", data={"csrf": csrf, "verdict": "agree",
+                                                  "note": "n" * 2001})
+    page = resp.get_data(as_text=True)
+    assert resp.status_code == 400 and "The note is 2001 characters long" in page
+    assert "n" * 2001 + "</textarea>" in page and 'value="agree" checked' in page
+    assert rows(tmp_path / "data")[0]["verdict"] is None
+    note = "\r\n".join(["x" * 180] * 11)  # 1990 characters as typed, 2000 as sent
+    resp = client.post("/result/1/verdict", data={"csrf": csrf, "verdict": "agree",
+                                                  "note": note})
+    assert resp.status_code == 302
+    assert rows(tmp_path / "data")[0]["note"] == note.replace("\r\n", "\n")
+
+
+def test_a_read_only_data_folder_keeps_the_pages_and_fails_a_submit_clearly(
+        models, tmp_path, monkeypatch):
+    """The data folder becomes read-only while the station runs (simulated: tests may run as
+    root, whom chmod does not stop). SQLite then cannot open the WAL database but as
+    immutable, and every write fails with EROFS: the pages that only read still answer, a
+    submit and a verdict fail with a message naming the folder, and nothing new is kept."""
+    import errno
+    import types
+
+    import edge_toolkit.web.station as station_module
+
+    station, client = make_client(models["gap"], tmp_path / "data")
+    upload(client, [(xray_png(0), "a.png")], reference="R-1")
+    data = tmp_path / "data"
+    kept = sorted(p.name for sub in ("images", "display", "heat") for p in (data / sub).iterdir())
+    real_connect = sqlite3.connect
+
+    def read_only_sqlite(database, *args, uri=False, **kw):
+        if uri and "immutable=1" in str(database):
+            return real_connect(database, *args, uri=uri, **kw)
+        raise sqlite3.OperationalError("unable to open database file")
+
+    def read_only_write(path, payload, **kw):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(sqlite3, "connect", read_only_sqlite)
+    monkeypatch.setattr(station_module, "atomic_write", read_only_write)
+    monkeypatch.setattr(os, "statvfs",
+                        lambda path: types.SimpleNamespace(f_flag=os.ST_RDONLY))
+    for url in ("/", "/history", "/history.csv", "/result/1", "/files/1/display.png"):
+        resp = client.get(url)
+        assert resp.status_code == 200, (url, resp.get_data(as_text=True)[:500])
+    assert "a.png" in client.get("/history").get_data(as_text=True)
+    problem = f"Cannot save to the data folder {data.resolve()}: read-only file system"
+    resp = upload(client, [(xray_png(1), "b.png"), (xray_png(2), "c.png")])
+    page = resp.get_data(as_text=True)
+    assert resp.status_code == 503 and problem in page, page[:3000]
+    assert "Nothing was kept for b.png. The 1 picture(s) after it were not classified" in page
+    api = client.post("/api/classify", headers={"X-Requested-With": "t"},
+                      content_type="multipart/form-data",
+                      data={"files": [(io.BytesIO(xray_png(1)), "b.png")]})
+    assert api.status_code == 503 and api.json["errors"][0].startswith(problem)
+    resp = client.post("/result/1/verdict", data={"csrf": csrf_of(client), "verdict": "agree",
+                                                  "note": "callus"})
+    page = resp.get_data(as_text=True)
+    assert resp.status_code == 503 and problem in page and "callus</textarea>" in page
+    assert "Traceback" not in page
+    monkeypatch.undo()
+    assert [(r["file_name"], r["verdict"]) for r in rows(data)] == [("a.png", None)]
+    assert sorted(p.name for sub in ("images", "display", "heat")
+                  for p in (data / sub).iterdir()) == kept
+
+
+def test_a_really_read_only_mount_keeps_the_pages_and_fails_a_submit_clearly(models,
+                                                                             tmp_path):
+    """The same on a real read-only tmpfs, in a private mount namespace (skipped where
+    unprivileged namespaces are not allowed)."""
+    import json
+    import shutil
+
+    if not shutil.which("unshare") or subprocess.run(
+            ["unshare", "-r", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("no user and mount namespaces here (unshare -r -m)")
+    folder = tmp_path / "mnt"
+    folder.mkdir()
+    code = ("import sys; sys.path.insert(0, sys.argv[3]); import web_helpers; "
+            "web_helpers.read_only_probe(sys.argv[1], sys.argv[2])")
+    proc = subprocess.run(["unshare", "-r", "-m", sys.executable, "-c", code,
+                           str(models["gap"]), str(folder), str(ROOT / "tests")],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["first"] == 303
+    for url in ("/", "/history", "/history.csv", "/result/1", "/files/1/display.png"):
+        assert out[url][0] == 200, (url, out[url][1][:500])
+    assert "a.png" in out["/history"][1]
+    problem = f"Cannot save to the data folder {folder}: read-only file system"
+    for url in ("/upload", "/result/1/verdict"):
+        assert out[url][0] == 503 and problem in out[url][1], (url, out[url][1][:3000])
+    assert len(out["images"]) == 1
+
+
 def test_what_the_decoder_noted_reaches_the_result_not_only_the_log(models, tmp_path):
     buf = io.BytesIO()
     Image.open(io.BytesIO(xray_png(0))).save(buf, format="JPEG", quality=95)
@@ -446,3 +656,33 @@ def test_serve_beyond_localhost_prints_and_requires_a_token(models, tmp_path):
     proc.stderr.read()
     proc.wait(timeout=30)
     assert "access token: in" in startup and token.group(2) not in startup  # printed once
+
+
+def test_an_upload_over_the_cap_gets_the_station_page_not_waitress_text(models, tmp_path):
+    """waitress refuses a body over its cap before the app runs. Its cap is the app's, and its
+    answer is the station's own 413 page naming the limits (JSON under /api/), whatever the
+    size: before, anything over the cap plus 1 MiB got waitress's plain text."""
+    import socket
+
+    proc, port, _ = start_server(models["gap"], tmp_path / "data", "--no-camera",
+                                 "--max-request-mb", "0.1", "--max-upload-mb", "0.1")
+    try:
+        for path, kind, text in (("/upload", "text/html", "at most 0.1 MB per upload"),
+                                 ("/api/classify", "application/json",
+                                  '"error": "The upload is too large: at most 0.1 MB')):
+            for size in (5_000_000, 100_001):
+                with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                 "Content-Type: multipart/form-data; boundary=B\r\n"
+                                 f"Content-Length: {size}\r\n\r\n".encode())
+                    answer = b""
+                    while chunk := sock.recv(65536):
+                        answer += chunk
+                head, _, body = answer.decode().partition("\r\n\r\n")
+                assert head.startswith("HTTP/1.1 413"), answer[:300]
+                assert f"Content-Type: {kind}" in head and text in body, (path, size, answer)
+                assert "waitress" not in body and "max_body" not in body
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.stderr.read()
+        proc.wait(timeout=30)

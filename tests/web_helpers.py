@@ -49,3 +49,36 @@ def start_server(model: Path, data: Path, *extra: str) -> tuple[subprocess.Popen
     raise AssertionError("server did not start: " + "".join(lines))
 
 
+
+
+def read_only_probe(model: str, folder: str) -> None:
+    """Run inside `unshare -r -m` (a private mount namespace): a station on a fresh tmpfs
+    stores one picture, the tmpfs is remounted read-only, then every page is asked for; prints
+    {what: [status, text]} as JSON. The real thing, where chmod does not stop root."""
+    import json
+
+    from edge_toolkit.runtime import Classifier
+    from edge_toolkit.web.app import Settings, create_app
+    from edge_toolkit.web.station import Station
+
+    subprocess.run(["mount", "-t", "tmpfs", "none", folder], check=True)
+    station = Station(Classifier.load(model), folder)
+    client = create_app(station, Settings(token=None, secret_key=b"k" * 32)).test_client()
+    page = client.get("/").get_data(as_text=True)
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+
+    def post(url: str, **data: object) -> object:
+        return client.post(url, data={"csrf": csrf, **data}, content_type="multipart/form-data")
+
+    first = post("/upload", files=[(io.BytesIO(xray_png(0)), "a.png")])
+    subprocess.run(["mount", "-o", "remount,ro", folder], check=True)
+    out = {"first": first.status_code}
+    for url in ("/", "/history", "/history.csv", "/result/1", "/files/1/display.png"):
+        resp = client.get(url)
+        out[url] = [resp.status_code, resp.get_data()[:20000].decode(errors="replace")]
+    for url, form in (("/upload", {"files": [(io.BytesIO(xray_png(1)), "b.png")]}),
+                      ("/result/1/verdict", {"verdict": "agree", "note": "kept"})):
+        resp = post(url, **form)
+        out[url] = [resp.status_code, resp.get_data(as_text=True)]
+    out["images"] = sorted(os.listdir(os.path.join(folder, "images")))
+    print(json.dumps(out))

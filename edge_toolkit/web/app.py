@@ -4,15 +4,25 @@
 waitress. Everything the browser loads comes from this package (templates and static files):
 the clinic has no internet. Pages are plain HTML forms that work without JavaScript; the one
 script adds drag and drop and the heatmap opacity slider.
+
+Nothing a user sends is lost or stored twice without a word: the upload form carries a one-time
+token, so a double click or a browser's re-POST shows the first submit's results instead of
+storing the pictures again (SubmitOnce); a reference or note over its limit is refused with a
+message, never cut; a data folder that can no longer be written fails a submit with a message
+naming it while the pages that only read keep working.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import secrets
+import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -29,10 +39,17 @@ from flask import (
     session,
     url_for,
 )
+from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from edge_toolkit.web.auth import host_of, is_loopback, token_matches
-from edge_toolkit.web.station import DISCLAIMER, Station, UploadError
+from edge_toolkit.web.station import (
+    DISCLAIMER,
+    Station,
+    StorageError,
+    UploadError,
+    check_reference,
+)
 from edge_toolkit.web.store import VERDICTS, Filters, StoreError
 
 OPEN_ENDPOINTS = ("login", "static", "healthz")
@@ -41,6 +58,17 @@ MAX_RESULTS_SHOWN = 500  # results one results page lists
 ERRORS_IN_COOKIE = 2000  # characters of upload errors carried to the results page
 FORM_PARTS = 1000  # pictures and fields in one submit (Werkzeug's default, said in messages)
 FORM_TEXT_BYTES = 500_000  # one text field (a reference, a note)
+MAX_NOTE = 2000  # characters of a reader's note
+SUBMIT_TTL = 600.0  # seconds a submit's token is remembered
+SUBMIT_WAIT = 300.0  # seconds a repeated submit waits for the first one to finish
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self'; script-src 'self'; style-src 'self'; "
+        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 def _cookie_sized(errors: list[str]) -> list[str]:
@@ -89,6 +117,68 @@ class LoginFailures:
             self._misses.setdefault(client, []).append(now)
 
 
+@dataclass
+class Outcome:
+    """What one submit did: the ids it stored, the lines for the user, and the status to
+    answer when it stored nothing (400: nothing usable; 503: the data folder is unwritable)."""
+
+    ids: list[int]
+    errors: list[str]
+    code: int = 200
+
+
+@dataclass
+class _Submit:
+    """One submit by key: set `done` when it finished; `outcome` only if it stored something."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    outcome: Outcome | None = None
+    at: float = field(default_factory=time.monotonic)
+
+
+class SubmitOnce:
+    """Submits seen in the last `ttl` seconds, by key (form token and content). A double click
+    or a browser's re-POST sends one form twice: the repeat waits for the first and gets its
+    outcome instead of classifying and storing every picture again. A submit that stored
+    nothing is forgotten at once: sending it again is harmless."""
+
+    def __init__(self, ttl: float = SUBMIT_TTL) -> None:
+        self.ttl = ttl
+        self._seen: dict[str, _Submit] = {}
+        self._lock = threading.Lock()
+
+    def claim(self, key: str) -> _Submit | None:
+        """None: this request is the first with `key` and must call `finish`; else the
+        earlier submit, whose `done` to wait on."""
+        with self._lock:
+            now = time.monotonic()
+            while self._seen:  # oldest first: `finish` moves a done submit to the end
+                old, entry = next(iter(self._seen.items()))
+                if not (entry.done.is_set() and now - entry.at > self.ttl):
+                    break
+                del self._seen[old]
+            earlier = self._seen.get(key)
+            if earlier is None:
+                self._seen[key] = _Submit()
+            return earlier
+
+    def finish(self, key: str, outcome: Outcome) -> None:
+        with self._lock:
+            entry = self._seen.pop(key)
+            if outcome.ids:
+                entry.outcome, entry.at = outcome, time.monotonic()
+                self._seen[key] = entry
+        entry.done.set()
+
+
+def _size(f: FileStorage) -> int:
+    """Bytes in an uploaded part, without reading it into memory."""
+    here = f.stream.tell()
+    end = f.stream.seek(0, os.SEEK_END)
+    f.stream.seek(here)
+    return end
+
+
 @dataclass(frozen=True)
 class Settings:
     """How the app guards itself. `token` None: loopback only, no login."""
@@ -109,6 +199,12 @@ def create_app(station: Station, settings: Settings) -> Flask:
     app.extensions["station"] = station
     auth_required = settings.token is not None
     failures = LoginFailures()
+    submits = SubmitOnce()
+    too_large_text = (
+        f"The upload is too large: at most {settings.max_request_bytes / 1e6:g} MB per "
+        f"upload, {station.limits.max_file_bytes / 1e6:g} MB per picture, {FORM_PARTS} "
+        f"pictures and fields, {FORM_TEXT_BYTES // 1000} KB per text field.")
+    app.extensions["too_large_text"] = too_large_text  # `serve` gives it to waitress too
 
     def api() -> bool:
         return request.path.startswith("/api/")
@@ -143,12 +239,7 @@ def create_app(station: Station, settings: Settings) -> Flask:
 
     @app.after_request
     def headers(resp: Response) -> Response:
-        resp.headers["Content-Security-Policy"] = (
-            "default-src 'self'; img-src 'self'; script-src 'self'; style-src 'self'; "
-            "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
-        resp.headers["X-Content-Type-Options"] = "nosniff"
-        resp.headers["X-Frame-Options"] = "DENY"
-        resp.headers["Referrer-Policy"] = "no-referrer"
+        resp.headers.update(SECURITY_HEADERS)
         resp.headers.setdefault("Cache-Control", "no-store")
         return resp
 
@@ -156,7 +247,9 @@ def create_app(station: Station, settings: Settings) -> Flask:
     def common() -> dict[str, Any]:
         if "csrf" not in session:
             session["csrf"] = secrets.token_urlsafe(24)
+        # a fresh one-time token for each form rendered (remembered only once submitted)
         return {"disclaimer": DISCLAIMER, "station": station, "csrf": session["csrf"],
+                "submit_token": secrets.token_urlsafe(16),
                 "auth_required": auth_required, "logged_in": bool(session.get("auth")),
                 "max_file_mb": station.limits.max_file_bytes / 1e6,
                 "max_request_mb": settings.max_request_bytes / 1e6}
@@ -168,13 +261,9 @@ def create_app(station: Station, settings: Settings) -> Flask:
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(_: Exception) -> Any:
-        text = (f"The upload is too large: at most {settings.max_request_bytes / 1e6:g} MB "
-                f"per upload, {station.limits.max_file_bytes / 1e6:g} MB per picture, "
-                f"{FORM_PARTS} pictures and fields, {FORM_TEXT_BYTES // 1000} KB per text "
-                "field.")
         if api():
-            return jsonify(error=text), 413
-        return render_template("index.html", errors=[text], recent=_recent()), 413
+            return jsonify(error=too_large_text), 413
+        return render_template("index.html", errors=[too_large_text], recent=_recent()), 413
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Any:
@@ -219,30 +308,92 @@ def create_app(station: Station, settings: Settings) -> Flask:
     def index() -> Any:
         return render_template("index.html", errors=[], recent=_recent())
 
-    def _classify_request(source: str) -> tuple[list[int], list[str]]:
-        reference = request.form.get("reference")
-        files = [f for key in ("files", "photo") for f in request.files.getlist(key)]
-        files = [f for f in files if f.filename or f.content_length]
+    def _pictures() -> list[FileStorage]:
+        """The submit's pictures. A file input left empty sends a part with neither a name
+        nor bytes: skipped. A part with bytes but no file name is a picture all the same."""
+        parts = [f for key in ("files", "photo") for f in request.files.getlist(key)]
+        return [f for f in parts if f.filename or _size(f)]
+
+    def _no_pictures() -> str:
+        if not api():
+            return ("No picture was chosen: choose one or more pictures (or take a photo), "
+                    "then press Classify.")
+        as_text = [k for k in ("files", "photo") if k in request.form]
+        hint = (f" ('{as_text[0]}' came as a text field: with curl, -F {as_text[0]}=@PATH)"
+                if as_text else "")
+        return f"No picture in the request: send each as a multipart file named 'files'{hint}."
+
+    def _classify_request(source: str, files: list[FileStorage]) -> Outcome:
+        try:
+            reference = check_reference(request.form.get("reference"))
+        except UploadError as exc:
+            return Outcome([], [str(exc)], 400)
         if not files:
-            return [], ["No picture was chosen."]
-        ids, errors = [], []
-        for f in files:
+            return Outcome([], [_no_pictures()], 400)
+        out = Outcome([], [])
+        for i, f in enumerate(files):
             try:
-                ids.append(station.classify_bytes(f.filename, f.read(), reference=reference,
-                                                  source=source))
+                out.ids.append(station.classify_bytes(f.filename, f.read(),
+                                                      reference=reference, source=source))
+            except StorageError as exc:  # every later picture would fail the same way
+                left = len(files) - i - 1
+                out.errors.append(str(exc) + (f" The {left} picture(s) after it were not "
+                                              "classified." if left else ""))
+                out.code = 503
+                break
             except UploadError as exc:
-                errors.append(str(exc))
-        return ids, errors
+                out.errors.append(str(exc))
+        if not out.ids and out.code == 200:
+            out.code = 400
+        return out
+
+    def _submit_key(kind: str, files: list[FileStorage]) -> str | None:
+        """The form's one-time token with what it sent (session, reference, each picture's
+        name and size), so a form reused with other pictures is a new submit; None when no
+        token came (scripts may leave it out)."""
+        token = request.form.get("submit_token")
+        if not token:
+            return None
+        h = hashlib.sha256()
+        for part in (kind, session.get("csrf", ""), token, request.form.get("reference") or "",
+                     *(f"{f.filename}:{_size(f)}" for f in files)):
+            h.update(part.encode("utf-8", "replace") + b"\0")
+        return h.hexdigest()
+
+    def _once(key: str | None, work: Callable[[], Outcome]) -> tuple[Outcome, bool]:
+        """`work()`, or, for a repeat of a submit that stored something, that submit's
+        outcome (after waiting for it to finish) and True."""
+        while key is not None:
+            earlier = submits.claim(key)
+            if earlier is None:
+                out = Outcome([], [], 500)
+                try:
+                    out = work()
+                finally:
+                    submits.finish(key, out)
+                return out, False
+            if not earlier.done.wait(SUBMIT_WAIT):
+                return Outcome([], ["This form was sent twice and the first is still being "
+                                    "classified: see the History page in a few minutes."],
+                               409), True
+            if earlier.outcome is not None:
+                return earlier.outcome, True
+            # the first stored nothing and was forgotten: run this one
+        return work(), False
 
     @app.post("/upload")
     def upload() -> Any:
-        ids, errors = _classify_request("upload")
-        if not ids:
-            return render_template("index.html", errors=errors, recent=_recent()), 400
+        files = _pictures()
+        out, repeat = _once(_submit_key("upload", files),
+                            lambda: _classify_request("upload", files))
+        if not out.ids:
+            return render_template("index.html", errors=out.errors, recent=_recent(),
+                                   reference=request.form.get("reference")), out.code
         # Post/Redirect/Get: the results page is a GET of what was stored, so reloading it
         # (or going back to it) shows the same results and never uploads the files again
-        session["upload_errors"] = _cookie_sized(errors)
-        return redirect(url_for("results", ids=",".join(map(str, ids))), code=303)
+        session["upload_errors"] = _cookie_sized(out.errors)
+        args = {"ids": ",".join(map(str, out.ids)), **({"again": 1} if repeat else {})}
+        return redirect(url_for("results", **args), code=303)
 
     @app.get("/results")
     def results() -> Any:
@@ -254,24 +405,35 @@ def create_app(station: Station, settings: Settings) -> Flask:
         if not rows:
             abort(404, description="There are no such results.")
         return render_template("results.html", rows=rows, saved=len(ids),
-                               errors=session.pop("upload_errors", []))
+                               errors=session.pop("upload_errors", []),
+                               again=bool(request.args.get("again")))
 
     @app.post("/capture")
     def capture() -> Any:
+        typed = request.form.get("reference")
         try:
-            rid = station.capture(request.form.get("reference"))
+            reference = check_reference(typed)
+        except UploadError as exc:
+            return render_template("index.html", errors=[str(exc)], recent=_recent(),
+                                   reference=typed), 400
+        try:
+            rid = station.capture(reference)
         except UploadError as exc:
             return render_template("index.html", errors=[str(exc)], recent=_recent()), 503
         return redirect(url_for("result", result_id=rid))
 
     @app.post("/api/classify")
     def api_classify() -> Any:
-        ids, errors = _classify_request("api")
-        rows = [station.store.get(i) for i in ids]
+        files = _pictures()
+        out, repeat = _once(_submit_key("api", files), lambda: _classify_request("api", files))
+        rows = [station.store.get(i) for i in out.ids]
         keep = ("id", "uid", "created", "file_name", "status", "reason", "label",
                 "probability", "threshold", "model_id", "warnings", "reference")
-        return jsonify(results=[{k: r[k] for k in keep} for r in rows if r], errors=errors), \
-            (200 if ids else 400)
+        body: dict[str, Any] = {"results": [{k: r[k] for k in keep} for r in rows if r],
+                                "errors": out.errors}
+        if repeat:
+            body["repeat"] = True
+        return jsonify(body), (200 if out.ids else out.code)
 
     def _row_or_404(result_id: int) -> dict[str, Any]:
         row = station.store.get(result_id)
@@ -281,19 +443,32 @@ def create_app(station: Station, settings: Settings) -> Flask:
 
     @app.get("/result/<int:result_id>")
     def result(result_id: int) -> Any:
-        return render_template("result.html", row=_row_or_404(result_id),
-                               saved=request.args.get("saved"))
+        row = _row_or_404(result_id)
+        return render_template("result.html", row=row, saved=request.args.get("saved"),
+                               form_verdict=row["verdict"], form_note=row["note"])
 
     @app.post("/result/<int:result_id>/verdict")
     def verdict(result_id: int) -> Any:
-        _row_or_404(result_id)
+        row = _row_or_404(result_id)
         choice = request.form.get("verdict") or None
         if choice not in (None, *VERDICTS):
             abort(400, description="The verdict must be agree or disagree.")
-        note = (request.form.get("note") or "").strip()[:2000]
-        station.store.set_verdict(result_id, choice, note,
-                                  datetime.now(timezone.utc).isoformat(timespec="seconds"))
-        return redirect(url_for("result", result_id=result_id, saved=1))
+        # browsers send a textarea's line breaks as CRLF but count each as one character
+        note = (request.form.get("note") or "").replace("\r\n", "\n").strip()
+        if len(note) > MAX_NOTE:  # refused, not cut: the reader's words stay in the form
+            error, code = (f"The note is {len(note)} characters long; at most {MAX_NOTE} are "
+                           "allowed. Shorten it and save again (nothing was saved)."), 400
+        else:
+            try:
+                station.store.set_verdict(
+                    result_id, choice, note,
+                    datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                return redirect(url_for("result", result_id=result_id, saved=1))
+            except (OSError, sqlite3.Error) as exc:
+                error, code = (f"{station.storage_problem(exc)}. The verdict was not saved; "
+                               "your note is kept below."), 503
+        return render_template("result.html", row=row, error=error, form_verdict=choice,
+                               form_note=note), code
 
     @app.get("/files/<int:result_id>/<kind>")
     def files(result_id: int, kind: str) -> Any:

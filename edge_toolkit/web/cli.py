@@ -9,6 +9,7 @@ sent), then the process exits 0.
 
 from __future__ import annotations
 
+import json
 import signal
 import sqlite3
 import sys
@@ -24,6 +25,47 @@ WEB_HINT = "the web station needs its extra: pip install 'fracture-edge-toolkit[
 
 class ServeError(click.ClickException):
     exit_code = 2
+
+
+def _answer_too_large_as_the_station(socket_map: dict[Any, Any], app: Any) -> None:
+    """waitress refuses a body over its cap itself, before the app runs, with a bare
+    plain-text 413: make that answer the station's own 413 page naming the limits (JSON under
+    /api/), the same text the app gives, so an oversized upload always gets it."""
+    from flask import render_template
+    from waitress.channel import HTTPChannel
+    from waitress.server import BaseWSGIServer
+    from waitress.task import ErrorTask
+
+    from edge_toolkit.web.app import SECURITY_HEADERS
+
+    for cls, name in ((HTTPChannel, "error_task_class"), (ErrorTask, "set_close_on_finish"),
+                      (ErrorTask, "write")):
+        if not hasattr(cls, name):
+            raise AttributeError(f"waitress {cls.__name__} has no {name}")
+    text = app.extensions["too_large_text"]
+    with app.test_request_context("/"):
+        page = render_template("message.html", code=413, text=text).encode()
+    as_json = json.dumps({"error": text}).encode()
+
+    class StationErrorTask(ErrorTask):
+        def execute(self) -> None:
+            if getattr(self.request.error, "code", None) != 413:
+                return super().execute()
+            api = (getattr(self.request, "path", "") or "").startswith("/api/")
+            body = as_json if api else page
+            self.status = "413 Request Entity Too Large"
+            self.response_headers.extend([
+                ("Content-Type", "application/json" if api else "text/html; charset=utf-8"),
+                ("Cache-Control", "no-store"), *SECURITY_HEADERS.items()])
+            self.set_close_on_finish()
+            self.content_length = len(body)
+            self.write(body)
+            return None
+
+    channel = type("StationChannel", (HTTPChannel,), {"error_task_class": StationErrorTask})
+    for server in socket_map.values():
+        if isinstance(server, BaseWSGIServer):
+            server.channel_class = channel
 
 
 def _camera_factory(fake: str | None, enabled: bool) -> Any:
@@ -122,14 +164,19 @@ def serve(model: Path | None, host: str, port: int, data_dir: Path, token_file: 
     max_request = int(max(max_request_mb, max_upload_mb) * 1e6)
     app = create_app(station, Settings(token=token, secret_key=secret,
                                        max_request_bytes=max_request))
+    socket_map: dict[Any, Any] = {}
     try:
-        # waitress reads the whole body first; a little over Flask's cap, so Flask answers
-        # an oversized upload with a page instead of waitress with a bare error
-        server = create_server(app, host=host, port=port, threads=workers,
-                               max_request_body_size=max_request + (1 << 20),
+        # waitress reads the whole body before the app runs: its cap is the app's (it refuses
+        # a length >= its cap, Flask one > max_request), so nothing over the limit is spooled
+        server = create_server(app, map=socket_map, host=host, port=port, threads=workers,
+                               max_request_body_size=max_request + 1,
                                ident="edge-toolkit", clear_untrusted_proxy_headers=True)
     except OSError as exc:
         raise ServeError(f"cannot listen on {host}:{port} ({exc.strerror or exc})") from None
+    try:  # waitress internals (checked with 3.0): where they differ, its plain 413 stays
+        _answer_too_large_as_the_station(socket_map, app)
+    except (ImportError, AttributeError, TypeError) as exc:
+        click.echo(f"note: uploads over the cap get waitress's plain answer ({exc})", err=True)
     bound = server.effective_port
     shown = f"[{host}]" if ":" in host else host
     click.echo(f"edge-toolkit station: {station.model_name}", err=True)

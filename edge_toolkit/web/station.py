@@ -4,12 +4,16 @@ its heatmap, commit it to the history; and take one from the camera.
 Order matters for "nothing shown is ever lost": the received bytes, then the display copy and
 heat layer, are written and fsynced, then the history row is committed; only then does the
 caller render the page. A bad upload raises UploadError with a message for the page and
-leaves nothing behind. The model is shared by the server's threads behind one lock (a
-`Classifier` is not thread-safe; the interpreter already uses several cores itself).
+leaves nothing behind; a data folder that cannot be written at all (read-only, no permission)
+raises StorageError, which names the folder, so a submit stops at its first picture. The
+model is shared by the server's threads behind one lock (a `Classifier` is not thread-safe;
+the interpreter already uses several cores itself).
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 import sqlite3
 import threading
@@ -33,10 +37,28 @@ from edge_toolkit.web.store import HistoryStore
 DISPLAY_SIDE = 1024  # display copies and heat layers: enough for a tablet, cheap on a Pi
 NEAR_THRESHOLD = 0.05  # |p - threshold| below this: the page says the call is borderline
 DISCLAIMER = "Decision support for a trained reader, not a diagnosis."
+MAX_REFERENCE = 200  # characters of a patient or study reference
+UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)  # the folder, not one picture, fails
 
 
 class UploadError(ValueError):
     """A picture the station will not take; str() is the message the page shows."""
+
+
+class StorageError(UploadError):
+    """The data folder cannot be written at all: every picture after this one would fail the
+    same way. str() names the folder and the reason."""
+
+
+def check_reference(reference: str | None) -> str | None:
+    """The reference as stored (stripped; None when blank). One over MAX_REFERENCE raises
+    UploadError: a cut patient or study reference would point at another patient or none,
+    so it is refused, never shortened."""
+    text = (reference or "").strip()
+    if len(text) > MAX_REFERENCE:
+        raise UploadError(f"The reference is {len(text)} characters long; at most "
+                          f"{MAX_REFERENCE} are allowed. Shorten it and submit again.")
+    return text or None
 
 
 @dataclass(frozen=True)
@@ -137,8 +159,10 @@ class Station:
     def classify_bytes(self, name: str | None, data: bytes, *, reference: str | None = None,
                        source: str = "upload") -> int:
         """Check, keep, classify and commit one picture; returns its history id.
-        Raises UploadError (nothing kept) for an empty, oversized or unreadable upload."""
+        Raises UploadError (nothing kept) for an empty, oversized or unreadable upload or a
+        reference over MAX_REFERENCE, StorageError when the data folder cannot be written."""
         name = clean_name(name)
+        reference = check_reference(reference)
         if not data:
             raise UploadError(f"{name}: empty file (0 bytes)")
         if len(data) > self.limits.max_file_bytes:
@@ -168,12 +192,39 @@ class Station:
             return self._classify(uid, name, stored, img, reference, source, notes)
         except (OSError, sqlite3.Error) as exc:  # a full or failing disk: this picture only
             _remove(leftovers)
+            if self.unwritable(exc):
+                raise StorageError(f"{self.storage_problem(exc)}. Nothing was kept for "
+                                   f"{name}.") from None
             reason = getattr(exc, "strerror", None) or exc
             raise UploadError(f"{name}: could not be stored ({reason}); nothing was kept for "
                               "it") from None
         except BaseException:
             _remove(leftovers)
             raise
+
+    def read_only(self) -> bool:
+        """Whether the data folder's file system is mounted read-only now."""
+        try:
+            return bool(os.statvfs(self.data).f_flag & os.ST_RDONLY)
+        except (OSError, AttributeError):  # no statvfs on Windows
+            return False
+
+    def unwritable(self, exc: BaseException) -> bool:
+        """Whether `exc` means the whole folder cannot be written (not one full write)."""
+        if isinstance(exc, OSError) and exc.errno in UNWRITABLE:
+            return True
+        text = str(exc)
+        return (isinstance(exc, sqlite3.Error) and ("readonly" in text
+                                                    or "unable to open" in text)
+                ) or self.read_only()
+
+    def storage_problem(self, exc: BaseException) -> str:
+        """The page's words for a failed write: the folder and why. On a read-only mount
+        SQLite only says "unable to open database file", so the mount is asked."""
+        reason = ("read-only file system" if self.read_only()
+                  else str(getattr(exc, "strerror", None) or exc))
+        return f"Cannot save to the data folder {self.data.resolve()}: {reason[:1].lower()}" \
+               f"{reason[1:]}"
 
     def _classify(self, uid: str, name: str, stored: Path, img: Image.Image,
                   reference: str | None, source: str, notes: list[str] | None = None) -> int:
@@ -203,7 +254,7 @@ class Station:
             "raw_probability": None if rejected else r.raw_probability,
             "threshold": r.threshold if r.threshold is not None else self.clf.threshold,
             "model_id": self.clf.model_id, "model_name": self.model_name,
-            "reference": (reference or "").strip()[:200] or None,
+            "reference": reference,
             "warnings": [*(notes or []), *self.warnings_for(
                 ex.original_size or img.size, None if rejected else r.probability)],
             "heatmap": str(heat.relative_to(self.data)) if heat else None,

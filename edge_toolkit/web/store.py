@@ -4,7 +4,9 @@ Every row is committed with `synchronous=FULL` before the page that shows it is 
 power cut after the page appears loses nothing; the stored picture and its display copies are
 written and fsynced before the row. One connection per call (sqlite3 connections are not
 shared across the web server's threads); WAL lets the history page read while an upload
-writes. No Flask here: the store is usable (and tested) on its own.
+writes. A data folder that has become read-only (an SD card remounted read-only after errors)
+still reads: SQLite cannot open a WAL database there without its index file, so reads fall back
+to opening the file as immutable. No Flask here: the store is usable (and tested) on its own.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ import csv
 import io
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 SCHEMA_VERSION = 1
 VERDICTS = ("agree", "disagree")
@@ -137,8 +141,14 @@ class HistoryStore:
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     @contextmanager
-    def connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+    def connect(self, immutable: bool = False) -> Iterator[sqlite3.Connection]:
+        """One connection; `immutable` reads the file without the WAL index or any lock (only
+        for a folder nothing can write to any more)."""
+        if immutable:
+            db = sqlite3.connect(f"{self.path.resolve().as_uri()}?immutable=1", uri=True,
+                                 isolation_level=None)
+        else:
+            db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
         try:
             db.row_factory = sqlite3.Row
             db.execute("PRAGMA synchronous=FULL")  # a commit is on disk when it returns
@@ -164,11 +174,24 @@ class HistoryStore:
                 raise
             return int(cur.lastrowid)
 
+    def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """`work` on a normal connection, or, where SQLite cannot open the file for reading
+        (a read-only folder: "unable to open database file"), on an immutable one, so the
+        pages that only read keep working."""
+        try:
+            with self.connect() as db:
+                return work(db)
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):  # a writer: not read-only
+                raise
+            with self.connect(immutable=True) as db:
+                return work(db)
+
     def get(self, result_id: int) -> dict[str, Any] | None:
         if not 0 < result_id < 2 ** 63:  # no such row, and SQLite could not even take it
             return None
-        with self.connect() as db:
-            row = db.execute("SELECT * FROM results WHERE id = ?", (result_id,)).fetchone()
+        row = self._read(lambda db: db.execute("SELECT * FROM results WHERE id = ?",
+                                                (result_id,)).fetchone())
         return _row(row) if row else None
 
     def set_verdict(self, result_id: int, verdict: str | None, note: str | None,
@@ -189,18 +212,16 @@ class HistoryStore:
         sql = f"SELECT * FROM results{where} ORDER BY id DESC"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        with self.connect() as db:
-            return [_row(r) for r in db.execute(sql, params)]
+        return self._read(lambda db: [_row(r) for r in db.execute(sql, params)])
 
     def count(self, filters: Filters | None = None) -> int:
         where, params = (filters or Filters()).where()
-        with self.connect() as db:
-            return int(db.execute(f"SELECT count(*) FROM results{where}", params).fetchone()[0])
+        return self._read(lambda db: int(db.execute(f"SELECT count(*) FROM results{where}",
+                                                    params).fetchone()[0]))
 
     def labels(self) -> list[str]:
-        with self.connect() as db:
-            return [r[0] for r in db.execute(
-                "SELECT DISTINCT label FROM results WHERE label IS NOT NULL ORDER BY label")]
+        return self._read(lambda db: [r[0] for r in db.execute(
+            "SELECT DISTINCT label FROM results WHERE label IS NOT NULL ORDER BY label")])
 
     def csv_text(self, filters: Filters | None = None) -> str:
         """The filtered history as CSV (oldest first), spreadsheet-safe."""
