@@ -20,6 +20,8 @@ from typing import Any
 
 import click
 
+from edge_toolkit.files import shown
+
 # Settings per family for the synthetic demo (fast) and for real data (the defaults).
 DEMO_MODELS: dict[str, dict[str, Any]] = {
     "scratch_cnn": {"input_size": 96},
@@ -67,6 +69,11 @@ class Stages:
         t0 = time.perf_counter()
         try:
             value = fn(*args, **kwargs)
+        except KeyboardInterrupt:  # recorded, so pipeline.json says where it stopped
+            self.results.append({"stage": name, "ok": False, "reason": "interrupted (Ctrl-C)",
+                                 "seconds": round(time.perf_counter() - t0, 1)})
+            self.on_change()
+            raise
         except Exception as exc:  # a failed stage must not hide the others' results
             reason = f"{exc.__class__.__name__}: {exc}".splitlines()[0]
             self.log(f"!! {name} failed: {reason}")
@@ -223,9 +230,10 @@ def run_pipeline(data: Path | list[Path] | None, out: Path, families: list[str],
                    "the -flip ones, which double latency).")
 @click.option("--weights", type=click.Path(dir_okay=False, path_type=Path),
               help="MobileNetV2 ImageNet weights (.h5, alpha 1.0, no top).")
-@click.option("--size", type=int, help="Input size for every family (default: each family's).")
-@click.option("--epochs", type=int, help="Head/scratch training epochs.")
-@click.option("--fine-tune-epochs", type=int, help="Backbone fine-tuning epochs.")
+@click.option("--size", type=click.IntRange(8),
+              help="Input size for every family (default: each family's).")
+@click.option("--epochs", type=click.IntRange(1), help="Head/scratch training epochs.")
+@click.option("--fine-tune-epochs", type=click.IntRange(0), help="Backbone fine-tuning epochs.")
 @click.option("--threads", default="1,2", show_default=True, help="Latency thread counts.")
 @click.option("--target-sensitivity", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="Sensitivity the thresholds are chosen for on val [default: train's].")
@@ -254,12 +262,30 @@ def pipeline(data: tuple[Path, ...], site_shift: bool | None, families: str,
     """Train -> export every variant -> validate -> benchmark table, in one run folder.
 
     Exit status: 0 when every stage succeeded, 1 when any failed (the others still ran and
-    reported; pipeline.json lists each stage). TensorFlow's own log lines go to
+    reported; pipeline.json lists each stage), 2 for settings refused before anything ran,
+    130 when interrupted (Ctrl-C; --resume goes on). TensorFlow's own log lines go to
     tensorflow.log in the pipeline folder, not to the screen."""
+    from edge_toolkit.families import list_families
+    from edge_toolkit.quantize.variants import parse_variants
     from edge_toolkit.train.quiet import quiet_tensorflow, stderr_to
 
+    fams = [f.strip() for f in families.split(",") if f.strip()]
+    unknown = [f for f in fams if f not in list_families()]
+    if not fams or unknown:
+        raise click.BadParameter(
+            f"{'unknown: ' + ', '.join(unknown) + '; ' if unknown else 'none given; '}known: "
+            f"{', '.join(list_families())}", param_hint="--families")
+    try:
+        parse_variants(variants)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--variants") from None
     quiet_tensorflow()  # before TensorFlow's first import
     folder = Path(out) / (name or f"pipeline-{datetime.now():%Y%m%d-%H%M%S}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise click.ClickException(f"{shown(folder)}: cannot be the pipeline folder "
+                                   f"({exc.strerror or exc})") from None
     try:
         with stderr_to(folder / "tensorflow.log"):
             import tensorflow  # noqa: F401
@@ -273,15 +299,19 @@ def pipeline(data: tuple[Path, ...], site_shift: bool | None, families: str,
 
     from edge_toolkit.benchmark_cli import parse_threads
 
-    fams = [f.strip() for f in families.split(",") if f.strip()]
     log(f"TensorFlow's own messages: {folder / 'tensorflow.log'}")
-    with stderr_to(folder / "tensorflow.log"):
-        _, ok = run_pipeline(list(data), folder, fams, variants, weights,
-                             parse_threads(threads), epochs, fine_tune_epochs, size,
-                             min_auc, log, resume=resume, site_shift=site_shift,
-                             target_sensitivity=target_sensitivity,
-                             min_specificity=min_specificity, seed=seed,
-                             family_weight=family_weight)
+    try:
+        with stderr_to(folder / "tensorflow.log"):
+            _, ok = run_pipeline(list(data), folder, fams, variants, weights,
+                                 parse_threads(threads), epochs, fine_tune_epochs, size,
+                                 min_auc, log, resume=resume, site_shift=site_shift,
+                                 target_sensitivity=target_sensitivity,
+                                 min_specificity=min_specificity, seed=seed,
+                                 family_weight=family_weight)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: what finished is in {shown(folder)} (pipeline.json); rerun "
+                   "the same command with --resume to go on", err=True)
+        sys.exit(130)
     log(f"pipeline folder: {folder}")
     if not ok:
         sys.exit(1)

@@ -82,15 +82,16 @@ def parse_augment(base: Any, items: tuple[str, ...]) -> Any:
 @click.option("--intensity", type=click.Choice(INTENSITY),
               help="Per-image grey-level normalisation of the resized radiograph, recorded "
                    "in the card and applied on the device too [default: none].")
-@click.option("--epochs", type=int, help="Epochs (head phase) [default: the family's].")
-@click.option("--fine-tune-epochs", type=int,
+@click.option("--epochs", type=click.IntRange(0),
+              help="Epochs (head phase) [default: the family's].")
+@click.option("--fine-tune-epochs", type=click.IntRange(0),
               help="Epochs fine-tuning the backbone top (pretrained backbones) "
                    "[default: the family's].")
-@click.option("--batch-size", default=32, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
 @click.option("--lr", "learning_rate", type=float,
               help="Learning rate [default: the family's].")
 @click.option("--fine-tune-lr", type=float, help="Fine-tuning learning rate.")
-@click.option("--patience", type=int, help="Early-stopping patience (epochs).")
+@click.option("--patience", type=click.IntRange(0), help="Early-stopping patience (epochs).")
 @click.option("--head", type=click.Choice(["probe", "train"]),
               help="Pretrained backbones: fit the head as a linear probe (closed form) before "
                    "fine-tuning, or train it by SGD for --epochs [default: the family's].")
@@ -114,6 +115,7 @@ def parse_augment(base: Any, items: tuple[str, ...]) -> Any:
                               "or one named in advance: probe, last, average, mix-A "
                               "[default: the family's].")
 @click.option("--target-sensitivity", default=0.95, show_default=True,
+              type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="Threshold is chosen on val to reach this sensitivity.")
 @click.option("--min-specificity", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="Specificity floor. With it the threshold clears both floors, the target "
@@ -215,6 +217,11 @@ def train(data: tuple[Path, ...], source_balance: float, balance_within: str | N
             run_training(cfg, log=_log)
     except (DatasetError, ValueError, FileNotFoundError, FoldError) as exc:
         raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        again = ("rerun with --resume to reuse the folds already finished" if folds else
+                 "a rerun with the same --name moves what it left aside")
+        click.echo(f"interrupted: the run did not finish; {again}", err=True)
+        sys.exit(130)
 
 
 @click.command()
@@ -225,7 +232,8 @@ def train(data: tuple[Path, ...], source_balance: float, balance_within: str | N
                    "hospital's images. Default: the folders the model was trained on.")
 @click.option("--splits", default="val,test", show_default=True,
               help="Splits to score (a flat folder is scored whole).")
-@click.option("--bootstrap", default=1000, show_default=True, help="Bootstrap resamples.")
+@click.option("--bootstrap", type=click.IntRange(0), default=1000, show_default=True,
+              help="Bootstrap resamples for the confidence intervals (0: none).")
 @click.option("--json", "as_json", is_flag=True, help="Print metrics as JSON.")
 def evaluate(model: Path, data: tuple[Path, ...], splits: str, bootstrap: int,
              as_json: bool) -> None:

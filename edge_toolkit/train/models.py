@@ -38,6 +38,24 @@ def _head(x: Any, dropout: float) -> Any:
     return layers.Dense(1, activation="sigmoid", dtype="float32", name=f"{HEAD_PREFIX}logistic")(x)
 
 
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def check_weights_file(path: Path) -> None:
+    """Refuse, in one line, a weights file that is not HDF5 before TensorFlow reads it (its
+    own error is a traceback from h5py); a Git LFS pointer gets the fix."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read the weights file ({exc.strerror or exc})") from None
+    if head.startswith(b"version https://git-lfs"):
+        raise ValueError(f"{path}: a Git LFS pointer, not the weights themselves (run `git lfs "
+                         "pull`, or copy the real .h5 file)")
+    if not head.startswith(HDF5_SIGNATURE):
+        raise ValueError(f"{path}: not an HDF5 weights file (.h5)")
+
+
 def build_mobilenetv2(cfg: dict[str, Any]) -> Any:
     size, alpha, weights = int(cfg["input_size"]), float(cfg["alpha"]), cfg["weights"]
     if weights:
@@ -46,11 +64,16 @@ def build_mobilenetv2(cfg: dict[str, Any]) -> Any:
             raise FileNotFoundError(f"MobileNetV2 weights file not found: {path}")
         if alpha != 1.0:
             raise ValueError(f"the weights file {path.name} is for alpha 1.0, not {alpha}")
+        check_weights_file(path)
         weights = str(path)
     inputs = keras.Input((size, size, 3), name="image")
     # input_tensor keeps the backbone's layers in the outer graph: one flat model for tfmot
-    base = keras.applications.MobileNetV2(input_tensor=inputs, include_top=False, alpha=alpha,
-                                          weights=weights or None)
+    try:
+        base = keras.applications.MobileNetV2(input_tensor=inputs, include_top=False,
+                                              alpha=alpha, weights=weights or None)
+    except (OSError, ValueError) as exc:  # HDF5 with other layers, or unreadable midway
+        raise ValueError(f"{weights}: not MobileNetV2 ImageNet weights (no top) that load "
+                         f"({exc})") from None
     if not weights:
         # From random init every layer trains, and on small data the default 0.999 momentum
         # leaves BatchNorm's inference statistics near their initial values.

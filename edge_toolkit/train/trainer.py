@@ -22,6 +22,7 @@ import numpy as np
 
 from edge_toolkit.card import ModelCard
 from edge_toolkit.data import LABELS, Dataset, LoadedSplit, load_samples
+from edge_toolkit.files import shown
 from edge_toolkit.metrics import check_floors, family_auc, has_repeats, log_loss, roc_auc
 from edge_toolkit.multisource import (
     by_source,
@@ -41,7 +42,12 @@ from edge_toolkit.train.calibrate import (
     format_metrics,
     report_splits,
 )
-from edge_toolkit.train.models import build_model, get_family, preprocess_config
+from edge_toolkit.train.models import (
+    build_model,
+    check_weights_file,
+    get_family,
+    preprocess_config,
+)
 from edge_toolkit.train.models import set_backbone_trainable as _set_trainable
 from edge_toolkit.train.tfsetup import (
     determinism,
@@ -152,7 +158,7 @@ def load_splits(ds: Dataset, pre: PreprocessConfig, log: Log, workers: int = 4
         t = time.perf_counter()
         loaded = load_samples(ds.split(split), pre, workers=workers)
         for path, reason in loaded.skipped:
-            log(f"skipped {path}: {reason}")
+            log(f"skipped {shown(path)}: {reason}")
         log(f"{split}: {len(loaded.y)} images ({int(loaded.y.sum())} fractured), "
             f"{len(loaded.skipped)} skipped, {time.perf_counter() - t:.1f}s")
         out[split] = loaded
@@ -171,10 +177,37 @@ def leak_warnings(ds: Dataset) -> list[str]:
     return list(quick_leak_check(ds.root, samples=ds.samples).warning_lines())
 
 
-def _run_dir(cfg: TrainConfig) -> Path:
+RUN_FILES = ("card.json", "model.keras", "history.csv", "predictions.csv", "best.weights.h5",
+             "export")  # any of these: the folder holds a run (or what one left)
+
+
+def _run_dir(cfg: TrainConfig, log: Log = print) -> Path:
+    """A fresh folder for this run. A named one that holds an earlier run (or what an
+    interrupted one left) is moved aside first, whole, to `.replaced/NAME-STAMP` beside it:
+    its exports, checkpoint and reports must not pass for the new run's, and nothing of it
+    is deleted. A folder with other things in it is refused."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     path = Path(cfg.out) / (cfg.name or f"{cfg.family}-{stamp}")
-    path.mkdir(parents=True, exist_ok=bool(cfg.name))
+    if cfg.name and path.is_dir() and any(path.iterdir()):
+        if not any((path / f).exists() for f in RUN_FILES):
+            raise ValueError(f"{shown(path)}: exists and is not a run folder; choose another "
+                             "--name or --out")
+        aside = path.parent / ".replaced" / f"{path.name}-{stamp}"
+        n = 1
+        while aside.exists():
+            aside, n = path.parent / ".replaced" / f"{path.name}-{stamp}-{n}", n + 1
+        aside.parent.mkdir(parents=True, exist_ok=True)
+        path.rename(aside)
+        log(f"{shown(path)} held an earlier run: moved to {shown(aside)} (delete it when it is "
+            "no longer needed)")
+    try:
+        path.mkdir(parents=True, exist_ok=bool(cfg.name))
+    except FileExistsError:
+        raise ValueError(f"{shown(path)}: already exists; choose another --out or "
+                         "--name") from None
+    except NotADirectoryError:
+        raise ValueError(f"{shown(path)}: a file is in the way of this folder (--out "
+                         f"{shown(cfg.out)}); choose another --out") from None
     return path
 
 
@@ -293,6 +326,20 @@ def check_keep(cfg: TrainConfig) -> None:
         raise ValueError(f"keep {keep!r} needs fine-tuning epochs")
 
 
+def check_numbers(cfg: TrainConfig, probe_head: bool) -> None:
+    """Settings that cannot train, refused before any image is loaded (they used to fail
+    after training, or deep inside TensorFlow)."""
+    if not 0 < cfg.target_sensitivity < 1:
+        raise ValueError(f"target sensitivity {cfg.target_sensitivity:g}: between 0 and 1")
+    if cfg.batch_size < 1:
+        raise ValueError(f"batch size {cfg.batch_size}: 1 or more")
+    if (cfg.fine_tune_epochs or 0) < 0:
+        raise ValueError(f"fine-tuning epochs {cfg.fine_tune_epochs}: 0 or more")
+    if not probe_head and (cfg.epochs or 0) < 1:
+        raise ValueError(f"epochs {cfg.epochs}: 1 or more (this run trains its head, or the "
+                         "whole network, by gradient descent)")
+
+
 def kept_candidate(history: list[dict[str, Any]]) -> str:
     """The name of the history row with the best val AUC (what keep 'best' keeps)."""
     best = max(history, key=lambda r: r["val_auc"])
@@ -390,6 +437,9 @@ def _train(cfg: TrainConfig, log: Log, dataset: Dataset | None) -> Path:
     family = get_family(cfg.family)
     model_weights = cfg.model.get("weights", family.defaults.get("weights"))
     check_keep(cfg)
+    check_numbers(cfg, bool(family.has_backbone and model_weights and cfg.head == "probe"))
+    if family.has_backbone and model_weights and Path(model_weights).is_file():
+        check_weights_file(Path(model_weights))  # before the images load, not after
     if cfg.min_specificity is not None:  # before training, not after it
         check_floors(cfg.target_sensitivity, cfg.min_specificity)
     repro = determinism(bool(family.has_backbone and model_weights and cfg.fine_tune_epochs))
@@ -411,7 +461,7 @@ def _train(cfg: TrainConfig, log: Log, dataset: Dataset | None) -> Path:
                          f"has a {cfg.balance_within!r} column with values for its images")
     model_cfg = family.config(**cfg.model)
     pre = run_preprocessing(cfg)
-    run = _run_dir(cfg)
+    run = _run_dir(cfg, log)
     log(f"run folder: {run}")
     splits = load_splits(ds, pre, log, workers=cfg.workers)
     for loaded in splits.values():  # families: the criterion and reports count each once
@@ -438,7 +488,7 @@ def _train(cfg: TrainConfig, log: Log, dataset: Dataset | None) -> Path:
     steps = epoch_steps(len(train_s.y), batch, cfg.augment.redraw)
     with strategy.scope():
         model, model_cfg = build_model(cfg.family, **model_cfg)
-    ckpt_path = run / "best.weights.h5"
+    ckpt_path = run / "best.weights.h5"  # a fresh folder: no earlier run's checkpoint
     checkpoint = keras.callbacks.ModelCheckpoint(str(ckpt_path), monitor="val_auc", mode="max",
                                                  save_best_only=True, save_weights_only=True)
     history: list[dict[str, Any]] = []
@@ -558,7 +608,9 @@ def write_run(run: Path, model: Any, card: ModelCard, history: list[dict[str, An
 
 def write_predictions(path: Path, probs: dict[str, tuple[np.ndarray, np.ndarray]],
                       splits: dict[str, LoadedSplit]) -> None:
-    with open(path, "w", newline="") as f:
+    """Every scored image's raw probability. A file name that is not valid UTF-8 is written
+    with its own bytes (surrogateescape), so `evaluate` reads the same path back."""
+    with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
         w = csv.writer(f)
         w.writerow(["split", "source", "path", "label", "probability_raw"])
         for split, (y, p) in probs.items():
