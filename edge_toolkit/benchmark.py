@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from edge_toolkit.card import CardError, ModelCard, load_card, read_card
-from edge_toolkit.data import load_samples
+from edge_toolkit.data import DatasetError, load_samples
 from edge_toolkit.files import read_regular
 from edge_toolkit.metrics import (
     apply_temperature,
@@ -35,11 +35,18 @@ from edge_toolkit.metrics import (
     paired_auc_delta,
     roc_auc,
 )
-from edge_toolkit.multisource import by_source, card_roots, dataset_for_card, groups_of
+from edge_toolkit.multisource import (
+    by_source,
+    card_roots,
+    dataset_for_card,
+    groups_of,
+    source_names,
+)
 from edge_toolkit.quantize.variants import EXPORT_FAILED, NOT_VALIDATED, VALIDATED, VARIANTS
 from edge_toolkit.runtime.bench import cpu_info, int8_note
 
 SPLITS = ("val", "test")
+UNREADABLE = "unreadable"  # a source given to measure that is no model or run folder
 
 
 class BenchmarkError(ValueError):
@@ -76,10 +83,15 @@ def rows_from_run(run: Path) -> list[Row]:
     if not report_path.exists():
         raise BenchmarkError(f"{run}: no export/report.json; run `edge-toolkit export {run}` "
                              "first")
-    report = json.loads(report_path.read_text())
+    try:
+        report = json.loads(report_path.read_text())
+        results = list(report["results"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BenchmarkError(f"{report_path}: not a readable export report "
+                             f"({getattr(exc, 'strerror', None) or exc})") from None
     roots = _run_roots(run)
     rows = []
-    for r in report["results"]:
+    for r in results:
         file = str(run / "export" / r["file"]) if r.get("file") else None
         rows.append(Row(family=report["family"], variant=r["variant"], status=r["status"],
                         file=file, reason=r.get("reason"), size_bytes=r.get("size_bytes"),
@@ -106,6 +118,14 @@ def row_from_file(path: Path) -> Row:
     return Row(family=card.family, variant=card.variant, status=status, file=str(path),
                size_bytes=len(data), gzip_bytes=gzip_size(data), sparsity=card.sparsity,
                run=card.parent)
+
+
+def unreadable_row(src: Path, exc: BenchmarkError) -> Row:
+    """A row for a source that cannot be read: the table keeps it, named and with why, so
+    the other sources are still measured and written."""
+    prefix = f"{src}: "
+    reason = "; ".join(line.removeprefix(prefix) for line in str(exc).splitlines())
+    return Row(family="–", variant=src.name, status=UNREADABLE, file=str(src), reason=reason)
 
 
 # images, labels, and each image's source, family of copies and resampling unit
@@ -210,19 +230,25 @@ def run_benchmark(sources: list[Path], data: Path | list[Path] | None = None,
     """Measure every row; a row that cannot be measured keeps its reason and the rest go on.
 
     `command` is recorded as what was run (default: this process's own command line, so a
-    benchmark run by `pipeline` says `pipeline`). Raises BenchmarkError for a source that
-    cannot be read at all."""
+    benchmark run by `pipeline` says `pipeline`). A source that cannot be read at all keeps
+    an `unreadable` row naming why (`unmeasured` lists it); BenchmarkError only for --data
+    that names one folder twice."""
     t0 = time.perf_counter()
+    if data and not isinstance(data, str | Path):
+        try:
+            source_names(data)
+        except DatasetError as exc:
+            raise BenchmarkError(str(exc)) from None
     rows: list[Row] = []
     for src in sources:
-        if src.is_dir():
-            rows += rows_from_run(src)
-        else:
-            rows.append(row_from_file(src))
+        try:
+            rows += rows_from_run(src) if src.is_dir() else [row_from_file(src)]
+        except BenchmarkError as exc:
+            rows.append(unreadable_row(src, exc))
     cache = SplitCache(data)
     probs: dict[int, dict[str, Scored]] = {}
     for i, row in enumerate(rows):
-        if not row.file or row.status == EXPORT_FAILED:
+        if not row.file or row.status in (EXPORT_FAILED, UNREADABLE):
             log(f"{row.family} {row.variant}: {row.status} ({row.reason}); not measured")
             continue
         try:
@@ -270,7 +296,7 @@ def _first_root(rows: list[Row], data: Path | list[Path] | None = None) -> Path 
     for r in rows:
         if r.data:
             return Path(r.data[0])
-        if r.file:
+        if r.file and r.status != UNREADABLE:
             card = read_card(r.file)
             roots = card_roots(card.dataset) if card else []
             if roots:

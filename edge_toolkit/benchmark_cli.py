@@ -34,9 +34,11 @@ def parse_threads(text: str) -> list[int]:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for benchmark.{md,csv,json,png} (default: the first run folder).")
 @click.option("--threads", default="1,2", show_default=True, help="Thread counts to time.")
-@click.option("--runs", default=50, show_default=True, help="Timed invokes per thread count.")
-@click.option("--warmup", default=5, show_default=True)
-@click.option("--bootstrap", default=1000, show_default=True, help="AUC interval resamples.")
+@click.option("--runs", default=50, show_default=True, type=click.IntRange(1),
+              help="Timed invokes per thread count.")
+@click.option("--warmup", default=5, show_default=True, type=click.IntRange(0))
+@click.option("--bootstrap", default=1000, show_default=True, type=click.IntRange(1),
+              help="AUC interval resamples.")
 @click.option("--min-auc", type=float, help="Exit 1 if a validated variant's val AUC is lower.")
 def benchmark(sources: tuple[Path, ...], data: tuple[Path, ...], out: Path | None, threads: str,
               runs: int, warmup: int, bootstrap: int, min_auc: float | None) -> None:

@@ -56,6 +56,22 @@ def split_name(folder_name: str) -> str | None:
     return SPLIT_ALIASES.get(folder_name.lower())
 
 
+def split_folders(root: Path) -> dict[str, Path]:
+    """Split name -> its folder, under any spelling `split_name` knows (`valid/`,
+    `Training/`), so every command reads the same layouts. Two folders for one split
+    (`val/` and `valid/`) are refused: reading one would silently drop the other."""
+    out: dict[str, Path] = {}
+    for d in sorted(root.iterdir()):
+        split = split_name(d.name) if d.is_dir() else None
+        if split is None:
+            continue
+        if split in out:
+            raise DatasetError(f"{root}: both {out[split].name}/ and {d.name}/ are the {split} "
+                               "split; keep one")
+        out[split] = d
+    return out
+
+
 def group_key(path: Path) -> str:
     """Family of an image: `12-rotated1-rotated2.jpg` and `12.jpg` are one source image."""
     stem = re.split(re.escape(FAMILY_MARK), path.stem, maxsplit=1)[0]
@@ -183,8 +199,7 @@ def discover(root: str | Path, val_fraction: float = 0.15, seed: int = 0,
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: no such dataset folder")
-    split_dirs = {split_name(d.name): d for d in sorted(root.iterdir())
-                  if d.is_dir() and split_name(d.name)}
+    split_dirs = split_folders(root)
     if "train" not in split_dirs:
         found = sorted(d.name for d in root.iterdir() if d.is_dir())
         raise DatasetError(f"{root}: no train/ folder; found {found or 'no folders'}. "

@@ -16,10 +16,12 @@ from edge_toolkit.card import CardError, ModelCard, read_card
 from edge_toolkit.data import Dataset, DatasetError, Sample, load_samples
 from edge_toolkit.multisource import (
     FLAT_SPLIT,
+    check_manifests,
     dataset_for_card,
     discover_scoring,
     groups_of,
     merge,
+    source_names,
 )
 from edge_toolkit.preprocess import PreprocessConfig
 
@@ -62,20 +64,27 @@ def run_split_samples(run: Path, split: str) -> list[Sample]:
     lists them: the exact images it was scored on, folds included."""
     import csv
 
-    with open(Path(run) / "predictions.csv", newline="") as f:
+    # a file name that is not UTF-8 was written with its own bytes (`write_predictions`)
+    with open(Path(run) / "predictions.csv", newline="", encoding="utf-8",
+              errors="surrogateescape") as f:
         return [Sample(Path(r["path"]), int(r["label"]), split, r["source"])
                 for r in csv.DictReader(f) if r["split"] == split]
 
 
 def scoring_dataset(card: ModelCard, data: Sequence[str | Path] | None) -> Dataset:
     """The folders to score on: `data` (any layout, flat folders included), else the
-    folders the model was trained on, split as training split them."""
+    folders the model was trained on, split as training split them. Folders are named as
+    `train` names them (one given twice is refused), and their manifests read before any
+    image is scored."""
     try:
         if data:
-            return merge([discover_scoring(d) for d in data])
-        return dataset_for_card(card.dataset)
+            ds = merge([discover_scoring(d, n) for d, n in zip(data, source_names(data))])
+        else:
+            ds = dataset_for_card(card.dataset)
+        check_manifests(ds)
     except DatasetError as exc:
         raise EvaluationError(str(exc)) from None
+    return ds
 
 
 def evaluate_model(model: Path, data: Sequence[str | Path] | Path | None = None,
@@ -87,6 +96,8 @@ def evaluate_model(model: Path, data: Sequence[str | Path] | Path | None = None,
     reason)` hears of each image that could not be read (it is left out of the metrics)."""
     from edge_toolkit.train.calibrate import format_metrics, report_splits
 
+    if bootstrap < 0:  # numpy would fail after every image was scored
+        raise EvaluationError(f"--bootstrap {bootstrap}: 0 (no intervals) or more resamples")
     card, predict = load_predictor(Path(model))
     if isinstance(data, str | Path):
         data = [data]

@@ -34,12 +34,22 @@ class OutputPathError(OSError):
         return str(self.strerror)
 
 
+def printable(text: str) -> str:
+    """`text` with the bytes of a file name that is not UTF-8 (kept by Python as lone
+    surrogates) shown as `\\xff` escapes: printed raw they fail outside a C locale."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate no byte stands for (a Windows name)
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def shown(name: str | os.PathLike[str]) -> str:
     """A file name safe to print on one line: control characters become escapes
-    (a newline shows as `\\n`, an escape character as `\\x1b`)."""
+    (a newline shows as `\\n`, an escape character as `\\x1b`), and so do the bytes of a
+    name that is not UTF-8."""
     text = os.fspath(name)
-    if isinstance(text, bytes):
-        text = text.decode(errors="backslashreplace")
+    text = (text.decode(errors="backslashreplace") if isinstance(text, bytes)
+            else printable(text))
     if not any(unicodedata.category(ch) == "Cc" for ch in text):
         return text
     return "".join(repr(ch)[1:-1] if unicodedata.category(ch) == "Cc" else ch for ch in text)

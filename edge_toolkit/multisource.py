@@ -7,7 +7,9 @@ including a flat `fractured/` + `not fractured/` folder with no splits. No Tenso
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
@@ -17,7 +19,6 @@ from typing import Any
 import numpy as np
 
 from edge_toolkit.data import (
-    SPLITS,
     Dataset,
     DatasetError,
     Sample,
@@ -25,7 +26,9 @@ from edge_toolkit.data import (
     class_id,
     discover,
     group_key,
+    split_folders,
 )
+from edge_toolkit.files import shown
 
 FLAT_SPLIT = "all"  # the one split of a folder that has class folders but no split folders
 MANIFEST = "manifest.csv"
@@ -34,7 +37,15 @@ FAMILY_COLUMNS = ("group",)  # copies of one radiograph (a `block` is many radio
 
 
 def source_names(roots: Sequence[str | Path]) -> list[str]:
-    """Each folder's name, made unique (`data`, `data-2`) when two folders share one."""
+    """Each folder's name, made unique (`data`, `data-2`) when two folders share one. One
+    folder given twice (`d1` and `./d1/`) is refused: it would count as two sites."""
+    first: dict[Path, str | Path] = {}
+    for root in roots:
+        key = Path(root).resolve()
+        if key in first:
+            also = "" if str(first[key]) == str(root) else f" (also as {shown(first[key])})"
+            raise DatasetError(f"{shown(root)}: the same folder given twice to --data{also}")
+        first[key] = root
     seen: Counter[str] = Counter()
     names = []
     for root in roots:
@@ -71,12 +82,12 @@ def discover_scoring(root: str | Path, name: str | None = None) -> Dataset:
         raise DatasetError(f"{root}: no such dataset folder")
     name = name or source_names([root])[0]
     dirs = [d for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")]
-    split_dirs = [d for d in dirs if d.name.lower() in SPLITS]
+    split_dirs = split_folders(root)  # the spellings `train` reads (`valid/`, `Testing/`)
     class_folders: dict[str, str] = {}
     samples: list[Sample] = []
     if split_dirs:
-        for d in split_dirs:
-            samples += _read_split(d, d.name.lower(), class_folders)
+        for split, d in split_dirs.items():
+            samples += _read_split(d, split, class_folders)
     elif dirs and all(class_id(d.name) is not None for d in dirs):
         samples = _read_split(root, FLAT_SPLIT, class_folders)
     else:
@@ -109,14 +120,41 @@ def manifest_values(root: Path, columns: Sequence[str] = GROUP_COLUMNS) -> dict[
     path = root / MANIFEST
     if not path.is_file():
         return {}
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
+    reader = csv.DictReader(io.StringIO(read_manifest(path), newline=""))
+    try:
         column = next((c for c in columns if c in (reader.fieldnames or [])), None)
         if column is None or "path" not in (reader.fieldnames or []):
             return {}
         # a blank value is no group: that image falls back to its file-name family
         return {(root / row["path"]).resolve(): row[column] for row in reader
-                if (row.get(column) or "").strip()}
+                if row.get("path") and (row.get(column) or "").strip()}
+    except csv.Error as exc:
+        raise DatasetError(f"{shown(path)}: line {reader.line_num}: not a readable CSV "
+                           f"({exc})") from None
+
+
+def read_manifest(path: Path) -> str:
+    """A manifest's text: UTF-8, with or without the byte-order mark Excel writes (read
+    as part of the first column name, it hid every column). Anything else is refused
+    with the line and byte where decoding failed, rather than guessed."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DatasetError(f"{shown(path)}: cannot read ({exc.strerror or exc})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        at = exc.start + (len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0)
+        line = data[:at].count(b"\n") + 1
+        raise DatasetError(f"{shown(path)}: not UTF-8 text (line {line}, byte {at}); save it "
+                           "as CSV UTF-8") from None
+
+
+def check_manifests(ds: Dataset) -> None:
+    """Read every source's manifest.csv now, so a bad one stops a command before its slow
+    work rather than after it."""
+    for root in ds.sources.values():
+        manifest_values(root)
 
 
 def sample_groups(ds: Dataset, columns: Sequence[str] = GROUP_COLUMNS) -> list[str]:

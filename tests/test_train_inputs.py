@@ -116,7 +116,7 @@ def test_a_weights_file_that_is_not_weights_is_one_line(data, tmp_path, content,
     assert "Traceback" not in res.output and res.output.count("Error:") == 1
 
 
-def test_a_file_name_that_is_not_utf8_trains_and_evaluates(data, tmp_path):
+def test_a_file_name_that_is_not_utf8_trains_and_keeps_its_name(data, tmp_path):
     """The run wrote predictions.csv last and crashed on such a name, after training."""
     odd = tmp_path / "odd"
     shutil.copytree(data, odd)

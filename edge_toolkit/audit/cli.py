@@ -68,6 +68,7 @@ def audit(data: Path, as_json: bool, report_path: Path | None, fail_on_leak: boo
     from edge_toolkit.audit import resplit as rs
     from edge_toolkit.audit.report import format_text, run_audit
     from edge_toolkit.audit.scan import AuditError
+    from edge_toolkit.files import printable
 
     shares = None
     if report_path is not None:  # a missing or read-only folder fails now, not after the work
@@ -122,8 +123,8 @@ def audit(data: Path, as_json: bool, report_path: Path | None, fail_on_leak: boo
         click.echo(format_text(report, max_groups=max_groups))
         if resplit_out is not None:
             click.echo("")
-            click.echo("\n".join(result.lines()))
-            click.echo(f"  check it: edge-toolkit audit {resplit_out}")
+            click.echo(printable("\n".join(result.lines())))
+            click.echo(printable(f"  check it: edge-toolkit audit {resplit_out}"))
     if fail_on_leak and report.leak.leaked:
         sys.exit(EXIT_LEAK)
 

@@ -28,7 +28,7 @@ from edge_toolkit.audit.leakage import LeakSummary, compute_leakage
 from edge_toolkit.audit.scan import Record, Scan, scan
 from edge_toolkit.audit.shortcuts import shortcut_check
 from edge_toolkit.data import LABELS, SPLITS
-from edge_toolkit.files import shown
+from edge_toolkit.files import printable, shown
 
 
 @dataclass
@@ -277,7 +277,7 @@ def format_text(report: AuditReport, max_groups: int = 8) -> str:
         lines.append(f"  test: {lk['test_with_copy_in_val']} images have a copy in val")
     lines.append(d["verdict"])
     lines += [""] + _shortcut_lines(d["shortcuts"])
-    return "\n".join(lines)
+    return printable("\n".join(lines))
 
 
 def _group_lines(entries: list[dict[str, Any]], limit: int) -> list[str]:

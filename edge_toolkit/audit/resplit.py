@@ -6,7 +6,9 @@ Each group goes whole to one split, class-stratified, largest groups first to th
 furthest below its target, ties in a seeded shuffle order, so a run is reproducible. Output
 keeps the source layout, plus `resplit_manifest.csv` (new path, split, label, group, sha256,
 source path); files are hard links where the filesystem allows (no extra space, same bytes) and
-copies otherwise. The source is only read.
+copies otherwise. The source is only read. The manifest is UTF-8; a file name that is not
+valid UTF-8 keeps its own bytes there (as in `predictions.csv`: read it back with
+`errors="surrogateescape"` and the paths are the files' own names).
 
 Choices: one file per distinct content is written (the first by split train, val, test, then
 path): extra exact copies only weight an image twice. Contents found under two labels are left
@@ -166,7 +168,8 @@ def write(sc: Scan, out: Path, fractions: dict[str, float], seed: int = 0, near:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         rows = _materialise(sc.records, assignment, sc.class_folders, tmp, result)
-        with open(tmp / MANIFEST, "w", newline="") as fh:
+        with open(tmp / MANIFEST, "w", newline="", encoding="utf-8",
+                  errors="surrogateescape") as fh:
             w = csv.writer(fh)
             w.writerow(["path", "split", "label", "group", "sha256", "source"])
             w.writerows(rows)
