@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_toolkit.images import ImageLoadError, is_image_name
+from edge_toolkit.images import ImageLoadError, is_image_file
 from edge_toolkit.preprocess import PreprocessConfig, preprocess
 
 LABELS = ["not fractured", "fractured"]  # index = class id; 1 (fractured) is positive
@@ -129,7 +129,7 @@ def _file_sha256(path: Path) -> str:
 
 
 def _list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_name(p))
+    return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))
 
 
 def _read_split(split_dir: Path, split: str, class_folders: dict[str, str]) -> list[Sample]:

@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from edge_toolkit.images import (
+from edge_toolkit.images import (  # has_dicom_preamble: re-exported, it was defined here
     ImageLoadError,
     ImageWarning,
+    has_dicom_preamble,
     reduce_factor,
     to_luminance,
 )
@@ -40,16 +41,6 @@ DECODER_HINTS = {
     "1.2.840.10008.1.2.4.202": "pylibjpeg with pylibjpeg-openjpeg",
     "1.2.840.10008.1.2.4.203": "pylibjpeg with pylibjpeg-openjpeg",
 }
-
-
-def has_dicom_preamble(path: str | Path) -> bool:
-    """True when bytes 128..132 are `DICM` (a DICOM Part 10 file, whatever its name)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:] == b"DICM"
 
 
 def is_dicom(path: str | Path) -> bool:

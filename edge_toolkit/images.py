@@ -41,6 +41,25 @@ def is_image_name(path: str | Path) -> bool:
     return str(path).lower().endswith(IMAGE_SUFFIXES)
 
 
+def has_dicom_preamble(path: str | Path) -> bool:
+    """True when bytes 128..132 are `DICM` (a DICOM Part 10 file, whatever its name)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:] == b"DICM"
+
+
+def is_image_file(path: str | Path) -> bool:
+    """What a folder walk takes: an image name, or a file with no image suffix that carries
+    DICOM's preamble (PACS exports name files `IM000001`). DICOMDIR, the index of such an
+    export, has the preamble too but no picture."""
+    if is_image_name(path):
+        return True
+    return Path(path).name.upper() != "DICOMDIR" and has_dicom_preamble(path)
+
+
 def to_luminance(img: Image.Image, extrema: tuple[float, float] | None = None) -> Image.Image:
     """Reduce any PIL mode to 8-bit 'L', scaling 16/32-bit data by its own range.
 

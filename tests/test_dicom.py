@@ -122,6 +122,25 @@ def test_suffixless_file_with_the_preamble_is_read_and_study_is_hashed(tmp_path)
     assert len(study) == 16 and "1.2.3.4.5" not in study
 
 
+def test_a_folder_walk_finds_suffixless_dicom_files_but_not_their_index(tmp_path):
+    """A PACS export names its files IM000001 and indexes them in DICOMDIR: classify, train,
+    evaluate and audit walk folders through `is_image_file`, which used to take image names
+    only, so a folder of such files was "no images found"."""
+    from edge_toolkit.data import _list_images
+    from edge_toolkit.images import is_image_file
+    from edge_toolkit.runtime.sources import empty_folders, expand_paths
+
+    export = tmp_path / "export" / "study1"
+    export.mkdir(parents=True)
+    im = save(dataset(ramp(8), bits_stored=8), export / "IM000001")
+    save(dataset(ramp(8), bits_stored=8), export.parent / "DICOMDIR")
+    (export / "notes").write_text("not an image, no preamble")
+    assert is_image_file(im) and not is_image_file(export / "notes")
+    assert [s.file for s in expand_paths([tmp_path / "export"])] == [str(im)]
+    assert empty_folders([tmp_path / "export"]) == []
+    assert _list_images(tmp_path / "export") == [im]
+
+
 def test_rle_compressed_decodes(tmp_path):
     ds = dataset(ramp(16), bits_stored=16)
     ds.compress(RLELossless)

@@ -32,7 +32,7 @@ from edge_toolkit.audit.hashing import (
     thumbnail,
 )
 from edge_toolkit.data import SPLITS, class_id, split_name
-from edge_toolkit.images import DEFAULT_MAX_PIXELS, ImageLoadError, is_image_name, open_image
+from edge_toolkit.images import DEFAULT_MAX_PIXELS, ImageLoadError, is_image_file, open_image
 
 DRAFT_SIDE = 256  # JPEGs decode at the smallest DCT scale that keeps both sides >= this
 _EXIF_ORIENTATION = 0x0112
@@ -114,7 +114,7 @@ def list_dataset(root: Path) -> tuple[list[Record], list[str], list[str]]:
                 if not p.is_file():
                     continue
                 rel = p.relative_to(root).as_posix()
-                if is_image_name(p):
+                if is_image_file(p):
                     records.append(Record(p, rel, split, label, entry.name))
                 else:
                     ignored.append(rel)

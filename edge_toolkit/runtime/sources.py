@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_toolkit.images import is_image_name
+from edge_toolkit.images import is_image_file
 
 _GLOB_CHARS = set("*?[")
 
@@ -34,8 +34,9 @@ def resolve_key(path: str | Path) -> str:
 
 
 def expand_paths(items: Iterable[str | Path]) -> list[Source]:
-    """Files as given (whatever their name), folders recursively (image names only, hidden
-    files and folders skipped), globs sorted; each file once, in first-seen order."""
+    """Files as given (whatever their name), folders recursively (image names, and DICOM
+    files by their preamble whatever their name; hidden files and folders skipped), globs
+    sorted; each file once, in first-seen order."""
     seen: set[str] = set()
     out: list[Source] = []
 
@@ -74,8 +75,8 @@ def empty_folders(items: Iterable[str | Path]) -> list[str]:
     for item in items:
         text = os.fspath(item)
         if os.path.isdir(text) and not any(
-                not name.startswith(".") and is_image_name(name)
-                for _, dirs, files in _visible_walk(text) for name in files):
+                not name.startswith(".") and is_image_file(os.path.join(root, name))
+                for root, dirs, files in _visible_walk(text) for name in files):
             out.append(text)
     return out
 
@@ -97,7 +98,7 @@ def _walk(folder: str) -> list[Source]:
     for root, dirs, files in os.walk(folder, onerror=unreadable):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
-            if not name.startswith(".") and is_image_name(name):
-                path = os.path.join(root, name)
+            path = os.path.join(root, name)
+            if not name.startswith(".") and is_image_file(path):
                 found.append(Source(path, resolve_key(path)))
     return found
