@@ -82,7 +82,7 @@ def test_a_specificity_floor_moves_the_threshold_towards_sensitivity(models, tmp
     res2 = run(models["float"], data, "-o", floors, "--target-sensitivity", 0.8,
                "--min-specificity", 0.5)
     assert res2.exit_code == 0, res2.output
-    assert "specificity at least 0.5" in res2.output
+    assert "specificity floor 0.5" in res2.output and "WARNING" not in res2.output
     a, b = read_card(plain), read_card(floors)
     assert a.min_specificity is None and b.min_specificity == 0.5
     assert b.threshold <= a.threshold
@@ -95,6 +95,17 @@ def test_a_specificity_floor_moves_the_threshold_towards_sensitivity(models, tmp
         assert res3.exit_code == 2 and not (tmp_path / "x.tflite").exists()
 
 
+def test_a_floor_no_threshold_meets_is_a_warning_not_a_claim(models, tmp_path):
+    """The report said "with specificity at least 0.9" when the new threshold reached far
+    less: the rule's floors are not a result."""
+    data = write_clinic(tmp_path / "clinic", 60, 140, seed=3, means=(100, 150))
+    res = run(models["float"], data, "-o", tmp_path / "f.tflite", "--target-sensitivity",
+              0.95, "--min-specificity", 0.9)
+    assert res.exit_code == 0, res.output
+    line = next(x for x in res.output.splitlines() if x.startswith("WARNING"))
+    assert "no threshold meets both floors" in line and "under 0.9" in line
+
+
 def test_without_flags_the_cards_rule_is_kept_and_0_switches_the_floor_off(models, tmp_path):
     """A file whose threshold was chosen by 0.8 sensitivity with a 0.5 specificity floor is
     recalibrated by that same rule unless told otherwise."""
@@ -105,7 +116,7 @@ def test_without_flags_the_cards_rule_is_kept_and_0_switches_the_floor_off(model
     again = tmp_path / "again.tflite"
     res = run(ruled, data, "-o", again)
     assert res.exit_code == 0, res.output
-    assert "target sensitivity 0.8 with specificity at least 0.5" in res.output
+    assert "target sensitivity 0.8 and specificity floor 0.5" in res.output
     assert "(rule: the model card's)" in res.output
     card = read_card(again)
     assert card.target_sensitivity == 0.8 and card.min_specificity == 0.5

@@ -293,6 +293,8 @@ def format_report(rec: Recalibration) -> str:
                 f"{s_hi:.2f}]  specificity {d['specificity']:.3f} [{p_lo:.2f}, {p_hi:.2f}]")
 
     cv = rec.cross_validated
+    short = (rec.min_specificity is not None
+             and rec.after["specificity"] < rec.min_specificity)
     return "\n".join([
         f"{rec.images} images ({rec.positives} fractured, {rec.negatives} not fractured), "
         f"AUC {rec.auc:.3f}" + (f"; {len(rec.skipped)} unreadable skipped"
@@ -302,7 +304,10 @@ def format_report(rec: Recalibration) -> str:
         op(f"after ({cv['folds']}-fold CV)", cv),
         f"temperature {rec.temperature_before:.3f} -> {rec.temperature_after:.3f}; target "
         f"sensitivity {rec.target_sensitivity:g}"
-        + (f" with specificity at least {rec.min_specificity:g} (widest margin on both)"
+        + (f" and specificity floor {rec.min_specificity:g} (widest margin on both)"
            if rec.min_specificity is not None else "") + f" (rule: {rec.rule_from}); "
         "intervals: Wilson 95%",
+        *([f"WARNING: no threshold meets both floors on these images: specificity "
+           f"{rec.after['specificity']:.3f} is under {rec.min_specificity:g}; kept the one "
+           "for the target sensitivity"] if short else []),
     ])
