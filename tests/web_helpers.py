@@ -49,8 +49,6 @@ def start_server(model: Path, data: Path, *extra: str) -> tuple[subprocess.Popen
     raise AssertionError("server did not start: " + "".join(lines))
 
 
-
-
 def read_only_probe(model: str, folder: str) -> None:
     """Run inside `unshare -r -m` (a private mount namespace): a station on a fresh tmpfs
     stores one picture, the tmpfs is remounted read-only, then every page is asked for; prints

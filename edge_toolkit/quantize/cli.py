@@ -3,12 +3,21 @@ TensorFlow is imported inside the command, so `--help` works without it."""
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
-from edge_toolkit.quantize.variants import VARIANTS
+from edge_toolkit.quantize.variants import VARIANTS, parse_variants
+
+
+class Refused(click.ClickException):
+    """Nothing was exported: a setting, the run, its card or model, the data or --out cannot
+    be used (one line says which)."""
+
+    exit_code = 2
 
 
 def _log(msg: str) -> None:
@@ -16,9 +25,25 @@ def _log(msg: str) -> None:
     sys.stdout.flush()
 
 
+def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """click's FloatRange lets NaN and infinity through; neither measures anything."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number")
+    return value
+
+
+def _variants(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Every name checked before TensorFlow loads ('all,bogus' included)."""
+    try:
+        parse_variants(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
 @click.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
-@click.option("--variants", default=None,
+@click.option("--variants", default=None, callback=_variants,
               help=f"Comma-separated, or 'all': {', '.join(VARIANTS)} (default: all but "
                    f"the -flip ones, which double latency).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
@@ -27,10 +52,11 @@ def _log(msg: str) -> None:
               min_open=True, max_open=True), help="Target sparsity of pruned variants.")
 @click.option("--qat-epochs", default=3, show_default=True, type=click.IntRange(1),
               help="Fine-tuning epochs for int8-qat and int8-pqat.")
-@click.option("--qat-lr", default=1e-5, show_default=True, help="QAT learning rate.")
+@click.option("--qat-lr", default=1e-5, show_default=True, callback=_finite,
+              type=click.FloatRange(0, min_open=True), help="QAT learning rate.")
 @click.option("--prune-epochs", default=4, show_default=True, type=click.IntRange(1),
               help="Pruning fine-tuning epochs (target reached after two thirds).")
-@click.option("--prune-lr", type=float,
+@click.option("--prune-lr", type=click.FloatRange(0, min_open=True), callback=_finite,
               help="Pruning learning rate (default: 0.3 x the run's last learning rate).")
 @click.option("--prune-depthwise", is_flag=True,
               help="Also prune DepthwiseConv2D kernels (off: they are few and sensitive).")
@@ -39,7 +65,8 @@ def _log(msg: str) -> None:
               "trained: frozen for MobileNetV2, trained for the scratch CNNs).")
 @click.option("--calibration-images", default=300, show_default=True,
               type=click.IntRange(1), help="Train images in the int8 representative set.")
-@click.option("--tolerance", default=0.02, show_default=True,
+@click.option("--tolerance", default=0.02, show_default=True, type=click.FloatRange(0),
+              callback=_finite,
               help="Largest val-AUC drop below the float parent that still validates.")
 @click.option("--target-sensitivity", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="Sensitivity each file's threshold is chosen for on val (default: the "
@@ -57,10 +84,11 @@ def _log(msg: str) -> None:
               help="Output tensor type of full-integer models.")
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path),
               help="Dataset folder (default: the one named in the run's card).")
-@click.option("--batch-size", type=int, help="Fine-tuning batch size (default: the run's).")
-@click.option("--seed", type=int, help="Seed (default: the run's).")
-@click.option("--bootstrap", default=1000, show_default=True,
-              help="Bootstrap resamples for the AUC interval in each card.")
+@click.option("--batch-size", type=click.IntRange(1),
+              help="Fine-tuning batch size (default: the run's).")
+@click.option("--seed", type=click.IntRange(0), help="Seed (default: the run's).")
+@click.option("--bootstrap", default=1000, show_default=True, type=click.IntRange(0),
+              help="Bootstrap resamples for the AUC interval in each card (0: no interval).")
 @click.option("--strict", is_flag=True,
               help="Exit with status 1 unless every variant validated.")
 def export(run_dir: Path, variants: str | None, out: Path | None, sparsity: float, qat_epochs: int,
@@ -76,20 +104,37 @@ def export(run_dir: Path, variants: str | None, out: Path | None, sparsity: floa
     \b
     Writes RUN_DIR/export/<family>-<variant>.tflite, report.json and report.md; variants
     whose val AUC drops more than --tolerance below the float model go to export/failed/.
+    Exporting again into the same folder merges into its report: the variants exported
+    again replace their rows, the others stay while their files are there and come from
+    the same trained model. A file is replaced only once its new version is complete.
+
+    \b
+    Exit status:
+      0   every requested variant has its row (some may have failed: see the report)
+      1   --strict, and a variant in the report did not validate
+      2   refused before any work, nothing exported: a setting, the run folder, its card
+          or model.keras, the dataset (its val split) or --out (one line says which)
+      130 interrupted (Ctrl-C): report.json lists the variants that finished; the one
+          being exported keeps its earlier file
     """
+    from edge_toolkit.quantize.exporter import ExportError, check_out
     from edge_toolkit.train.quiet import quiet_tensorflow
 
+    try:
+        check_out(out or run_dir / "export")  # before TensorFlow loads
+    except ExportError as exc:
+        raise Refused(str(exc)) from None
     quiet_tensorflow()  # before TensorFlow's first import
     try:
         import tensorflow  # noqa: F401
         import tensorflow_model_optimization  # noqa: F401
     except ImportError:
-        raise click.ClickException(
+        raise Refused(
             "export needs TensorFlow and tensorflow-model-optimization: "
             "pip install 'fracture-edge-toolkit[train]'") from None
     from edge_toolkit.card import CardError
     from edge_toolkit.data import DatasetError
-    from edge_toolkit.quantize.exporter import ExportConfig, ExportError, export_run
+    from edge_toolkit.quantize.exporter import ExportConfig, ExportInterrupted, export_run
 
     cfg = ExportConfig(
         variants=variants, out=str(out) if out else None, sparsity=sparsity,
@@ -104,9 +149,19 @@ def export(run_dir: Path, variants: str | None, out: Path | None, sparsity: floa
     try:
         report = export_run(run_dir, cfg, log=_log)
     except (ExportError, DatasetError, CardError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
+        raise Refused(str(exc)) from None  # export_run raises these before any variant
+    except ExportInterrupted as exc:
+        _stop(exc.line())
+    except KeyboardInterrupt:
+        _stop("interrupted before any variant was exported: nothing written")
     click.echo("")
     click.echo(report.markdown())
     click.echo(f"\nreport: {Path(report.out) / 'report.md'}")
     if strict and not report.ok:
         sys.exit(1)
+
+
+def _stop(line: str) -> NoReturn:
+    """Ctrl-C: one line on stderr and exit 130 (click alone says "Aborted!" and exits 1)."""
+    click.echo(line, err=True)
+    sys.exit(130)

@@ -11,17 +11,24 @@ in the file's weights, embed the model card, write `<family>-<variant>.tflite`, 
 A variant whose val AUC is more than `tolerance` below the Keras float parent's is written to
 `failed/` (not beside the shipped files) with status failed-validation; a variant that raises
 is export-failed with a one-line reason, and the others go on. `report.json` and `report.md`
-hold the table. Quantization and fine-tuning shift a model's outputs, so each variant's
-temperature and thresholds are chosen again on val (never test), as training does; the
-parent's stay in the card under export.parent.
+hold the table; an export into a folder that already holds one merges into it (rows of the
+variants exported again are replaced, the others kept while their files are there and come
+from the same trained model). Each file is written beside its final name and renamed into
+place, so an earlier file survives until its replacement is complete (Ctrl-C included).
+Quantization and fine-tuning shift a model's outputs, so each variant's temperature and
+thresholds are chosen again on val (never test), as training does; the parent's stay in the
+card under export.parent.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import time
 import traceback
+import zipfile
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,8 +36,10 @@ from typing import Any
 
 import numpy as np
 
-from edge_toolkit.card import ModelCard, Validation, embed_card, jsonable
+from edge_toolkit.card import CardError, ModelCard, Validation, embed_card, jsonable, read_card
+from edge_toolkit.card_sections import is_number, safe_repr
 from edge_toolkit.data import DatasetError, LoadedSplit, load_samples
+from edge_toolkit.files import shown
 from edge_toolkit.lazy import resolve
 from edge_toolkit.metrics import apply_temperature, roc_auc
 from edge_toolkit.quantize.inspect import gzip_size, sparsity, weight_tensors
@@ -40,6 +49,7 @@ from edge_toolkit.quantize.variants import (
     EXPORT_FAILED,
     FAILED_VALIDATION,
     VALIDATED,
+    VARIANTS,
     Variant,
     parse_variants,
 )
@@ -57,6 +67,24 @@ THRESHOLD_NOTE = ("threshold(s) and temperature re-chosen on val for this file, 
 
 class ExportError(RuntimeError):
     """The run cannot be exported at all (no model, no card, no data): message says why."""
+
+
+class ExportInterrupted(KeyboardInterrupt):
+    """Ctrl-C during the variants: `report` (already written) lists every variant that
+    finished; the one being exported kept its earlier file, if it had one."""
+
+    def __init__(self, report: Path, finished: list[str], stopped: str | None) -> None:
+        super().__init__(stopped or "")
+        self.report, self.finished, self.stopped = report, finished, stopped
+
+    def line(self) -> str:
+        """What the command prints: where it stopped and what finished."""
+        done = (f"finished {', '.join(self.finished)} (in {shown(self.report)})"
+                if self.finished else "no variant finished")
+        if self.stopped is None:
+            return f"interrupted while writing the report: {done}"
+        return (f"interrupted while exporting {self.stopped}: {done}; {self.stopped}'s "
+                "earlier file, if any, is kept")
 
 
 @dataclass
@@ -107,6 +135,16 @@ class ExportConfig:
         for name in ("qat_epochs", "prune_epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be at least 1")
+        # a negative tolerance stays possible here (it forces failed-validation in tests);
+        # NaN or infinity would fail or pass every file without measuring anything
+        if not (is_number(self.tolerance) and math.isfinite(self.tolerance)):
+            raise ValueError(f"tolerance must be a finite number, not {self.tolerance!r}")
+        if self.bootstrap < 0:
+            raise ValueError(f"bootstrap must be 0 (no interval) or more, not {self.bootstrap}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, not {self.batch_size}")
+        if self.seed is not None and self.seed < 0:
+            raise ValueError(f"seed must be 0 or more, not {self.seed}")
 
 
 @dataclass
@@ -130,6 +168,7 @@ class VariantResult:
     output: dict[str, Any] | None = None
     seconds: float | None = None
     traceback: str | None = None
+    exported: str | None = None  # when this row's export finished (rows can be kept)
 
 
 @dataclass
@@ -143,6 +182,8 @@ class ExportReport:
     seconds: float = 0.0
     created: str = ""
     versions: dict[str, str] = field(default_factory=dict)
+    # rows carried over from an earlier export into this folder (same trained model)
+    kept: list[str] = field(default_factory=list)
 
     def result(self, variant: str) -> VariantResult:
         return next(r for r in self.results if r.variant == variant)
@@ -158,11 +199,29 @@ class ExportReport:
         return report_markdown(self)
 
     def write(self, folder: str | Path | None = None) -> tuple[Path, Path]:
+        """Both files, each renamed into place whole (a Ctrl-C never leaves half a report)."""
         folder = Path(folder or self.out)
         js, md = folder / "report.json", folder / "report.md"
-        js.write_text(json.dumps(self.to_dict(), indent=2, default=jsonable) + "\n")
-        md.write_text(self.markdown() + "\n")
+        write_atomic(js, (json.dumps(self.to_dict(), indent=2, default=jsonable)
+                          + "\n").encode())
+        write_atomic(md, (self.markdown() + "\n").encode())
         return js, md
+
+
+def _partial(path: Path) -> Path:
+    """A hidden name beside `path` (same folder, so the rename cannot cross filesystems)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.partial")
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file renamed over it: the earlier file
+    stays whole until the new one is complete."""
+    tmp = _partial(path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 class ExportContext:
@@ -170,17 +229,21 @@ class ExportContext:
 
     def __init__(self, run_dir: str | Path, cfg: ExportConfig, log: Any = print) -> None:
         self.run = Path(run_dir)
-        card_path, model_path = self.run / "card.json", self.run / "model.keras"
-        if not card_path.is_file() or not model_path.is_file():
+        self.card_path, model_path = self.run / "card.json", self.run / "model.keras"
+        if not self.card_path.is_file() or not model_path.is_file():
             raise ExportError(f"{self.run}: not a run folder (needs model.keras and card.json)")
-        self.card = ModelCard.load(card_path)
+        self.card = _load_run_card(self.card_path)
         self.cfg, self.log = cfg, log
-        self.training: dict[str, Any] = dict(self.card.export.get("training") or {})
+        training = self.card.export.get("training") or {}
+        if not isinstance(training, dict):
+            raise ExportError(f"{shown(self.card_path)}: export.training is "
+                              f"{safe_repr(training)}, not an object")
+        self.training: dict[str, Any] = dict(training)
         self.preprocess = self.card.preprocess_config
         seed = cfg.seed if cfg.seed is not None else self.card.dataset.get(
-            "seed", self.training.get("seed", self.card.dataset_info.seed))
+            "seed", self._training_value("seed", 0, self.card.dataset_info.seed))
         self.seed = int(seed)
-        self.batch_size = int(cfg.batch_size or self.training.get("batch_size") or 32)
+        self.batch_size = int(cfg.batch_size or self._training_value("batch_size", 1, 32))
         self.prune_lr, self.freeze_bn = self._fine_tune_defaults()
         self.cache: dict[str, Any] = {}
         self._model: Any = None
@@ -188,6 +251,20 @@ class ExportContext:
         self._splits: dict[str, LoadedSplit] = {}
         self._rep: np.ndarray | None = None
         self._parent_probs: np.ndarray | None = None
+
+    def _training_value(self, key: str, least: float, default: Any,
+                        whole: bool = True) -> Any:
+        """A number from the card's export.training, checked: a hand-edited card names its
+        file and field rather than failing inside int() or float()."""
+        value = self.training.get(key)
+        if value is None:
+            return default
+        ok = is_number(value) and math.isfinite(value) and value >= least
+        if not ok or (whole and not float(value).is_integer()):
+            what = f"a {'whole ' if whole else ''}number of {least:g} or more"
+            raise ExportError(f"{shown(self.card_path)}: export.training.{key} is "
+                              f"{safe_repr(value)}, not {what}")
+        return int(value) if whole else float(value)
 
     def _fine_tune_defaults(self) -> tuple[float, bool]:
         """Pruning LR and BatchNorm handling, as the run was trained: transfer families
@@ -202,11 +279,11 @@ class ExportContext:
             transfer = get_family(self.card.family).has_backbone
         except ValueError:
             transfer = True
-        t = self.training
-        if transfer and int(t.get("fine_tune_epochs", 1) or 0) > 0:
-            last_lr = float(t.get("fine_tune_lr") or 1e-4)
+        number = self._training_value
+        if transfer and number("fine_tune_epochs", 0, 1) > 0:
+            last_lr = number("fine_tune_lr", 0, 0, whole=False) or 1e-4
         else:
-            last_lr = float(t.get("learning_rate") or 1e-3)
+            last_lr = number("learning_rate", 0, 0, whole=False) or 1e-3
         prune_lr = PRUNE_LR_FACTOR * last_lr if self.cfg.prune_lr is None else self.cfg.prune_lr
         freeze = self.cfg.freeze_bn if self.cfg.freeze_bn is not None else transfer
         return float(prune_lr), bool(freeze)
@@ -220,10 +297,16 @@ class ExportContext:
     @property
     def model(self) -> Any:
         if self._model is None:
-            from edge_toolkit.train.tfsetup import keras
-
-            self._model = keras.models.load_model(self.run / "model.keras", compile=False)
+            self._model = _load_model(self.run / "model.keras")
         return self._model
+
+    @property
+    def model_sha256(self) -> str:
+        """What ties a report's rows to this trained model (its exact bytes)."""
+        if "model_sha256" not in self.cache:
+            digest = hashlib.sha256((self.run / "model.keras").read_bytes()).hexdigest()
+            self.cache["model_sha256"] = f"sha256:{digest}"
+        return self.cache["model_sha256"]
 
     @property
     def dataset(self) -> Any:
@@ -231,10 +314,14 @@ class ExportContext:
             from edge_toolkit.multisource import dataset_for_card
 
             data = [self.cfg.data] if isinstance(self.cfg.data, str) else self.cfg.data
+            for folder in data or []:
+                if not Path(folder).is_dir():
+                    raise ExportError(f"{shown(folder)}: no such dataset folder (--data)")
             try:
                 ds = dataset_for_card(self.card.dataset, data)
             except DatasetError as exc:
                 raise ExportError(str(exc)) from None
+            self._check_val(ds)
             fp = self.card.data_fingerprint
             if fp and ds.fingerprint() != fp:
                 self.log(f"WARNING: {', '.join(ds.source_names)} differs from the run's "
@@ -242,6 +329,26 @@ class ExportContext:
                          "validation numbers are on this data")
             self._dataset = ds
         return self._dataset
+
+    def _check_val(self, ds: Any) -> None:
+        """Export validates every file and chooses its thresholds on the run's own val
+        images. A val split carved from train where training had a val/ folder (a copy
+        without it), or the other way round, would put other images, some perhaps trained
+        on, in their place while the cards still describe the run's: refused."""
+        trained = self.card.dataset_info.carved_val
+        if trained is None or bool(trained) == bool(ds.carved_val):
+            return
+        folders = ", ".join(shown(p) for p in ds.sources.values()) or shown(ds.root)
+        if ds.carved_val:
+            raise ExportError(
+                f"{folders}: no val/ folder, but the run was validated on one; export "
+                "validates each file and chooses its thresholds on the run's val images, and "
+                "images carved from train cannot stand in: pass --data the dataset with its "
+                "val/ folder")
+        raise ExportError(
+            f"{folders}: has a val/ folder, but the run carved its val split from train "
+            f"({shown(self.card_path)}: carved_val true); those images may have been trained "
+            "on: pass --data the dataset as it was trained (without val/)")
 
     def split(self, name: str) -> LoadedSplit:
         if name not in self._splits:
@@ -288,6 +395,130 @@ class ExportContext:
             p = self.model.predict(self.val.x, batch_size=64, verbose=0).reshape(-1)
             self._parent_probs = p.astype(np.float64)
         return self._parent_probs
+
+
+def _load_run_card(path: Path) -> ModelCard:
+    """The run's card.json; one line naming the file when it cannot be used."""
+    try:
+        return ModelCard.load(path)
+    except CardError as exc:
+        raise ExportError(f"{shown(path)}: {exc}") from None
+    except OSError as exc:
+        raise ExportError(f"{shown(path)}: cannot read ({exc.strerror or exc})") from None
+    except ValueError as exc:  # not UTF-8 text
+        raise ExportError(f"{shown(path)}: not a model card ({_one_line(exc)})") from None
+
+
+def _load_model(path: Path) -> Any:
+    """The run's Keras model; one line naming the file when it is damaged, empty or a Git
+    LFS pointer (Keras' own error is an h5py traceback)."""
+    from edge_toolkit.train.tfsetup import keras
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError as exc:
+        raise ExportError(f"{shown(path)}: cannot read ({exc.strerror or exc})") from None
+    if not head:
+        raise ExportError(f"{shown(path)}: an empty file, not a model; restore it or train the "
+                          "run again")
+    if head.startswith(b"version https://git-lfs"):
+        raise ExportError(f"{shown(path)}: a Git LFS pointer, not the model (run `git lfs "
+                          "pull`, or copy the real file)")
+    try:
+        return keras.models.load_model(path, compile=False)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise ExportError(f"{shown(path)}: damaged, not a Keras model that loads "
+                          f"({_one_line(exc)}); restore it or train the run again") from None
+
+
+def check_out(out: Path) -> None:
+    """Refuse, before any work and without creating anything, an output folder that cannot
+    be one: a file at its place or in its way, or no write access where it would go."""
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{shown(out)}: a file, not a folder; choose another --out")
+    have = next((p for p in (out, *out.parents) if p.exists()), None)
+    if have is not None and not have.is_dir():
+        raise ExportError(f"{shown(out)}: the file {shown(have)} is in the way of this "
+                          "folder; choose another --out")
+    if have is not None and not os.access(have, os.W_OK | os.X_OK):
+        raise ExportError(f"{shown(out)}: cannot be written ({shown(have)}: permission "
+                          "denied); choose another --out")
+
+
+def _make_out(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ExportError(f"{shown(out)}: cannot be created ({exc.strerror or exc}); choose "
+                          "another --out") from None
+
+
+def _result_from(row: Any) -> VariantResult:
+    """A report.json row back as a VariantResult (keys it does not know are ignored)."""
+    if not isinstance(row, dict) or not isinstance(row.get("variant"), str):
+        raise ValueError(f"a row is {safe_repr(row)}")
+    known = VariantResult.__dataclass_fields__
+    return VariantResult(**{k: v for k, v in row.items() if k in known})
+
+
+def _not_this_model(ctx: ExportContext, parent: dict[str, Any], row: VariantResult,
+                    out: Path) -> str | None:
+    """Why an earlier report's row cannot stand beside this export's (None: it can): it
+    must name a known variant, come from this very model and card (model bytes where the
+    report recorded them, the card's data, threshold and temperature), and its file must
+    still be there and carry a card that says the same."""
+    card = ctx.card
+    if row.variant not in VARIANTS:
+        return "not a known variant"
+    sha = parent.get("model_sha256")
+    if sha is not None and sha != ctx.model_sha256:
+        return "exported from another model.keras"
+    same = {"data_fingerprint": card.data_fingerprint, "threshold": card.threshold,
+            "temperature": card.temperature}
+    if any(parent.get(k) != v for k, v in same.items()):
+        return "exported when the run's card said otherwise"
+    if not row.file:
+        return None if sha is not None else "no file, and no record of the model it came from"
+    path = out / row.file
+    if not path.is_file():
+        return f"its file {shown(path)} is gone"
+    try:
+        file_card = read_card(path)
+    except (OSError, CardError, ValueError):
+        file_card = None
+    made = (file_card.export.get("parent") or {}) if file_card is not None else {}
+    if (file_card is None or file_card.variant != row.variant
+            or made.get("created") != card.created
+            or any(made.get(k) != v for k, v in same.items())):
+        return f"its file {shown(path)} is not this run's {row.variant} export"
+    return None
+
+
+def earlier_rows(ctx: ExportContext, out: Path, log: Any) -> dict[str, VariantResult]:
+    """The rows of an earlier export into `out` that still hold for this run; a line for
+    each one dropped (its file, if any, stays on disk)."""
+    path = out / "report.json"
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+        parent = data["parent"]
+        rows = [_result_from(r) for r in data["results"]]
+        if not isinstance(parent, dict):
+            raise TypeError("no parent record")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log(f"WARNING: {shown(path)}: not a readable export report ({_one_line(exc)}); it "
+            "is replaced, the files beside it stay")
+        return {}
+    kept: dict[str, VariantResult] = {}
+    for row in rows:
+        why = _not_this_model(ctx, parent, row, out)
+        if why:
+            log(f"{shown(path)}: earlier row {row.variant} not kept: {why}")
+        else:
+            kept[row.variant] = row
+    return kept
 
 
 def _versions() -> dict[str, str]:
@@ -404,37 +635,46 @@ def _file_for(out: Path, family: str, variant: Variant, status: str) -> Path:
     return folder / variant.file_name(family)
 
 
-def _remove_stale(out: Path, family: str, variant: Variant) -> None:
+def _remove_stale(out: Path, family: str, variant: Variant, keep: Path | None = None
+                  ) -> None:
+    """Remove the variant's files of either status folder but `keep` (the one just written):
+    only ever after its new file is in place, or after its export failed."""
     for status in (VALIDATED, FAILED_VALIDATION):
-        _file_for(out, family, variant, status).unlink(missing_ok=True)
+        path = _file_for(out, family, variant, status)
+        if path != keep:
+            path.unlink(missing_ok=True)
 
 
 READ_BACK_IMAGES = 32  # val images re-run through the written file
 
 
 def read_back(path: Path, card: ModelCard, x: np.ndarray, p: np.ndarray,
-              threads: int | None) -> None:
+              threads: int | None, name: Path | None = None) -> None:
     """Reload the written file as the device will (`Classifier.load`) and check that its
-    card and its outputs are the ones validated; ExportError otherwise."""
+    card and its outputs are the ones validated; ExportError otherwise. `name`: the file's
+    final name, for messages, when `path` is its temporary one."""
     from edge_toolkit.runtime.classifier import ModelError
 
+    name = name or path
     try:
         back = Classifier.load(path, num_threads=threads)
     except ModelError as exc:
         raise ExportError(f"the written file does not load: {exc}") from None
     if back.card.to_json() != card.to_json():
-        raise ExportError(f"{path}: the card did not read back intact")
+        raise ExportError(f"{name}: the card did not read back intact")
     n = min(len(x), READ_BACK_IMAGES)
     again = back.predict_raw_batch(x[:n])
     if not np.allclose(again, p[:n], rtol=0, atol=1e-6):
         worst = float(np.max(np.abs(again - p[:n])))
-        raise ExportError(f"{path}: read back, it predicts differently from what was "
+        raise ExportError(f"{name}: read back, it predicts differently from what was "
                           f"validated (max difference {worst:.2g})")
 
 
 def export_variant(ctx: ExportContext, variant: Variant, out: Path,
                    versions: dict[str, str]) -> VariantResult:
-    """Build, convert, validate, card, write and read back one variant; never raises."""
+    """Build, convert, validate, card, write and read back one variant; never raises but
+    KeyboardInterrupt. The earlier file of the variant stays until the new one, written
+    and read back under a temporary name, is renamed over it."""
     from edge_toolkit.quantize.convert import (
         heatmap_section,
         mirror_averaged,
@@ -445,7 +685,6 @@ def export_variant(ctx: ExportContext, variant: Variant, out: Path,
     t0 = time.perf_counter()
     cfg, family = ctx.cfg, ctx.card.family
     ctx.log(f"--- {variant.name}: {variant.description}")
-    _remove_stale(out, family, variant)
     try:
         model, info = resolve(variant.builder)(ctx)
         # the last feature map as a second output (heatmaps, input gate), from the model as
@@ -486,8 +725,14 @@ def export_variant(ctx: ExportContext, variant: Variant, out: Path,
         data = embed_card(bare, card, members)
         path = _file_for(out, family, variant, check.status)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        read_back(path, card, ctx.val.x, p, cfg.threads)
+        tmp = _partial(path)
+        try:
+            tmp.write_bytes(data)
+            read_back(tmp, card, ctx.val.x, p, cfg.threads, name=path)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        _remove_stale(out, family, variant, keep=path)  # the other status folder's
         result = VariantResult(
             variant=variant.name, status=check.status, reason=check.reason,
             file=str(path.relative_to(out)), size_bytes=len(data), gzip_bytes=gzip_size(data),
@@ -507,19 +752,31 @@ def export_variant(ctx: ExportContext, variant: Variant, out: Path,
                                reason=_one_line(exc), traceback=traceback.format_exc())
         ctx.log(f"ERROR: {variant.name} export failed: {result.reason}")
     result.seconds = round(time.perf_counter() - t0, 1)
+    result.exported = _now()
     return result
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def export_run(run_dir: str | Path, cfg: ExportConfig | None = None, log: Any = print
                ) -> ExportReport:
-    """Export every requested variant of a run folder; write and return the report."""
+    """Export every requested variant of a run folder; write and return the report.
+
+    Everything that can be refused is, before any variant and before the output folder is
+    made: settings, the card, --out, the dataset (its val split), the model. The report
+    merges with an earlier one in the folder (`earlier_rows`) and is rewritten after each
+    variant; Ctrl-C raises ExportInterrupted once it lists what finished."""
     t0 = time.perf_counter()
     cfg = cfg or ExportConfig()
     cfg.check()
     variants = parse_variants(cfg.variants)
     ctx = ExportContext(run_dir, cfg, log)
     out = Path(cfg.out) if cfg.out else ctx.run / "export"
-    out.mkdir(parents=True, exist_ok=True)
+    check_out(out)
+    ctx.dataset  # noqa: B018 - the folders and their val split, checked before the model loads
+    ctx.model  # noqa: B018 - a damaged model.keras is one line, before export/ exists
     if cfg.threads is None:
         cfg.threads = default_threads()
     val = ctx.val
@@ -531,25 +788,41 @@ def export_run(run_dir: str | Path, cfg: ExportConfig | None = None, log: Any = 
         f"{len(val.y)} images; threshold {ctx.card.threshold:.4f}, temperature "
         f"{ctx.card.temperature:.3f}; fine-tuning batch {ctx.batch_size}, pruning LR "
         f"{ctx.prune_lr:g}, BatchNorm {'frozen' if ctx.freeze_bn else 'trained'}")
+    _make_out(out)
     versions = _versions()
     report = ExportReport(
         run=str(ctx.run), out=str(out), family=ctx.card.family,
         parent={"run": ctx.run.name, "val_auc": parent_auc, "val_n": int(len(val.y)),
                 "threshold": ctx.card.threshold, "temperature": ctx.card.temperature,
                 "data_fingerprint": ctx.card.data_fingerprint,
+                "card_created": ctx.card.created, "model_sha256": ctx.model_sha256,
                 "keras_bytes": (ctx.run / "model.keras").stat().st_size,
                 "params": int(ctx.model.count_params())},
         config=asdict(cfg) | {"variants": [v.name for v in variants],
                               "batch_size": ctx.batch_size, "seed": ctx.seed,
                               "prune_lr": ctx.prune_lr, "freeze_bn": ctx.freeze_bn},
         versions=versions)
-    for variant in variants:
-        report.results.append(export_variant(ctx, variant, out, versions))
+    rows = earlier_rows(ctx, out, log)
+    done: list[str] = []
+
+    def publish() -> None:
+        report.results = [rows[n] for n in VARIANTS if n in rows]
+        report.kept = [n for n in VARIANTS if n in rows and n not in done]
         report.seconds = round(time.perf_counter() - t0, 1)
-        report.write(out)  # after each variant, so a long export shows progress on disk
-    report.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    report.seconds = round(time.perf_counter() - t0, 1)
-    report.write(out)
+        report.write(out)
+
+    try:
+        for variant in variants:
+            rows[variant.name] = export_variant(ctx, variant, out, versions)
+            done.append(variant.name)
+            publish()  # after each variant, so a long export shows progress on disk
+    except KeyboardInterrupt:
+        if rows:
+            publish()
+        stopped = next((v.name for v in variants if v.name not in done), None)
+        raise ExportInterrupted(out / "report.json", done, stopped) from None
+    report.created = _now()
+    publish()
     return report
 
 
@@ -597,6 +870,9 @@ def report_markdown(report: ExportReport) -> str:
             f"{_fmt(r.delta_auc, '+.4f')} | {_fmt(r.sensitivity, '.3f')} | "
             f"{_fmt(r.specificity, '.3f')} | {_fmt(r.agreement, '.1%')} | "
             f"{_fmt(r.mean_abs_diff, '.4f')} | {inp} | {_fmt(r.seconds, '.0f')} |")
+    if report.kept:
+        lines += ["", f"Kept from an earlier export into this folder, same trained model (each "
+                  f"file's card holds its own settings): {', '.join(report.kept)}."]
     problems = [r for r in report.results if r.reason]
     if problems:
         lines += ["", "Problems:", ""]

@@ -103,17 +103,19 @@ def get_variant(name: str) -> Variant:
 
 
 def parse_variants(spec: str | list[str] | tuple[str, ...] | None) -> list[Variant]:
-    """'all', 'float32,int8-qat', or a list of names -> variants in table order, no repeats."""
+    """'all', 'float32,int8-qat', or a list of names -> variants in table order, no repeats.
+    Every name is checked, beside 'all' too: a misspelt one is refused, not ignored."""
     if spec is None:
         return [VARIANTS[n] for n in DEFAULT_VARIANTS]
     names = spec.split(",") if isinstance(spec, str) else list(spec)
     names = [n.strip() for n in names if n.strip()]
     if not names:
         raise ValueError("no variants given")
+    for n in names:
+        if n != "all":
+            get_variant(n)
     if "all" in names:
         return list(VARIANTS.values())
-    for n in names:
-        get_variant(n)
     return [v for v in VARIANTS.values() if v.name in names]
 
 
