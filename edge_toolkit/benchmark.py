@@ -83,20 +83,19 @@ def rows_from_run(run: Path) -> list[Row]:
     if not report_path.exists():
         raise BenchmarkError(f"{run}: no export/report.json; run `edge-toolkit export {run}` "
                              "first")
-    try:
-        report = json.loads(report_path.read_text())
-        results = list(report["results"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise BenchmarkError(f"{report_path}: not a readable export report "
-                             f"({getattr(exc, 'strerror', None) or exc})") from None
     roots = _run_roots(run)
     rows = []
-    for r in results:
-        file = str(run / "export" / r["file"]) if r.get("file") else None
-        rows.append(Row(family=report["family"], variant=r["variant"], status=r["status"],
-                        file=file, reason=r.get("reason"), size_bytes=r.get("size_bytes"),
-                        gzip_bytes=r.get("gzip_bytes"), sparsity=r.get("sparsity"),
-                        run=run.name, data=roots or None))
+    try:
+        report = json.loads(report_path.read_text())
+        for r in list(report["results"]):
+            file = str(run / "export" / r["file"]) if r.get("file") else None
+            rows.append(Row(family=report["family"], variant=r["variant"],
+                            status=r["status"], file=file, reason=r.get("reason"),
+                            size_bytes=r.get("size_bytes"), gzip_bytes=r.get("gzip_bytes"),
+                            sparsity=r.get("sparsity"), run=run.name, data=roots or None))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise BenchmarkError(f"{report_path}: not a readable export report "
+                             f"({getattr(exc, 'strerror', None) or exc})") from None
     order = list(VARIANTS)
     return sorted(rows, key=lambda r: order.index(r.variant) if r.variant in order else 99)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -57,6 +58,11 @@ def is_image_file(path: str | Path) -> bool:
     export, has the preamble too but no picture."""
     if is_image_name(path):
         return True
+    try:  # only a regular file is opened: a FIFO would block the walk forever
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False
+    except OSError:
+        return False
     return Path(path).name.upper() != "DICOMDIR" and has_dicom_preamble(path)
 
 

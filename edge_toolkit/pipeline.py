@@ -309,8 +309,9 @@ def pipeline(data: tuple[Path, ...], site_shift: bool | None, families: str,
                                  min_specificity=min_specificity, seed=seed,
                                  family_weight=family_weight)
     except KeyboardInterrupt:
-        click.echo(f"interrupted: what finished is in {shown(folder)} (pipeline.json); rerun "
-                   "the same command with --resume to go on", err=True)
+        click.echo(f"interrupted: what finished is in {shown(folder)} (pipeline.json); to go "
+                   f"on, rerun the same command with --resume --name {shown(folder.name)}",
+                   err=True)
         sys.exit(130)
     log(f"pipeline folder: {folder}")
     if not ok:

@@ -145,6 +145,23 @@ def test_benchmark_records_a_file_that_is_no_model_and_writes_the_table(tiny, tm
     assert rows[1]["accuracy"] and rows[1]["latency"]
 
 
+@pytest.mark.parametrize("report", [
+    {"results": [{"variant": "float32", "status": "x"}]},  # no family
+    {"family": "x", "results": [7]},  # a row that is no object
+    {"family": "x", "results": [{"file": "a.tflite"}]},  # a row without its variant
+])
+def test_a_malformed_export_report_is_an_unreadable_row(tmp_path, report):
+    """Keys and rows a report lacks were read outside the check: KeyError or
+    AttributeError tracebacks instead of a row saying why."""
+    from edge_toolkit.benchmark import BenchmarkError, rows_from_run
+
+    run = tmp_path / "run"
+    (run / "export").mkdir(parents=True)
+    (run / "export" / "report.json").write_text(json.dumps(report))
+    with pytest.raises(BenchmarkError, match="not a readable export report"):
+        rows_from_run(run)
+
+
 @pytest.mark.parametrize("runs", ["0", "-2"])
 def test_benchmark_refuses_no_timed_runs(tiny, tmp_path, runs):
     from edge_toolkit.benchmark_cli import benchmark

@@ -141,6 +141,30 @@ def test_a_folder_walk_finds_suffixless_dicom_files_but_not_their_index(tmp_path
     assert _list_images(tmp_path / "export") == [im]
 
 
+def test_a_fifo_in_a_folder_is_not_opened_by_the_walk(tmp_path):
+    """The walk opens files without an image suffix to look for DICOM's preamble: a named
+    pipe among them would block it forever, so only regular files are opened."""
+    import os
+    import threading
+
+    from edge_toolkit.runtime.sources import expand_paths
+
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no named pipes here")
+    os.mkfifo(tmp_path / "pipe")
+    save(dataset(ramp(8), bits_stored=8), tmp_path / "IM000002")
+    found: list = []
+    walker = threading.Thread(target=lambda: found.extend(expand_paths([tmp_path])),
+                              daemon=True)
+    walker.start()
+    walker.join(20)
+    if walker.is_alive():  # unblock the stuck open() so the test process can end
+        with open(tmp_path / "pipe", "wb"):
+            pass
+        pytest.fail("the folder walk blocked on a named pipe")
+    assert [s.file for s in found] == [str(tmp_path / "IM000002")]
+
+
 def test_rle_compressed_decodes(tmp_path):
     ds = dataset(ramp(16), bits_stored=16)
     ds.compress(RLELossless)

@@ -138,6 +138,41 @@ def test_ctrl_c_keeps_the_earlier_file_and_what_finished(run, monkeypatch):
     assert res.exit_code == 130 and "before any variant" in res.stderr, res.output
 
 
+def test_a_hand_edited_report_row_is_not_carried_into_the_table(run):
+    """A kept row is printed in report.md: one whose numbers are not numbers made the
+    export fail after its first file was already replaced."""
+    _export(run, "float32")
+    path = run / "export" / "report.json"
+    data = json.loads(path.read_text())
+    data["results"][0]["delta_auc"] = "x"
+    path.write_text(json.dumps(data))
+    lines: list[str] = []
+    report = _export(run, "float16", log=lines.append)
+    assert [r.variant for r in report.results] == ["float16"]
+    assert any("not a readable export report" in m and "delta_auc" in m for m in lines), lines
+    assert (run / "export" / "scratch_cnn-float32.tflite").exists()  # its file stays
+
+
+def test_a_failed_retry_keeps_the_earlier_good_file_and_row(run, monkeypatch):
+    """Exporting float16 again fails (a converter error, memory): the float16 file exported
+    before from this very model, and its row, are not lost to the retry."""
+    import edge_toolkit.quantize.convert as convert
+
+    _export(run, "float16")
+    out = run / "export"
+    before, row = (out / "scratch_cnn-float16.tflite").read_bytes(), _report(run)["results"]
+
+    def exploded(*args, **kwargs):
+        raise MemoryError("converter ran out of memory")
+
+    monkeypatch.setattr(convert, "to_tflite", exploded)
+    lines: list[str] = []
+    _export(run, "float16", log=lines.append)
+    assert (out / "scratch_cnn-float16.tflite").read_bytes() == before
+    assert _report(run)["results"] == row
+    assert any("this export failed" in m and "are kept" in m for m in lines), lines
+
+
 def test_a_validation_result_moving_status_folders_removes_the_other_only_after(run):
     """A file that validated before and fails now lands in failed/; the shipped one is
     removed only once the failed one is written (and the report says failed)."""

@@ -261,11 +261,24 @@ def test_a_form_sent_twice_is_stored_once_and_shows_the_first_results(models, tm
         for _ in range(2)]
     assert [r["id"] for r in bodies[1]["results"]] == [r["id"] for r in bodies[0]["results"]]
     assert bodies[1]["repeat"] is True and "repeat" not in bodies[0]
+
+    def as_bmp(seed: int) -> bytes:  # BMP: two pictures of one size are files of one length
+        buf = io.BytesIO()
+        Image.open(io.BytesIO(xray_png(seed))).save(buf, format="BMP")
+        return buf.getvalue()
+
+    one, two = as_bmp(5), as_bmp(6)
+    assert len(one) == len(two) and one != two
+    studies = [client.post("/api/classify", **api, data={
+        "submit_token": "reused", "files": [(io.BytesIO(b), "IM000001.bmp")]}).get_json()
+        for b in (one, two)]  # a script reusing its token for the next study's picture
+    assert "repeat" not in studies[1]
+    assert studies[1]["results"][0]["id"] != studies[0]["results"][0]["id"]
     for _ in range(2):
         client.post("/api/classify", **api,
                     data={"files": [(io.BytesIO(xray_png(3)), "d.png")]})
-    assert [r["file_name"] for r in rows(tmp_path / "data")] == ["a.png", "b.png", "c.png",
-                                                                 "d.png", "d.png"]
+    assert [r["file_name"] for r in rows(tmp_path / "data")] == [
+        "a.png", "b.png", "c.png", "IM000001.bmp", "IM000001.bmp", "d.png", "d.png"]
 
 
 def test_empty_file_inputs_are_skipped_and_a_nameless_picture_is_kept(models, tmp_path):
@@ -369,6 +382,27 @@ def test_a_read_only_data_folder_keeps_the_pages_and_fails_a_submit_clearly(
     assert [(r["file_name"], r["verdict"]) for r in rows(data)] == [("a.png", None)]
     assert sorted(p.name for sub in ("images", "display", "heat")
                   for p in (data / sub).iterdir()) == kept
+
+
+def test_a_passing_database_error_on_a_writable_folder_is_not_read_around(tmp_path,
+                                                                        monkeypatch):
+    """The immutable read ignores the WAL, so it may miss results just stored: only a folder
+    that cannot be written falls back to it; any other error is raised, not hidden."""
+    from edge_toolkit.web.store import HistoryStore
+
+    store = HistoryStore(tmp_path / "history.sqlite")
+    real_connect, opened = sqlite3.connect, []
+
+    def flaky(database, *args, uri=False, **kw):
+        opened.append(str(database))
+        if not uri:
+            raise sqlite3.OperationalError("disk I/O error")
+        return real_connect(database, *args, uri=uri, **kw)
+
+    monkeypatch.setattr(sqlite3, "connect", flaky)
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O error"):
+        store.count()
+    assert not any("immutable=1" in d for d in opened)
 
 
 def test_a_really_read_only_mount_keeps_the_pages_and_fails_a_submit_clearly(models,

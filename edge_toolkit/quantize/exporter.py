@@ -39,7 +39,7 @@ import numpy as np
 from edge_toolkit.card import CardError, ModelCard, Validation, embed_card, jsonable, read_card
 from edge_toolkit.card_sections import is_number, safe_repr
 from edge_toolkit.data import DatasetError, LoadedSplit, load_samples
-from edge_toolkit.files import shown
+from edge_toolkit.files import atomic_write, fsync_dir, shown
 from edge_toolkit.lazy import resolve
 from edge_toolkit.metrics import apply_temperature, roc_auc
 from edge_toolkit.quantize.inspect import gzip_size, sparsity, weight_tensors
@@ -202,9 +202,9 @@ class ExportReport:
         """Both files, each renamed into place whole (a Ctrl-C never leaves half a report)."""
         folder = Path(folder or self.out)
         js, md = folder / "report.json", folder / "report.md"
-        write_atomic(js, (json.dumps(self.to_dict(), indent=2, default=jsonable)
+        atomic_write(js, (json.dumps(self.to_dict(), indent=2, default=jsonable)
                           + "\n").encode())
-        write_atomic(md, (self.markdown() + "\n").encode())
+        atomic_write(md, (self.markdown() + "\n").encode())
         return js, md
 
 
@@ -213,15 +213,12 @@ def _partial(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.partial")
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file renamed over it: the earlier file
-    stays whole until the new one is complete."""
-    tmp = _partial(path)
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+def _write_synced(path: Path, data: bytes) -> None:
+    """`data` on disk (fsynced) under `path`, before anything renames it into place."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 class ExportContext:
@@ -459,7 +456,21 @@ def _result_from(row: Any) -> VariantResult:
     if not isinstance(row, dict) or not isinstance(row.get("variant"), str):
         raise ValueError(f"a row is {safe_repr(row)}")
     known = VariantResult.__dataclass_fields__
-    return VariantResult(**{k: v for k, v in row.items() if k in known})
+    kept = {k: v for k, v in row.items() if k in known}
+    for key, value in kept.items():  # what the table prints must be what it can print
+        want = ROW_TYPES.get(key)
+        if value is not None and want is not None and (
+                not isinstance(value, want) or isinstance(value, bool)):
+            raise ValueError(f"row {row['variant']}: {key} is {safe_repr(value)}")
+    return VariantResult(**kept)
+
+
+ROW_TYPES: dict[str, Any] = {
+    "status": str, "reason": str, "file": str, "size_bytes": int, "gzip_bytes": int,
+    "sparsity": (int, float), "val_auc": (int, float), "delta_auc": (int, float),
+    "sensitivity": (int, float), "specificity": (int, float), "agreement": (int, float),
+    "mean_abs_diff": (int, float), "input": dict, "output": dict, "seconds": (int, float),
+    "traceback": str, "exported": str}
 
 
 def _not_this_model(ctx: ExportContext, parent: dict[str, Any], row: VariantResult,
@@ -674,7 +685,8 @@ def export_variant(ctx: ExportContext, variant: Variant, out: Path,
                    versions: dict[str, str]) -> VariantResult:
     """Build, convert, validate, card, write and read back one variant; never raises but
     KeyboardInterrupt. The earlier file of the variant stays until the new one, written
-    and read back under a temporary name, is renamed over it."""
+    and read back under a temporary name, is renamed over it; after a failure the caller
+    decides what happens to it (`export_run`)."""
     from edge_toolkit.quantize.convert import (
         heatmap_section,
         mirror_averaged,
@@ -727,9 +739,10 @@ def export_variant(ctx: ExportContext, variant: Variant, out: Path,
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = _partial(path)
         try:
-            tmp.write_bytes(data)
+            _write_synced(tmp, data)
             read_back(tmp, card, ctx.val.x, p, cfg.threads, name=path)
-            os.replace(tmp, path)
+            os.replace(tmp, path)  # a power cut leaves the old file or the whole new one
+            fsync_dir(path.parent)
         finally:
             tmp.unlink(missing_ok=True)
         _remove_stale(out, family, variant, keep=path)  # the other status folder's
@@ -747,7 +760,6 @@ def export_variant(ctx: ExportContext, variant: Variant, out: Path,
         if check.reason:
             ctx.log(f"WARNING: {variant.name} failed validation: {check.reason}")
     except Exception as exc:  # one variant failing must not stop the others
-        _remove_stale(out, family, variant)
         result = VariantResult(variant=variant.name, status=EXPORT_FAILED,
                                reason=_one_line(exc), traceback=traceback.format_exc())
         ctx.log(f"ERROR: {variant.name} export failed: {result.reason}")
@@ -811,16 +823,27 @@ def export_run(run_dir: str | Path, cfg: ExportConfig | None = None, log: Any = 
         report.seconds = round(time.perf_counter() - t0, 1)
         report.write(out)
 
+    current: str | None = None
     try:
         for variant in variants:
-            rows[variant.name] = export_variant(ctx, variant, out, versions)
-            done.append(variant.name)
+            current = variant.name
+            result = export_variant(ctx, variant, out, versions)
+            earlier = rows.get(variant.name)
+            if result.status == EXPORT_FAILED and earlier is not None and earlier.file:
+                # an earlier good export of this very model is not lost to a failed retry
+                log(f"ERROR: {variant.name}: this export failed ({result.reason}); the "
+                    f"earlier file {earlier.file} and its row are kept")
+            else:
+                if result.status == EXPORT_FAILED:  # no file of it may pass for this export
+                    _remove_stale(out, ctx.card.family, variant)
+                rows[variant.name] = result
+                done.append(variant.name)
+            current = None
             publish()  # after each variant, so a long export shows progress on disk
     except KeyboardInterrupt:
         if rows:
             publish()
-        stopped = next((v.name for v in variants if v.name not in done), None)
-        raise ExportInterrupted(out / "report.json", done, stopped) from None
+        raise ExportInterrupted(out / "report.json", done, current) from None
     report.created = _now()
     publish()
     return report

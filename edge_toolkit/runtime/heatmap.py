@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from edge_toolkit.files import printable
 from edge_toolkit.images import open_image
 from edge_toolkit.preprocess import PreprocessConfig
 from edge_toolkit.runtime.classifier import Classifier
@@ -198,7 +199,7 @@ SOURCE_TEXT = "Source"  # PNG text chunk naming the image an overlay belongs to
 def source_text(key: str) -> str:
     """`key` as an overlay stores it (a path that is not valid UTF-8 keeps its odd bytes as
     escapes): compare with `overlay_source`'s answer through this."""
-    return key.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return printable(key)
 
 
 def save_overlay(picture: Image.Image, path: Path, key: str) -> None:

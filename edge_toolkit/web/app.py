@@ -179,6 +179,17 @@ def _size(f: FileStorage) -> int:
     return end
 
 
+def _digest(f: FileStorage) -> str:
+    """SHA-256 of an uploaded part's bytes, read in blocks and rewound: a repeat is the same
+    pictures, not pictures of the same name and size (two studies' IM000001 often are)."""
+    here, h = f.stream.tell(), hashlib.sha256()
+    f.stream.seek(0)
+    for block in iter(lambda: f.stream.read(1 << 20), b""):
+        h.update(block)
+    f.stream.seek(here)
+    return h.hexdigest()
+
+
 @dataclass(frozen=True)
 class Settings:
     """How the app guards itself. `token` None: loopback only, no login."""
@@ -349,14 +360,14 @@ def create_app(station: Station, settings: Settings) -> Flask:
 
     def _submit_key(kind: str, files: list[FileStorage]) -> str | None:
         """The form's one-time token with what it sent (session, reference, each picture's
-        name and size), so a form reused with other pictures is a new submit; None when no
+        name and bytes), so a form reused with other pictures is a new submit; None when no
         token came (scripts may leave it out)."""
         token = request.form.get("submit_token")
         if not token:
             return None
         h = hashlib.sha256()
         for part in (kind, session.get("csrf", ""), token, request.form.get("reference") or "",
-                     *(f"{f.filename}:{_size(f)}" for f in files)):
+                     *(f"{f.filename}:{_digest(f)}" for f in files)):
             h.update(part.encode("utf-8", "replace") + b"\0")
         return h.hexdigest()
 

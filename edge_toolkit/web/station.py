@@ -13,7 +13,6 @@ the interpreter already uses several cores itself).
 from __future__ import annotations
 
 import errno
-import os
 import re
 import sqlite3
 import threading
@@ -32,7 +31,7 @@ from edge_toolkit.files import atomic_write, fsync_dir
 from edge_toolkit.images import DEFAULT_MAX_PIXELS, ImageLoadError, ImageWarning, open_image
 from edge_toolkit.runtime.classifier import Classifier
 from edge_toolkit.runtime.heatmap import explain_image, heat_rgba
-from edge_toolkit.web.store import HistoryStore
+from edge_toolkit.web.store import HistoryStore, read_only_mount
 
 DISPLAY_SIDE = 1024  # display copies and heat layers: enough for a tablet, cheap on a Pi
 NEAR_THRESHOLD = 0.05  # |p - threshold| below this: the page says the call is borderline
@@ -204,10 +203,7 @@ class Station:
 
     def read_only(self) -> bool:
         """Whether the data folder's file system is mounted read-only now."""
-        try:
-            return bool(os.statvfs(self.data).f_flag & os.ST_RDONLY)
-        except (OSError, AttributeError):  # no statvfs on Windows
-            return False
+        return read_only_mount(self.data)
 
     def unwritable(self, exc: BaseException) -> bool:
         """Whether `exc` means the whole folder cannot be written (not one full write)."""

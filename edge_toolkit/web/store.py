@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -66,6 +67,14 @@ CSV_COLUMNS = ("id", "created", "file_name", "reference", "status", "reason", "l
 
 class StoreError(ValueError):
     """A bad filter or verdict; the message is for the user."""
+
+
+def read_only_mount(folder: Path) -> bool:
+    """Whether `folder`'s file system is mounted read-only now."""
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # no statvfs on Windows
+        return False
 
 
 @dataclass(frozen=True)
@@ -182,7 +191,9 @@ class HistoryStore:
             with self.connect() as db:
                 return work(db)
         except sqlite3.OperationalError as exc:
-            if "locked" in str(exc) or "busy" in str(exc):  # a writer: not read-only
+            # only where the folder cannot be written: an immutable read ignores the WAL,
+            # so on a passing error elsewhere it would hide results just stored
+            if "unable to open" not in str(exc) and not read_only_mount(self.path.parent):
                 raise
             with self.connect(immutable=True) as db:
                 return work(db)
