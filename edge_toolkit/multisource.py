@@ -290,8 +290,11 @@ def dataset_for_card(dataset_info: dict[str, Any],
     if not roots:
         raise DatasetError("the model card names no dataset folder: pass --data")
     missing = [r for r in roots if not Path(r).is_dir()]
-    if missing:
-        raise DatasetError(f"dataset folder {missing[0]} not found: pass --data")
+    if missing and data:
+        raise DatasetError(f"{shown(missing[0])}: no such dataset folder (--data)")
+    if missing:  # the card's folder has moved: say where it is with --data
+        raise DatasetError(f"dataset folder {shown(missing[0])} (named in the model card) not "
+                           "found: pass --data with where it is now")
     # cards from before content grouping carved val by file name
     return discover_sources(roots, val_fraction=float(dataset_info.get("val_fraction", 0.15)),
                             seed=int(dataset_info.get("seed", 0)),

@@ -192,3 +192,14 @@ def test_every_message_shows_a_name_that_is_not_utf8_with_escapes():
     assert shown(odd) == "scan\\xff\\n.png"
     assert shown(odd).encode("utf-8")  # printable in a UTF-8 terminal
     assert shown("fracture é.png") == "fracture é.png"
+
+
+def test_a_missing_folder_is_named_as_what_the_user_gave(tmp_path):
+    """`--data /nowhere` was answered "not found: pass --data", as if none had been given."""
+    from edge_toolkit.data import DatasetError
+    from edge_toolkit.multisource import dataset_for_card
+
+    with pytest.raises(DatasetError, match=r"nowhere: no such dataset folder \(--data\)"):
+        dataset_for_card({"roots": [str(tmp_path)]}, [tmp_path / "nowhere"])
+    with pytest.raises(DatasetError, match="named in the model card.*pass --data"):
+        dataset_for_card({"roots": [str(tmp_path / "moved")]})
