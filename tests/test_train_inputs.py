@@ -163,3 +163,14 @@ def test_an_interrupted_stage_is_recorded_and_the_interrupt_goes_on():
         stages.run("train scratch_cnn", interrupted)
     assert saved[-1][-1]["stage"] == "train scratch_cnn"
     assert saved[-1][-1]["reason"] == "interrupted (Ctrl-C)" and not stages.ok
+
+
+def test_a_run_that_fails_before_writing_anything_leaves_no_empty_folder(tmp_path):
+    """A val split with one class fails once the images are loaded, after the run folder
+    was made: an empty folder was left behind for every failed try."""
+    data = write_synthetic(tmp_path / "d", {"train": 8, "val": 6, "test": 4}, size=16)
+    for p in (data / "val" / "not fractured").iterdir():
+        p.unlink()
+    with pytest.raises(ValueError, match="both classes"):
+        _train(data, tmp_path / "runs", name="failed")
+    assert not (tmp_path / "runs" / "failed").exists()

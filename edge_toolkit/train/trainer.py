@@ -425,13 +425,19 @@ def effective_config(cfg: TrainConfig) -> TrainConfig:
 def train(cfg: TrainConfig, log: Log = print, dataset: Dataset | None = None) -> Path:
     """Train, calibrate on val, report every split, write the run folder; return its path.
     `dataset` stands in for the folders (cross-validation folds)."""
+    made: list[Path] = []
     try:
-        return _train(cfg, log, dataset)
+        return _train(cfg, log, dataset, made)
+    except BaseException:  # a run that failed before writing anything leaves no empty folder
+        for folder in made:
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise
     finally:  # a failed GPU run must not leave mixed float16 on for the rest of the process:
         keras.mixed_precision.set_global_policy("float32")  # tfmot and TFLite reject it
 
 
-def _train(cfg: TrainConfig, log: Log, dataset: Dataset | None) -> Path:
+def _train(cfg: TrainConfig, log: Log, dataset: Dataset | None, made: list[Path]) -> Path:
     t0 = time.perf_counter()
     cfg = effective_config(cfg)
     family = get_family(cfg.family)
@@ -462,6 +468,7 @@ def _train(cfg: TrainConfig, log: Log, dataset: Dataset | None) -> Path:
     model_cfg = family.config(**cfg.model)
     pre = run_preprocessing(cfg)
     run = _run_dir(cfg, log)
+    made.append(run)
     log(f"run folder: {run}")
     splits = load_splits(ds, pre, log, workers=cfg.workers)
     for loaded in splits.values():  # families: the criterion and reports count each once
