@@ -55,6 +55,12 @@ def shown(name: str | os.PathLike[str]) -> str:
     return "".join(repr(ch)[1:-1] if unicodedata.category(ch) == "Cc" else ch for ch in text)
 
 
+def is_lfs_pointer(head: bytes) -> bool:
+    """Whether a file's first bytes are a Git LFS pointer (a clone without `git lfs pull`)
+    rather than the weights or model it stands for."""
+    return head.startswith(b"version https://git-lfs")
+
+
 def kind_of(mode: int) -> str:
     if stat.S_ISDIR(mode):
         return "a folder"
@@ -174,11 +180,12 @@ def fsync_dir(folder: str | Path) -> None:
 
 
 def atomic_write(path: str | Path, data: bytes | Callable[[BinaryIO], None],
-                 sync_dir: bool = True) -> Path:
+                 sync_dir: bool = True, verify: Callable[[Path], None] | None = None) -> Path:
     """Write `data` (bytes, or a function writing to the open file) to a temporary file
     beside `path`, fsync it and rename it over `path`: a reader, or the file after a power
     cut, is the old file or the whole new one, never half of it. An existing file keeps its
-    mode and a new one gets the umask's, as `open()` would give it (mkstemp's is 0600)."""
+    mode and a new one gets the umask's, as `open()` would give it (mkstemp's is 0600).
+    `verify(temporary file)` runs before the rename; if it raises, `path` is untouched."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -194,6 +201,8 @@ def atomic_write(path: str | Path, data: bytes | Callable[[BinaryIO], None],
                 data(f)
             f.flush()
             os.fsync(f.fileno())
+        if verify is not None:
+            verify(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -128,7 +128,7 @@ def test_ctrl_c_keeps_the_earlier_file_and_what_finished(run, monkeypatch):
     data = _report(run)
     assert [r["variant"] for r in data["results"]] == ["float32", "float16"]
     assert data["kept"] == ["float16"]
-    assert not [p for p in out.rglob("*") if p.name.endswith(".partial")]
+    assert not [p for p in out.rglob("*") if p.name.endswith((".partial", ".tmp"))]
     # interrupted before any variant: nothing written, still one line and 130
     def stop() -> None:
         raise KeyboardInterrupt

@@ -282,6 +282,25 @@ def test_atomic_writes_give_a_new_file_the_umasks_mode_and_keep_an_old_ones(tmp_
         os.umask(old)
 
 
+def test_an_atomic_write_whose_check_fails_leaves_the_old_file(tmp_path):
+    """export reads each model file back under its temporary name before the rename: a file
+    that fails the check must not replace the earlier good one, nor stay behind."""
+    from edge_toolkit.files import atomic_write
+
+    path = tmp_path / "model.tflite"
+    path.write_bytes(b"good")
+    seen: list[bytes] = []
+
+    def refuse(tmp) -> None:
+        seen.append(tmp.read_bytes())
+        raise ValueError("predicts differently")
+
+    with pytest.raises(ValueError, match="predicts differently"):
+        atomic_write(path, b"bad", verify=refuse)
+    assert seen == [b"bad"] and path.read_bytes() == b"good"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.tflite"]
+
+
 def test_output_files_honour_the_umask(model, images, tmp_path):
     old = os.umask(0o022)
     try:

@@ -39,7 +39,13 @@ import numpy as np
 from edge_toolkit.card import CardError, ModelCard, Validation, embed_card, jsonable, read_card
 from edge_toolkit.card_sections import is_number, safe_repr
 from edge_toolkit.data import DatasetError, LoadedSplit, load_samples
-from edge_toolkit.files import atomic_write, fsync_dir, shown
+from edge_toolkit.files import (
+    OutputPathError,
+    atomic_write,
+    is_lfs_pointer,
+    prepare_output,
+    shown,
+)
 from edge_toolkit.lazy import resolve
 from edge_toolkit.metrics import apply_temperature, roc_auc
 from edge_toolkit.quantize.inspect import gzip_size, sparsity, weight_tensors
@@ -206,19 +212,6 @@ class ExportReport:
                           + "\n").encode())
         atomic_write(md, (self.markdown() + "\n").encode())
         return js, md
-
-
-def _partial(path: Path) -> Path:
-    """A hidden name beside `path` (same folder, so the rename cannot cross filesystems)."""
-    return path.with_name(f".{path.name}.{os.getpid()}.partial")
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    """`data` on disk (fsynced) under `path`, before anything renames it into place."""
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 class ExportContext:
@@ -419,7 +412,7 @@ def _load_model(path: Path) -> Any:
     if not head:
         raise ExportError(f"{shown(path)}: an empty file, not a model; restore it or train the "
                           "run again")
-    if head.startswith(b"version https://git-lfs"):
+    if is_lfs_pointer(head):
         raise ExportError(f"{shown(path)}: a Git LFS pointer, not the model (run `git lfs "
                           "pull`, or copy the real file)")
     try:
@@ -444,11 +437,11 @@ def check_out(out: Path) -> None:
 
 
 def _make_out(out: Path) -> None:
+    """Create the output folder (once the model has loaded) and probe that it takes files."""
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ExportError(f"{shown(out)}: cannot be created ({exc.strerror or exc}); choose "
-                          "another --out") from None
+        prepare_output(out, folder=True)
+    except OutputPathError as exc:
+        raise ExportError(f"{exc}; choose another --out") from None
 
 
 def _result_from(row: Any) -> VariantResult:
@@ -737,14 +730,9 @@ def export_variant(ctx: ExportContext, variant: Variant, out: Path,
         data = embed_card(bare, card, members)
         path = _file_for(out, family, variant, check.status)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _partial(path)
-        try:
-            _write_synced(tmp, data)
-            read_back(tmp, card, ctx.val.x, p, cfg.threads, name=path)
-            os.replace(tmp, path)  # a power cut leaves the old file or the whole new one
-            fsync_dir(path.parent)
-        finally:
-            tmp.unlink(missing_ok=True)
+        # read back under its temporary name: a file that fails leaves the earlier one
+        atomic_write(path, data, verify=lambda tmp: read_back(tmp, card, ctx.val.x, p,
+                                                              cfg.threads, name=path))
         _remove_stale(out, family, variant, keep=path)  # the other status folder's
         result = VariantResult(
             variant=variant.name, status=check.status, reason=check.reason,

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_toolkit.families import FAMILIES, Family, get_family, preprocess_config  # noqa: F401
+from edge_toolkit.files import is_lfs_pointer
 from edge_toolkit.train.tfsetup import keras
 
 layers = keras.layers
@@ -49,7 +50,7 @@ def check_weights_file(path: Path) -> None:
             head = f.read(512)
     except OSError as exc:
         raise ValueError(f"{path}: cannot read the weights file ({exc.strerror or exc})") from None
-    if head.startswith(b"version https://git-lfs"):
+    if is_lfs_pointer(head):
         raise ValueError(f"{path}: a Git LFS pointer, not the weights themselves (run `git lfs "
                          "pull`, or copy the real .h5 file)")
     if not head.startswith(HDF5_SIGNATURE):
