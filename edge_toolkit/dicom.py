@@ -12,6 +12,7 @@ StudyInstanceUID.
 from __future__ import annotations
 
 import hashlib
+import struct
 import warnings
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from edge_toolkit.images import (  # has_dicom_preamble: re-exported, it was defined here
+    DECODE_WARNINGS_LOCK,
     ImageLoadError,
     ImageWarning,
     has_dicom_preamble,
@@ -28,19 +30,27 @@ from edge_toolkit.images import (  # has_dicom_preamble: re-exported, it was def
 )
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
+DICOMDIR = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage: an index, no picture
 INSTALL_HINT = "install the DICOM extra: pip install 'fracture-edge-toolkit[dicom]'"
 # What a compressed transfer syntax needs when pydicom cannot decode it with what is
-# installed; only permissively licensed decoders are named.
+# installed: pip commands, each runnable as printed; only permissively licensed decoders.
 DECODER_HINTS = {
-    "1.2.840.10008.1.2.4.51": "python-gdcm",  # JPEG Extended, 12-bit samples
-    "1.2.840.10008.1.2.4.57": "python-gdcm",  # JPEG Lossless
-    "1.2.840.10008.1.2.4.70": "python-gdcm",  # JPEG Lossless SV1
-    "1.2.840.10008.1.2.4.80": "pyjpegls or python-gdcm",  # JPEG-LS lossless
-    "1.2.840.10008.1.2.4.81": "pyjpegls or python-gdcm",  # JPEG-LS near-lossless
-    "1.2.840.10008.1.2.4.201": "pylibjpeg with pylibjpeg-openjpeg",  # HTJ2K
-    "1.2.840.10008.1.2.4.202": "pylibjpeg with pylibjpeg-openjpeg",
-    "1.2.840.10008.1.2.4.203": "pylibjpeg with pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.4.50": ("pillow",),  # JPEG Baseline
+    "1.2.840.10008.1.2.4.51": ("python-gdcm",),  # JPEG Extended, 12-bit samples
+    "1.2.840.10008.1.2.4.57": ("python-gdcm",),  # JPEG Lossless
+    "1.2.840.10008.1.2.4.70": ("python-gdcm",),  # JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.80": ("pyjpegls", "python-gdcm"),  # JPEG-LS lossless
+    "1.2.840.10008.1.2.4.81": ("pyjpegls", "python-gdcm"),  # JPEG-LS near-lossless
+    "1.2.840.10008.1.2.4.90": ("pylibjpeg pylibjpeg-openjpeg", "python-gdcm"),  # JPEG 2000
+    "1.2.840.10008.1.2.4.91": ("pylibjpeg pylibjpeg-openjpeg", "python-gdcm"),
+    "1.2.840.10008.1.2.4.201": ("pylibjpeg pylibjpeg-openjpeg",),  # HTJ2K
+    "1.2.840.10008.1.2.4.202": ("pylibjpeg pylibjpeg-openjpeg",),
+    "1.2.840.10008.1.2.4.203": ("pylibjpeg pylibjpeg-openjpeg",),
+    "1.2.840.10008.1.2.5": ("pylibjpeg pylibjpeg-rle",),  # RLE (pydicom's own decoder too)
 }
+# Codestream markers that start a frame header and carry its size: JPEG's SOF0..SOF15
+# (C4, C8 and CC are other segments) and JPEG-LS's SOF55.
+_SOF_MARKERS = frozenset({*range(0xC0, 0xD0)} - {0xC4, 0xC8, 0xCC} | {0xF7})
 
 
 def is_dicom(path: str | Path) -> bool:
@@ -63,7 +73,10 @@ def study_hash(uid: str | None) -> str | None:
 def read_dicom(path: str | Path, max_pixels: int) -> Image.Image:
     """Decode the first frame of a DICOM image to 8-bit 'L'; raises ImageLoadError.
 
-    The returned image's `info["study"]` is `study_hash` of the StudyInstanceUID (or absent).
+    The returned image's `info["study"]` is `study_hash` of the StudyInstanceUID (or absent)
+    and `info["modality"]` the Modality tag (the input gate refuses what is not a plain
+    radiograph). pydicom's own warnings quote tag values, which may be identifiers: they
+    become one `ImageWarning` that counts them and shows none.
     """
     path = Path(path)
     try:
@@ -72,20 +85,29 @@ def read_dicom(path: str | Path, max_pixels: int) -> Image.Image:
     except ImportError:
         raise ImageLoadError(path, f"DICOM file, but pydicom is not installed; {INSTALL_HINT}"
                              ) from None
-    try:
-        ds = pydicom.dcmread(path, force=path.suffix.lower() in DICOM_SUFFIXES)
-    except InvalidDicomError:
-        raise ImageLoadError(path, "not a valid DICOM file") from None
-    except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ImageLoadError(path, f"damaged DICOM file ({type(exc).__name__})") from None
+    with DECODE_WARNINGS_LOCK, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            ds = pydicom.dcmread(path, force=path.suffix.lower() in DICOM_SUFFIXES)
+        except InvalidDicomError:
+            raise ImageLoadError(path, "not a valid DICOM file") from None
+        except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ImageLoadError(path, f"damaged DICOM file ({type(exc).__name__})") from None
+        img = dataset_to_image(ds, max_pixels, path)
+    _pass_on(caught, path)
+    return img
+
+
+def dataset_to_image(ds: Any, max_pixels: int, name: str | Path = "<dataset>") -> Image.Image:
+    """A pydicom Dataset (read by the caller, e.g. in a notebook) -> the 8-bit picture the
+    model sees, through the same display pipeline as `read_dicom`; raises ImageLoadError."""
+    path = Path(name)
     if "PixelData" not in ds:
-        sop = ds.get("SOPClassUID")
-        if sop is None:
-            raise ImageLoadError(path, "damaged or incomplete DICOM file (no image data found)")
-        raise ImageLoadError(path, f"DICOM file holds no image ({getattr(sop, 'name', sop)})")
+        raise ImageLoadError(path, _no_image_reason(ds))
     try:
         rows, cols = int(ds.Rows), int(ds.Columns)
-        photometric = str(ds.PhotometricInterpretation).upper()
+        photometric = str(ds.PhotometricInterpretation).upper().strip()
     except (AttributeError, TypeError, ValueError):
         raise ImageLoadError(path, "damaged DICOM file (image size or photometric "
                                    "interpretation missing)") from None
@@ -96,6 +118,8 @@ def read_dicom(path: str | Path, max_pixels: int) -> Image.Image:
     if frames > 1:
         warnings.warn(ImageWarning(f"{path}: multi-frame DICOM ({frames} frames); using the "
                                    "first"), stacklevel=2)
+    _set_transfer_syntax(ds)
+    _check_codestream(ds, path, rows, cols, frames)
     arr = _first_frame(ds, path, frames)
     try:
         img = _to_gray(ds, arr, photometric)
@@ -105,7 +129,34 @@ def read_dicom(path: str | Path, max_pixels: int) -> Image.Image:
     study = study_hash(ds.get("StudyInstanceUID"))
     if study:
         img.info["study"] = study
+    img.info["modality"] = str(ds.get("Modality", "") or "").upper().strip()
     return img
+
+
+def _pass_on(caught: list[warnings.WarningMessage], path: Path) -> None:
+    """Re-issue this module's own notes; pydicom's become one line that quotes no value."""
+    others = 0
+    for w in caught:
+        if isinstance(w.message, ImageWarning):
+            warnings.warn(w.message, stacklevel=3)
+        else:
+            others += 1
+    if others:
+        warnings.warn(ImageWarning(f"{path}: {others} DICOM value(s) do not follow the "
+                                   "standard; read anyway"), stacklevel=3)
+
+
+def _no_image_reason(ds: Any) -> str:
+    """Why a file without pixel data is refused: its SOP class names what it holds (an SR,
+    a DICOMDIR); an image class without pixels, or no class at all, is a damaged file."""
+    sop = ds.get("SOPClassUID")
+    meta = getattr(ds, "file_meta", None)
+    if sop is None and meta is not None and meta.get("MediaStorageSOPClassUID") == DICOMDIR:
+        sop = meta.MediaStorageSOPClassUID
+    name = str(getattr(sop, "name", sop) or "")
+    if sop is None or ("Image" in name and "Storage" in name):
+        return "damaged or incomplete DICOM file (no image data found)"
+    return f"DICOM file holds no image ({name})"
 
 
 def _frames(ds: Any) -> int:
@@ -113,6 +164,73 @@ def _frames(ds: Any) -> int:
         return max(1, int(ds.get("NumberOfFrames", 1) or 1))
     except (TypeError, ValueError):
         return 1
+
+
+def _set_transfer_syntax(ds: Any) -> None:
+    """A file without file meta (older exports) still says how it was encoded: pydicom
+    needs that as a transfer syntax to decode its pixels."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and meta.get("TransferSyntaxUID"):
+        return
+    implicit, little = getattr(ds, "original_encoding", (None, None))
+    if implicit is None or little is None:
+        return
+    if meta is None:
+        ds.file_meta = meta = FileMetaDataset()
+    meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
+                              ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+
+
+def _check_codestream(ds: Any, path: Path, rows: int, cols: int, frames: int) -> None:
+    """Refuse compressed data that holds a bigger picture than the header says, before
+    decoding it: the pixel-bomb check reads the header, the decoder the stream."""
+    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if syntax is None or not getattr(syntax, "is_encapsulated", False):
+        return
+    from pydicom.encaps import get_frame
+
+    try:
+        first = get_frame(ds.PixelData, 0, number_of_frames=frames)
+    except Exception:  # damaged encapsulation: the decoder reports it  # noqa: BLE001
+        return
+    size = codestream_size(first[:65536])
+    if size is not None and size[0] * size[1] > rows * cols:
+        raise ImageLoadError(path, f"compressed pixel data holds {size[0]}x{size[1]} pixels "
+                                   f"but the header says {cols}x{rows}: damaged, or a pixel "
+                                   "bomb")
+
+
+def codestream_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) that a JPEG, JPEG-LS or JPEG 2000 stream declares in its header, or
+    None when it is none of them or its header is cut short."""
+    j2k = data.find(b"\xff\x4f\xff\x51", 0, 4096)  # SOC then SIZ
+    if j2k >= 0 and len(data) >= j2k + 24:
+        x, y, x0, y0 = struct.unpack(">IIII", data[j2k + 8:j2k + 24])
+        return x - x0, y - y0
+    if data[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+        elif marker in _SOF_MARKERS:
+            if i + 9 > len(data):
+                return None
+            height, width = struct.unpack(">HH", data[i + 5:i + 9])
+            return (width, height) if width and height else None
+        elif marker in (0xDA, 0xD9):  # scan data or the end before any frame header
+            return None
+        elif 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
+            i += 2
+        else:
+            i += 2 + struct.unpack(">H", data[i + 2:i + 4])[0]
+    return None
 
 
 def _first_frame(ds: Any, path: Path, frames: int) -> np.ndarray:
@@ -126,11 +244,14 @@ def _first_frame(ds: Any, path: Path, frames: int) -> np.ndarray:
     except NotImplementedError:
         raise ImageLoadError(path, f"DICOM transfer syntax {name} is not supported") from None
     except RuntimeError as exc:
-        if "missing" in str(exc) or "plugin" in str(exc):
-            hint = DECODER_HINTS.get(str(syntax), "a decoder pydicom supports for it")
+        if _no_usable_decoder(str(exc)):
             raise ImageLoadError(path, f"compressed DICOM ({name}) needs a decoder that is "
-                                       f"not installed: pip install {hint}") from None
-        raise ImageLoadError(path, f"cannot decode DICOM pixel data ({exc})") from None
+                                       f"not installed: {_install_hint(syntax)}") from None
+        if "decompression bomb" in str(exc).lower():
+            raise ImageLoadError(path, "too many pixels in the compressed data; possible "
+                                       "pixel bomb") from None
+        raise ImageLoadError(path, f"damaged DICOM pixel data ({name} could not be "
+                                   "decoded)") from None
     except MemoryError:
         raise
     except Exception as exc:  # pydicom raises many kinds for damaged pixel data
@@ -141,32 +262,103 @@ def _first_frame(ds: Any, path: Path, frames: int) -> np.ndarray:
     return arr
 
 
+def _no_usable_decoder(message: str) -> bool:
+    """pydicom's RuntimeError says whether no decoder is installed (or an installed one
+    cannot do this variant, as Pillow with 12-bit JPEG) or whether every decoder failed on
+    the data: only the first is fixed by installing something."""
+    text = message.lower()
+    return "missing dependencies" in text or "does not support" in text
+
+
+def _install_hint(syntax: Any) -> str:
+    """Runnable pip commands for a transfer syntax's decoders ('pip install X (or: ...)')."""
+    options = DECODER_HINTS.get(str(syntax))
+    if not options:
+        return "install a decoder pydicom supports for it (pydicom's documentation lists them)"
+    first, *rest = (f"pip install {o}" for o in options)
+    return first + "".join(f" (or: {r})" for r in rest)
+
+
 def _to_gray(ds: Any, arr: np.ndarray, photometric: str) -> Image.Image:
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         if arr.ndim != 3 or arr.shape[-1] != 3:
             raise ValueError(f"photometric interpretation {photometric} is not supported")
         if arr.dtype != np.uint8:  # colour with more than 8 bits: scale by its bits stored
             bits = int(ds.get("BitsStored", 16))
-            arr = np.clip(arr.astype(np.float32) / (2 ** bits - 1) * 255, 0, 255)
+            arr = np.clip(np.rint(arr.astype(np.float32) / (2 ** bits - 1) * 255), 0, 255)
         return to_luminance(Image.fromarray(arr.astype(np.uint8), "RGB"))
     arr = _reduce(arr)
-    from pydicom.pixels import apply_modality_lut, apply_voi
+    from pydicom.pixels import apply_modality_lut
 
-    values = apply_modality_lut(arr, ds).astype(np.float32)
-    if "VOILUTSequence" in ds:
-        bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
-        out = apply_voi(apply_modality_lut(arr, ds), ds, 0).astype(np.float32)
-        gray = out / np.float32(2 ** bits - 1)
-    elif "WindowCenter" in ds and "WindowWidth" in ds:
-        gray = _window(values, _first(ds.WindowCenter), _first(ds.WindowWidth),
-                       str(ds.get("VOILUTFunction", "LINEAR")).upper())
-    else:  # no display settings stored: the full range of the values
+    values = np.asarray(apply_modality_lut(arr, ds), dtype=np.float32)
+    gray = _voi_lut(values, ds)
+    window = _window_settings(ds)
+    if gray is None and window is not None:
+        gray = _window(values, *window, str(ds.get("VOILUTFunction", "LINEAR")).upper())
+    if gray is None:  # no display settings stored: the full range of the values
         lo, hi = float(values.min()), float(values.max())
         gray = (values - lo) / np.float32(hi - lo) if hi > lo else np.zeros_like(values)
     if photometric == "MONOCHROME1":  # low values are white
         gray = 1.0 - gray
     out8 = np.clip(np.rint(gray * 255.0), 0, 255).astype(np.uint8)
     return Image.fromarray(out8, "L")
+
+
+def _window_settings(ds: Any) -> tuple[float, float] | None:
+    """The first window (centre, width), or None when either is absent or empty."""
+    center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
+    if center is None or width is None or center == "" or width == "":
+        return None
+    try:
+        return _first(center), _first(width)
+    except (IndexError, TypeError, ValueError):
+        return None
+
+
+def _voi_lut(values: np.ndarray, ds: Any) -> np.ndarray | None:
+    """The first VOI LUT applied to the modality values, mapped to 0..1; None when the file
+    stores none (or an empty one). Looked up in numpy: pydicom's `apply_voi` indexes an
+    8-bit LUT with 8-bit integers, so every value above 255 wraps around."""
+    seq = ds.get("VOILUTSequence")
+    if not seq:
+        return None
+    item = seq[0]
+    if "LUTDescriptor" not in item or "LUTData" not in item:
+        return None
+    entries, first, bits = (int(v) for v in item.LUTDescriptor[:3])
+    entries = entries or 65536
+    if first > 32767 and int(ds.get("PixelRepresentation", 0) or 0) == 1:
+        first -= 65536  # the first mapped value is signed when the pixels are
+    lut = _lut_data(item, ds, entries)
+    if lut.size == 0:
+        return None
+    index = np.clip(np.rint(values - first), 0, lut.size - 1).astype(np.int64)
+    return lut[index].astype(np.float32) / np.float32(2 ** _lut_depth(lut, bits) - 1)
+
+
+def _lut_data(item: Any, ds: Any, entries: int) -> np.ndarray:
+    """LUTData as integers, whether stored as US values or as OW bytes (in the file's byte
+    order; one byte an entry when the bytes are exactly as many as the entries)."""
+    value = item.LUTData
+    if isinstance(value, (bytes, bytearray)):
+        if len(value) == entries:
+            return np.frombuffer(value, np.uint8).astype(np.int64)
+        little = getattr(ds, "original_encoding", (None, True))[1] is not False
+        return np.frombuffer(value[:2 * entries], "<u2" if little else ">u2").astype(np.int64)
+    values = list(value) if isinstance(value, (list, tuple)) or hasattr(value, "__iter__") \
+        else [value]
+    return np.asarray(values[:entries], dtype=np.int64)
+
+
+def _lut_depth(lut: np.ndarray, bits: int) -> int:
+    """The LUT's output depth: its descriptor's (8 to 16), except that a LUT declared 16-bit
+    whose values all fit fewer bits (a common mislabel) uses those, as DCMTK does, and values
+    beyond the declared depth (invalid) widen it rather than overflow."""
+    needed = max(8, int(lut.max()).bit_length())
+    depth = min(max(bits, 8), 16)
+    if depth == 16 or needed > depth:
+        return needed
+    return depth
 
 
 def _first(value: Any) -> float:

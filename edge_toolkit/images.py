@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import stat
+import threading
 import warnings
 from pathlib import Path
 
@@ -21,6 +22,9 @@ from edge_toolkit.files import kind_of
 
 DEFAULT_MAX_PIXELS = 50_000_000  # a 7071x7071 film scan; anything bigger is a pixel bomb
 WORK_SIZE = 1024  # large images are decoded with their short side reduced to about this
+# `warnings.catch_warnings` swaps process-wide state: two threads inside it at once can leave
+# the other's filters or recorder in place for good. Every decode that uses it holds this.
+DECODE_WARNINGS_LOCK = threading.RLock()
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".dcm",
                   ".dicom")
 
@@ -66,22 +70,24 @@ def is_image_file(path: str | Path) -> bool:
     return Path(path).name.upper() != "DICOMDIR" and has_dicom_preamble(path)
 
 
-def to_luminance(img: Image.Image, extrema: tuple[float, float] | None = None) -> Image.Image:
+def to_luminance(img: Image.Image, levels: tuple[float, float] | None = None) -> Image.Image:
     """Reduce any PIL mode to 8-bit 'L', scaling 16/32-bit data by its own range.
 
-    `extrema` (min, max) stands in for the image's own when `img` is one strip of a larger
-    picture, so every strip is scaled alike.
+    `levels` (as `integer_levels` gives them) stand in for the image's own when `img` is one
+    strip of a larger picture, so every strip is scaled alike.
     """
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.float64)
-        lo, hi = extrema if extrema is not None else (float(arr.min()), float(arr.max()))
-        if img.mode != "F" and hi > 255:
-            # Scale by the smallest bit depth that holds the data (12-bit films stored in
-            # 16-bit PNGs are common), so a dark film stays dark and a bright one bright.
-            full = float(2 ** int(np.ceil(np.log2(hi + 1))) - 1)
-            arr = arr / full * 255.0
-        elif img.mode == "F":
-            arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+        offset, top = levels if levels is not None else _levels_of(arr)
+        # Scale by the smallest bit depth that holds the data (12-bit films stored in
+        # 16-bit PNGs are common), so a dark film stays dark and a bright one bright.
+        full = float(2 ** int(np.ceil(np.log2(top + 1))) - 1) if top > 255 else 255.0
+        arr = (arr - offset) / full * 255.0
+        return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = levels if levels is not None else (float(arr.min()), float(arr.max()))
+        arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
         return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
     if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
         # Transparent areas become black: the background of a radiograph.
@@ -93,6 +99,29 @@ def to_luminance(img: Image.Image, extrema: tuple[float, float] | None = None) -
     if img.mode != "L":
         return img.convert("L")
     return img
+
+
+def _levels_of(arr: np.ndarray) -> tuple[float, float]:
+    """(offset, top) of integer pixel data: signed data is shifted so its lowest value is
+    black, and the top is the 99.9th percentile, so a few burned-in annotation pixels at
+    the format's maximum do not darken the whole film."""
+    offset = min(float(arr.min()), 0.0)
+    return offset, float(np.percentile(arr, 99.9)) - offset
+
+
+def integer_levels(img: Image.Image) -> tuple[float, float]:
+    """`to_luminance`'s levels for a whole 16/32-bit picture, from a subsample of about
+    512 px a side (a full-size float copy of a 7000x7000 film is 400 MB); 'F' keeps its
+    exact extrema."""
+    lo, hi = img.getextrema()
+    if img.mode == "F":
+        return float(lo), float(hi)
+    w, h = img.size
+    step = max(1, max(w, h) // 512)
+    sample = np.asarray(img.resize((max(1, w // step), max(1, h // step)),
+                                   Image.Resampling.NEAREST), dtype=np.float64)
+    offset = min(float(lo), 0.0)
+    return offset, float(np.percentile(sample, 99.9)) - offset
 
 
 def reduce_factor(width: int, height: int, work_size: int = WORK_SIZE) -> int:
@@ -108,15 +137,12 @@ def reduced_luminance(img: Image.Image, factor: int) -> Image.Image:
     """
     if factor <= 1:
         return to_luminance(img)
-    extrema = None
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        lo, hi = img.getextrema()
-        extrema = (float(lo), float(hi))
+    levels = integer_levels(img) if img.mode in ("I;16", "I;16B", "I;16L", "I", "F") else None
     w, h = img.size
     out = Image.new("L", (-(-w // factor), -(-h // factor)))
     step = factor * max(1, 1_000_000 // (w * factor))  # about 1 Mpx per strip
     for top in range(0, h, step):
-        strip = to_luminance(img.crop((0, top, w, min(h, top + step))), extrema)
+        strip = to_luminance(img.crop((0, top, w, min(h, top + step))), levels)
         out.paste(strip.reduce(factor), (0, top // factor))
     return out
 
@@ -144,8 +170,14 @@ def open_image(img_or_path: str | Path | Image.Image, max_pixels: int = DEFAULT_
     that lacks only its end marker loads with an `ImageWarning`; one whose image data is cut
     short is an error.
     """
-    if isinstance(img_or_path, Image.Image):
-        return to_luminance(orient(img_or_path))
+    if isinstance(img_or_path, Image.Image):  # a notebook's picture: the same limits
+        img = img_or_path
+        w, h = img.size
+        if w * h > max_pixels:
+            raise ImageLoadError("<image>", f"too many pixels ({w}x{h} > {max_pixels:,})")
+        factor = reduce_factor(w, h)
+        return to_luminance(orient(img)) if factor == 1 else reduced_luminance(orient(img),
+                                                                              factor)
     path = Path(img_or_path)
     try:
         if path.is_symlink() and not path.exists():
@@ -164,10 +196,11 @@ def open_image(img_or_path: str | Path | Image.Image, max_pixels: int = DEFAULT_
 
         if is_dicom(path):  # .dcm, or a suffix-less file with the DICM preamble
             return read_dicom(path, max_pixels)
-        with warnings.catch_warnings():
+        with DECODE_WARNINGS_LOCK, warnings.catch_warnings():  # the header only: brief
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                return _decode(img, path, max_pixels)
+            img = Image.open(path)
+        with img:
+            return _decode(img, path, max_pixels)
     except ImageLoadError:
         raise
     except UnidentifiedImageError:
@@ -191,6 +224,11 @@ def _decode(img: Image.Image, path: Path, max_pixels: int) -> Image.Image:
     if w * h > max_pixels:
         raise ImageLoadError(path, f"too many pixels ({w}x{h} > {max_pixels:,}); possible "
                                    "pixel bomb")
+    frames = getattr(img, "n_frames", 1) if img.format != "MPO" else 1  # MPO: a phone
+    if frames > 1:  # photo's extra frames; a multi-page TIFF or a GIF: say which was read
+        warnings.warn(ImageWarning(f"{path}: {frames} pictures in one file; using the first"),
+                      stacklevel=3)
+        img.seek(0)  # counting the frames moved through the file
     factor = reduce_factor(w, h)
     draft = None
     if img.format == "JPEG" and factor > 1:  # libjpeg decodes at 1/2, 1/4 or 1/8 directly

@@ -229,3 +229,154 @@ def test_large_dicom_is_reduced_before_the_luts(tmp_path):
     assert img.size == (1200, 1100)
     c = cols(img)
     assert c[0] <= 1 and c[-1] >= 254
+
+
+def _voi_lut_dataset(arr: np.ndarray, lut: list[int], bits: int, first: int = 0
+                     ) -> FileDataset:
+    from pydicom.dataset import Dataset
+
+    ds = dataset(arr, bits_stored=12)
+    item = Dataset()
+    item.LUTDescriptor = [len(lut), first, bits]
+    item.LUTData = lut
+    item["LUTData"].VR = "US"
+    ds.VOILUTSequence = [item]
+    return ds
+
+
+def test_a_voi_lut_with_8_bit_entries_maps_12_bit_values_without_wrapping(tmp_path):
+    # The common case: 12-bit values through a 4096-entry LUT whose outputs are 8-bit.
+    # pydicom's apply_voi indexes such a LUT with uint8, so values above 255 wrapped.
+    arr = ramp(12)
+    lut = [int(i * 255 / 4095) for i in range(4096)]
+    img = open_image(save(_voi_lut_dataset(arr, lut, 8), tmp_path / "voi.dcm"))
+    expected = np.asarray(lut)[arr.astype(np.int64)].astype(np.float64)
+    assert np.abs(np.asarray(img, np.float64) - expected).max() <= 1
+
+
+def test_a_voi_lut_declared_16_bit_holding_12_bit_values_spans_the_range(tmp_path):
+    lut = list(range(4096))  # declared 16 bits, values only up to 4095 (a common mislabel)
+    c = cols(open_image(save(_voi_lut_dataset(ramp(12), lut, 16), tmp_path / "voi16.dcm")))
+    assert c[0] <= 1 and c[-1] >= 254
+
+
+def test_empty_display_settings_fall_back_to_the_full_range(tmp_path):
+    ds = dataset(ramp(12), bits_stored=12, WindowCenter=None, WindowWidth=None)
+    ds.VOILUTSequence = []
+    c = cols(open_image(save(ds, tmp_path / "empty.dcm")))
+    assert c[0] <= 1 and c[-1] >= 254
+
+
+def test_a_dataset_in_memory_goes_through_the_same_display_pipeline(tmp_path):
+    from edge_toolkit.dicom import dataset_to_image
+
+    ds = dataset(ramp(12), bits_stored=12, photometric="MONOCHROME1")
+    from_file = open_image(save(ds, tmp_path / "a.dcm"))
+    from_memory = dataset_to_image(pydicom.dcmread(tmp_path / "a.dcm"), 10_000_000)
+    assert np.array_equal(np.asarray(from_file), np.asarray(from_memory))
+    assert cols(from_memory)[0] >= 254  # MONOCHROME1 inverted here too
+
+
+def test_modality_is_recorded_and_the_gate_refuses_a_nuclear_medicine_scan(tmp_path):
+    from edge_toolkit.runtime.gate import Gate
+
+    rng = np.random.default_rng(0)
+    arr = (rng.random((120, 100)) * 3000 + 500).astype(np.uint16)
+    scan = open_image(save(dataset(arr, bits_stored=12, Modality="NM"), tmp_path / "nm.dcm"))
+    film = open_image(save(dataset(arr, bits_stored=12, Modality="DX"), tmp_path / "dx.dcm"))
+    assert scan.info["modality"] == "NM"
+    reason = Gate().check_image(scan)
+    assert reason is not None and "NM (nuclear medicine)" in reason
+    assert "modality" not in (Gate().check_image(film) or "")
+
+
+def _j2k_header(width: int, height: int) -> bytes:
+    """A JPEG 2000 codestream's start: SOC, then SIZ with the picture's size."""
+    import struct
+
+    return (b"\xff\x4f\xff\x51" + struct.pack(">HH", 41, 0)
+            + struct.pack(">IIIIIIII", width, height, 0, 0, width, height, 0, 0)
+            + struct.pack(">HBBB", 1, 7, 1, 1))
+
+
+def test_codestream_sizes_are_read_from_jpeg_and_jpeg2000_headers():
+    from edge_toolkit.dicom import codestream_size
+
+    buf = io.BytesIO()
+    Image.fromarray(ramp(8)).save(buf, "JPEG")
+    assert codestream_size(buf.getvalue()) == (40, 30)
+    assert codestream_size(_j2k_header(13000, 9000)) == (13000, 9000)
+    assert codestream_size(b"not a codestream") is None
+    assert codestream_size(buf.getvalue()[:12]) is None  # cut before the frame header
+
+
+def test_compressed_data_bigger_than_its_header_is_refused_before_decoding(tmp_path):
+    from pydicom.uid import JPEG2000Lossless
+
+    ds = dataset(ramp(8), bits_stored=8)
+    ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
+    ds.PixelData = encapsulate([_j2k_header(13000, 13000) + b"\0" * 64])
+    ds["PixelData"].VR = "OB"
+    with pytest.raises(ImageLoadError, match="13000x13000 pixels but the header says 40x30"):
+        open_image(save(ds, tmp_path / "bomb.dcm"))
+
+
+def test_pydicom_warnings_become_one_line_that_quotes_no_value(tmp_path):
+    import warnings
+
+    import pydicom.config
+
+    ds = dataset(ramp(8), bits_stored=8)
+    path = save(ds, tmp_path / "a.dcm")
+    with pydicom.config.disable_value_validation():  # write an invalid UID on purpose
+        ds = pydicom.dcmread(path)
+        ds.StudyInstanceUID = "1.2.826.0.SMITH^JOHN.19800101"
+        ds.save_as(path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        open_image(path)
+    texts = [str(w.message) for w in caught]
+    assert texts and all("SMITH" not in t for t in texts)
+    assert all(isinstance(w.message, ImageWarning) for w in caught)
+    assert any("do not follow the standard" in t for t in texts)
+
+
+def test_damaged_compressed_data_is_called_damaged_not_a_missing_decoder(tmp_path):
+    ds = dataset(ramp(16), bits_stored=16)
+    ds.compress(RLELossless)
+    frame = pydicom.encaps.get_frame(ds.PixelData, 0, number_of_frames=1)
+    ds.PixelData = encapsulate([frame[: len(frame) // 3]])  # cut short
+    with pytest.raises(ImageLoadError) as err:
+        open_image(save(ds, tmp_path / "rle.dcm"))
+    assert "damaged" in err.value.reason and "decoder" not in err.value.reason
+
+
+def test_the_decoder_hint_is_a_runnable_pip_command():
+    from edge_toolkit.dicom import _install_hint
+
+    hint = _install_hint(JPEGLosslessSV1)
+    assert hint == "pip install python-gdcm"
+    both = _install_hint("1.2.840.10008.1.2.4.80")
+    assert both == "pip install pyjpegls (or: pip install python-gdcm)"
+
+
+def test_implicit_vr_without_file_meta_decodes(tmp_path):
+    ds = dataset(ramp(12), bits_stored=12)
+    del ds.file_meta
+    path = tmp_path / "old.dcm"
+    ds.save_as(path, enforce_file_format=False, implicit_vr=True, little_endian=True)
+    c = cols(open_image(path))
+    assert c[0] <= 1 and c[-1] >= 254
+
+
+def test_a_dicomdir_named_directly_is_called_an_index_not_damaged(tmp_path):
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    index = get_testdata_file("DICOMDIR")
+    if index is None:
+        pytest.skip("pydicom's test files do not include a DICOMDIR here")
+    path = Path(shutil.copy(index, tmp_path / "DICOMDIR"))
+    with pytest.raises(ImageLoadError, match="holds no image .Media Storage Directory"):
+        open_image(path)

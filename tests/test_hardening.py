@@ -197,6 +197,27 @@ def test_control_characters_in_file_names_are_escaped(model, images, tmp_path):
     assert res.exit_code == 0 and len(rows) == 2 and "a\\nb.png" in rows[1], res.stdout
 
 
+def test_a_rejected_picture_with_control_characters_in_its_name_is_one_escaped_line(
+        model, tmp_path):
+    from PIL import Image
+
+    odd = tmp_path / "blank\nfake.png"
+    Image.new("L", (200, 200), 128).save(odd)  # near-uniform: the gate refuses it
+    res = invoke(classify, model, odd, "-f", "jsonl")
+    assert res.exit_code == 3
+    lines = [ln for ln in error_lines(res) if not ln.startswith("done:")]
+    assert lines == [f"rejected: {tmp_path}/blank\\nfake.png: near-uniform frame "
+                     "(contrast 0.0 < 8)"]
+
+
+def test_bench_refuses_to_write_its_table_over_a_model_it_measures(model, tmp_path):
+    victim = tmp_path / "victim.tflite"
+    victim.write_bytes(model.read_bytes())
+    res = invoke(bench, victim, "--runs", "2", "--threads", "1", "-o", victim)
+    assert res.exit_code == 2 and "is also one of the models to measure" in res.stderr
+    assert victim.read_bytes() == model.read_bytes()
+
+
 def test_an_empty_folder_beside_other_paths_is_named(model, images, tmp_path):
     empty = tmp_path / "empty"
     (empty / ".hidden").mkdir(parents=True)

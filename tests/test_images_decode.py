@@ -104,3 +104,39 @@ def test_peak_memory_classifying_a_7000px_png_stays_under_300_mb(tmp_path, kind)
     assert out.returncode == 0, out.stderr
     peak_mb = int(out.stdout.split()[-1]) / 1024
     assert peak_mb < 300, f"peak {peak_mb:.0f} MB"
+
+
+def test_one_bright_pixel_does_not_darken_a_16bit_film(tmp_path):
+    # 11-bit data (max 2040) in a 16-bit PNG; one annotation pixel at the format's maximum
+    # used to double the scale and halve every other grey level.
+    rng = np.random.default_rng(0)
+    arr = (rng.random((120, 160)) * 2040).astype(np.uint16)
+    Image.fromarray(arr).save(tmp_path / "plain.png")
+    arr[0, 0] = 65535
+    Image.fromarray(arr).save(tmp_path / "marked.png")
+    plain = np.asarray(open_image(tmp_path / "plain.png"), np.float64)
+    marked = np.asarray(open_image(tmp_path / "marked.png"), np.float64)
+    assert abs(plain.mean() - marked.mean()) < 1.0
+    assert plain.mean() > 100  # 11 bits scaled to 8, not to 16
+
+
+def test_signed_integer_pictures_are_shifted_not_clipped():
+    arr = np.tile(np.linspace(-1000, 1000, 64), (48, 1)).astype(np.int32)
+    out = np.asarray(open_image(Image.fromarray(arr, "I")), np.float64).mean(axis=0)
+    assert out[0] <= 1 and out[-1] >= 240 and np.all(np.diff(out) >= 0)
+    assert 110 < out[32] < 140  # zero sits mid-grey: negatives were clipped to black
+
+
+def test_a_pil_picture_gets_the_same_size_limits_as_a_file():
+    big = Image.new("L", (3000, 2100), 90)
+    assert open_image(big).size == (1500, 1050)  # reduced like a decoded file
+    with pytest.raises(ImageLoadError, match="too many pixels"):
+        open_image(big, max_pixels=1_000_000)
+
+
+def test_a_multipage_tiff_says_which_picture_was_read(tmp_path):
+    pages = [Image.fromarray(gradient(80, 60)), Image.new("L", (80, 60), 0)]
+    pages[0].save(tmp_path / "two.tif", save_all=True, append_images=pages[1:])
+    with pytest.warns(ImageWarning, match="2 pictures in one file; using the first"):
+        img = open_image(tmp_path / "two.tif")
+    assert np.asarray(img).std() > 10  # the gradient, not the black page

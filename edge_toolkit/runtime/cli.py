@@ -223,7 +223,8 @@ class Batch:
             self.ok += 1
         elif result.status == "rejected":
             self.rejected += 1
-            self.progress.echo(f"rejected: {result.file}: {result.error}", sys.stderr)
+            self.progress.echo(f"rejected: {shown(result.file)}: {shown(result.error or '')}",
+                               sys.stderr)
         else:
             self.failed += 1
             self.progress.echo(f"error: {shown(result.file)}: {shown(result.error or '')}",
@@ -651,6 +652,11 @@ def bench(ctx: click.Context, models: tuple[Path, ...], threads: tuple[str, ...]
 
     thread_counts = _thread_list(threads)
     if output is not None:
+        from edge_toolkit.runtime.sources import resolve_key
+
+        if resolve_key(output) in {resolve_key(m) for m in models}:
+            raise RuntimeFailure(f"{shown(output)}: is also one of the models to measure; "
+                                 "choose another --output")
         try:
             prepare_output(output)
         except OutputPathError as exc:

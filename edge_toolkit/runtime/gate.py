@@ -3,6 +3,8 @@
 A classifier gives every input a probability, so a blank frame, a noise frame or a photo of a
 person all came back "fractured". Two checks stand in front of it:
 
+* what the file says it is: a DICOM file whose Modality is not a plain radiograph (CT, MR,
+  a nuclear-medicine scan, ultrasound, ...) is refused by name;
 * quality, on the decoded grayscale picture (no model needed): too small, near-uniform, too
   dark, too bright, heavily blurred, pure noise;
 * out of distribution, two distances fitted at export, each with a threshold that rejects at
@@ -32,6 +34,22 @@ from edge_toolkit.card import read_member
 OOD_MEMBER = "edge_toolkit_gate.npz"
 APPEARANCE_MEMBER = "edge_toolkit_gate_appearance.npz"
 ANALYSIS_SIZE = 256  # quality is judged on the picture scaled to this long side
+# DICOM Modality values of plain (projection) radiographs, plus "other" and none given
+RADIOGRAPH_MODALITIES = frozenset({"CR", "DX", "RG", "DR", "OT", ""})
+MODALITY_NAMES = {"CT": "CT", "MR": "MRI", "NM": "nuclear medicine", "PT": "PET",
+                  "US": "ultrasound", "MG": "mammography", "XA": "angiography",
+                  "RF": "fluoroscopy", "IO": "intra-oral dental X-ray",
+                  "PX": "panoramic dental X-ray", "ES": "endoscopy", "XC": "photograph",
+                  "OP": "ophthalmic photograph", "SM": "microscopy", "ECG": "ECG"}
+
+
+def modality_reason(modality: str | None) -> str | None:
+    """Why a DICOM picture's Modality rules it out, or None (not DICOM, or a radiograph)."""
+    if modality is None or modality in RADIOGRAPH_MODALITIES:
+        return None
+    name = MODALITY_NAMES.get(modality)
+    what = f"{modality} ({name})" if name else modality
+    return f"DICOM modality {what} is not a plain radiograph (the model reads CR/DX X-rays)"
 
 
 @dataclass(frozen=True)
@@ -237,6 +255,9 @@ class Gate:
 
     def check_image(self, img: Image.Image) -> str | None:
         """The reason to reject a decoded grayscale picture, or None."""
+        reason = modality_reason(img.info.get("modality"))
+        if reason is not None:
+            return reason
         reason = quality_reason(measure(img), self.limits, self.input_size)
         if reason is None and self.look is not None:
             score = float(self.look.score(appearance(img)))
