@@ -74,7 +74,7 @@ def read_dicom(path: str | Path, max_pixels: int) -> Image.Image:
     """Decode the first frame of a DICOM image to 8-bit 'L'; raises ImageLoadError.
 
     The returned image's `info["study"]` is `study_hash` of the StudyInstanceUID (or absent)
-    and `info["modality"]` the Modality tag (the input gate refuses what is not a plain
+    and `info["dicom_modality"]` the Modality tag (the input gate refuses what is not a plain
     radiograph). pydicom's own warnings quote tag values, which may be identifiers: they
     become one `ImageWarning` that counts them and shows none.
     """
@@ -129,7 +129,7 @@ def dataset_to_image(ds: Any, max_pixels: int, name: str | Path = "<dataset>") -
     study = study_hash(ds.get("StudyInstanceUID"))
     if study:
         img.info["study"] = study
-    img.info["modality"] = str(ds.get("Modality", "") or "").upper().strip()
+    img.info["dicom_modality"] = str(ds.get("Modality", "") or "").upper().strip()
     return img
 
 

@@ -284,7 +284,7 @@ def test_modality_is_recorded_and_the_gate_refuses_a_nuclear_medicine_scan(tmp_p
     arr = (rng.random((120, 100)) * 3000 + 500).astype(np.uint16)
     scan = open_image(save(dataset(arr, bits_stored=12, Modality="NM"), tmp_path / "nm.dcm"))
     film = open_image(save(dataset(arr, bits_stored=12, Modality="DX"), tmp_path / "dx.dcm"))
-    assert scan.info["modality"] == "NM"
+    assert scan.info["dicom_modality"] == "NM"
     reason = Gate().check_image(scan)
     assert reason is not None and "NM (nuclear medicine)" in reason
     assert "modality" not in (Gate().check_image(film) or "")

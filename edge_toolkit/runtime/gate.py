@@ -255,7 +255,7 @@ class Gate:
 
     def check_image(self, img: Image.Image) -> str | None:
         """The reason to reject a decoded grayscale picture, or None."""
-        reason = modality_reason(img.info.get("modality"))
+        reason = modality_reason(img.info.get("dicom_modality"))
         if reason is not None:
             return reason
         reason = quality_reason(measure(img), self.limits, self.input_size)
