@@ -355,7 +355,8 @@ def test_odd_layouts_are_reported_not_fatal(tmp_path: Path) -> None:
     (root / "train" / "fractured" / "empty.jpg").write_bytes(b"")
     d = run_audit(root, bootstrap=0).data
     assert d["unknown_class_folders"] == ["train/cats"]
-    assert d["ignored_files"] == ["train/stray.png"]
+    assert d["outside_class_folders"] == ["train/stray.png"]  # not "not an image by name"
+    assert d["ignored_files"] == []
     assert d["unreadable"] == [{"file": "train/fractured/empty.jpg",
                                 "reason": "empty file (0 bytes)"}]
     assert d["verdict"].startswith("VERDICT: NOT CHECKED")

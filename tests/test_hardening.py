@@ -210,6 +210,19 @@ def test_a_rejected_picture_with_control_characters_in_its_name_is_one_escaped_l
                      "(contrast 0.0 < 8)"]
 
 
+def test_a_loader_warning_for_a_name_with_control_characters_is_one_escaped_line(
+        model, images, tmp_path):
+    from PIL import Image
+
+    odd = tmp_path / "two\npages.tif"
+    first = Image.open(images[0]).convert("L")
+    first.save(odd, save_all=True, append_images=[Image.new("L", first.size, 0)])
+    res = invoke(classify, model, odd, "-f", "jsonl")
+    warned = [ln for ln in error_lines(res) if ln.startswith("warning:")]
+    assert warned == [f"warning: {tmp_path}/two\\npages.tif: 2 pictures in one file; "
+                      "using the first"]
+
+
 def test_bench_refuses_to_write_its_table_over_a_model_it_measures(model, tmp_path):
     victim = tmp_path / "victim.tflite"
     victim.write_bytes(model.read_bytes())

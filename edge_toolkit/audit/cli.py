@@ -1,7 +1,8 @@
 """`edge-toolkit audit DATA`: the dataset audit as a command, with pipeline-friendly exit codes.
 
 Exit codes: 0 done; 2 usage errors and folders that are not a dataset (click's convention);
-3 with `--fail-on-leak` when any val/test image has an exact or near copy in train.
+3 with `--fail-on-leak` when any val/test image has an exact or near copy in train; 130
+interrupted (Ctrl-C): nothing written, no partial report.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -16,7 +18,12 @@ from edge_toolkit.audit.hashing import NEAR_THRESHOLD
 from edge_toolkit.files import OutputPathError, prepare_output, shown
 from edge_toolkit.runtime.writers import atomic_write
 
+if TYPE_CHECKING:
+    from edge_toolkit.audit.report import AuditReport
+    from edge_toolkit.audit.resplit import ResplitResult
+
 EXIT_LEAK = 3
+EXIT_INTERRUPTED = 130  # Ctrl-C, as train and pipeline
 
 
 class AuditFailure(click.ClickException):
@@ -65,26 +72,27 @@ def audit(data: Path, as_json: bool, report_path: Path | None, fail_on_leak: boo
       edge-toolkit audit DATA --json --fail-on-leak > audit.json
       edge-toolkit audit DATA --resplit DATA-clean --fractions 70,15,15
     """
-    from edge_toolkit.audit import resplit as rs
-    from edge_toolkit.audit.report import format_text, run_audit
+    try:
+        code = _run(data, as_json, report_path, fail_on_leak, resplit_out, fractions, seed,
+                    near, threshold, shortcuts, bootstrap, max_groups, workers)
+    except KeyboardInterrupt:
+        click.echo("interrupted: the audit did not finish; no report or re-split was written",
+                   err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    if code:
+        sys.exit(code)
+
+
+def _run(data: Path, as_json: bool, report_path: Path | None, fail_on_leak: bool,
+         resplit_out: Path | None, fractions: str | None, seed: int, near: bool,
+         threshold: float, shortcuts: bool, bootstrap: int, max_groups: int,
+         workers: int | None) -> int:
+    """The command's work; returns its exit code (Ctrl-C is the caller's)."""
+    from edge_toolkit.audit.report import format_text, json_safe, run_audit
     from edge_toolkit.audit.scan import AuditError
     from edge_toolkit.files import printable
 
-    shares = None
-    if report_path is not None:  # a missing or read-only folder fails now, not after the work
-        try:
-            prepare_output(report_path)
-        except OutputPathError as exc:
-            raise AuditFailure(f"--report: {exc}") from None
-    if resplit_out is not None:  # refuse a bad output before spending time on the audit
-        try:
-            rs.check_output(data, resplit_out)
-            shares = rs.parse_fractions(fractions) if fractions else None
-        except (rs.ResplitError, ValueError) as exc:
-            raise AuditFailure(str(exc)) from None
-    elif fractions:
-        raise click.UsageError("--fractions only applies with --resplit")
-
+    shares = _check_outputs(data, report_path, resplit_out, fractions)
     progress = _progress if sys.stderr.isatty() and not as_json else None
     try:
         report = run_audit(data, near=near, threshold=threshold, shortcuts=shortcuts,
@@ -94,23 +102,15 @@ def audit(data: Path, as_json: bool, report_path: Path | None, fail_on_leak: boo
     finally:
         if progress is not None:
             click.echo("\r" + " " * 40 + "\r", nl=False, err=True)
+    for rec in report.scan.records:
+        if rec.warning:
+            click.echo(f"warning: {shown(rec.path)}: {shown(rec.warning)}", err=True)
 
     doc = report.data
+    result = None
     if resplit_out is not None:
-        if shares is None:
-            shares = rs.source_fractions(report.scan)
-        if "train" not in shares:
-            raise click.UsageError(f"{data}: no train/ split; give --fractions for --resplit")
-        try:
-            result = rs.write(report.scan, resplit_out, shares, seed=seed, near=near,
-                              threshold=threshold)
-        except rs.ResplitError as exc:
-            raise AuditFailure(str(exc)) from None
-        except OSError as exc:
-            raise AuditFailure(f"--resplit: cannot write {shown(resplit_out)} "
-                               f"({exc.strerror or exc})") from None
-        doc["resplit"] = result.to_dict()
-
+        result = _resplit(report, data, resplit_out, shares, seed, near, threshold)
+        doc["resplit"] = json_safe(result.to_dict())
     if report_path is not None:
         try:
             atomic_write(report_path, json.dumps(doc, indent=2) + "\n")
@@ -121,12 +121,60 @@ def audit(data: Path, as_json: bool, report_path: Path | None, fail_on_leak: boo
         click.echo(json.dumps(doc, indent=2))
     else:
         click.echo(format_text(report, max_groups=max_groups))
-        if resplit_out is not None:
+        if result is not None and resplit_out is not None:
             click.echo("")
             click.echo(printable("\n".join(result.lines())))
-            click.echo(printable(f"  check it: edge-toolkit audit {resplit_out}"))
-    if fail_on_leak and report.leak.leaked:
-        sys.exit(EXIT_LEAK)
+            click.echo(f"  check it: edge-toolkit audit {shown(resplit_out)}")
+    return EXIT_LEAK if fail_on_leak and report.leak.leaked else 0
+
+
+def _check_outputs(data: Path, report_path: Path | None, resplit_out: Path | None,
+                   fractions: str | None) -> dict[str, float] | None:
+    """Refuse bad outputs and --fractions before any work; the parsed shares (None: the
+    source's own)."""
+    from edge_toolkit.audit import resplit as rs
+
+    if report_path is not None and resplit_out is not None:
+        rep, out = report_path.resolve(), resplit_out.resolve()
+        if rep == out or out in rep.parents:
+            raise AuditFailure(f"--report {shown(report_path)}: is the --resplit folder or "
+                               "inside it; write the report elsewhere")
+    if report_path is not None:  # a missing or read-only folder fails now, not after the work
+        try:
+            prepare_output(report_path)
+        except OutputPathError as exc:
+            raise AuditFailure(f"--report: {exc}") from None
+    if resplit_out is None:
+        if fractions:
+            raise click.UsageError("--fractions only applies with --resplit")
+        return None
+    try:
+        shares = rs.parse_fractions(fractions) if fractions else None
+        rs.check_output(data, resplit_out)
+    except (rs.ResplitError, ValueError) as exc:
+        raise AuditFailure(str(exc)) from None
+    return shares
+
+
+def _resplit(report: AuditReport, data: Path, out: Path, shares: dict[str, float] | None,
+             seed: int, near: bool, threshold: float) -> ResplitResult:
+    """Write the re-split; a split it leaves empty is a warning on stderr."""
+    from edge_toolkit.audit import resplit as rs
+
+    if shares is None:
+        shares = rs.source_fractions(report.scan)
+    if "train" not in shares:
+        raise click.UsageError(f"{shown(data)}: no train/ split; give --fractions for --resplit")
+    try:
+        result = rs.write(report.scan, out, shares, seed=seed, near=near, threshold=threshold)
+    except rs.ResplitError as exc:
+        raise AuditFailure(str(exc)) from None
+    except OSError as exc:
+        raise AuditFailure(f"--resplit: cannot write {shown(out)} "
+                           f"({exc.strerror or exc})") from None
+    for line in result.warnings():
+        click.echo(f"warning: --resplit: {line}", err=True)
+    return result
 
 
 def _progress(done: int, total: int) -> None:

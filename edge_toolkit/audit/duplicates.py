@@ -1,6 +1,7 @@
 """Exact and near-duplicate groups of a scanned dataset, as per-file group ids.
 
-Exact: same sha256 of the bytes (works even for files that do not decode). Near: connected
+Exact: same sha256 of the bytes, among files that could be read (two empty or identically
+damaged files are not one image, and must not count as a copy across splits). Near: connected
 components of verified signature matches between distinct contents (see `hashing`), so a
 family of rotated copies is one group even where two members are too different to match
 directly. Both are computed once and shared by the leakage summary, the report and re-splitting.
@@ -12,8 +13,15 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 
+import numpy as np
+
 from edge_toolkit.audit.groups import DisjointSet
-from edge_toolkit.audit.hashing import NEAR_THRESHOLD, near_duplicate_pairs
+from edge_toolkit.audit.hashing import (
+    NEAR_THRESHOLD,
+    best_correlation,
+    matches,
+    near_duplicate_pairs,
+)
 from edge_toolkit.audit.scan import Record, Scan
 from edge_toolkit.data import LABELS, group_key, has_family_mark
 
@@ -57,10 +65,10 @@ def find_duplicates(sc: Scan, near: bool = True, threshold: float = NEAR_THRESHO
     subset = list(range(len(records))) if indices is None else list(indices)
     chosen = set(subset)
     dsu = DisjointSet(len(records))
-    dsu.union_by_key([r.sha256 if i in chosen else None for i, r in enumerate(records)])
+    keys = [r.sha256 if i in chosen and r.readable else None for i, r in enumerate(records)]
+    dsu.union_by_key(keys)
     exact_roots = dsu.roots()
-    exact: list[int | None] = [int(exact_roots[i]) if r.sha256 and i in chosen else None
-                               for i, r in enumerate(records)]
+    exact: list[int | None] = [int(exact_roots[i]) if k else None for i, k in enumerate(keys)]
     n_pairs = 0
     near = near and sc.signatures is not None
     if near:
@@ -91,6 +99,44 @@ def cross_split_groups(records: list[Record], members: dict[int, list[int]]
 def label_conflicts(records: list[Record], members: dict[int, list[int]]
                     ) -> dict[int, list[int]]:
     return {g: m for g, m in members.items() if len({records[i].label for i in m}) > 1}
+
+
+def cross_label_pairs(sc: Scan, dups: Duplicates) -> list[tuple[int, int, float]]:
+    """(i, j, correlation) for distinct contents under different labels that match each
+    other directly, within one near group; i, j are each content's first record.
+
+    A group is a chain (A~B, B~C) and its ends may be different radiographs, so only a
+    direct match says "one image under two labels". Contents already under both labels
+    are exact conflicts and are left out here.
+    """
+    if not dups.near_checked or sc.signatures is None:
+        return []
+    recs = sc.records
+    ii: list[int] = []
+    jj: list[int] = []
+    for members in dups.members().values():
+        labels: dict[str, set[int]] = defaultdict(set)
+        first: dict[str, int] = {}
+        for i in members:
+            if recs[i].readable and recs[i].sha256:
+                labels[recs[i].sha256].add(recs[i].label)
+                first.setdefault(recs[i].sha256, i)
+        single = sorted((first[s], next(iter(lab))) for s, lab in labels.items()
+                        if len(lab) == 1)
+        for a, (i, la) in enumerate(single):
+            for j, lb in single[a + 1:]:
+                if la != lb:
+                    ii.append(i)
+                    jj.append(j)
+    if not ii:
+        return []
+    corr = best_correlation(sc.signatures[ii], sc.signatures[jj])
+    if sc.crop_signatures is not None and sc.nonsquare is not None:
+        odd = sc.nonsquare[ii] | sc.nonsquare[jj]
+        crop = best_correlation(sc.crop_signatures[ii], sc.crop_signatures[jj])
+        corr = np.where(odd, np.maximum(corr, crop), corr)
+    hit = matches(corr, dups.threshold)
+    return [(i, j, float(c)) for i, j, c, h in zip(ii, jj, corr, hit) if h]
 
 
 

@@ -37,6 +37,9 @@ ANGLES = 128  # samples per ring (2.8 degrees apart)
 HARMONICS = 33  # angular Fourier terms kept per ring (low-pass; 0..32)
 DESCRIPTOR_HARMONICS = 12  # terms whose magnitudes form the candidate descriptor
 NEAR_THRESHOLD = 0.975  # verified correlation at or above which two images are near duplicates
+# float32 rounding: identical pixels correlate at 0.9999994, not 1.0, so a match is a
+# correlation within this of the threshold (`--threshold 1.0` must find identical pixels)
+MATCH_TOLERANCE = 1e-5
 CANDIDATE_COSINE = 0.98  # descriptor cosine below which a pair is not even verified
 FLAT_RMS = 0.5  # grey levels: a disc that varies less than this is blank, not a signature
 _BATCH = 256  # candidate pairs per verification batch; small, so new unions skip more
@@ -137,6 +140,11 @@ def best_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.maximum(direct, mirror)
 
 
+def matches(corr: np.ndarray, threshold: float) -> np.ndarray:
+    """Which correlations reach `threshold`, allowing for float32 rounding."""
+    return np.asarray(corr) >= threshold - MATCH_TOLERANCE
+
+
 def near_duplicate_pairs(sigs: np.ndarray, threshold: float = NEAR_THRESHOLD,
                          dsu: DisjointSet | None = None, involve: np.ndarray | None = None,
                          block: int = 512) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -171,7 +179,7 @@ def near_duplicate_pairs(sigs: np.ndarray, threshold: float = NEAR_THRESHOLD,
                 fresh = roots[ci] != roots[cj]
                 ci, cj = ci[fresh], cj[fresh]
             corr = best_correlation(sigs[ci], sigs[cj])
-            hit = corr >= threshold
+            hit = matches(corr, threshold)
             out_i.append(ci[hit])
             out_j.append(cj[hit])
             out_c.append(corr[hit].astype(np.float32))

@@ -74,6 +74,7 @@ class LeakSummary:
     threshold: float
     seconds: float = 0.0
     train_readable: int | None = None  # None: not counted (every train file assumed read)
+    partial: list[str] = field(default_factory=list)  # splits with a folder that was not read
 
     @property
     def leaked(self) -> bool:
@@ -93,6 +94,11 @@ class LeakSummary:
         if not self.leaked and blind:
             return ("VERDICT: NOT CHECKED - no image could be read in "
                     + ", ".join(f"{s.split}/ ({s.files} files)" for s in blind) + ".")
+        if not self.leaked and self.partial:
+            return ("VERDICT: NOT CHECKED - a folder of "
+                    + ", ".join(f"{s}/" for s in self.partial)
+                    + f" could not be read; no {kind} copy in train among the files that were"
+                    f"{unchecked}.")
         if not self.leaked:
             extra = (f" (but {self.test_in_val} test images have a copy in val)"
                      if self.test_in_val else "")
@@ -119,18 +125,24 @@ class LeakSummary:
         return {"leaked": self.leaked, "verdict": self.verdict(), "near_checked": self.near_checked,
                 "near_threshold": self.threshold if self.near_checked else None,
                 "has_train": self.has_train, "train_readable": self.train_readable,
+                "partly_read_splits": self.partial,
                 "test_with_copy_in_val": self.test_in_val,
                 "splits": {k: v.to_dict() for k, v in self.splits.items()}}
 
 
-def compute_leakage(root: str, records: list[Record], dups: Duplicates) -> LeakSummary:
-    """Count, per val/test split, files whose exact or near group also holds a train file."""
-    train_sha = {r.sha256 for r in records if r.split == "train" and r.sha256}
-    first_in: dict[tuple[str, int], int] = {}  # (split, group) -> first record index
-    for i, r in enumerate(records):
-        first_in.setdefault((r.split, dups.group[i]), i)
+def compute_leakage(root: str, records: list[Record], dups: Duplicates,
+                    partial: Iterable[str] = ()) -> LeakSummary:
+    """Count, per val/test split, files whose exact or near group also holds a train file.
+
+    Unreadable files take no part: two empty or identically damaged files are no image
+    copied across splits. `partial` names splits not wholly read (no CLEAN verdict then).
+    """
+    first_in: dict[tuple[str, int], int] = {}  # (split, group) -> first readable record
     sha_in_train: dict[str, int] = {}
     for i, r in enumerate(records):
+        if not r.readable:
+            continue
+        first_in.setdefault((r.split, dups.group[i]), i)
         if r.split == "train" and r.sha256:
             sha_in_train.setdefault(r.sha256, i)
     splits: dict[str, SplitLeak] = {}
@@ -144,11 +156,11 @@ def compute_leakage(root: str, records: list[Record], dups: Duplicates) -> LeakS
             splits[name] = SplitLeak(name, counts[name], readable[name])
     test_in_val = 0
     for i, r in enumerate(records):
-        if r.split not in splits:
+        if r.split not in splits or not r.readable:
             continue
         leak = splits[r.split]
         g = dups.group[i]
-        if r.sha256 in train_sha:
+        if r.sha256 in sha_in_train:
             leak.exact += 1
             kind, match = "exact", sha_in_train[r.sha256]
         elif ("train", g) in first_in:
@@ -162,7 +174,7 @@ def compute_leakage(root: str, records: list[Record], dups: Duplicates) -> LeakS
             test_in_val += 1
     has_train = counts["train"] > 0
     return LeakSummary(root, has_train, splits, test_in_val, dups.near_checked, dups.threshold,
-                       train_readable=readable["train"])
+                       train_readable=readable["train"], partial=list(partial))
 
 
 def quick_leak_check(root: str | Path, near: bool = True,
@@ -178,6 +190,6 @@ def quick_leak_check(root: str | Path, near: bool = True,
     t0 = time.perf_counter()
     sc = scan(root, decode=near, workers=workers, samples=samples)
     dups = find_duplicates(sc, near=near, threshold=threshold)
-    summary = compute_leakage(str(root), sc.records, dups)
+    summary = compute_leakage(str(root), sc.records, dups, sc.partial_splits)
     summary.seconds = time.perf_counter() - t0
     return summary

@@ -18,6 +18,7 @@ import numpy as np
 
 from edge_toolkit.audit.duplicates import (
     Duplicates,
+    cross_label_pairs,
     cross_split_groups,
     find_duplicates,
     label_conflicts,
@@ -49,7 +50,7 @@ def run_audit(root: str | Path, near: bool = True, threshold: float = NEAR_THRES
     sc = scan(root, decode=True, workers=workers, progress=progress)
     check_readable(sc)
     dups = find_duplicates(sc, near=near, threshold=threshold)
-    leak = compute_leakage(str(root), sc.records, dups)
+    leak = compute_leakage(str(root), sc.records, dups, sc.partial_splits)
     t1 = time.perf_counter()
     short = shortcut_check(sc.records, bootstrap=bootstrap) if shortcuts else None
     t2 = time.perf_counter()
@@ -63,11 +64,14 @@ def run_audit(root: str | Path, near: bool = True, threshold: float = NEAR_THRES
         "leaked": leak.leaked,
         "splits": split_stats(recs),
         "unreadable": [{"file": r.rel, "reason": r.error} for r in recs if r.error],
+        "unreadable_folders": sc.unread_folders,
+        "warnings": [{"file": r.rel, "warning": r.warning} for r in recs if r.warning],
         "ignored_files": sc.ignored,
+        "outside_class_folders": sc.outside,
         "unknown_class_folders": sc.unknown_folders,
         "exact_duplicates": exact_section(recs, dups),
         "near_duplicates": near_section(recs, dups),
-        "label_conflicts": conflict_section(recs, dups),
+        "label_conflicts": conflict_section(sc, dups),
         "filename_families": family_section(recs),
         "leakage": leak.to_dict(),
         "shortcuts": short,
@@ -83,18 +87,40 @@ def check_readable(sc: Scan) -> None:
     from edge_toolkit.audit.scan import AuditError
 
     if not sc.records:
-        raise AuditError(f"{sc.root}: no image files in its train/, val/ or test/ folders "
-                         f"({len(sc.ignored)} files with other names): an empty dataset")
+        raise AuditError(f"{shown(sc.root)}: no image files in its train/, val/ or test/ "
+                         f"folders{_why_empty(sc)}")
     if not any(r.readable for r in sc.records):
         first = sc.records[0]
-        raise AuditError(f"{sc.root}: none of its {len(sc.records)} image files could be read "
-                         f"(e.g. {first.rel}: {first.error})")
+        raise AuditError(f"{shown(sc.root)}: none of its {len(sc.records)} image files could be "
+                         f"read (e.g. {shown(first.rel)}: {shown(str(first.error))})")
+
+
+def _why_empty(sc: Scan) -> str:
+    """What an empty listing held instead: unreadable folders, folders with names that are
+    not a class (and the names that are), files with other names."""
+    if sc.unread_folders:
+        f = sc.unread_folders[0]
+        return (f": {len(sc.unread_folders)} folders could not be read (e.g. "
+                f"{shown(f['folder'])}: {f['reason']})")
+    if sc.unknown_folders:
+        return ("; ignored folders that are not a class name: "
+                + ", ".join(shown(f) for f in sc.unknown_folders[:5])
+                + f". {CLASS_NAMES}")
+    return f" ({len(sc.ignored) + len(sc.outside)} files with other names): an empty dataset"
+
+
+CLASS_NAMES = ("Class folders are named 'fractured' (or 'fracture', 'positive', 'abnormal') and "
+               "'not fractured' (or 'not_fractured', 'normal', 'negative', 'healthy').")
 
 
 def json_safe(obj: Any) -> Any:
-    """NaN/inf become None, numpy scalars become Python numbers, floats get 4 decimals."""
+    """NaN/inf become None, numpy scalars become Python numbers, floats get 4 decimals, and
+    the bytes of a file name that is not UTF-8 become `\\xff` escapes (`files.printable`,
+    as on the terminal): a lone surrogate is not valid UTF-8 JSON."""
+    if isinstance(obj, str):
+        return printable(obj)
     if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
+        return {printable(str(k)): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [json_safe(v) for v in obj]
     if isinstance(obj, (np.integer,)):
@@ -172,12 +198,22 @@ def near_section(recs: list[Record], dups: Duplicates) -> dict[str, Any]:
             "list": [_group_entry(recs, m) for m in _ordered(recs, fams)]}
 
 
-def conflict_section(recs: list[Record], dups: Duplicates) -> dict[str, Any]:
+def conflict_section(sc: Scan, dups: Duplicates) -> dict[str, Any]:
+    """Exact: one content under two labels. Near: two contents under different labels that
+    match each other directly (not merely through a chain of others), with their copies."""
+    recs = sc.records
     exact = label_conflicts(recs, dups.members("exact"))
-    near = {g: m for g, m in label_conflicts(recs, dups.members()).items()
-            if not any(set(m) >= set(e) for e in exact.values())}
+    copies: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(recs):
+        if r.readable and r.sha256:
+            copies[r.sha256].append(i)
+    near = []
+    for i, j, corr in cross_label_pairs(sc, dups):
+        members = copies[str(recs[i].sha256)] + copies[str(recs[j].sha256)]
+        near.append((members, corr))
+    near.sort(key=lambda t: (-len({recs[i].split for i in t[0]}), -t[1]))
     return {"exact": [_group_entry(recs, m) for m in _ordered(recs, exact)],
-            "near": [_group_entry(recs, m) for m in _ordered(recs, near)]}
+            "near": [dict(_group_entry(recs, m), correlation=c) for m, c in near]}
 
 
 def family_section(recs: list[Record]) -> dict[str, Any]:
@@ -229,15 +265,25 @@ def format_text(report: AuditReport, max_groups: int = 8) -> str:
                          f"{_counts(s['formats'])} | {_counts(s['modes'])}")
     if d["unreadable"]:
         lines += ["", f"Unreadable files ({len(d['unreadable'])})"]
-        lines += [f"  {shown(u['file'])}: {u['reason']}" for u in d["unreadable"][:max_groups]]
+        lines += [f"  {shown(u['file'])}: {shown(u['reason'])}"
+                  for u in d["unreadable"][:max_groups]]
         if len(d["unreadable"]) > max_groups:
             lines.append(f"  ... {len(d['unreadable']) - max_groups} more (see --json)")
+    if d["unreadable_folders"]:
+        lines += ["", f"Unreadable folders ({len(d['unreadable_folders'])}; their files are "
+                  "not in this audit)"]
+        lines += [f"  {shown(f['folder'])}/: {f['reason']}" for f in d["unreadable_folders"]]
     if d["ignored_files"]:
         lines.append(f"Ignored (not image files by name): {len(d['ignored_files'])}, e.g. "
                      + ", ".join(shown(f) for f in d["ignored_files"][:3]))
+    if d["outside_class_folders"]:
+        lines.append(f"Ignored (outside a class folder, so no label): "
+                     f"{len(d['outside_class_folders'])}, e.g. "
+                     + ", ".join(shown(f) for f in d["outside_class_folders"][:3]))
     if d["unknown_class_folders"]:
         lines.append("Ignored folders (not a known class name): "
-                     + ", ".join(shown(f) for f in d["unknown_class_folders"]))
+                     + ", ".join(shown(f) for f in d["unknown_class_folders"]) + ". "
+                     + CLASS_NAMES)
 
     ex = d["exact_duplicates"]
     lines += ["", f"Exact duplicates (same bytes): {ex['groups']} groups, "
@@ -255,7 +301,8 @@ def format_text(report: AuditReport, max_groups: int = 8) -> str:
     lc = d["label_conflicts"]
     n_conf = len(lc["exact"]) + len(lc["near"])
     lines += ["", f"Label conflicts (one image under two labels): {len(lc['exact'])} exact, "
-              f"{len(lc['near'])} near" if n_conf else "Label conflicts: none"]
+              f"{len(lc['near'])} near (pairs that match each other directly)" if n_conf
+              else "Label conflicts: none"]
     lines += _group_lines(lc["exact"] + lc["near"], max_groups)
     ff = d["filename_families"]
     if ff["cross_split"]:
@@ -265,7 +312,7 @@ def format_text(report: AuditReport, max_groups: int = 8) -> str:
 
     lines += ["", "Leakage into evaluation splits"]
     lk = d["leakage"]
-    for name, s in lk["splits"].items():
+    for name, s in lk["splits"].items() if lk["has_train"] else ():
         lines.append(f"  {name}: {s['exact_in_train']}/{s['files']} "
                      f"({s['exact_in_train_pct']:.1f}%) have an exact copy in train; "
                      f"{s['near_only_in_train']} more a near copy; "
@@ -285,8 +332,9 @@ def _group_lines(entries: list[dict[str, Any]], limit: int) -> list[str]:
     for e in entries[:limit]:
         where = ", ".join(f"{k} {v}" for k, v in e["splits"].items())
         lab = "/".join(e["labels"])
-        out.append(f"  [{where}; {lab}; {len(e['files'])} files, {e['distinct']} distinct] "
-                   + _files_line(e))
+        corr = f", correlation {e['correlation']:.3f}" if "correlation" in e else ""
+        out.append(f"  [{where}; {lab}; {len(e['files'])} files, {e['distinct']} distinct{corr}]"
+                   " " + _files_line(e))
     if len(entries) > limit:
         out.append(f"  ... {len(entries) - limit} more (see --json)")
     return out

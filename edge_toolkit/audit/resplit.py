@@ -18,11 +18,13 @@ out (which label is right is for a person to decide); unreadable files are left 
 from __future__ import annotations
 
 import csv
+import math
 import os
 import random
 import shutil
 import tempfile
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,8 +33,8 @@ from edge_toolkit.audit.duplicates import content_families
 from edge_toolkit.audit.groups import DisjointSet
 from edge_toolkit.audit.hashing import NEAR_THRESHOLD
 from edge_toolkit.audit.scan import Record, Scan
-from edge_toolkit.data import LABELS, SPLITS
-from edge_toolkit.files import OutputPathError, prepare_output
+from edge_toolkit.data import LABELS, SPLITS, split_name
+from edge_toolkit.files import OutputPathError, prepare_output, shown
 
 MANIFEST = "resplit_manifest.csv"
 
@@ -59,7 +61,14 @@ class ResplitResult:
                 "counts": self.counts, "groups": self.groups, "hard_linked": self.linked,
                 "copied": self.copied, "dropped_exact_copies": self.dropped_copies,
                 "dropped_label_conflicts": self.dropped_conflicts,
-                "skipped_unreadable": self.skipped_unreadable}
+                "skipped_unreadable": self.skipped_unreadable, "warnings": self.warnings()}
+
+    def warnings(self) -> list[str]:
+        """A split left empty: one family larger than its share took the files it needed."""
+        return [f"the new {split}/ is empty (target {100 * self.fractions[split]:.1f}%): "
+                f"a few large families hold most files and no small one was left for it; "
+                "give other --fractions or check the near-duplicate families"
+                for split, c in self.counts.items() if not sum(c.values())]
 
     def lines(self) -> list[str]:
         total = sum(sum(c.values()) for c in self.counts.values())
@@ -77,20 +86,51 @@ class ResplitResult:
         return out
 
 
+FRACTIONS_HELP = "use e.g. 70,15,15 (train,val,test) or train=0.8,test=0.2"
+
+
 def parse_fractions(text: str) -> dict[str, float]:
-    """'70,15,15' (train,val,test) or 'train=0.8,test=0.2' -> normalised shares."""
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    if parts and all("=" in p for p in parts):
-        raw = {k.strip().lower(): float(v) for k, v in (p.split("=", 1) for p in parts)}
-    elif parts and not any("=" in p for p in parts) and len(parts) <= 3:
-        raw = dict(zip(SPLITS, (float(p) for p in parts)))
+    """'70,15,15' (train,val,test) or 'train=0.8,test=0.2' -> normalised shares.
+
+    Refused before any work, naming the option: a share that is not a finite number >= 0,
+    a split named twice or unknown, no train share, or shares that add up to nothing.
+    """
+    def bad(why: str) -> ValueError:
+        return ValueError(f"--fractions {text!r}: {why}; {FRACTIONS_HELP}")
+
+    parts = [p.strip() for p in text.split(",")]
+    if not all(parts):
+        raise bad("an empty share")
+    if all("=" in p for p in parts):
+        pairs = [(k.strip(), v) for k, v in (p.split("=", 1) for p in parts)]
+    elif not any("=" in p for p in parts) and len(parts) <= len(SPLITS):
+        pairs = list(zip(SPLITS, parts))
     else:
-        raise ValueError(f"cannot read fractions {text!r}; use e.g. 70,15,15 or train=0.8,test=0.2")
-    bad = [k for k in raw if k not in SPLITS]
-    if bad or any(v < 0 for v in raw.values()) or raw.get("train", 0) <= 0:
-        raise ValueError(f"fractions {text!r}: splits must be train/val/test, train > 0, none < 0")
+        raise bad("mixes name=share with bare shares, or has more than three")
+    raw: dict[str, float] = {}
+    for key, value in pairs:
+        name = split_name(key)
+        if name is None:
+            raise bad(f"{key!r} is not train, val or test")
+        if name in raw:
+            raise bad(f"{name} is given twice")
+        raw[name] = _share(value, bad)
     total = sum(raw.values())
-    return {k: raw[k] / total for k in SPLITS if raw.get(k, 0) > 0}
+    if raw.get("train", 0) <= 0 or not math.isfinite(total):
+        raise bad("train needs a share > 0, and the shares a finite sum")
+    shares = {k: raw[k] / total for k in SPLITS if k in raw}
+    return {k: v for k, v in shares.items() if v > 0}
+
+
+def _share(value: str, bad: Callable[[str], ValueError]) -> float:
+    """One share: a finite number >= 0 ('nan', 'inf' and words are refused)."""
+    try:
+        v = float(value)
+    except ValueError:
+        raise bad(f"{value.strip()!r} is not a number") from None
+    if not math.isfinite(v) or v < 0:
+        raise bad(f"{value.strip()!r} is not a finite number >= 0")
+    return v
 
 
 def check_output(root: Path, out: Path) -> None:
@@ -98,8 +138,10 @@ def check_output(root: Path, out: Path) -> None:
     src, dst = root.resolve(), out.resolve()
     if dst == src or src in dst.parents:
         raise ResplitError(f"{out}: is inside the source dataset {root}; choose a folder outside")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ResplitError(f"{out}: exists and is not empty; choose a new folder")
+    if out.exists() and not out.is_dir():
+        raise ResplitError(f"{shown(out)}: exists and is not a folder; choose a new folder")
+    if out.exists() and any(out.iterdir()):
+        raise ResplitError(f"{shown(out)}: exists and is not empty; choose a new folder")
     try:  # the new split is built beside `out`, then renamed into place
         prepare_output(out, folder=out.is_dir())
     except OutputPathError as exc:
@@ -165,8 +207,10 @@ def write(sc: Scan, out: Path, fractions: dict[str, float], seed: int = 0, near:
     assignment, result = plan(sc, fractions, seed, near, threshold)
     result.out = out
     out.parent.mkdir(parents=True, exist_ok=True)
+    mode = out.stat().st_mode & 0o7777 if out.is_dir() else _new_folder_mode()
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
+        os.chmod(tmp, mode)  # mkdtemp's is 0700; the folder is the user's, as mkdir makes it
         rows = _materialise(sc.records, assignment, sc.class_folders, tmp, result)
         with open(tmp / MANIFEST, "w", newline="", encoding="utf-8",
                   errors="surrogateescape") as fh:
@@ -180,6 +224,13 @@ def write(sc: Scan, out: Path, fractions: dict[str, float], seed: int = 0, near:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return result
+
+
+def _new_folder_mode() -> int:
+    """The mode `mkdir` gives a new folder under the current umask (0o777 & ~umask)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o777 & ~mask
 
 
 def _materialise(recs: list[Record], assignment: dict[int, tuple[str, int]],

@@ -1,22 +1,25 @@
 """Find every file of a dataset folder and read each one once: hash, header, pixels, signature.
 
 The audit must accept any subset of train/val/test (the original Kaggle data has no val/) and
-report unreadable or unexpected files rather than stop, so this does not use
+report unreadable or unexpected files and folders rather than stop, so this does not use
 `data.discover` (which insists on a usable training set and carves a validation split);
-it reuses its class-name mapping instead. Files are hashed first; pixels are decoded once per
-distinct content, downscaled early (`Image.draft`), in a thread pool (PIL and hashlib release
-the GIL).
+it reuses its split-folder rule and class-name mapping instead. Files are hashed first;
+pixels are decoded once per distinct content, downscaled early (`Image.draft`), in a thread
+pool (PIL and hashlib release the GIL).
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import stat
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,8 +34,17 @@ from edge_toolkit.audit.hashing import (
     signatures,
     thumbnail,
 )
-from edge_toolkit.data import SPLITS, class_id, split_name
-from edge_toolkit.images import DEFAULT_MAX_PIXELS, ImageLoadError, is_image_file, open_image
+from edge_toolkit.data import SPLITS, DatasetError, class_id, split_folders
+from edge_toolkit.dicom import is_dicom
+from edge_toolkit.files import kind_of, read_regular, shown
+from edge_toolkit.images import (
+    DEFAULT_MAX_PIXELS,
+    ImageLoadError,
+    ImageWarning,
+    is_image_file,
+    is_image_name,
+    open_image,
+)
 
 DRAFT_SIDE = 256  # JPEGs decode at the smallest DCT scale that keeps both sides >= this
 _EXIF_ORIENTATION = 0x0112
@@ -59,6 +71,7 @@ class Record:
     mode: str | None = None
     mean: float | None = None
     std: float | None = None
+    warning: str | None = None  # the loader's warning (e.g. a JPEG missing its end marker)
 
     @property
     def readable(self) -> bool:
@@ -79,70 +92,178 @@ class Scan:
     unknown_folders: list[str] = field(default_factory=list)  # class folders not recognised
     class_folders: dict[int, str] = field(default_factory=dict)  # label -> first folder name
     seconds: float = 0.0
+    outside: list[str] = field(default_factory=list)  # files outside any class folder
+    unread_folders: list[dict[str, str]] = field(default_factory=list)  # folder, split, reason
 
     @property
     def splits(self) -> list[str]:
         return [s for s in SPLITS if any(r.split == s for r in self.records)]
 
+    @property
+    def partial_splits(self) -> list[str]:
+        """Splits with a folder that could not be listed: what was read is not all of them."""
+        return [s for s in SPLITS if any(f["split"] == s for f in self.unread_folders)]
 
-def list_dataset(root: Path) -> tuple[list[Record], list[str], list[str]]:
-    """(records without content, ignored non-image files, unrecognised folders) under `root`."""
+
+@dataclass
+class Listing:
+    """What a folder walk found, before any file is read."""
+
+    records: list[Record] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)  # not image files by name
+    outside: list[str] = field(default_factory=list)  # files directly under a split folder
+    unknown: list[str] = field(default_factory=list)  # class folders with unrecognised names
+    unread_folders: list[dict[str, str]] = field(default_factory=list)  # folder, split, reason
+
+
+def list_dataset(root: Path) -> Listing:
+    """Every file under `root`'s split and class folders, without reading one.
+
+    Split folders come from `data.split_folders` (the rule every command uses: `val/` and
+    `valid/` together are refused). A split folder that cannot be listed stops the audit; a
+    class folder or subfolder that cannot be listed is recorded (its split is then only
+    partly read), and so is every image-named entry that is not a readable regular file.
+    """
     if not root.is_dir():
-        raise AuditError(f"{root}: no such dataset folder")
-    split_dirs = sorted((split_name(d.name), d) for d in root.iterdir()
-                        if d.is_dir() and split_name(d.name))
+        raise AuditError(f"{shown(root)}: no such dataset folder")
+    try:
+        split_dirs = split_folders(root)
+    except DatasetError as exc:
+        raise AuditError(str(exc)) from None
+    except OSError as exc:
+        raise AuditError(f"{shown(root)}: cannot read folder ({_os_reason(exc)})") from None
     if not split_dirs:
         found = sorted(d.name for d in root.iterdir() if d.is_dir())
         raise AuditError(f"{root}: no train/, val/ or test/ folder; found {found or 'no folders'}."
                          " Expected DATA/{train,val,test}/<class>/<image files>.")
-    records: list[Record] = []
-    ignored: list[str] = []
-    unknown: list[str] = []
-    for split, sdir in split_dirs:
-        for entry in sorted(sdir.iterdir()):
+    out = Listing()
+    for split, sdir in split_dirs.items():
+        try:
+            entries = sorted(sdir.iterdir())
+        except OSError as exc:
+            raise AuditError(f"{shown(sdir)}: cannot read folder ({_os_reason(exc)})") from None
+        for entry in entries:
             rel_entry = entry.relative_to(root).as_posix()
-            if entry.is_file():
-                ignored.append(rel_entry)  # a file directly under the split: no class
+            if entry.name.startswith(".") and entry.is_dir():
                 continue
-            if not entry.is_dir() or entry.name.startswith("."):
+            if not entry.is_dir():
+                out.outside.append(rel_entry)  # no class folder: no label
                 continue
             label = class_id(entry.name)
             if label is None:
-                unknown.append(rel_entry)
+                out.unknown.append(rel_entry)
                 continue
-            for p in sorted(entry.rglob("*")):
-                if not p.is_file():
-                    continue
-                rel = p.relative_to(root).as_posix()
-                if is_image_file(p):
-                    records.append(Record(p, rel, split, label, entry.name))
-                else:
-                    ignored.append(rel)
-    return records, ignored, unknown
+            found: list[Record] = []
+            _walk(entry, root, Record(entry, "", split, label, entry.name), found, out)
+            out.records += sorted(found, key=lambda r: r.path)
+    return out
+
+
+def _walk(folder: Path, root: Path, proto: Record, found: list[Record], out: Listing) -> None:
+    """Add the files under `folder` (recursively) as records like `proto`.
+
+    os.scandir, not rglob: rglob skips a folder it cannot read without a word. Linked
+    folders are not followed (as `data.discover` does not), so a link loop cannot recurse.
+    """
+    try:
+        with os.scandir(folder) as it:
+            entries = list(it)
+    except OSError as exc:
+        out.unread_folders.append({"folder": folder.relative_to(root).as_posix(),
+                                   "split": proto.split, "reason": _os_reason(exc)})
+        return
+    for e in entries:
+        p = Path(e.path)
+        try:
+            if e.is_dir(follow_symlinks=False):
+                _walk(p, root, proto, found, out)
+                continue
+        except OSError:
+            pass
+        problem = _not_a_file(p)
+        if problem == "folder":  # a link to a folder: not followed
+            continue
+        rel = p.relative_to(root).as_posix()
+        if (is_image_name(p) if problem else is_image_file(p)):
+            found.append(Record(p, rel, proto.split, proto.label, proto.class_folder,
+                                error=problem))
+        else:
+            out.ignored.append(rel)
+
+
+def _not_a_file(path: Path) -> str | None:
+    """Why `path` (links followed) is not a readable regular file, or None; "folder" for a
+    link to a folder. Only stat() is used: opening a FIFO would block."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symbolic link loop"
+        if path.is_symlink() and exc.errno == errno.ENOENT:
+            return "broken symbolic link (its target does not exist)"
+        return _os_reason(exc)
+    if stat.S_ISDIR(mode):
+        return "folder"
+    if not stat.S_ISREG(mode):
+        return f"is {kind_of(mode)}, not a regular file"
+    return None
+
+
+def _os_reason(exc: OSError) -> str:
+    """A short reason for an OSError ('permission denied'), without the path."""
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    return (exc.strerror or exc.__class__.__name__).lower()
 
 
 def _decode(data: bytes, path: Path) -> tuple[Image.Image, dict[str, object]]:
-    """Grayscale image (JPEG drafted down) and header facts; ImageLoadError with a reason."""
+    """Grayscale image (JPEG drafted down) and header facts; ImageLoadError with a reason.
+
+    The bytes are tried first (drafted small, fast); anything that fails there goes through
+    the shared loader, which knows DICOM and damaged files. DecompressionBombWarning is an
+    error here because `scan` installs that filter once for all its threads.
+    """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                w, h = img.size
-                head: dict[str, object] = {"format": img.format, "mode": img.mode}
-                if w * h > DEFAULT_MAX_PIXELS:
-                    raise ValueError("too many pixels")
-                if img.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
-                    w, h = h, w
-                head["width"], head["height"] = w, h
-                img.draft("L", (DRAFT_SIDE, DRAFT_SIDE))
-                img.load()
-                return open_image(img), head
+        with Image.open(io.BytesIO(data)) as img:
+            w, h = img.size
+            head: dict[str, object] = {"format": img.format, "mode": img.mode}
+            if w * h > DEFAULT_MAX_PIXELS:
+                raise ValueError("too many pixels")
+            if img.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
+                w, h = h, w
+            head["width"], head["height"] = w, h
+            img.draft("L", (DRAFT_SIDE, DRAFT_SIDE))
+            img.load()
+            return open_image(img), head
     except Exception:  # noqa: BLE001 - the shared loader below names the reason
         pass
     gray = open_image(path)  # raises ImageLoadError with the project's one-line reason
-    with Image.open(path) as img:  # it decoded after all: take the header the slow way
-        return gray, {"format": img.format, "mode": img.mode, "width": gray.width,
-                      "height": gray.height}
+    if is_dicom(path):
+        return gray, _dicom_head(path, gray)
+    head = {"format": None, "mode": gray.mode, "width": gray.width, "height": gray.height}
+    try:  # it decoded after all: the header from the bytes (PIL reads it lazily)
+        with Image.open(io.BytesIO(data)) as img:
+            head["format"], head["mode"] = img.format, img.mode
+    except Exception:  # noqa: BLE001 - the decoded picture's facts stand in
+        pass
+    return gray, head
+
+
+def _dicom_head(path: Path, gray: Image.Image) -> dict[str, object]:
+    """Header facts of a DICOM file from its own tags (PIL cannot open DICOM): the stored
+    size and photometric interpretation with bit depth; the decoded picture's size where a
+    tag is missing (the picture may be reduced, so the tags are preferred)."""
+    head: dict[str, object] = {"format": "DICOM", "mode": "L", "width": gray.width,
+                               "height": gray.height}
+    try:
+        import pydicom
+
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        head["width"], head["height"] = int(ds.Columns), int(ds.Rows)
+        head["mode"] = f"{ds.PhotometricInterpretation} {int(ds.BitsStored)}-bit"
+    except Exception:  # noqa: BLE001 - it decoded; the picture's own facts are enough
+        pass
+    return head
 
 
 def records_from_samples(root: Path, samples: Iterable[Any]) -> list[Record]:
@@ -163,16 +284,15 @@ def scan(root: str | Path, decode: bool = True, workers: int | None = None,
          samples: Iterable[Any] | None = None) -> Scan:
     """Hash every image file; with `decode`, also decode each distinct content once.
 
-    Without `decode` only exact duplicates can be found (and unreadable files go unnoticed),
-    but it is as fast as reading the files. `samples` replaces the folder listing with a
-    caller's own (path, label, split) assignment.
+    Without `decode` only exact duplicates can be found (and unreadable files other than
+    empty ones go unnoticed), but it is as fast as reading the files. `samples` replaces the
+    folder listing with a caller's own (path, label, split) assignment.
     """
     t0 = time.perf_counter()
     root = Path(root)
-    if samples is None:
-        records, ignored, unknown = list_dataset(root)
-    else:
-        records, ignored, unknown = records_from_samples(root, samples), [], []
+    listing = (list_dataset(root) if samples is None
+               else Listing(records_from_samples(root, samples)))
+    records = listing.records
     class_folders: dict[int, str] = {}
     for r in sorted(records, key=lambda r: SPLITS.index(r.split)):
         class_folders.setdefault(r.label, r.class_folder)
@@ -182,23 +302,20 @@ def scan(root: str | Path, decode: bool = True, workers: int | None = None,
     claimed: dict[str, int] = {}  # sha256 -> index of the record that decodes it
     lock = threading.Lock()
     done = [0]
+    log = _WarningLog()
 
     def work(i: int) -> None:
         rec = records[i]
-        try:
-            data: bytes | None = rec.path.read_bytes()
-        except OSError:
-            data = None
-        if data is None:
-            rec.error = _reason(rec.path)
-        else:
-            rec.sha256 = sha256_bytes(data)
+        if rec.error is None:
+            data = _read_bytes(rec)
             with lock:
-                first = rec.sha256 not in claimed
-                if first:
-                    claimed[rec.sha256] = i
-            if first and thumbs is not None:
-                crop = _read_pixels(rec, data, thumbs[i])
+                first = data is not None and claimed.setdefault(str(rec.sha256), i) == i
+            if first and rec.error is None and thumbs is not None:
+                log.local.record = rec
+                try:
+                    crop = _read_pixels(rec, data or b"", thumbs[i])
+                finally:
+                    log.local.record = None
                 if crop is not None:
                     crops[i] = crop
         if progress is not None:
@@ -206,7 +323,8 @@ def scan(root: str | Path, decode: bool = True, workers: int | None = None,
                 done[0] += 1
                 progress(done[0], n)
 
-    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+    # on Ctrl-C, Executor.map cancels the files not started yet
+    with log.installed(), ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         list(pool.map(work, range(n)))
     sigs = crop_sigs = nonsquare = None
     if thumbs is not None:
@@ -227,8 +345,58 @@ def scan(root: str | Path, decode: bool = True, workers: int | None = None,
                 setattr(rec, name, getattr(src, name))
             if sigs is not None and crop_sigs is not None and nonsquare is not None:
                 sigs[i], crop_sigs[i], nonsquare[i] = sigs[j], crop_sigs[j], nonsquare[j]
-    return Scan(root, records, sigs, crop_sigs, nonsquare, ignored, unknown, class_folders,
-                time.perf_counter() - t0)
+    return Scan(root, records, sigs, crop_sigs, nonsquare, listing.ignored, listing.unknown,
+                class_folders, time.perf_counter() - t0, outside=listing.outside,
+                unread_folders=listing.unread_folders)
+
+
+def _read_bytes(rec: Record) -> bytes | None:
+    """The file's bytes (its sha256 set), or None with `rec.error` set. Only a regular file
+    is read (a FIFO swapped in after the listing would block); empty is unreadable."""
+    try:
+        data = read_regular(rec.path)
+    except OSError:
+        rec.error = _reason(rec.path)
+        return None
+    rec.sha256 = sha256_bytes(data)
+    if not data:
+        rec.error = "empty file (0 bytes)"
+    return data
+
+
+class _WarningLog:
+    """Loader warnings (a JPEG missing its end marker, a multi-frame DICOM), kept on the
+    record being decoded in the thread that raised them.
+
+    `warnings.catch_warnings` swaps process-wide state, so it must not be entered per file
+    in worker threads (one thread leaving it undoes another's filters): `scan` installs one
+    hook from the calling thread around the whole pool, and each worker names its record in
+    a thread-local.
+    """
+
+    def __init__(self) -> None:
+        self.local = threading.local()
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", ImageWarning)
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            original = warnings.showwarning
+
+            def show(message: Warning | str, category: type[Warning], filename: str,
+                     lineno: int, file: Any = None, line: str | None = None) -> None:
+                rec = getattr(self.local, "record", None)
+                if rec is None or not issubclass(category, ImageWarning):
+                    original(message, category, filename, lineno, file, line)
+                    return
+                text = str(message)
+                prefix = f"{rec.path}: "
+                text = text[len(prefix):] if text.startswith(prefix) else text
+                rec.warning = f"{rec.warning}; {text}" if rec.warning else text
+
+            warnings.showwarning = show
+            yield
 
 
 def _reason(path: Path) -> str:
@@ -249,6 +417,9 @@ def _read_pixels(rec: Record, data: bytes, thumb_out: np.ndarray) -> np.ndarray 
         gray, head = _decode(data, rec.path)
     except ImageLoadError as exc:
         rec.error = exc.reason
+        return None
+    except Exception as exc:  # noqa: BLE001 - one file the loader trips on must not stop a batch
+        rec.error = f"cannot decode ({exc.__class__.__name__}: {exc})"
         return None
     rec.width, rec.height = int(head["width"]), int(head["height"])  # type: ignore[arg-type]
     rec.format, rec.mode = str(head["format"]), str(head["mode"])

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from edge_toolkit.audit.scan import Record
+from edge_toolkit.data import LABELS
 from edge_toolkit.metrics import bootstrap_auc_ci, roc_auc
 
 NUMERIC = ("log_width", "log_height", "log_aspect", "mean_intensity", "std_intensity")
@@ -167,8 +168,9 @@ def shortcut_check(records: list[Record], bootstrap: int = 1000, seed: int = 0,
     out: dict[str, Any] = {"model": cfg.describe(), "train_images": len(train), "splits": {},
                            "logistic": {}, "single_features": {}, "skipped": None}
     if len(train) < MIN_TRAIN or len(set(y_train.tolist())) < 2:
+        per_class = ", ".join(f"{LABELS[k]} {int((y_train == k).sum())}" for k in (1, 0))
         out["skipped"] = (f"needs at least {MIN_TRAIN} readable train images of both classes; "
-                          f"found {len(train)}")
+                          f"found {len(train)} ({per_class})")
         return out
     categories = {attr: sorted({str(getattr(r, attr)) for r in train}) for attr in
                   ("format", "mode")}

@@ -157,7 +157,7 @@ def _route_image_warnings() -> None:
 
     def show(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
         if issubclass(category, ImageWarning):
-            click.echo(f"warning: {message}", err=True)
+            click.echo(f"warning: {shown(str(message))}", err=True)
         else:
             original(message, category, *args, **kwargs)
 
