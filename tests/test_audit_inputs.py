@@ -456,3 +456,18 @@ def test_names_that_are_not_utf8_stay_escaped_in_json(tmp_path: Path) -> None:
     example = doc["leakage"]["splits"]["test"]["examples"][0]
     assert example["file"] == "test/fractured/bad\\xffname.png"
     json.dumps(doc, ensure_ascii=False).encode("utf-8")  # no lone surrogate anywhere
+
+
+def test_a_resplit_names_the_folders_it_could_not_read(tmp_path: Path) -> None:
+    """The re-split silently lacked the files of a folder the scan could not list."""
+    from edge_toolkit.audit.resplit import write
+    from edge_toolkit.audit.scan import scan
+
+    root = build_clean(tmp_path / "d", splits=("train", "test"), per_class=4)
+    sc = scan(root)
+    sc.unread_folders.append({"folder": "test/normal/more", "split": "test",
+                              "reason": "permission denied"})
+    result = write(sc, tmp_path / "out", {"train": 0.75, "test": 0.25})
+    warned = [w for w in result.warnings() if "could not be read" in w]
+    assert warned and "test/normal/more" in warned[0]
+    assert result.to_dict()["warnings"] == result.warnings()

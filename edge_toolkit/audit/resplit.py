@@ -55,6 +55,7 @@ class ResplitResult:
     dropped_copies: int = 0
     dropped_conflicts: int = 0
     skipped_unreadable: int = 0
+    unread_folders: list[str] = field(default_factory=list)  # their files are not in it
 
     def to_dict(self) -> dict[str, Any]:
         return {"out": str(self.out), "fractions": self.fractions, "seed": self.seed,
@@ -64,8 +65,12 @@ class ResplitResult:
                 "skipped_unreadable": self.skipped_unreadable, "warnings": self.warnings()}
 
     def warnings(self) -> list[str]:
-        """A split left empty: one family larger than its share took the files it needed."""
-        return [f"the new {split}/ is empty (target {100 * self.fractions[split]:.1f}%): "
+        """A folder the scan could not read (its files are missing from the re-split), and a
+        split left empty (one family larger than its share took the files it needed)."""
+        unread = [f"{len(self.unread_folders)} folder(s) could not be read and their files "
+                  f"are not in the re-split: {', '.join(self.unread_folders)}"
+                  ] if self.unread_folders else []
+        return unread + [f"the new {split}/ is empty (target {100 * self.fractions[split]:.1f}%): "
                 f"a few large families hold most files and no small one was left for it; "
                 "give other --fractions or check the near-duplicate families"
                 for split, c in self.counts.items() if not sum(c.values())]
@@ -152,7 +157,8 @@ def plan(sc: Scan, fractions: dict[str, float], seed: int = 0, near: bool = True
          threshold: float = NEAR_THRESHOLD) -> tuple[dict[int, tuple[str, int]], ResplitResult]:
     """Record index -> (new split, group number), for the records that will be written."""
     recs = sc.records
-    result = ResplitResult(Path(), fractions, seed)
+    result = ResplitResult(Path(), fractions, seed,
+                           unread_folders=[shown(f["folder"]) for f in sc.unread_folders])
     labels_of: dict[str, set[int]] = defaultdict(set)
     for r in recs:
         if r.sha256:
