@@ -25,7 +25,7 @@ def models(tmp_path_factory):
 
 def write_clinic(root: Path, positives: int, negatives: int, seed: int = 0,
                  means: tuple[int, int] = (150, 100)) -> Path:
-    """Class folders of textured images whose brightness differs by class (`means`:
+    """Class folders of smoothly textured images whose brightness differs by class (`means`:
     fractured, not fractured), so the tiny model, whose output follows brightness,
     separates them imperfectly."""
     rng = np.random.default_rng(seed)
@@ -34,8 +34,11 @@ def write_clinic(root: Path, positives: int, negatives: int, seed: int = 0,
         folder = root / cls
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(n):
-            level = np.clip(rng.normal(mean, 40), 0, 255)
-            pixels = np.clip(level + rng.normal(0, 20, (40, 40)), 0, 255).astype(np.uint8)
+            level = np.clip(rng.normal(mean, 40), 50, 205)  # never a black or white frame
+            # smooth texture (noise upsampled): pixel noise alone is refused by the gate
+            texture = np.asarray(Image.fromarray(rng.normal(0, 25, (10, 10)).astype(
+                np.float32)).resize((40, 40), Image.Resampling.BICUBIC))
+            pixels = np.clip(level + texture, 0, 255).astype(np.uint8)
             Image.fromarray(pixels).save(folder / f"{i:03d}.png")
     return root
 
@@ -279,3 +282,58 @@ def test_evaluate_names_each_unreadable_image_and_warns_of_one_class(models, tmp
     res = CliRunner().invoke(main, ["evaluate", str(models["float"]), "--data", str(data),
                                     "--bootstrap", "0"])
     assert "images of one class only" in res.stderr, res.output
+
+
+def test_pictures_the_gate_refuses_are_listed_and_not_used(models, tmp_path):
+    """A blank frame filed under fractured moved the threshold: classify would refuse it."""
+    data = write_clinic(tmp_path / "clinic", 30, 30)
+    Image.new("L", (64, 64), 255).save(data / "fractured" / "white.png")
+    out = tmp_path / "local.tflite"
+    res = run(models["float"], data, "-o", out, "--json")
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.output[res.output.index("{"):res.output.rindex("}") + 1])
+    assert report["images"] == 60 and report["positives"] == 30
+    assert [p for p, _ in report["rejected"]] == [str(data / "fractured" / "white.png")]
+    assert f"rejected: {data / 'fractured' / 'white.png'}: near-uniform" in res.stderr
+    rec = read_card(out).export["recalibrations"][-1]
+    assert rec["rejected_by_gate"] == 1 and rec["input_gate"] is True
+    res = run(models["float"], data, "-o", tmp_path / "all.tflite", "--no-gate", "--json")
+    assert res.exit_code == 0 and '"images": 61' in res.output
+
+
+def test_the_report_says_thresholds_are_on_each_files_own_scale(models, tmp_path):
+    data = write_clinic(tmp_path / "clinic", 30, 30)
+    res = run(models["float"], data, "-o", tmp_path / "local.tflite")
+    assert res.exit_code == 0, res.output
+    assert "compare the sensitivities and specificities, not the thresholds" in res.output
+
+
+def test_the_card_records_whether_the_floors_were_met(models, tmp_path):
+    data = write_clinic(tmp_path / "clinic", 30, 30, means=(128, 126))  # hard to separate
+    out = tmp_path / "local.tflite"
+    res = run(models["float"], data, "-o", out, "--target-sensitivity", 0.95,
+              "--min-specificity", 0.9)
+    assert res.exit_code == 0, res.output
+    rule = read_card(out).export["recalibrations"][-1]["rule"]
+    assert rule == {"target_sensitivity": 0.95, "min_specificity": 0.9,
+                    "floors_met": "WARNING" not in res.output}
+    assert rule["floors_met"] is False
+
+
+def test_without_a_model_the_bundled_one_is_recalibrated_into_this_folder(tmp_path,
+                                                                        monkeypatch):
+    """Its default output used to land in the installed package's models/ folder."""
+    from edge_toolkit.runtime.bundled import bundled_model
+
+    data = Path(__file__).resolve().parents[1] / "demo" / "fracatlas" / "val"
+    if not data.is_dir():
+        pytest.skip("the demo sample (demo/fracatlas/val) is not in this checkout")
+    monkeypatch.chdir(tmp_path)
+    before = sorted(bundled_model().parent.iterdir())
+    res = run(data, "--min-specificity", 0)
+    assert res.exit_code == 0, res.output
+    out = tmp_path / f"{bundled_model().stem}-recalibrated.tflite"
+    assert out.is_file() and read_card(out).export["recalibrations"][-1]["images"] >= 40
+    assert sorted(bundled_model().parent.iterdir()) == before
+    res = run(tmp_path / "x.tflite")
+    assert res.exit_code == 2 and "give the labelled images (DATA)" in res.output

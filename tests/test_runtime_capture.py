@@ -240,3 +240,38 @@ def test_pi_camera_without_autofocus_or_lock(fake_picamera2):
     fake_picamera2.has_af, fake_picamera2.af_result = True, False
     cam = Picamera2Source(warmup=0, lock_exposure=False)
     assert cam.focused is False and cam.locked == {} and cam._cam.controls == [{"AfMode": 1}]
+
+
+def test_picamera2_built_for_another_numpy_is_one_line_naming_the_fix(models, tmp_path,
+                                                                      monkeypatch):
+    """Pi OS's picamera2 imported beside numpy 2 fails with a ValueError (numpy.dtype size
+    changed): it used to be a traceback."""
+    import sys
+    import types
+
+    broken = types.ModuleType("picamera2")
+
+    def fail(name: str) -> None:
+        raise ValueError("numpy.dtype size changed, may indicate binary incompatibility")
+
+    broken.__getattr__ = fail  # `from picamera2 import Picamera2` raises the ValueError
+    monkeypatch.setitem(sys.modules, "picamera2", broken)
+    monkeypatch.delenv(FAKE_CAMERA_ENV, raising=False)
+    res = CliRunner().invoke(capture, [str(models["float"]), "--save-dir", str(tmp_path)])
+    assert res.exit_code == 2, res.output
+    assert "numpy.dtype size changed" in res.stderr and 'pip install "numpy<2"' in res.stderr
+    assert "Traceback" not in res.output
+
+
+def test_a_save_folder_that_cannot_take_pictures_is_refused_before_the_camera(models,
+                                                                              tmp_path):
+    """Each capture used to fail on its own ('cannot save to ...'), forever with --count 0."""
+    shots = tmp_path / "camera"
+    make_images(shots, 1)
+    blocker = tmp_path / "taken"
+    blocker.write_text("a file where the folder should be")
+    res = CliRunner().invoke(capture, [str(models["float"]), "--save-dir", str(blocker / "x"),
+                                       "--fake-camera", str(shots), "--count", "2",
+                                       "--interval", "0"])
+    assert res.exit_code == 2, res.output
+    assert res.stderr.startswith("Error: --save-dir:") and "capture 1" not in res.stderr

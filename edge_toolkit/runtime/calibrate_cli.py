@@ -34,8 +34,7 @@ class CalibrateFailure(click.ClickException):
 
 
 @click.command()
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("data", type=click.Path(path_type=Path))
+@click.argument("args", nargs=-1, required=True, metavar="[MODEL.tflite] DATA")
 @click.option("--target-sensitivity", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="The threshold is chosen so that this share of fractures is flagged "
                    "[default: the model card's target, else 0.95].")
@@ -51,11 +50,16 @@ class CalibrateFailure(click.ClickException):
 @click.option("--min-negatives", default=MIN_NEGATIVES, show_default=True,
               type=click.IntRange(1))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def calibrate(model: Path, data: Path, target_sensitivity: float | None,
+@click.option("--gate/--no-gate", default=True, show_default=True,
+              help="Screen the images with the model's input gate, as classify does; "
+                   "rejected ones are listed and not used.")
+def calibrate(args: tuple[str, ...], target_sensitivity: float | None,
               min_specificity: float | None, output: Path | None,
-              min_positives: int, min_negatives: int, as_json: bool) -> None:
+              min_positives: int, min_negatives: int, as_json: bool, gate: bool) -> None:
     """Choose MODEL's threshold and temperature on your own labelled images (DATA: class
     folders 'fractured' / 'not fractured', or a CSV of path,label) and write a new model.
+    Without MODEL the bundled model is recalibrated (the new file goes to the current
+    folder).
 
     Prints sensitivity and specificity before and after, with 95% intervals, and a
     cross-validated estimate of what the new threshold gives on images it was not chosen on.
@@ -64,10 +68,11 @@ def calibrate(model: Path, data: Path, target_sensitivity: float | None,
     rule (recorded in its card) is kept. Nothing is written when the images cannot support
     a threshold, a CSV row is bad or repeated, or --output is one of the inputs (exit 2),
     nor on Ctrl-C (exit 130)."""
-    out = output or model.with_name(f"{model.stem}-recalibrated.tflite")
+    model, data = _model_and_data(args)
+    out = output or _default_output(model)
     try:
         prepare_output(out)  # before any work: a device, a folder, no permission
-        clf = Classifier.load(model)
+        clf = Classifier.load(model, gate=gate)
         samples = read_labelled(data)
         if resolve_key(out) in {resolve_key(data)} | {resolve_key(s.path) for s in samples}:
             raise CalibrationError(f"{shown(out)}: is one of the inputs (the labels or an "
@@ -85,7 +90,35 @@ def calibrate(model: Path, data: Path, target_sensitivity: float | None,
         raise CalibrateFailure(f"{exc.filename or output}: {exc.strerror or exc}"
                                    ) from None
     for path, reason in rec.skipped:
-        click.echo(f"skipped: {path}: {reason}", err=True)
+        click.echo(f"skipped: {shown(path)}: {reason}", err=True)
+    for path, reason in rec.rejected:
+        click.echo(f"rejected: {shown(path)}: {reason}", err=True)
     click.echo(json.dumps(rec.to_dict(), indent=2, default=float) if as_json
                else format_report(rec))
     click.echo(f"wrote {written}", err=True)
+
+
+def _model_and_data(args: tuple[str, ...]) -> tuple[Path, Path]:
+    """`MODEL DATA`, or `DATA` alone for the bundled model."""
+    from edge_toolkit.runtime.bundled import MODEL_SUFFIX, NoBundledModelError, bundled_model
+
+    if len(args) > 2:
+        raise click.UsageError("give at most two arguments: [MODEL.tflite] DATA")
+    if len(args) == 2:
+        return Path(args[0]), Path(args[1])
+    if args[0].lower().endswith(MODEL_SUFFIX):
+        raise click.UsageError(f"{shown(args[0])} is a model: give the labelled images "
+                               "(DATA) after it")
+    try:
+        return bundled_model(), Path(args[0])
+    except NoBundledModelError as exc:
+        raise CalibrateFailure(str(exc)) from None
+
+
+def _default_output(model: Path) -> Path:
+    """Beside the model, except the bundled one: its folder belongs to the installed
+    package (pip would not know the file), so the current folder."""
+    from edge_toolkit.runtime.bundled import MODELS_DIR
+
+    name = f"{model.stem}-recalibrated.tflite"
+    return Path(name) if model.resolve().parent == MODELS_DIR else model.with_name(name)

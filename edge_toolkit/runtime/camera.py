@@ -31,6 +31,8 @@ PICAMERA2_HINT = (
     "create the venv with --system-site-packages), or "
     "`pip install fracture-edge-toolkit[camera]` (needs libcap-dev and libcamera)"
 )
+NUMPY_HINT = ("Raspberry Pi OS's picamera2 is built for its own numpy 1.x: in the venv made "
+              "with --system-site-packages run `pip install \"numpy<2\"`")
 NO_CAMERA_HINT = (
     "no camera found: check the ribbon cable and that the camera is enabled, run "
     "`rpicam-hello --list-cameras` (`libcamera-hello` on older systems), and make sure no "
@@ -55,8 +57,16 @@ class Picamera2Source:
                  lock_exposure: bool = True) -> None:
         try:
             from picamera2 import Picamera2  # type: ignore[import-not-found]
-        except ImportError:
-            raise CameraError(PICAMERA2_HINT) from None
+        except ImportError as exc:
+            if exc.name == "picamera2":
+                raise CameraError(PICAMERA2_HINT) from None
+            raise CameraError(f"picamera2 is installed but cannot be imported ({exc})"
+                              ) from None
+        except (ValueError, AttributeError, RuntimeError) as exc:
+            # Pi OS's picamera2 and simplejpeg are built against its numpy 1.x; the venv's
+            # numpy 2 shadows it and their import fails with "numpy.dtype size changed".
+            raise CameraError(f"picamera2 cannot be imported beside this numpy ({exc}); "
+                              f"{NUMPY_HINT}") from None
         try:
             self._cam: Any = Picamera2(camera_num)
             self._cam.configure(self._cam.create_still_configuration())

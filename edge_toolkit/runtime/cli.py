@@ -557,6 +557,10 @@ def capture(ctx: click.Context, model: Path | None, count: int, interval: float,
     clf = load_classifier(model, threads, threshold, gate=gate)
     _lock_output(ctx, output)
     fmt, existing = _open_output(fmt, output, overwrite, None)
+    try:  # before the camera starts: a folder that cannot take the pictures fails every shot
+        prepare_output(save_dir, folder=True)
+    except OutputPathError as exc:
+        raise RuntimeFailure(f"--save-dir: {exc}") from None
     bar = Progress(count, enabled=False)
     try:
         camera = open_camera(fake_camera, warmup=warmup, autofocus=autofocus,

@@ -23,7 +23,7 @@ import numpy as np
 from edge_toolkit.card import ModelCard, embed_card
 from edge_toolkit.data import Dataset, DatasetError, Sample, class_id
 from edge_toolkit.files import atomic_write, kind_of
-from edge_toolkit.images import ImageLoadError, is_image_name
+from edge_toolkit.images import ImageLoadError, is_image_name, open_image
 from edge_toolkit.metrics import (
     apply_temperature,
     confusion,
@@ -159,6 +159,14 @@ class Recalibration:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     min_specificity: float | None = None
     rule_from: str = "given"  # where the rule came from: given, the model card, or both
+    rejected: list[tuple[str, str]] = field(default_factory=list)  # by the input gate
+    gate: bool = True  # whether the input gate screened the images
+
+    @property
+    def floors_met(self) -> bool:
+        """Whether the new threshold clears the specificity floor on these images too."""
+        return (self.min_specificity is None
+                or self.after["specificity"] >= self.min_specificity)
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -206,18 +214,27 @@ def recalibrate(clf: Any, samples: list[Sample], target_sensitivity: float | Non
     if not 0 < target_sensitivity < 1:
         raise CalibrationError(f"target sensitivity must be between 0 and 1, not "
                                f"{target_sensitivity}")
-    raw, labels, kept, skipped = [], [], [], []
+    raw, labels, kept, skipped, rejected = [], [], [], [], []
     for s in samples:
         try:
-            x = clf.preprocess(s.path)
+            img = open_image(s.path)
         except ImageLoadError as exc:
             skipped.append((str(s.path), exc.reason))
             continue
-        raw.append(float(clf.predict_raw_batch(x[None])[0]))
+        # through the model's input gate, as on the device: an operating point fitted on
+        # pictures the device would refuse is not the one it runs at
+        result, inference = clf.classify_image(img, file=str(s.path))
+        if inference is None:
+            rejected.append((str(s.path), result.error or "rejected by the input gate"))
+            continue
+        raw.append(float(inference.raw))
         labels.append(s.label)
         kept.append(s)
     y, r = np.asarray(labels, int), np.asarray(raw, np.float64)
     pos, neg = int(y.sum()), int(len(y) - y.sum())
+    if not len(y):
+        raise CalibrationError(f"no usable images: {len(skipped)} unreadable, {len(rejected)} "
+                               "rejected by the input gate")
     if pos == 0 or neg == 0:
         only = "fractured" if pos else "not fractured"
         raise CalibrationError(f"only one class among the {len(y)} readable images "
@@ -243,7 +260,7 @@ def recalibrate(clf: Any, samples: list[Sample], target_sensitivity: float | Non
                                         min_specificity=min_specificity),
         temperature_before=float(card.temperature), temperature_after=float(t_after),
         thresholds_after=thresholds, skipped=skipped, min_specificity=min_specificity,
-        rule_from=rule_from)
+        rule_from=rule_from, rejected=rejected, gate=clf.gate is not None)
 
 
 def recalibrated_card(card: ModelCard, rec: Recalibration, data_name: str) -> ModelCard:
@@ -267,6 +284,10 @@ def recalibrated_card(card: ModelCard, rec: Recalibration, data_name: str) -> Mo
                   "sensitivity": rec.after["sensitivity"],
                   "specificity": rec.after["specificity"]},
         "cross_validated": rec.cross_validated,
+        "rule": {"target_sensitivity": rec.target_sensitivity,
+                 "min_specificity": rec.min_specificity, "floors_met": rec.floors_met},
+        "input_gate": rec.gate, "rejected_by_gate": len(rec.rejected),
+        "unreadable": len(rec.skipped),
         "note": "threshold and temperature re-chosen on these local images; in-sample "
                 "figures flatter them, the cross-validated ones do not",
     })
@@ -293,12 +314,15 @@ def format_report(rec: Recalibration) -> str:
                 f"{s_hi:.2f}]  specificity {d['specificity']:.3f} [{p_lo:.2f}, {p_hi:.2f}]")
 
     cv = rec.cross_validated
-    short = (rec.min_specificity is not None
-             and rec.after["specificity"] < rec.min_specificity)
+    short = not rec.floors_met
+    left_out = [f"{len(rec.skipped)} unreadable skipped"] if rec.skipped else []
+    if rec.rejected:
+        left_out.append(f"{len(rec.rejected)} rejected by the input gate, not used")
+    rescaled = abs(rec.temperature_after - rec.temperature_before) > 1e-9
     return "\n".join([
         f"{rec.images} images ({rec.positives} fractured, {rec.negatives} not fractured), "
-        f"AUC {rec.auc:.3f}" + (f"; {len(rec.skipped)} unreadable skipped"
-                                if rec.skipped else ""),
+        f"AUC {rec.auc:.3f}" + "".join(f"; {x}" for x in left_out)
+        + ("" if rec.gate else "; input gate off"),
         op("before (stored)", rec.before),
         op("after (these images)", rec.after),
         op(f"after ({cv['folds']}-fold CV)", cv),
@@ -307,6 +331,9 @@ def format_report(rec: Recalibration) -> str:
         + (f" and specificity floor {rec.min_specificity:g} (widest margin on both)"
            if rec.min_specificity is not None else "") + f" (rule: {rec.rule_from}); "
         "intervals: Wilson 95%",
+        *(["thresholds apply to each file's own calibrated probability (its temperature), "
+           "so compare the sensitivities and specificities, not the thresholds"]
+          if rescaled else []),
         *([f"WARNING: no threshold meets both floors on these images: specificity "
            f"{rec.after['specificity']:.3f} is under {rec.min_specificity:g}; kept the one "
            "for the target sensitivity"] if short else []),
