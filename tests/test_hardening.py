@@ -205,9 +205,10 @@ def test_a_rejected_picture_with_control_characters_in_its_name_is_one_escaped_l
     Image.new("L", (200, 200), 128).save(odd)  # near-uniform: the gate refuses it
     res = invoke(classify, model, odd, "-f", "jsonl")
     assert res.exit_code == 3
-    lines = [ln for ln in error_lines(res) if not ln.startswith("done:")]
+    lines = [ln for ln in error_lines(res) if not ln.startswith(("done:", "hint:"))]
     assert lines == [f"rejected: {tmp_path}/blank\\nfake.png: near-uniform frame "
                      "(contrast 0.0 < 8)"]
+    assert "hint: a rejected picture is not a usable radiograph" in res.stderr
 
 
 def test_a_loader_warning_for_a_name_with_control_characters_is_one_escaped_line(
@@ -488,3 +489,12 @@ def test_audit_with_an_empty_train_split_is_not_checked(datasets, tmp_path):
     res = audit_run(root)
     assert res.exit_code == 0 and "Traceback" not in res.output
     assert "VERDICT: NOT CHECKED - no train/ split to compare val/test against." in res.stdout
+
+
+def test_bench_without_a_model_measures_the_bundled_one():
+    from edge_toolkit.runtime.bundled import bundled_model
+
+    res = invoke(bench, "--runs", "2", "--threads", "1", "--in-process", "-f", "json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert [m["model"] for m in doc["models"]] == [str(bundled_model())]

@@ -535,6 +535,41 @@ def test_rejected_result_shows_the_reason_and_no_label(models, tmp_path):
     assert "not assessed" in client.get("/history").get_data(as_text=True)
 
 
+def test_a_rejected_result_offers_a_note_and_a_retake_not_a_verdict(models, tmp_path):
+    station, client = make_client(models["gap"], tmp_path / "data")
+    rid = station.store.add({"uid": "x2", "created": "2026-01-01T00:00:00+00:00",
+                             "file_name": "blank.png", "stored_image": "images/x2.png",
+                             "source": "upload", "status": "rejected",
+                             "reason": "near-uniform frame", "threshold": 0.5,
+                             "model_id": "m"})
+    page = client.get(f"/result/{rid}").get_data(as_text=True)
+    assert 'value="agree"' not in page and "Retake or rescan" in page
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+    resp = client.post(f"/result/{rid}/verdict", data={"csrf": csrf, "verdict": "agree"})
+    assert resp.status_code == 400 and "not assessed" in resp.get_data(as_text=True)
+    resp = client.post(f"/result/{rid}/verdict", data={"csrf": csrf, "note": "retaken"})
+    assert resp.status_code == 302 and rows(tmp_path / "data")[0]["note"] == "retaken"
+
+
+def test_low_resolution_is_said_only_when_enlarged_more_than_twice(models, tmp_path):
+    station, _ = make_client(models["gap"], tmp_path / "data")
+    size = station.clf.config.size
+    assert not any("Low resolution" in w for w in station.warnings_for((size - 1,) * 2, None))
+    low = station.warnings_for((size // 2 - 1, size), None)
+    assert any("Low resolution" in w and "enlarged more than twice" in w for w in low)
+
+
+def test_serve_makes_its_data_folder_private(models, tmp_path):
+    """Patients' pictures and references were created readable by every user (0755)."""
+    data = tmp_path / "station"
+    proc, port, _ = start_server(models["gap"], data)
+    try:
+        assert (data.stat().st_mode & 0o777) == 0o700
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 def test_forms_need_their_csrf_token_and_localhost_refuses_other_hosts(models, tmp_path):
     _, client = make_client(models["gap"], tmp_path / "data")
     resp = client.post("/upload", data={"files": [(io.BytesIO(xray_png()), "a.png")]},

@@ -338,6 +338,10 @@ def _finish(ctx: click.Context, batch: Batch, writer: Writer, safe: BarSafeStrea
                  else "interrupted" if interrupted else "done")
         click.echo(f"{state}: {', '.join(parts)} in {time.perf_counter() - started:.1f} s"
                    f"{where} (exit {code})", err=True)
+        if batch.rejected:
+            click.echo("hint: a rejected picture is not a usable radiograph to this model: "
+                       "retake or rescan it (the whole film, evenly lit, in focus); "
+                       "--no-gate classifies it anyway, for checking only", err=True)
     ctx.exit(code)
 
 
@@ -622,7 +626,7 @@ def _thread_list(values: tuple[str, ...]) -> list[int]:
 
 
 @click.command()
-@click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("models", nargs=-1, type=click.Path(path_type=Path))
 @click.option("-t", "--threads", multiple=True, metavar="N[,N...]",
               help="Thread counts to measure (repeat or comma-separate) [default: 1 and all "
                    "cores up to 4].")
@@ -644,7 +648,8 @@ def _thread_list(values: tuple[str, ...]) -> list[int]:
 def bench(ctx: click.Context, models: tuple[Path, ...], threads: tuple[str, ...], warmup: int,
           runs: int, cold_image: Path | None, cold_runs: int, fmt: str, output: Path | None,
           in_process: bool) -> None:
-    """Benchmark interpreter latency and memory of one or more MODELS side by side.
+    """Benchmark interpreter latency and memory of one or more MODELS side by side (the
+    bundled model when none is given).
 
     For each model and thread count: interpreter init time, WARMUP untimed invokes, then RUNS
     timed invokes (mean, p50, p90, p99 ms), model size and the peak RSS of a process that ran
@@ -655,6 +660,13 @@ def bench(ctx: click.Context, models: tuple[Path, ...], threads: tuple[str, ...]
     from edge_toolkit.runtime import bench as b
 
     thread_counts = _thread_list(threads)
+    if not models:
+        from edge_toolkit.runtime.bundled import NoBundledModelError, bundled_model
+
+        try:
+            models = (bundled_model(),)
+        except NoBundledModelError as exc:
+            raise RuntimeFailure(str(exc)) from None
     if output is not None:
         from edge_toolkit.runtime.sources import resolve_key
 

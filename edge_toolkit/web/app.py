@@ -464,6 +464,9 @@ def create_app(station: Station, settings: Settings) -> Flask:
         choice = request.form.get("verdict") or None
         if choice not in (None, *VERDICTS):
             abort(400, description="The verdict must be agree or disagree.")
+        if choice is not None and row["status"] == "rejected":
+            abort(400, description="This picture was not assessed: there is no label to "
+                                   "agree or disagree with. Save a note instead.")
         # browsers send a textarea's line breaks as CRLF but count each as one character
         note = (request.form.get("note") or "").replace("\r\n", "\n").strip()
         if len(note) > MAX_NOTE:  # refused, not cut: the reader's words stay in the form

@@ -148,7 +148,8 @@ def serve(model: Path | None, host: str, port: int, data_dir: Path, token_file: 
             raise ServeError(str(exc)) from None
     clf = load_classifier(model, threads or default_threads(), threshold, gate=gate)
     try:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        # pictures and references of patients: only the station's own user reads them
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         limits = Limits(max_file_bytes=int(max_upload_mb * 1e6),
                         max_pixels=max_pixels or clf.config.max_pixels)
         station = Station(clf, data_dir, limits, _camera_factory(fake_camera, camera))

@@ -142,9 +142,9 @@ class Station:
         out = []
         w, h = img_size
         size = self.clf.config.size
-        if min(w, h) < size:
-            out.append(f"Low resolution: {w}x{h} pixels, smaller than the model's "
-                       f"{size}x{size} input.")
+        if min(w, h) < size // 2:  # most training radiographs are below `size` themselves
+            out.append(f"Low resolution: {w}x{h} pixels, enlarged more than twice to the "
+                       f"model's {size}x{size} input; fine fracture lines may be lost.")
         if probability is not None and abs(probability - self.clf.threshold) < NEAR_THRESHOLD:
             out.append("Borderline: the probability is close to the threshold.")
         validation = self.clf.card.export_info.validation
