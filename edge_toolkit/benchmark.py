@@ -3,13 +3,15 @@
 Rows come from the export table (`quantize/variants.py`) and each run's `export/report.json`,
 so export and benchmark walk the same list; a variant that failed export or validation keeps
 its row and says so. Accuracy is measured here, through the TF-free runtime, on the dataset's
-val and test splits at each file's stored threshold; latency and peak memory come from a fresh
-child process per model, all in one run, so ratios between rows hold. No TensorFlow.
+val and test splits at each file's stored threshold; latency and peak memory come from fresh
+child processes per model, the models interleaved round by round in one run, so ratios
+between rows hold. No TensorFlow.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import platform
@@ -24,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from edge_toolkit.card import CardError, ModelCard, load_card, read_card
+from edge_toolkit.card import CardError, ModelCard, load_card, split_tflite, strict_dumps
 from edge_toolkit.data import DatasetError, load_samples
-from edge_toolkit.files import read_regular
+from edge_toolkit.files import atomic_write, read_regular, shown
 from edge_toolkit.metrics import (
     apply_temperature,
     at_threshold,
@@ -43,10 +45,14 @@ from edge_toolkit.multisource import (
     source_names,
 )
 from edge_toolkit.quantize.variants import EXPORT_FAILED, NOT_VALIDATED, VALIDATED, VARIANTS
-from edge_toolkit.runtime.bench import cpu_info, int8_note
+from edge_toolkit.runtime.bench import cpu_info, int8_note, round_sizes
 
 SPLITS = ("val", "test")
 UNREADABLE = "unreadable"  # a source given to measure that is no model or run folder
+# a run's file that is not what its export/report.json says (edited or replaced since):
+# the report's status, size and validation do not describe it, so it is not measured
+REPORT_MISMATCH = "report-mismatch"
+NOT_MEASURED = (EXPORT_FAILED, UNREADABLE, REPORT_MISMATCH)
 
 
 class BenchmarkError(ValueError):
@@ -68,7 +74,11 @@ class Row:
     accuracy: dict[str, dict[str, Any]] = field(default_factory=dict)  # split -> metrics
     # split -> AUC difference from the float reference of the same run, paired bootstrap CI
     paired: dict[str, dict[str, Any]] = field(default_factory=dict)
-    run: str | None = None  # the training run the file was exported from
+    run: str | None = None  # the training run the file was exported from, as shown
+    # which run, exactly: a run folder's resolved path, or for a loose file its card's
+    # parent run, that run's card date and data fingerprint (two pipelines' `mobilenetv2`
+    # runs share a name, never a key); ΔAUC pairs a file only with its own run's float32
+    run_key: str | None = None
     # where the run's data is: from the run folder's own card.json (the card inside a
     # .tflite names its datasets, never the training machine's folders)
     data: list[str] | None = None
@@ -78,7 +88,8 @@ class Row:
 
 
 def rows_from_run(run: Path) -> list[Row]:
-    """Rows of one run folder from its export report (every variant, failed ones too)."""
+    """Rows of one run folder from its export report (every variant, failed ones too); each
+    file's size is read from the file, which must still be what the report describes."""
     report_path = run / "export" / "report.json"
     if not report_path.exists():
         raise BenchmarkError(f"{run}: no export/report.json; run `edge-toolkit export {run}` "
@@ -87,17 +98,64 @@ def rows_from_run(run: Path) -> list[Row]:
     rows = []
     try:
         report = json.loads(report_path.read_text())
+        parent = report.get("parent") or {}
         for r in list(report["results"]):
             file = str(run / "export" / r["file"]) if r.get("file") else None
-            rows.append(Row(family=report["family"], variant=r["variant"],
-                            status=r["status"], file=file, reason=r.get("reason"),
-                            size_bytes=r.get("size_bytes"), gzip_bytes=r.get("gzip_bytes"),
-                            sparsity=r.get("sparsity"), run=run.name, data=roots or None))
+            row = Row(family=report["family"], variant=r["variant"], status=r["status"],
+                      file=file, reason=r.get("reason"), sparsity=r.get("sparsity"),
+                      run=run.name, run_key=str(run.resolve()), data=roots or None)
+            rows.append(check_against_report(row, r, parent))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise BenchmarkError(f"{report_path}: not a readable export report "
                              f"({getattr(exc, 'strerror', None) or exc})") from None
     order = list(VARIANTS)
     return sorted(rows, key=lambda r: order.index(r.variant) if r.variant in order else 99)
+
+
+def check_against_report(row: Row, entry: dict[str, Any], parent: dict[str, Any]) -> Row:
+    """Fill `row`'s sizes from its file on disk, and mark it REPORT_MISMATCH (not measured,
+    with why) when the file's size, its card's variant or parent run, or its weights'
+    checksum no longer agree with the report: a hand-edited or stale report must not lend a
+    file its status. A file that cannot be read is left to the measurement to report."""
+    from edge_toolkit.quantize.inspect import gzip_size
+
+    if row.file is None or row.status == EXPORT_FAILED:
+        return row
+    try:
+        data = read_regular(row.file)
+    except OSError:
+        return row
+    row.size_bytes, row.gzip_bytes = len(data), gzip_size(data)
+    problems = report_differences(entry, parent, data)
+    if problems:
+        row.status = REPORT_MISMATCH
+        row.reason = (f"not what export/report.json describes: {'; '.join(problems)} "
+                      "(export again, or benchmark the file on its own)")
+    return row
+
+
+def report_differences(entry: dict[str, Any], parent: dict[str, Any],
+                       data: bytes) -> list[str]:
+    """How a file's bytes differ from its export report row (empty: they agree)."""
+    said = entry.get("size_bytes")
+    out = [] if said is None or said == len(data) else [
+        f"the report says {said:,} bytes, the file has {len(data):,}"]
+    try:
+        card = split_tflite(data)[1]  # checks the weights against the card's SHA-256
+    except CardError as exc:
+        return out + [str(exc)]
+    if card is None:
+        return out + ["the file has no model card"]
+    if card.variant != entry.get("variant"):
+        out.append(f"its card says variant {card.variant}, the report {entry.get('variant')}")
+    made = card.export.get("parent") or {}
+    for mine, theirs, what in (("created", "card_created", "run's card date"),
+                               ("data_fingerprint", "data_fingerprint", "data fingerprint")):
+        a, b = made.get(mine), parent.get(theirs)
+        if a is not None and b is not None and a != b:
+            out.append(f"its card's parent {what} is {a}, the report's {b} (another "
+                       "version of the run)")
+    return out
 
 
 def row_from_file(path: Path) -> Row:
@@ -114,9 +172,36 @@ def row_from_file(path: Path) -> Row:
         raise BenchmarkError(f"{path}: cannot read ({exc.strerror or exc})") from None
     validation = card.export_info.validation
     status = validation.status if validation is not None else NOT_VALIDATED
+    made = card.export.get("parent") or {}
+    key = f"card:{card.parent}|{made.get('created')}|{card.data_fingerprint}"
     return Row(family=card.family, variant=card.variant, status=status, file=str(path),
                size_bytes=len(data), gzip_bytes=gzip_size(data), sparsity=card.sparsity,
-               run=card.parent)
+               run=card.parent, run_key=key)
+
+
+def label_runs(rows: list[Row]) -> None:
+    """Give rows of different runs different `run` labels: the shortest tail of the run
+    folder's path that tells them apart (`pipeA/mobilenetv2`); a loose file's parent run
+    with its date where two share a name."""
+    keys = list(dict.fromkeys(r.run_key for r in rows if r.run_key))
+    folders = {k: Path(k).parts for k in keys if not k.startswith("card:")}
+    labels: dict[str, str] = {}
+    for k, parts in folders.items():
+        for n in range(1, len(parts) + 1):
+            tail = parts[-n:]
+            if all(other[-n:] != tail for o, other in folders.items() if o != k):
+                labels[k] = "/".join(tail)
+                break
+    for r in rows:
+        if r.run_key in labels:
+            r.run = labels[r.run_key]
+    keys_of: dict[str | None, set[str]] = {}
+    for r in rows:
+        if r.run_key:
+            keys_of.setdefault(r.run, set()).add(r.run_key)
+    for r in rows:
+        if r.run_key and r.run_key.startswith("card:") and len(keys_of[r.run]) > 1:
+            r.run = f"{r.run} ({r.run_key.split('|')[1]})"
 
 
 def unreadable_row(src: Path, exc: BenchmarkError) -> Row:
@@ -181,7 +266,12 @@ def measure_accuracy(path: Path, cache: SplitCache, bootstrap: int, threads: int
     clf = Classifier.load(path, num_threads=threads)
     out, probs = {}, {}
     for split, (x, y, sources, groups, clusters) in cache.get(clf.card, data).items():
-        p = apply_temperature(clf.predict_raw_batch(x), clf.card.temperature)
+        raw = np.asarray(clf.predict_raw_batch(x), dtype=np.float64).reshape(-1)
+        bad = int(np.count_nonzero(~np.isfinite(raw)))
+        if bad:  # ranked or thresholded they would make up an AUC
+            raise ValueError(f"{bad} non-finite model outputs (NaN or infinite) on the "
+                             f"{len(raw)} {split} images")
+        p = apply_temperature(raw, clf.card.temperature)
         out[split] = _accuracy(y, p, clf.card.threshold, bootstrap, groups, clusters)
         masks = by_source(sources)
         fam, clu = np.asarray(groups), np.asarray(clusters)
@@ -199,10 +289,10 @@ def paired_deltas(rows: list[Row], probs: dict[int, dict[str, Scored]],
     a paired bootstrap interval over the same images."""
     from edge_toolkit.quantize.variants import VARIANTS
 
-    refs = {(r.family, r.run): i for i, r in enumerate(rows)
+    refs = {(r.family, r.run_key): i for i, r in enumerate(rows)
             if i in probs and VARIANTS.get(r.variant) and VARIANTS[r.variant].reference}
     for i, row in enumerate(rows):
-        j = refs.get((row.family, row.run))
+        j = refs.get((row.family, row.run_key))
         if i not in probs or j is None or i == j:
             continue
         for split, (y, p) in probs[i].items():
@@ -212,14 +302,40 @@ def paired_deltas(rows: list[Row], probs: dict[int, dict[str, Scored]],
                     y, p, p_ref, n=bootstrap)
 
 
-def measure_latency(row: Row, threads: list[int], warmup: int, runs: int) -> None:
-    from edge_toolkit.runtime.bench import bench_in_child
+def measure_latencies(rows: list[Row], threads: list[int], warmup: int, runs: int,
+                      log: Any = print) -> None:
+    """Latency and peak memory of every row's file, each in its own process, the files
+    interleaved round by round (`runtime.bench.bench_models`) so that load on the machine
+    while the table is made weighs on every row alike. A file that cannot be timed keeps
+    its accuracy and says why."""
+    from edge_toolkit.runtime.bench import bench_models
 
-    res = bench_in_child(row.file, threads, warmup, runs)
-    row.latency = {str(r["threads"]): {"p50_ms": r["p50_ms"], "p90_ms": r["p90_ms"],
-                                       "mean_ms": r["mean_ms"]} for r in res["runs"]}
-    row.peak_rss_mb = res["peak_rss_kb"] / 1024
-    row.backend = res.get("backend")
+    failed: set[str] = set()
+
+    def fail(model: str | Path, exc: Exception) -> None:
+        row = next(r for r in rows if r.file == str(model))
+        row.reason = f"latency not measured: {_reason(row, exc)}"
+        log(f"{_name(row)}: {row.reason}")
+        failed.add(str(model))
+
+    files = [r.file for r in rows if r.file]
+    results = bench_models(files, threads, warmup, runs, on_error=fail)
+    for row, res in zip([r for r in rows if r.file not in failed], results, strict=True):
+        row.latency = {str(r["threads"]): {"p50_ms": r["p50_ms"], "p90_ms": r["p90_ms"],
+                                           "mean_ms": r["mean_ms"]} for r in res["runs"]}
+        row.peak_rss_mb = res["peak_rss_kb"] / 1024
+        row.backend = res.get("backend")
+
+
+def _name(row: Row) -> str:
+    """How a row is named in progress lines: run, family and variant."""
+    return f"{row.run + ': ' if row.run else ''}{row.family} {row.variant}"
+
+
+def _reason(row: Row, exc: BaseException) -> str:
+    """An error's message without the file name in front (the line names the file once)."""
+    return " ".join(str(getattr(exc, "strerror", None) or exc).split()).removeprefix(
+        f"{row.file}: ")
 
 
 def run_benchmark(sources: list[Path], data: Path | list[Path] | None = None,
@@ -244,33 +360,36 @@ def run_benchmark(sources: list[Path], data: Path | list[Path] | None = None,
             rows += rows_from_run(src) if src.is_dir() else [row_from_file(src)]
         except BenchmarkError as exc:
             rows.append(unreadable_row(src, exc))
+    label_runs(rows)
     cache = SplitCache(data)
     probs: dict[int, dict[str, Scored]] = {}
     for i, row in enumerate(rows):
-        if not row.file or row.status in (EXPORT_FAILED, UNREADABLE):
-            log(f"{row.family} {row.variant}: {row.status} ({row.reason}); not measured")
+        if not row.file or row.status in NOT_MEASURED:
+            log(f"{_name(row)}: {row.status} ({row.reason}); not measured")
             continue
         try:
             row.accuracy, probs[i] = measure_accuracy(Path(row.file), cache, bootstrap,
                                                       max(threads), row.data)
-            measure_latency(row, list(threads), warmup, runs)
         except Exception as exc:  # one broken file must not lose the table
-            row.reason = f"benchmark failed: {exc}"
-            log(f"{row.family} {row.variant}: {row.reason}")
-            continue
+            row.reason = f"benchmark failed: {_reason(row, exc)}"
+            log(f"{_name(row)}: {row.reason}")
+    measured = [rows[i] for i in probs]
+    measure_latencies(measured, list(threads), warmup, runs, log)
+    for row in measured:
         val = row.accuracy.get("val", {}).get("auc", float("nan"))
         p50 = row.latency.get(str(threads[0]), {}).get("p50_ms", float("nan"))
-        log(f"{row.family} {row.variant}: val AUC {val:.3f}, p50 {p50:.2f} ms "
-            f"@{threads[0]} thread(s)")
+        log(f"{_name(row)}: val AUC {val:.3f}, p50 {p50:.2f} ms @{threads[0]} thread(s)")
     paired_deltas(rows, probs, bootstrap)
-    baseline = global_cue_baseline(_first_root(rows, data), log)
+    baselines = [b for name, root in _all_roots(rows, data)
+                 if (b := global_cue_baseline(root, log, name)) is not None]
     return {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "command": command or invoked_command(),
             "host": {"machine": platform.machine(), "processor": platform.processor(),
                      "python": platform.python_version(), "system": platform.system(),
                      "cpu_count": os.cpu_count()} | cpu_info(),
             "threads": list(threads), "runs": runs, "warmup": warmup,
-            "seconds": round(time.perf_counter() - t0, 1), "baseline": baseline,
+            "rounds": len(round_sizes(runs, models=len(measured))),
+            "seconds": round(time.perf_counter() - t0, 1), "baselines": baselines,
             "rows": [asdict(r) for r in rows]}
 
 
@@ -288,23 +407,30 @@ def _run_roots(run: Path) -> list[str]:
         return []
 
 
-def _first_root(rows: list[Row], data: Path | list[Path] | None = None) -> Path | None:
-    """The first dataset folder, for the global-cue baseline (one source's)."""
+def _all_roots(rows: list[Row], data: Path | list[Path] | None = None
+               ) -> list[tuple[str, Path]]:
+    """(source name, folder) of every dataset the table was scored on: --data, else the
+    folders the runs' cards name; each gets its own global-cue baseline."""
     if data:
-        return Path(data if isinstance(data, str | Path) else data[0])
-    for r in rows:
-        if r.data:
-            return Path(r.data[0])
-        if r.file and r.status != UNREADABLE:
-            card = read_card(r.file)
-            roots = card_roots(card.dataset) if card else []
-            if roots:
-                return Path(roots[0])
-    return None
+        roots = [Path(data)] if isinstance(data, str | Path) else [Path(d) for d in data]
+    else:
+        found: list[str] = []
+        for r in rows:
+            for root in r.data or []:
+                if root not in found:
+                    found.append(root)
+        roots = [Path(f) for f in found]
+    try:
+        names = source_names(roots)
+    except DatasetError:  # one folder named twice by two runs: the first name is enough
+        names = [p.name for p in roots]
+    return list(zip(names, roots))
 
 
-def global_cue_baseline(root: Path | None, log: Any = print) -> dict[str, Any] | None:
-    """The audit's shortcut model (size, aspect, format, intensity): the AUC to beat."""
+def global_cue_baseline(root: Path | None, log: Any = print, source: str | None = None
+                        ) -> dict[str, Any] | None:
+    """The audit's shortcut model (size, aspect, format, intensity) on one source, fit on
+    its train split: the AUC a model must beat on that source."""
     if root is None or not Path(root).is_dir():
         return None
     from edge_toolkit.audit.scan import scan
@@ -313,12 +439,17 @@ def global_cue_baseline(root: Path | None, log: Any = print) -> dict[str, Any] |
     try:
         res = shortcut_check(scan(root).records)
     except Exception as exc:  # the table is still worth having without it
-        log(f"global-cue baseline skipped: {exc}")
+        log(f"global-cue baseline skipped for {source or root}: {exc}")
         return None
-    return {"model": res["model"], "splits": res["splits"]}
+    return {"source": source or Path(root).name, "root": str(root), "model": res["model"],
+            "splits": res["splits"]}
 
 
 # -- output ------------------------------------------------------------------------------
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, int | float) and bool(np.isfinite(x))
+
 
 def _f(x: Any, spec: str = ".3f") -> str:
     return "–" if x is None or (isinstance(x, float) and np.isnan(x)) else format(x, spec)
@@ -328,11 +459,11 @@ def _auc_cell(acc: dict[str, Any]) -> str:
     if not acc:
         return "–"
     lo, hi = acc["auc_ci95"]
-    cell = f"{acc['auc']:.3f} [{lo:.2f}, {hi:.2f}]"
+    cell = f"{_f(acc['auc'])} [{_f(lo, '.2f')}, {_f(hi, '.2f')}]"
     if "auc_family" in acc:  # copies of one radiograph: the per-family number is the honest one
         flo, fhi = acc["auc_family_ci95"]
-        cell += (f"; per family {acc['auc_family']:.3f}" + (
-            " [too few groups]" if np.isnan(flo) else f" [{flo:.2f}, {fhi:.2f}]"))
+        cell += (f"; per family {_f(acc['auc_family'])}" + (
+            " [too few groups]" if not _finite(flo) else f" [{flo:.2f}, {fhi:.2f}]"))
     return cell
 
 
@@ -341,6 +472,21 @@ def _delta_cell(paired: dict[str, Any] | None) -> str:
         return "–"
     lo, hi = paired["ci95"]
     return f"{paired['delta']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+
+
+def shows_runs(result: dict[str, Any]) -> bool:
+    """Whether the tables need a run column: some family's rows come from more than one
+    run (two pipelines' `mobilenetv2`), so family and variant no longer name a row."""
+    runs: dict[str, set[str]] = {}
+    for r in result["rows"]:
+        if r.get("run_key"):
+            runs.setdefault(r["family"], set()).add(r["run_key"])
+    return any(len(keys) > 1 for keys in runs.values())
+
+
+def _who(r: dict[str, Any], with_run: bool) -> list[str]:
+    """The cells naming a row: its run (when the table shows runs), family and variant."""
+    return ([r.get("run") or "–"] if with_run else []) + [r["family"], r["variant"]]
 
 
 def _sources(result: dict[str, Any], split: str = "test") -> list[str]:
@@ -357,14 +503,15 @@ def per_source_markdown(result: dict[str, Any], split: str = "test") -> list[str
     names = _sources(result, split)
     if not names:
         return []
-    head = ["family", "variant"]
+    with_run = shows_runs(result)
+    head = ["run"] * with_run + ["family", "variant"]
     for n in names:
         head += [f"{n} {split} AUC [95% CI]", f"{n} sens / spec"]
     lines = ["", f"Per source ({split} split; sensitivity/specificity at the stored threshold):",
              "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in result["rows"]:
         src = (r["accuracy"].get(split) or {}).get("sources") or {}
-        cells = [r["family"], r["variant"]]
+        cells = _who(r, with_run)
         for n in names:
             a = src.get(n)
             cells += [_auc_cell(a or {}), f"{_f(a and a['sensitivity'])} / "
@@ -382,17 +529,32 @@ def _all_accuracies(result: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def baseline_lines(result: dict[str, Any]) -> list[str]:
+    """The global-cue baseline of each source, named: it is fit and scored on that source
+    alone, so it compares with the per-source rows (the pooled ones where there is one)."""
+    bases = [b for b in result.get("baselines") or [] if b.get("splits")]
+    lines = []
+    for b in bases:
+        parts = [f"{s} {_auc_cell(v)}" for s, v in b["splits"].items()]
+        lines += ["", f"Global-cue baseline on {b['source']} ({b['model']} on image size, "
+                  f"aspect, format and intensity, fit on its train split): AUC "
+                  f"{', '.join(parts)}. A model must clearly beat it on {b['source']}."]
+    return lines
+
+
 def markdown(result: dict[str, Any]) -> str:
     threads = result["threads"]
-    head = ["family", "variant", "status", "size KiB", "gzip KiB", "sparsity", "val AUC [95% CI]",
-            "test AUC [95% CI]", "test ΔAUC vs float [95% CI]", "test sens", "test spec"]
+    with_run = shows_runs(result)
+    head = ["run"] * with_run + [
+        "family", "variant", "status", "size KiB", "gzip KiB", "sparsity", "val AUC [95% CI]",
+        "test AUC [95% CI]", "test ΔAUC vs float [95% CI]", "test sens", "test spec"]
     head += [f"p50/p90 ms @{t}t" for t in threads] + ["peak MiB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     if result.get("note"):  # e.g. the demo sample: say plainly what the table can show
         lines[:0] = [f"**{result['note']}**", ""]
     for r in result["rows"]:
         acc, test = r["accuracy"], r["accuracy"].get("test", {})
-        cells = [r["family"], r["variant"], r["status"] + (" ⚠" if r["reason"] else ""),
+        cells = [*_who(r, with_run), r["status"] + (" ⚠" if r["reason"] else ""),
                  _f(r["size_bytes"] and r["size_bytes"] / 1024, ".0f"),
                  _f(r["gzip_bytes"] and r["gzip_bytes"] / 1024, ".0f"),
                  _f(r["sparsity"], ".2f"), _auc_cell(acc.get("val", {})), _auc_cell(test),
@@ -404,13 +566,8 @@ def markdown(result: dict[str, Any]) -> str:
         cells.append(_f(r["peak_rss_mb"], ".0f"))
         lines.append("| " + " | ".join(cells) + " |")
     lines += per_source_markdown(result)
-    base = result.get("baseline")
-    if base and base.get("splits"):
-        parts = [f"{s} {_auc_cell(v)}" for s, v in base["splits"].items()]
-        lines += ["", f"Global-cue baseline ({base['model']} on image size, aspect, format "
-                  f"and intensity, fit on train): AUC {', '.join(parts)}. A model must "
-                  "clearly beat it."]
-    notes = [f"- {r['family']} {r['variant']}: {r['reason']}" for r in result["rows"]
+    lines += baseline_lines(result)
+    notes = [f"- {' '.join(_who(r, with_run))}: {r['reason']}" for r in result["rows"]
              if r["reason"]]
     if notes:
         lines += ["", "Notes:", *notes]
@@ -425,7 +582,8 @@ def markdown(result: dict[str, Any]) -> str:
               "with a paired bootstrap interval (an interval that excludes 0 is a real "
               "difference).",
               "", f"Sensitivity and specificity at each file's stored threshold (chosen on val). "
-              f"Latency: {result['runs']} timed invokes after {result['warmup']} warm-up, "
+              f"Latency: {result['runs']} timed invokes{_rounds(result)} after "
+              f"{result['warmup']} warm-up, "
               f"{h['machine']} with {h['cpu_count']} CPUs, Python {h['python']}, "
               f"{result['created']}, in one run ({result['seconds']} s)."]
     if h.get("cpu_model"):
@@ -433,9 +591,24 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _rounds(result: dict[str, Any]) -> str:
+    """How the timed invokes were interleaved between files, for the footnote."""
+    k = result.get("rounds") or 1
+    return f" in {k} rounds alternating between the files, each round" if k > 1 else ""
+
+
 def write_csv(result: dict[str, Any], path: Path) -> None:
+    """The table as CSV, written atomically (a reader never sees half of it)."""
+    buf = io.StringIO()
+    _csv_rows(result, buf)
+    atomic_write(path, buf.getvalue().encode())
+
+
+def _csv_rows(result: dict[str, Any], f: Any) -> None:
     threads = result["threads"]
-    cols = ["family", "variant", "status", "reason", "size_bytes", "gzip_bytes", "sparsity"]
+    first = ["family", "variant", "run", "status", "reason", "size_bytes", "gzip_bytes",
+             "sparsity"]
+    cols = list(first)
     for s in SPLITS:
         cols += [f"{s}_auc", f"{s}_auc_lo", f"{s}_auc_hi", f"{s}_sensitivity",
                  f"{s}_specificity", f"{s}_auc_family", f"{s}_auc_family_lo",
@@ -447,36 +620,35 @@ def write_csv(result: dict[str, Any], path: Path) -> None:
     for t in threads:
         cols += [f"p50_ms_{t}t", f"p90_ms_{t}t"]
     cols += ["peak_rss_mb"]
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
-        w.writeheader()
-        for r in result["rows"]:
-            out = {k: r[k] for k in cols[:7]}
-            for s in SPLITS:
-                a = r["accuracy"].get(s)
-                parts = [(f"{s}_", a)] + [(f"{s}_{n}_", v) for n, v in
-                                          ((a or {}).get("sources") or {}).items()]
-                for prefix, m in parts:
-                    if m:
-                        out.update({f"{prefix}auc": m["auc"], f"{prefix}auc_lo": m["auc_ci95"][0],
-                                    f"{prefix}auc_hi": m["auc_ci95"][1],
-                                    f"{prefix}sensitivity": m["sensitivity"],
-                                    f"{prefix}specificity": m["specificity"]})
-                        if "auc_family" in m:
-                            lo, hi = m["auc_family_ci95"]
-                            out.update({f"{prefix}auc_family": m["auc_family"],
-                                        f"{prefix}auc_family_lo": lo,
-                                        f"{prefix}auc_family_hi": hi})
-                d = (r.get("paired") or {}).get(s)
-                if d:
-                    out.update({f"{s}_delta_auc": d["delta"], f"{s}_delta_lo": d["ci95"][0],
-                                f"{s}_delta_hi": d["ci95"][1]})
-            for t in threads:
-                lat = r["latency"].get(str(t))
-                if lat:
-                    out[f"p50_ms_{t}t"], out[f"p90_ms_{t}t"] = lat["p50_ms"], lat["p90_ms"]
-            out["peak_rss_mb"] = r["peak_rss_mb"]
-            w.writerow(out)
+    w = csv.DictWriter(f, fieldnames=cols)
+    w.writeheader()
+    for r in result["rows"]:
+        out = {k: r.get(k) for k in first}
+        for s in SPLITS:
+            a = r["accuracy"].get(s)
+            parts = [(f"{s}_", a)] + [(f"{s}_{n}_", v) for n, v in
+                                      ((a or {}).get("sources") or {}).items()]
+            for prefix, m in parts:
+                if m:
+                    out.update({f"{prefix}auc": m["auc"], f"{prefix}auc_lo": m["auc_ci95"][0],
+                                f"{prefix}auc_hi": m["auc_ci95"][1],
+                                f"{prefix}sensitivity": m["sensitivity"],
+                                f"{prefix}specificity": m["specificity"]})
+                    if "auc_family" in m:
+                        lo, hi = m["auc_family_ci95"]
+                        out.update({f"{prefix}auc_family": m["auc_family"],
+                                    f"{prefix}auc_family_lo": lo,
+                                    f"{prefix}auc_family_hi": hi})
+            d = (r.get("paired") or {}).get(s)
+            if d:
+                out.update({f"{s}_delta_auc": d["delta"], f"{s}_delta_lo": d["ci95"][0],
+                            f"{s}_delta_hi": d["ci95"][1]})
+        for t in threads:
+            lat = r["latency"].get(str(t))
+            if lat:
+                out[f"p50_ms_{t}t"], out[f"p90_ms_{t}t"] = lat["p50_ms"], lat["p90_ms"]
+        out["peak_rss_mb"] = r["peak_rss_mb"]
+        w.writerow(out)
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -522,10 +694,26 @@ def _place_labels(ax: Any, xy: list[tuple[float, float]], texts: list[str]) -> N
         placed.append(ann.get_window_extent(renderer))
 
 
+def chart_points(result: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    """The split to plot (test where some row has a defined test AUC, else val) and the rows
+    with a defined AUC, a latency and a size: an undefined AUC (one class) has no place on
+    an AUC axis."""
+    t = str(result["threads"][0])
+
+    def auc(r: dict[str, Any], split: str) -> Any:
+        return (r["accuracy"].get(split) or {}).get("auc")
+
+    split = "test" if any(_finite(auc(r, "test")) for r in result["rows"]) else "val"
+    return split, [r for r in result["rows"] if _finite(auc(r, split))
+                   and r["latency"].get(t) and r["size_bytes"]]
+
+
 def chart(result: dict[str, Any], path: Path) -> bool:
     """AUC (test where measured, else val) with its 95% interval against file size, marker
     area by p50 latency, the Pareto front of the validated files drawn (files that failed
-    validation hollow), labels kept apart and inside the plot."""
+    validation, and loose files never validated, hollow, each with its own legend entry),
+    labels kept apart and inside the plot. False when there is nothing to plot or no
+    matplotlib; the file is written atomically."""
     try:
         import matplotlib
 
@@ -533,63 +721,107 @@ def chart(result: dict[str, Any], path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
+    split, pts = chart_points(result)
+    if not pts:
+        return False
     t = str(result["threads"][0])
-    split = "test" if any(r["accuracy"].get("test") for r in result["rows"]) else "val"
-    pts = [r for r in result["rows"] if r["accuracy"].get(split) and r["latency"].get(t)
-           and r["size_bytes"]]
+    with_run = shows_runs(result)
     fig, ax = plt.subplots(figsize=(9, 6))
-    families = sorted({r["family"] for r in pts})
+    try:
+        xy, texts, shippable = _plot_families(ax, pts, split, t, with_run)
+        _plot_front_and_baseline(ax, result, xy, shippable, split)
+        ax.set_xscale("log")
+        ax.set_xlabel("file size (KiB, log scale)")
+        ax.set_ylabel(f"{split} AUC (95% CI)")
+        ax.set_title(f"accuracy vs size; marker area = p50 latency @{t} thread(s)")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="lower right", fontsize=8)
+        fig.tight_layout()
+        _place_labels(ax, xy, texts)
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    finally:
+        plt.close(fig)
+    return True
+
+
+def _plot_families(ax: Any, pts: list[dict[str, Any]], split: str, t: str, with_run: bool
+                   ) -> tuple[list[tuple[float, float]], list[str], list[bool]]:
+    """One marker per family; validated files filled, every other status hollow under its
+    own legend entry. Returns each point, its label and whether it is validated."""
     xy, texts, shippable = [], [], []
-    for fam, marker in zip(families, "os^Dv"):
+    for fam, marker in zip(sorted({r["family"] for r in pts}), "os^Dv"):
         mine = [r for r in pts if r["family"] == fam]
         xs = np.array([r["size_bytes"] / 1024 for r in mine])
-        ys = np.array([r["accuracy"][split]["auc"] for r in mine])
+        ys = np.array([r["accuracy"][split]["auc"] for r in mine], dtype=float)
         ci = np.array([r["accuracy"][split]["auc_ci95"] for r in mine], dtype=float)
         lat = np.array([r["latency"][t]["p50_ms"] for r in mine])
         err = np.abs(np.vstack([ys - ci[:, 0], ci[:, 1] - ys]))
         ax.errorbar(xs, ys, yerr=np.nan_to_num(err), fmt="none", ecolor="0.6", lw=0.8,
                     capsize=2, zorder=1)
-        ok = np.array([r["status"] == VALIDATED for r in mine])
+        status = np.array([r["status"] for r in mine])
         sizes = 40 + 300 * lat / max(float(lat.max()), 1e-9)
+        ok = status == VALIDATED
         dot = ax.scatter(xs[ok], ys[ok], s=sizes[ok], marker=marker, alpha=0.7, label=fam,
                          zorder=2)
-        if (~ok).any():  # not shipped: hollow, and off the front
-            ax.scatter(xs[~ok], ys[~ok], s=sizes[~ok], marker=marker, facecolors="none",
-                       edgecolors=dot.get_facecolor()[0] if ok.any() else "0.3", zorder=2,
-                       label=f"{fam}, failed validation")
+        edge = dot.get_facecolor()[0] if ok.any() else "0.3"
+        for st in dict.fromkeys(status[~ok].tolist()):  # not shipped: hollow, off the front
+            m = status == st
+            ax.scatter(xs[m], ys[m], s=sizes[m], marker=marker, facecolors="none",
+                       edgecolors=edge, linestyles="--" if st == NOT_VALIDATED else "-",
+                       zorder=2, label=f"{fam}, {st.replace('-', ' ')}")
         for r, x, y, ms, good in zip(mine, xs, ys, lat, ok):
-            xy.append((x, y))
+            xy.append((float(x), float(y)))
             shippable.append(bool(good))
-            texts.append(f"{fam} {r['variant']} ({ms:.1f} ms)")
+            who = f"{r.get('run')}: " if with_run and r.get("run") else ""
+            texts.append(f"{who}{fam} {r['variant']} ({ms:.1f} ms)")
+    return xy, texts, shippable
+
+
+def _plot_front_and_baseline(ax: Any, result: dict[str, Any], xy: list[tuple[float, float]],
+                             shippable: list[bool], split: str) -> None:
+    """The Pareto front of the validated files, and the global-cue baseline where the
+    table has a single source (with several, each source's is its own; see the text)."""
     valid = [i for i, good in enumerate(shippable) if good]
     if valid:
         front = [valid[i] for i in pareto_front([xy[i] for i in valid])]
         ax.plot([xy[i][0] for i in front], [xy[i][1] for i in front], "k--", lw=0.8,
                 label="Pareto front (validated files)", zorder=0)
-    base = (result.get("baseline") or {}).get("splits", {}).get(split)
-    if base:
-        ax.axhline(base["auc"], color="grey", ls=":", label=f"global-cue baseline ({split})")
-    ax.set_xscale("log")
-    ax.set_xlabel("file size (KiB, log scale)")
-    ax.set_ylabel(f"{split} AUC (95% CI)")
-    ax.set_title(f"accuracy vs size; marker area = p50 latency @{t} thread(s)")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    _place_labels(ax, xy, texts)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    bases = result.get("baselines") or []
+    base = bases[0]["splits"].get(split) if len(bases) == 1 else None
+    if base and _finite(base.get("auc")):
+        ax.axhline(base["auc"], color="grey", ls=":",
+                   label=f"global-cue baseline ({bases[0]['source']}, {split})")
 
 
-def write_outputs(result: dict[str, Any], out: Path) -> list[Path]:
+OUTPUTS = ("benchmark.md", "benchmark.csv", "benchmark.json", "benchmark.png")
+
+
+def write_outputs(result: dict[str, Any], out: Path, log: Any = None) -> list[Path]:
+    """Write the table (Markdown, CSV, strict JSON: null for an undefined number) and the
+    chart into `out`, each file atomically. A chart that cannot be drawn (no row with a
+    defined AUC) is not left behind from an earlier run: it is removed, and `log` says so.
+    OSError when a file cannot be written."""
+    say = log or (lambda m: print(m, file=sys.stderr))
     out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "benchmark.md", out / "benchmark.csv", out / "benchmark.json"]
-    paths[0].write_text(markdown(result) + "\n")
+    paths = [out / name for name in OUTPUTS[:3]]
+    atomic_write(paths[0], (markdown(result) + "\n").encode())
     write_csv(result, paths[1])
-    paths[2].write_text(json.dumps(result, indent=2, default=float) + "\n")
-    if chart(result, out / "benchmark.png"):
-        paths.append(out / "benchmark.png")
+    atomic_write(paths[2], (strict_dumps(result, indent=2) + "\n").encode())
+    png = out / OUTPUTS[3]
+    try:
+        drawn = chart(result, png)
+        why = "no row has a defined AUC, a latency and a size"
+    except OSError:
+        raise
+    except Exception as exc:  # a plotting failure must not cost the table
+        drawn, why = False, f"the chart failed ({exc})"
+    if drawn:
+        return [*paths, png]
+    if png.is_file() or png.is_symlink():
+        png.unlink()
+        say(f"removed the earlier {shown(png)}: {why}")
+    else:
+        say(f"no chart drawn: {why}")
     return paths
 
 

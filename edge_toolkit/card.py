@@ -14,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
+import struct
 import zipfile
 import zlib
 from dataclasses import asdict, dataclass, field, fields
@@ -104,7 +106,9 @@ class ModelCard:
         return asdict(self)
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True, default=jsonable)
+        """Strict JSON: an undefined metric (NaN, e.g. AUC on one class) is written null, so
+        any JSON reader (`unzip -p ... | jq`) takes the card."""
+        return strict_dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelCard:
@@ -125,7 +129,9 @@ class ModelCard:
                             f"invalid model card ({len(lines)} problems): "
                             + "; ".join(problems), lines)
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        card = cls(**{k: v for k, v in data.items() if k in known})
+        card.metrics = undefined_as_nan(card.metrics)
+        return card
 
     @classmethod
     def from_json(cls, text: str) -> ModelCard:
@@ -181,6 +187,37 @@ def jsonable(obj: Any) -> Any:
     return str(obj)
 
 
+def strict_json(obj: Any) -> Any:
+    """`obj` with every NaN or infinity (Python or numpy) as None, numbers kept exact:
+    `json.dumps` would write a bare `NaN`, which strict JSON readers refuse."""
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [strict_json(v) for v in obj]
+    if not isinstance(obj, str | bytes | bool | int | float | None) and hasattr(obj, "item"):
+        obj = obj.item()  # a numpy scalar
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def strict_dumps(obj: Any, **kwargs: Any) -> str:
+    """`json.dumps` of `strict_json(obj)` (numpy arrays and paths as `jsonable` has them);
+    ValueError rather than a bare NaN if anything non-finite got through."""
+    return json.dumps(strict_json(obj), allow_nan=False,
+                      default=lambda o: strict_json(jsonable(o)), **kwargs)
+
+
+def undefined_as_nan(obj: Any) -> Any:
+    """A card's metrics as read back: the null that `to_json` wrote for an undefined number
+    is NaN again, as the code that made the metrics had it."""
+    if isinstance(obj, dict):
+        return {k: undefined_as_nan(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [undefined_as_nan(v) for v in obj]
+    return math.nan if obj is None else obj
+
+
 def check_flatbuffer(data: bytes) -> None:
     """Cheap structural checks that name the problem before the interpreter does."""
     if not data:
@@ -192,6 +229,19 @@ def check_flatbuffer(data: bytes) -> None:
     if root + 4 > len(data):
         raise CardError(f"TFLite flatbuffer is truncated: its root table is at byte {root}, "
                         f"the file has {len(data)} bytes")
+
+
+# What zipfile raises on a damaged archive besides BadZipFile: a flipped byte can name an
+# unknown compression method (NotImplementedError), set the encryption flag (RuntimeError),
+# break the deflate stream (zlib.error), cut a member short (EOFError) or make a header
+# unparsable (struct.error, ValueError incl. UnicodeDecodeError, LookupError, OverflowError).
+ARCHIVE_ERRORS = (zipfile.BadZipFile, NotImplementedError, RuntimeError, zlib.error, EOFError,
+                  ValueError, struct.error, LookupError, OverflowError, OSError)
+
+
+def _why(exc: BaseException) -> str:
+    """A zipfile failure's message on one line (its class when it has none)."""
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
 
 
 def split_tflite(data: bytes) -> tuple[bytes, ModelCard | None]:
@@ -216,9 +266,8 @@ def split_tflite(data: bytes) -> tuple[bytes, ModelCard | None]:
         return data, None
     except CardError:
         raise
-    except (zlib.error, UnicodeDecodeError, EOFError, ValueError) as exc:
-        raise CardError(f"the embedded model card is damaged ({exc.__class__.__name__})"
-                        ) from None
+    except ARCHIVE_ERRORS as exc:
+        raise CardError(f"the embedded model card is damaged ({_why(exc)})") from None
     bare = data[:archive_start] if archive_start > 0 else data
     check_flatbuffer(bare)
     if expected is not None and model_checksum(bare) != expected:
@@ -257,7 +306,7 @@ def _member_names(data: bytes) -> list[str]:
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             return zf.namelist()
-    except (zipfile.BadZipFile, OSError, ValueError):
+    except ARCHIVE_ERRORS:
         return []
 
 
@@ -266,7 +315,7 @@ def read_member(data: bytes, name: str) -> bytes | None:
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             return zf.read(name) if name in zf.namelist() else None
-    except (zipfile.BadZipFile, OSError, ValueError, zlib.error, EOFError):
+    except ARCHIVE_ERRORS:
         return None
 
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from edge_toolkit.card import CardError, ModelCard, read_card
 from edge_toolkit.data import Dataset, DatasetError, Sample, load_samples
+from edge_toolkit.files import shown
 from edge_toolkit.multisource import (
     FLAT_SPLIT,
     check_manifests,
@@ -29,7 +30,10 @@ Predict = Callable[[np.ndarray], np.ndarray]
 
 
 class EvaluationError(Exception):
-    """The model or dataset cannot be evaluated; the message says why."""
+    """The model or dataset cannot be evaluated; the message says why. The command exits
+    `EXIT_CODE` (2), as card, classify, bench and benchmark do for unusable input."""
+
+    EXIT_CODE = 2
 
 
 def load_predictor(model: Path) -> tuple[ModelCard, Predict]:
@@ -38,7 +42,7 @@ def load_predictor(model: Path) -> tuple[ModelCard, Predict]:
         card_path = model / "card.json"
         if not (card_path.exists() and (model / "model.keras").exists()):
             raise EvaluationError(f"{model}: not a run folder (needs model.keras and card.json)")
-        card = ModelCard.load(card_path)
+        card = _run_card(card_path)
         from edge_toolkit.train.tfsetup import keras
 
         net = keras.models.load_model(model / "model.keras", compile=False)
@@ -57,6 +61,52 @@ def load_predictor(model: Path) -> tuple[ModelCard, Predict]:
     except (ModelError, BackendMissingError) as exc:
         raise EvaluationError(str(exc)) from None
     return card, clf.predict_raw_batch
+
+
+def _run_card(path: Path) -> ModelCard:
+    """A run folder's card.json, or one line naming it and what is wrong with it."""
+    try:
+        return ModelCard.load(path)
+    except CardError as exc:
+        raise EvaluationError("; ".join(exc.lines(shown(path)))) from None
+    except (OSError, ValueError) as exc:  # unreadable, or not UTF-8 text
+        why = getattr(exc, "strerror", None) or exc
+        raise EvaluationError(f"{shown(path)}: cannot read ({why})") from None
+
+
+def check_finite(model: Path, split: str, p: np.ndarray) -> None:
+    """Refuse NaN or infinite outputs (a broken model): scored, they would make up an AUC."""
+    bad = int(np.count_nonzero(~np.isfinite(p)))
+    if bad:
+        raise EvaluationError(f"{shown(model)}: {bad} non-finite model outputs (NaN or infinite) "
+                              f"on the {len(p)} {split} images")
+
+
+def card_thresholds(card: ModelCard) -> dict[str, float]:
+    """The card's named thresholds, and the stored one as `stored` when none of them is it
+    (a hand-edited card): the operating point the device uses is always reported."""
+    out = dict(card.thresholds)
+    if card.threshold not in out.values():
+        out["stored"] = card.threshold
+    return out
+
+
+def split_names(ds: Dataset, splits: list[str] | None) -> list[str]:
+    """The splits to score: `splits` (default val and test, where they exist) and a flat
+    folder's `all`. A split asked for by name that the data lacks is refused with the
+    splits it has, unless the data is one flat folder (scored whole, as `all`)."""
+    have = sorted({s.split for s in ds.samples})
+    names = ", ".join(ds.source_names)
+    if splits is not None and have != [FLAT_SPLIT]:
+        missing = [s for s in splits if s not in have]
+        if missing:
+            raise EvaluationError(f"{names}: no split {', '.join(missing)} (its splits: "
+                                  f"{', '.join(have) or 'none'})")
+    wanted = [s for s in [*(splits or ["val", "test"]), FLAT_SPLIT] if s in have]
+    if not wanted:
+        raise EvaluationError(f"{names}: no val or test split to score (its splits: "
+                              f"{', '.join(have) or 'none'})")
+    return list(dict.fromkeys(wanted))
 
 
 def run_split_samples(run: Path, split: str) -> list[Sample]:
@@ -103,25 +153,26 @@ def evaluate_model(model: Path, data: Sequence[str | Path] | Path | None = None,
         data = [data]
     ds = scoring_dataset(card, data)
     pre = PreprocessConfig.from_dict(card.preprocessing)
-    wanted = [*(splits or ["val", "test"]), FLAT_SPLIT]
+    wanted = split_names(ds, splits)
     probs, sources, families, clusters = {}, {}, {}, {}
     for split in wanted:
-        if split not in {s.split for s in ds.samples}:
-            continue
         loaded = load_samples([s for s in ds.samples if s.split == split], pre)
         for path, reason in loaded.skipped:
             if on_skip is not None:
                 on_skip(path, reason)
         if len(loaded.y) == 0:
             continue
-        probs[split] = (loaded.y, np.asarray(predict(loaded.x), dtype=np.float64))
+        p = np.asarray(predict(loaded.x), dtype=np.float64).reshape(-1)
+        check_finite(Path(model), split, p)
+        probs[split] = (loaded.y, p)
         sources[split] = loaded.sources
         families[split] = groups_of(ds, loaded.paths)
         clusters[split] = groups_of(ds, loaded.paths, clusters=True)
     if not probs:
         names = ", ".join(ds.source_names)
-        raise EvaluationError(f"{names}: no readable images in the splits {splits}")
-    thresholds = card.thresholds or {"stored": card.threshold}
+        raise EvaluationError(f"{names}: no readable images in the splits "
+                              f"{', '.join(wanted)}")
+    thresholds = card_thresholds(card)
     metrics = report_splits(probs, card.temperature, thresholds, bootstrap, sources,
                             families, clusters)
     return metrics, format_metrics(metrics, intervals=bootstrap > 0)

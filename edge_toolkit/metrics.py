@@ -15,10 +15,26 @@ import numpy as np
 _EPS = 1e-7
 
 
+class NonFiniteScoresError(ValueError):
+    """Scores with NaN or infinity (a broken model's outputs): ranked or thresholded they
+    would give an AUC or a sensitivity that means nothing, so they are refused."""
+
+
+def finite_scores(p: np.ndarray) -> np.ndarray:
+    """`p` as float64, or NonFiniteScoresError naming how many of its values are not finite
+    (NaN ranked highest by argsort; NaN >= t is False, so counted negative)."""
+    p = np.asarray(p, dtype=np.float64)
+    bad = int(np.count_nonzero(~np.isfinite(p)))
+    if bad:
+        raise NonFiniteScoresError(f"{bad} non-finite model outputs (NaN or infinite) among "
+                                   f"{p.size}")
+    return p
+
+
 def roc_auc(y: np.ndarray, p: np.ndarray) -> float:
     """Area under the ROC curve by the rank statistic (ties count one half)."""
     y = np.asarray(y).astype(bool)
-    p = np.asarray(p, dtype=np.float64)
+    p = finite_scores(p)
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos == 0 or n_neg == 0:
         return float("nan")
@@ -36,7 +52,7 @@ def bootstrap_auc_ci(y: np.ndarray, p: np.ndarray, n: int = 1000, seed: int = 0,
                      level: float = 0.95) -> tuple[float, float]:
     """Percentile interval of AUC over stratified bootstrap resamples."""
     y = np.asarray(y).astype(int)
-    p = np.asarray(p, dtype=np.float64)
+    p = finite_scores(p)
     pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
     if len(pos) == 0 or len(neg) == 0:
         return (float("nan"), float("nan"))
@@ -55,7 +71,7 @@ def paired_auc_delta(y: np.ndarray, p: np.ndarray, p_ref: np.ndarray, n: int = 1
     interval: both models are scored on each resample, so the images' own difficulty cancels
     and a small, real cost can be told from noise (unpaired intervals overlap far more)."""
     y = np.asarray(y).astype(int)
-    p, p_ref = np.asarray(p, np.float64), np.asarray(p_ref, np.float64)
+    p, p_ref = finite_scores(p), finite_scores(p_ref)
     if not (len(y) == len(p) == len(p_ref)):
         raise ValueError("paired AUC needs both models' outputs on the same images")
     delta = roc_auc(y, p) - roc_auc(y, p_ref)
@@ -88,7 +104,7 @@ def weighted_auc(y: np.ndarray, p: np.ndarray, w: np.ndarray) -> float:
     """AUC where each (fractured, normal) pair counts w_pos * w_neg (ties one half); equal
     weights give `roc_auc`. Sort-based, so it scales like `roc_auc`."""
     y = np.asarray(y).astype(bool)
-    p, w = np.asarray(p, np.float64), np.asarray(w, np.float64)
+    p, w = finite_scores(p), np.asarray(w, np.float64)
     uniq, score_bin = np.unique(p, return_inverse=True)
     return _weighted_auc_binned(score_bin.reshape(-1), y, w, len(uniq))
 
@@ -126,7 +142,7 @@ def family_bootstrap_ci(y: np.ndarray, p: np.ndarray, families: Sequence[str],
     treats 67 rotations of one radiograph as 67 patients and gives intervals far narrower
     than the data supports."""
     y = np.asarray(y).astype(bool)
-    p = np.asarray(p, np.float64)
+    p = finite_scores(p)
     fams = list(families)
     base = family_weights(fams)
     keys = list(clusters) if clusters is not None else fams
@@ -164,7 +180,7 @@ def family_bootstrap_ci(y: np.ndarray, p: np.ndarray, families: Sequence[str],
 def roc_curve(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(fpr, tpr, thresholds) with a decision `p >= threshold`, thresholds descending."""
     y = np.asarray(y).astype(bool)
-    p = np.asarray(p, dtype=np.float64)
+    p = finite_scores(p)
     thr = np.unique(p)[::-1]
     tp = np.array([(p[y] >= t).sum() for t in thr], dtype=np.float64)
     fp = np.array([(p[~y] >= t).sum() for t in thr], dtype=np.float64)
@@ -175,7 +191,7 @@ def roc_curve(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.
 
 def confusion(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, int]:
     y = np.asarray(y).astype(bool)
-    pred = np.asarray(p) >= threshold
+    pred = finite_scores(p) >= threshold
     return {"tp": int((pred & y).sum()), "fp": int((pred & ~y).sum()),
             "tn": int((~pred & ~y).sum()), "fn": int((~pred & y).sum())}
 
@@ -210,7 +226,7 @@ def at_threshold(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, An
 def threshold_for_sensitivity(y: np.ndarray, p: np.ndarray, target: float = 0.95) -> float:
     """Highest threshold whose sensitivity on (y, p) reaches `target`: fewest false alarms."""
     y = np.asarray(y).astype(bool)
-    pos = np.sort(np.asarray(p, dtype=np.float64)[y])
+    pos = np.sort(finite_scores(p)[y])
     if len(pos) == 0:
         return 0.5
     # keep at least ceil(target * n) positives at or above the threshold
@@ -347,7 +363,7 @@ def fit_temperature(y: np.ndarray, p: np.ndarray) -> float:
 def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
     """ECE over equal-width probability bins of the positive-class probability."""
     y = np.asarray(y, dtype=np.float64)
-    p = np.asarray(p, dtype=np.float64)
+    p = finite_scores(p)
     edges = np.linspace(0, 1, bins + 1)
     idx = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
     ece = 0.0

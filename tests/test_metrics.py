@@ -182,3 +182,24 @@ def test_floors_of_0_or_1_are_refused(sens, spec):
     p = np.array([0.1, 0.9, 0.4, 0.6])
     with pytest.raises(ValueError, match="between 0 and 1"):
         threshold_for_floors([(y, p)], sens, spec, 0.6)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_scores_are_refused_not_ranked(bad):
+    """NaN used to rank highest (argsort puts it last) and count negative at any threshold
+    (NaN >= t is False): a broken model still got an AUC and a specificity."""
+    from edge_toolkit.metrics import family_auc, paired_auc_delta, summarize
+
+    y = np.array([0, 0, 1, 1, 0, 1])
+    p = np.array([0.1, 0.4, 0.35, 0.8, bad, bad])
+    good = np.linspace(0.1, 0.9, 6)
+    calls = [lambda: roc_auc(y, p), lambda: at_threshold(y, p, 0.5),
+             lambda: bootstrap_auc_ci(y, p, n=5), lambda: paired_auc_delta(y, good, p, n=5),
+             lambda: family_auc(y, p, list("aabbcc")),
+             lambda: summarize(y, p, {"stored": 0.5}, bootstrap=0),
+             lambda: expected_calibration_error(y, p)]
+    for call in calls:
+        with pytest.raises(ValueError, match=r"^2 non-finite model outputs \(NaN or infinite\) "
+                                             r"among 6$"):
+            call()
+    assert roc_auc(y, good) == pytest.approx(brute_auc(y, good))  # finite scores still score

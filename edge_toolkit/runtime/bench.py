@@ -4,7 +4,11 @@ For each model and thread count: interpreter creation time (including tensor all
 warm-up invokes, then N timed invokes (mean, p50, p90, p99, in ms), plus the model's size
 and the peak memory (max RSS) of the process that ran it. Each model runs in a fresh child
 process by default, so one model's peak memory is not another's. Absolute numbers on a busy
-machine drift; the `ratio` to the first model at the same thread count is what holds.
+machine drift, so `bench_models` interleaves the models: the timed invokes are split into
+rounds, and round k of every model runs before round k+1 of any (a burst of load then hits
+every model alike, not the one that happened to be running); `ratio` is the median (p50)
+over the first measured model's median at the same thread count, which one slow invoke
+does not move as it moves a mean.
 
 `cold_start` times what a user sees: a new `python -m edge_toolkit.cli classify MODEL IMAGE`
 process from spawn to exit (interpreter start-up, imports, model load, one image), with that
@@ -22,13 +26,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edge_toolkit.card import CardError, split_tflite
-from edge_toolkit.files import read_regular
+from edge_toolkit.files import check_regular, read_regular
 from edge_toolkit.runtime.interpreter import create_interpreter, interpreter_class
 
 
@@ -53,9 +58,13 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q))
 
 
+ROUNDS = 5  # the timed invokes are split into up to this many interleaved rounds
+
+
 def bench_model(model: str | Path, threads: list[int], warmup: int = 5, runs: int = 50,
-                seed: int = 0) -> dict[str, Any]:
-    """Benchmark one model in this process; see the module docstring for what is measured."""
+                seed: int = 0, keep_times: bool = False) -> dict[str, Any]:
+    """Benchmark one model in this process; see the module docstring for what is measured.
+    `keep_times`: each run also lists its timed invokes (`times_ms`), for `merge_rounds`."""
     path = Path(model)
     data = read_regular(path)
     try:
@@ -95,16 +104,17 @@ def bench_model(model: str | Path, threads: list[int], warmup: int = 5, runs: in
             "mean_ms": statistics.fmean(times), "p50_ms": percentile(times, 50),
             "p90_ms": percentile(times, 90), "p99_ms": percentile(times, 99),
             "min_ms": min(times), "max_ms": max(times),
-        })
+        } | ({"times_ms": times} if keep_times else {}))
         del interp
     out["peak_rss_kb"] = peak_rss_kb()
     return out
 
 
-def bench_in_child(model: str | Path, threads: list[int], warmup: int, runs: int
-                   ) -> dict[str, Any]:
+def bench_in_child(model: str | Path, threads: list[int], warmup: int, runs: int,
+                   keep_times: bool = False) -> dict[str, Any]:
     """`bench_model` in a fresh process, so its peak memory is this model's alone."""
-    job = json.dumps({"model": str(model), "threads": threads, "warmup": warmup, "runs": runs})
+    job = json.dumps({"model": str(model), "threads": threads, "warmup": warmup, "runs": runs,
+                      "keep_times": keep_times})
     proc = subprocess.run([sys.executable, "-m", "edge_toolkit.runtime.bench", job],
                           capture_output=True, text=True)
     if proc.returncode != 0:
@@ -113,15 +123,79 @@ def bench_in_child(model: str | Path, threads: list[int], warmup: int, runs: int
     return json.loads(proc.stdout)
 
 
-def add_ratios(results: list[dict[str, Any]]) -> None:
-    """Each run's mean over the first model's mean at the same thread count."""
+def add_ratios(results: list[dict[str, Any]]) -> str | None:
+    """Each run's median (p50) over the first result's median at the same thread count, and
+    each result's `ratio_to`: that first result's model, which is the first model given
+    unless it could not be measured. Returns it (None for no results)."""
     if not results:
-        return
-    base = {r["threads"]: r["mean_ms"] for r in results[0]["runs"]}
+        return None
+    base = {r["threads"]: r["p50_ms"] for r in results[0]["runs"]}
     for res in results:
+        res["ratio_to"] = results[0]["model"]
         for r in res["runs"]:
             ref = base.get(r["threads"])
-            r["ratio"] = r["mean_ms"] / ref if ref else None
+            r["ratio"] = r["p50_ms"] / ref if ref else None
+    return results[0]["model"]
+
+
+def round_sizes(runs: int, rounds: int = ROUNDS, models: int = 2) -> list[int]:
+    """`runs` timed invokes as min(rounds, runs) near-equal rounds (summing to `runs`); one
+    round for a single model (nothing to alternate with, so no extra process starts)."""
+    k = max(1, min(rounds, runs)) if models > 1 else 1
+    return [runs // k + (i < runs % k) for i in range(k)]
+
+
+Measure = Callable[..., dict[str, Any]]  # (model, threads, warmup, runs, keep_times=True)
+
+
+def bench_models(models: Sequence[str | Path], threads: list[int], warmup: int = 5,
+                 runs: int = 50, *, in_process: bool = False, rounds: int = ROUNDS,
+                 on_error: Callable[[str | Path, Exception], None] | None = None,
+                 measure: Measure | None = None) -> list[dict[str, Any]]:
+    """Every model measured side by side, interleaved: round k of each model (its own warm-up
+    first, excluded, then its share of `runs`; a fresh process unless `in_process`) before
+    round k+1 of any. A model that fails is reported once to `on_error` and dropped; the
+    others' rounds are pooled (`merge_rounds`) and given ratios (`add_ratios`)."""
+    measure = measure or (bench_model if in_process else bench_in_child)
+    parts: dict[int, list[dict[str, Any]]] = {i: [] for i in range(len(models))}
+    for n in round_sizes(runs, rounds, len(models)):
+        for i in list(parts):
+            try:
+                parts[i].append(measure(models[i], threads, warmup, n, keep_times=True))
+            except (OSError, ValueError, RuntimeError) as exc:
+                del parts[i]
+                if on_error is not None:
+                    on_error(models[i], exc)
+    results = [merge_rounds(rounds_of) for rounds_of in parts.values()]
+    add_ratios(results)
+    return results
+
+
+def merge_rounds(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One model's rounds as one result: statistics over all its timed invokes, the median
+    interpreter creation time, the highest peak memory."""
+    out = {k: v for k, v in parts[0].items() if k != "runs"}
+    out["peak_rss_kb"] = max(p["peak_rss_kb"] for p in parts)
+    out["rounds"] = len(parts)
+    out["runs"] = []
+    for j, first in enumerate(parts[0]["runs"]):
+        times = [t for p in parts for t in p["runs"][j]["times_ms"]]
+        out["runs"].append({
+            "threads": first["threads"],
+            "init_ms": statistics.median(p["runs"][j]["init_ms"] for p in parts),
+            "warmup": first["warmup"], "runs": len(times),
+            "mean_ms": statistics.fmean(times), "p50_ms": percentile(times, 50),
+            "p90_ms": percentile(times, 90), "p99_ms": percentile(times, 99),
+            "min_ms": min(times), "max_ms": max(times)})
+    return out
+
+
+def check_image(image: str | Path) -> None:
+    """OSError (its reason) unless `image` is a regular file that can be opened: checked
+    before any model is timed (`--cold-start`), not after minutes of timing."""
+    check_regular(image)
+    with open(image, "rb"):
+        pass
 
 
 def run_child(argv: list[str], timeout: float = 300.0) -> tuple[float, int, int, str]:
@@ -219,7 +293,8 @@ def host_info() -> dict[str, Any]:
 def _child_main(argv: list[str]) -> int:
     job = json.loads(argv[0])
     try:
-        res = bench_model(job["model"], job["threads"], job["warmup"], job["runs"])
+        res = bench_model(job["model"], job["threads"], job["warmup"], job["runs"],
+                          keep_times=bool(job.get("keep_times")))
     except (OSError, ValueError, RuntimeError) as exc:  # the reason; the parent names the file
         print(getattr(exc, "strerror", None) or exc, file=sys.stderr)
         return 2

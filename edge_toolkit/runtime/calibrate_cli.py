@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from edge_toolkit.files import OutputPathError, prepare_output, shown
+from edge_toolkit.metrics import NonFiniteScoresError
 from edge_toolkit.runtime.classifier import Classifier, ModelError
 from edge_toolkit.runtime.interpreter import BackendMissingError
 from edge_toolkit.runtime.recalibrate import (
@@ -84,7 +85,8 @@ def calibrate(args: tuple[str, ...], target_sensitivity: float | None,
     except KeyboardInterrupt:
         click.echo("interrupted: nothing written", err=True)
         sys.exit(EXIT_INTERRUPTED)
-    except (ModelError, BackendMissingError, CalibrationError, OutputPathError) as exc:
+    except (ModelError, BackendMissingError, CalibrationError, OutputPathError,
+            NonFiniteScoresError) as exc:
         raise CalibrateFailure(str(exc)) from None
     except OSError as exc:
         raise CalibrateFailure(f"{exc.filename or output}: {exc.strerror or exc}"

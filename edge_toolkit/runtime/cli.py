@@ -653,8 +653,10 @@ def bench(ctx: click.Context, models: tuple[Path, ...], threads: tuple[str, ...]
 
     For each model and thread count: interpreter init time, WARMUP untimed invokes, then RUNS
     timed invokes (mean, p50, p90, p99 ms), model size and the peak RSS of a process that ran
-    only that model. RATIO is the mean over the first model's at the same thread count: on a
-    noisy machine ratios hold better than absolute times. Exit code 0, or 2 if a model could
+    only that model. Models are timed in alternating rounds (round k of every model before
+    round k+1 of any); RATIO is the p50 over the first measured model's p50 at the same
+    thread count (JSON `ratio_to` names it): on a noisy machine ratios hold better than
+    absolute times. Exit code 0, or 2 if a model could
     not be measured.
     """
     from edge_toolkit.runtime import bench as b
@@ -679,19 +681,20 @@ def bench(ctx: click.Context, models: tuple[Path, ...], threads: tuple[str, ...]
             raise RuntimeFailure(str(exc)) from None
     report: dict[str, Any] = {"host": b.host_info(), "warmup": warmup, "runs": runs,
                               "models": [], "cold_start": []}
-    failed = False
-    for model in models:
+    if cold_image is not None:  # before minutes of timing, not after
         try:
-            if in_process:
-                res = b.bench_model(model, thread_counts, warmup, runs)
-            else:
-                res = b.bench_in_child(model, thread_counts, warmup, runs)
-            report["models"].append(res)
-        except (OSError, ValueError, RuntimeError) as exc:
-            failed = True
-            click.echo(f"error: {shown(model)}: {getattr(exc, 'strerror', None) or exc}",
-                       err=True)
-    b.add_ratios(report["models"])
+            b.check_image(cold_image)
+        except OSError as exc:
+            raise RuntimeFailure(f"{shown(cold_image)}: {exc.strerror or exc}") from None
+    errors: list[Path] = []
+
+    def fail(model: Path, exc: Exception) -> None:
+        errors.append(model)
+        click.echo(f"error: {shown(model)}: {getattr(exc, 'strerror', None) or exc}", err=True)
+
+    report["models"] = b.bench_models(models, thread_counts, warmup, runs,
+                                      in_process=in_process, on_error=fail)
+    failed = bool(errors)
     if cold_image is not None:
         for res in report["models"]:
             try:

@@ -36,8 +36,9 @@ def bench_table(report: dict[str, Any]) -> str:
     h = report.get("host", {})
     lines += ["", f"host: {h.get('system')} {h.get('machine')}, {h.get('cpu_count')} cores, "
                   f"Python {h.get('python')}, backend {h.get('backend')}; warm-up "
-                  f"{report.get('warmup')}, runs {report.get('runs')}; RATIO = mean / first "
-                  "model's mean at the same thread count"]
+                  f"{report.get('warmup')}, runs {report.get('runs')}; models timed in "
+                  "alternating rounds; RATIO = p50 / p50 of "
+                  f"{_ratio_base(report)} at the same thread count"]
     if h.get("cpu_model"):
         from edge_toolkit.runtime.bench import int8_note
 
@@ -54,3 +55,10 @@ def _render(head: list[str], rows: list[list[str]]) -> str:
                          for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
 
     return "\n".join([fmt(head), *(fmt(r) for r in rows)])
+
+
+def _ratio_base(report: dict[str, Any]) -> str:
+    """The model RATIO divides by (the first one measured), by file name."""
+    models = report.get("models") or []
+    base = models[0].get("ratio_to") or models[0].get("model") if models else None
+    return Path(base).name if base else "the first model"

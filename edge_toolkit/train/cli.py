@@ -242,24 +242,42 @@ def evaluate(model: Path, data: tuple[Path, ...], splits: str, bootstrap: int,
 
     Thresholds and temperature are those stored in the card (chosen on val at training
     time); nothing is re-chosen here, least of all on test. An unreadable image is left out
-    with a `skipped: PATH: reason` line on stderr."""
+    with a `skipped: PATH: reason` line on stderr. --json is strict JSON (null where a number
+    is undefined). Exit 0; 2 when the model, its card or the data cannot be used (one
+    `Error:` line naming the file)."""
     from edge_toolkit.evaluate import EvaluationError, evaluate_model
     from edge_toolkit.files import shown
 
     def skipped(path: str, reason: str) -> None:
         click.echo(f"skipped: {shown(path)}: {reason}", err=True)
 
-    try:
-        metrics, text = evaluate_model(model, data, splits.split(","), bootstrap, skipped)
+    names = [s.strip() for s in splits.split(",") if s.strip()]
+    try:  # the default asks for val and test where they exist; named splits must exist
+        metrics, text = evaluate_model(model, data, None if splits == "val,test" else names,
+                                       bootstrap, skipped)
     except EvaluationError as exc:
-        raise click.ClickException(str(exc)) from None
-    for split, m in metrics.items():
-        if isinstance(m, dict) and m.get("auc") is not None and m["auc"] != m["auc"]:
-            click.echo(f"warning: {split}: images of one class only: AUC is undefined, and "
-                       "so is sensitivity or specificity", err=True)
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(EvaluationError.EXIT_CODE)
+    for line in one_class_warnings(metrics):
+        click.echo(f"warning: {line}", err=True)
     if as_json:
-        import json
+        from edge_toolkit.card import strict_dumps
 
-        click.echo(json.dumps(metrics, indent=2, default=float))
+        click.echo(strict_dumps(metrics, indent=2))
     else:
         click.echo(text)
+
+
+def one_class_warnings(metrics: dict[str, Any]) -> list[str]:
+    """A split, or a source within one, whose images are of one class: its AUC (and its
+    sensitivity or specificity) is undefined, shown as null / nan."""
+    out = []
+    for split, m in metrics.items():
+        parts = [(split, m)] + [(f"{split}/{name}", sm)
+                                for name, sm in (m.get("sources") or {}).items()]
+        for label, sm in parts:
+            auc = sm.get("auc") if isinstance(sm, dict) else None
+            if auc is not None and auc != auc:
+                out.append(f"{label}: images of one class only: AUC is undefined, and so is "
+                           "sensitivity or specificity")
+    return out

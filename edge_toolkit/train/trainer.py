@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_toolkit.card import ModelCard
+from edge_toolkit.card import ModelCard, strict_dumps
 from edge_toolkit.data import LABELS, Dataset, LoadedSplit, load_samples
 from edge_toolkit.files import shown
 from edge_toolkit.metrics import check_floors, family_auc, has_repeats, log_loss, roc_auc
@@ -600,7 +600,7 @@ def write_run(run: Path, model: Any, card: ModelCard, history: list[dict[str, An
               splits: dict[str, LoadedSplit]) -> None:
     model.save(run / "model.keras")
     card.save(run / "card.json")
-    (run / "metrics.json").write_text(json.dumps(card.metrics, indent=2, default=float) + "\n")
+    (run / "metrics.json").write_text(strict_dumps(card.metrics, indent=2) + "\n")
     if history:
         keys = sorted({k for h in history for k in h})
         with open(run / "history.csv", "w", newline="") as f:
@@ -835,7 +835,7 @@ def cross_validate(cfg: TrainConfig, folds: int = 5, log: Log = print,
               "summary": summarize_folds(scores),
               "seconds": round(time.perf_counter() - t0, 1)}
     out = Path(cfg.out) / base
-    (out / "crossval.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
+    (out / "crossval.json").write_text(strict_dumps(result, indent=2) + "\n")
     for key, v in result["summary"].items():
         log(f"cross-validated AUC {key}: {v['mean']:.3f} ± {v['sd']:.3f} over {v['n']} folds")
     return result
