@@ -498,3 +498,14 @@ def test_bench_without_a_model_measures_the_bundled_one():
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert [m["model"] for m in doc["models"]] == [str(bundled_model())]
+
+
+def test_a_training_command_without_tensorflow_exits_2_naming_the_extra(monkeypatch):
+    import sys
+
+    from edge_toolkit.train.cli import _need_tf
+
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # as on a device install
+    with pytest.raises(Exception) as err:
+        _need_tf()
+    assert err.value.exit_code == 2 and "fracture-edge-toolkit[train]" in str(err.value)

@@ -26,8 +26,15 @@ def _need_tf() -> None:
         import tensorflow  # noqa: F401
         import tf_keras  # noqa: F401
     except ImportError:
-        raise click.ClickException(
+        raise MissingTensorFlow(
             "this command needs TensorFlow: pip install 'fracture-edge-toolkit[train]'") from None
+
+
+class MissingTensorFlow(click.ClickException):
+    """A device install (no [train] extra) asked to train: a setup problem, exit 2 as
+    every other unusable-input error."""
+
+    exit_code = 2
 
 
 def parse_augment(base: Any, items: tuple[str, ...]) -> Any:
