@@ -30,10 +30,12 @@ from edge_toolkit.card import CardError, ModelCard, load_card, split_tflite, str
 from edge_toolkit.data import DatasetError, load_samples
 from edge_toolkit.files import atomic_write, read_regular, shown
 from edge_toolkit.metrics import (
+    NonFiniteScoresError,
     apply_temperature,
     at_threshold,
     bootstrap_auc_ci,
     family_summary,
+    finite_scores,
     paired_auc_delta,
     roc_auc,
 )
@@ -266,11 +268,11 @@ def measure_accuracy(path: Path, cache: SplitCache, bootstrap: int, threads: int
     clf = Classifier.load(path, num_threads=threads)
     out, probs = {}, {}
     for split, (x, y, sources, groups, clusters) in cache.get(clf.card, data).items():
-        raw = np.asarray(clf.predict_raw_batch(x), dtype=np.float64).reshape(-1)
-        bad = int(np.count_nonzero(~np.isfinite(raw)))
-        if bad:  # ranked or thresholded they would make up an AUC
-            raise ValueError(f"{bad} non-finite model outputs (NaN or infinite) on the "
-                             f"{len(raw)} {split} images")
+        try:  # ranked or thresholded, NaN or infinite outputs would make up an AUC
+            raw = finite_scores(np.asarray(clf.predict_raw_batch(x)).reshape(-1))
+        except NonFiniteScoresError as exc:
+            raise ValueError(f"{exc.bad} non-finite model outputs (NaN or infinite) on the "
+                             f"{exc.total} {split} images") from None
         p = apply_temperature(raw, clf.card.temperature)
         out[split] = _accuracy(y, p, clf.card.threshold, bootstrap, groups, clusters)
         masks = by_source(sources)
@@ -708,22 +710,23 @@ def chart_points(result: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
                    and r["latency"].get(t) and r["size_bytes"]]
 
 
-def chart(result: dict[str, Any], path: Path) -> bool:
+def chart(result: dict[str, Any], path: Path) -> str | None:
     """AUC (test where measured, else val) with its 95% interval against file size, marker
     area by p50 latency, the Pareto front of the validated files drawn (files that failed
     validation, and loose files never validated, hollow, each with its own legend entry),
-    labels kept apart and inside the plot. False when there is nothing to plot or no
-    matplotlib; the file is written atomically."""
+    labels kept apart and inside the plot. None when drawn, else why not (nothing to plot,
+    or no matplotlib: a device install); the file is written atomically."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return False
+        return ("matplotlib is not installed (pip install 'fracture-edge-toolkit[train]' "
+                "for charts)")
     split, pts = chart_points(result)
     if not pts:
-        return False
+        return "no row has a defined AUC, a latency and a size"
     t = str(result["threads"][0])
     with_run = shows_runs(result)
     fig, ax = plt.subplots(figsize=(9, 6))
@@ -741,7 +744,7 @@ def chart(result: dict[str, Any], path: Path) -> bool:
         atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
     finally:
         plt.close(fig)
-    return True
+    return None
 
 
 def _plot_families(ax: Any, pts: list[dict[str, Any]], split: str, t: str, with_run: bool
@@ -799,7 +802,8 @@ OUTPUTS = ("benchmark.md", "benchmark.csv", "benchmark.json", "benchmark.png")
 def write_outputs(result: dict[str, Any], out: Path, log: Any = None) -> list[Path]:
     """Write the table (Markdown, CSV, strict JSON: null for an undefined number) and the
     chart into `out`, each file atomically. A chart that cannot be drawn (no row with a
-    defined AUC) is not left behind from an earlier run: it is removed, and `log` says so.
+    defined AUC, no matplotlib) is not left behind from an earlier run: it is removed, and
+    `log` says why.
     OSError when a file cannot be written."""
     say = log or (lambda m: print(m, file=sys.stderr))
     out.mkdir(parents=True, exist_ok=True)
@@ -809,13 +813,12 @@ def write_outputs(result: dict[str, Any], out: Path, log: Any = None) -> list[Pa
     atomic_write(paths[2], (strict_dumps(result, indent=2) + "\n").encode())
     png = out / OUTPUTS[3]
     try:
-        drawn = chart(result, png)
-        why = "no row has a defined AUC, a latency and a size"
+        why = chart(result, png)
     except OSError:
         raise
     except Exception as exc:  # a plotting failure must not cost the table
-        drawn, why = False, f"the chart failed ({exc})"
-    if drawn:
+        why = f"the chart failed ({exc})"
+    if why is None:
         return [*paths, png]
     if png.is_file() or png.is_symlink():
         png.unlink()

@@ -21,9 +21,9 @@ import numpy as np
 from PIL import Image
 
 from edge_toolkit.images import (  # has_dicom_preamble: re-exported, it was defined here
-    DECODE_WARNINGS_LOCK,
     ImageLoadError,
     ImageWarning,
+    collected_warnings,
     has_dicom_preamble,
     reduce_factor,
     to_luminance,
@@ -85,9 +85,7 @@ def read_dicom(path: str | Path, max_pixels: int) -> Image.Image:
     except ImportError:
         raise ImageLoadError(path, f"DICOM file, but pydicom is not installed; {INSTALL_HINT}"
                              ) from None
-    with DECODE_WARNINGS_LOCK, warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
+    with collected_warnings() as caught:  # this thread's only: safe in a thread pool
         try:
             ds = pydicom.dcmread(path, force=path.suffix.lower() in DICOM_SUFFIXES)
         except InvalidDicomError:
@@ -101,7 +99,10 @@ def read_dicom(path: str | Path, max_pixels: int) -> Image.Image:
 
 def dataset_to_image(ds: Any, max_pixels: int, name: str | Path = "<dataset>") -> Image.Image:
     """A pydicom Dataset (read by the caller, e.g. in a notebook) -> the 8-bit picture the
-    model sees, through the same display pipeline as `read_dicom`; raises ImageLoadError."""
+    model sees, through the same display pipeline as `read_dicom`; raises ImageLoadError.
+    A dataset without a transfer syntax (an old file without file meta) gets one set on it,
+    from how it was read; pydicom's own warnings reach the caller as pydicom gives them
+    (`read_dicom` is what counts them without quoting values)."""
     path = Path(name)
     if "PixelData" not in ds:
         raise ImageLoadError(path, _no_image_reason(ds))
@@ -134,9 +135,14 @@ def dataset_to_image(ds: Any, max_pixels: int, name: str | Path = "<dataset>") -
 
 
 def _pass_on(caught: list[warnings.WarningMessage], path: Path) -> None:
-    """Re-issue this module's own notes; pydicom's become one line that quotes no value."""
+    """Re-issue this module's own notes; pydicom's become one line that quotes no value;
+    Pillow's pixel-bomb warning (a compressed frame bigger than the header said, one the
+    codestream check could not read) is a refusal."""
     others = 0
     for w in caught:
+        if issubclass(w.category, Image.DecompressionBombWarning):
+            raise ImageLoadError(path, "too many pixels in the compressed data; possible "
+                                       "pixel bomb")
         if isinstance(w.message, ImageWarning):
             warnings.warn(w.message, stacklevel=3)
         else:
@@ -329,20 +335,21 @@ def _voi_lut(values: np.ndarray, ds: Any) -> np.ndarray | None:
     entries = entries or 65536
     if first > 32767 and int(ds.get("PixelRepresentation", 0) or 0) == 1:
         first -= 65536  # the first mapped value is signed when the pixels are
-    lut = _lut_data(item, ds, entries)
+    lut = _lut_data(item, ds, entries, bits)
     if lut.size == 0:
         return None
     index = np.clip(np.rint(values - first), 0, lut.size - 1).astype(np.int64)
     return lut[index].astype(np.float32) / np.float32(2 ** _lut_depth(lut, bits) - 1)
 
 
-def _lut_data(item: Any, ds: Any, entries: int) -> np.ndarray:
+def _lut_data(item: Any, ds: Any, entries: int, bits: int) -> np.ndarray:
     """LUTData as integers, whether stored as US values or as OW bytes (in the file's byte
-    order; one byte an entry when the bytes are exactly as many as the entries)."""
+    order; one byte an entry for an 8-bit LUT whose bytes are as many as its entries, plus
+    one byte of padding to an even length when that count is odd)."""
     value = item.LUTData
     if isinstance(value, (bytes, bytearray)):
-        if len(value) == entries:
-            return np.frombuffer(value, np.uint8).astype(np.int64)
+        if bits <= 8 and len(value) in (entries, entries + 1):
+            return np.frombuffer(value[:entries], np.uint8).astype(np.int64)
         little = getattr(ds, "original_encoding", (None, True))[1] is not False
         return np.frombuffer(value[:2 * entries], "<u2" if little else ">u2").astype(np.int64)
     values = list(value) if isinstance(value, (list, tuple)) or hasattr(value, "__iter__") \

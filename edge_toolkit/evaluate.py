@@ -15,6 +15,7 @@ import numpy as np
 from edge_toolkit.card import CardError, ModelCard, read_card
 from edge_toolkit.data import Dataset, DatasetError, Sample, load_samples
 from edge_toolkit.files import shown
+from edge_toolkit.metrics import NonFiniteScoresError, finite_scores
 from edge_toolkit.multisource import (
     FLAT_SPLIT,
     check_manifests,
@@ -76,10 +77,11 @@ def _run_card(path: Path) -> ModelCard:
 
 def check_finite(model: Path, split: str, p: np.ndarray) -> None:
     """Refuse NaN or infinite outputs (a broken model): scored, they would make up an AUC."""
-    bad = int(np.count_nonzero(~np.isfinite(p)))
-    if bad:
-        raise EvaluationError(f"{shown(model)}: {bad} non-finite model outputs (NaN or infinite) "
-                              f"on the {len(p)} {split} images")
+    try:
+        finite_scores(p)
+    except NonFiniteScoresError as exc:
+        raise EvaluationError(f"{shown(model)}: {exc.bad} non-finite model outputs (NaN or "
+                              f"infinite) on the {exc.total} {split} images") from None
 
 
 def card_thresholds(card: ModelCard) -> dict[str, float]:

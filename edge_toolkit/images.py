@@ -13,6 +13,8 @@ import os
 import stat
 import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -22,15 +24,17 @@ from edge_toolkit.files import kind_of
 
 DEFAULT_MAX_PIXELS = 50_000_000  # a 7071x7071 film scan; anything bigger is a pixel bomb
 WORK_SIZE = 1024  # large images are decoded with their short side reduced to about this
-# `warnings.catch_warnings` swaps process-wide state: two threads inside it at once can leave
-# the other's filters or recorder in place for good. Every decode that uses it holds this.
-DECODE_WARNINGS_LOCK = threading.RLock()
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".dcm",
                   ".dicom")
 
 
 class ImageWarning(UserWarning):
     """A file loaded, but something about it deserves a line on stderr."""
+
+
+# Each ImageWarning names its file: every one is shown, not only the first from a line of
+# code (Python's default), so a second read of the same file still says what it said.
+warnings.filterwarnings("always", category=ImageWarning)
 
 
 class ImageLoadError(Exception):
@@ -40,6 +44,63 @@ class ImageLoadError(Exception):
         super().__init__(f"{path}: {reason}")
         self.path = str(path)
         self.reason = reason
+
+
+class _Router:
+    """The one process-wide `warnings.showwarning` hook behind `collected_warnings`.
+
+    `warnings.catch_warnings` swaps process-wide state: entered per file in worker threads,
+    one thread's recorder catches another's warnings, and leaving it out of order leaves a
+    dead recorder in place for good. Here a thread collects only its own warnings (a
+    thread-local sink), while the hook is installed, under a lock, for as long as any
+    thread collects, and the warnings of threads that do not collect go where they went."""
+
+    def __init__(self) -> None:
+        self.local = threading.local()
+        self.lock = threading.Lock()
+        self.users = 0
+        self.shown: object = None  # the showwarning in place when the hook went in
+
+    def show(self, message: Warning | str, category: type[Warning], filename: str,
+             lineno: int, file: object = None, line: str | None = None) -> None:
+        sink = getattr(self.local, "sink", None)
+        if sink is not None:
+            sink.append(warnings.WarningMessage(message, category, filename, lineno, file,
+                                                line))
+        else:
+            self.shown(message, category, filename, lineno, file, line)  # type: ignore[operator]
+
+    def enter(self) -> None:
+        with self.lock:
+            if self.users == 0:
+                self.shown = warnings.showwarning
+                warnings.showwarning = self.show
+            self.users += 1
+
+    def leave(self) -> None:
+        with self.lock:
+            self.users -= 1
+            if self.users == 0 and warnings.showwarning == self.show:
+                warnings.showwarning = self.shown  # type: ignore[assignment]
+
+
+_ROUTER = _Router()
+
+
+@contextmanager
+def collected_warnings() -> Iterator[list[warnings.WarningMessage]]:
+    """Warnings raised in this thread while inside are collected in the list, not shown;
+    other threads' are untouched. Safe in a thread pool, unlike `warnings.catch_warnings`
+    (whose use in another thread meanwhile, itself unsafe, can still bypass it)."""
+    _ROUTER.enter()
+    outer = getattr(_ROUTER.local, "sink", None)
+    sink: list[warnings.WarningMessage] = []
+    _ROUTER.local.sink = sink
+    try:
+        yield sink
+    finally:
+        _ROUTER.local.sink = outer
+        _ROUTER.leave()
 
 
 def is_image_name(path: str | Path) -> bool:
@@ -101,11 +162,11 @@ def to_luminance(img: Image.Image, levels: tuple[float, float] | None = None) ->
     return img
 
 
-def _levels_of(arr: np.ndarray) -> tuple[float, float]:
-    """(offset, top) of integer pixel data: signed data is shifted so its lowest value is
-    black, and the top is the 99.9th percentile, so a few burned-in annotation pixels at
-    the format's maximum do not darken the whole film."""
-    offset = min(float(arr.min()), 0.0)
+def _levels_of(arr: np.ndarray, low: float | None = None) -> tuple[float, float]:
+    """(offset, top) of integer pixel data: signed data is shifted so its lowest value
+    (`low`, else the array's) is black, and the top is the 99.9th percentile, so a few
+    burned-in annotation pixels at the format's maximum do not darken the whole film."""
+    offset = min(float(arr.min()) if low is None else low, 0.0)
     return offset, float(np.percentile(arr, 99.9)) - offset
 
 
@@ -120,8 +181,7 @@ def integer_levels(img: Image.Image) -> tuple[float, float]:
     step = max(1, max(w, h) // 512)
     sample = np.asarray(img.resize((max(1, w // step), max(1, h // step)),
                                    Image.Resampling.NEAREST), dtype=np.float64)
-    offset = min(float(lo), 0.0)
-    return offset, float(np.percentile(sample, 99.9)) - offset
+    return _levels_of(sample, low=float(lo))
 
 
 def reduce_factor(width: int, height: int, work_size: int = WORK_SIZE) -> int:
@@ -137,6 +197,8 @@ def reduced_luminance(img: Image.Image, factor: int) -> Image.Image:
     """
     if factor <= 1:
         return to_luminance(img)
+    if img.mode == "I;16B":  # big-endian 16-bit (some TIFFs): crop, reduce and getextrema
+        img = img.convert("I")  # refuse it ("image has wrong mode")
     levels = integer_levels(img) if img.mode in ("I;16", "I;16B", "I;16L", "I", "F") else None
     w, h = img.size
     out = Image.new("L", (-(-w // factor), -(-h // factor)))
@@ -196,11 +258,11 @@ def open_image(img_or_path: str | Path | Image.Image, max_pixels: int = DEFAULT_
 
         if is_dicom(path):  # .dcm, or a suffix-less file with the DICM preamble
             return read_dicom(path, max_pixels)
-        with DECODE_WARNINGS_LOCK, warnings.catch_warnings():  # the header only: brief
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(path)
-        with img:
-            return _decode(img, path, max_pixels)
+        with collected_warnings() as caught:
+            with Image.open(path) as img:
+                out = _decode(img, path, max_pixels)
+        reissue(caught, path)
+        return out
     except ImageLoadError:
         raise
     except UnidentifiedImageError:
@@ -216,6 +278,17 @@ def open_image(img_or_path: str | Path | Image.Image, max_pixels: int = DEFAULT_
         raise ImageLoadError(path, msg) from None
     except (ValueError, SyntaxError, MemoryError) as exc:
         raise ImageLoadError(path, f"cannot decode ({exc.__class__.__name__}: {exc})") from None
+
+
+def reissue(caught: list[warnings.WarningMessage], path: str | Path) -> None:
+    """Warnings collected during a decode, passed on in the caller's thread: Pillow's
+    pixel-bomb warning becomes the refusal it stands for, the rest are warned again."""
+    for w in caught:
+        if issubclass(w.category, Image.DecompressionBombWarning):
+            raise ImageLoadError(path, "too many pixels; possible pixel bomb")
+    for w in caught:
+        warnings.warn(w.message, w.category if not isinstance(w.message, Warning) else None,
+                      stacklevel=3)
 
 
 def _decode(img: Image.Image, path: Path, max_pixels: int) -> Image.Image:

@@ -17,7 +17,12 @@ _EPS = 1e-7
 
 class NonFiniteScoresError(ValueError):
     """Scores with NaN or infinity (a broken model's outputs): ranked or thresholded they
-    would give an AUC or a sensitivity that means nothing, so they are refused."""
+    would give an AUC or a sensitivity that means nothing, so they are refused. `bad` of
+    `total` were not finite."""
+
+    def __init__(self, bad: int, total: int) -> None:
+        super().__init__(f"{bad} non-finite model outputs (NaN or infinite) among {total}")
+        self.bad, self.total = bad, total
 
 
 def finite_scores(p: np.ndarray) -> np.ndarray:
@@ -26,8 +31,7 @@ def finite_scores(p: np.ndarray) -> np.ndarray:
     p = np.asarray(p, dtype=np.float64)
     bad = int(np.count_nonzero(~np.isfinite(p)))
     if bad:
-        raise NonFiniteScoresError(f"{bad} non-finite model outputs (NaN or infinite) among "
-                                   f"{p.size}")
+        raise NonFiniteScoresError(bad, p.size)
     return p
 
 

@@ -8,12 +8,12 @@ for a clinic. Imports TensorFlow through the trainer.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from edge_toolkit.card import strict_dumps
 from edge_toolkit.multisource import source_names
 
 Log = Callable[[str], None]
@@ -90,6 +90,6 @@ def site_shift_markdown(results: Sequence[dict[str, Any]]) -> str:
 def write_site_shift(results: Sequence[dict[str, Any]], out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     js, md = out / "site_shift.json", out / "site_shift.md"
-    js.write_text(json.dumps(list(results), indent=2, default=float) + "\n")
+    js.write_text(strict_dumps(list(results), indent=2) + "\n")
     md.write_text(site_shift_markdown(results) + "\n")
     return [js, md]

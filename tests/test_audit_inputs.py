@@ -23,7 +23,7 @@ from edge_toolkit.audit.cli import audit
 from edge_toolkit.audit.report import format_text, run_audit
 from edge_toolkit.audit.resplit import parse_fractions
 from edge_toolkit.audit.scan import scan
-from edge_toolkit.images import open_image
+from edge_toolkit.images import ImageWarning, open_image
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_audit import build_clean, jpeg_bytes, picture  # noqa: E402
@@ -45,7 +45,8 @@ def one_line_error(res: object, code: int = 2) -> str:
 # ---------------------------------------------------------------- DICOM (finding 1)
 
 
-def write_dicom(path: Path, seed: int) -> Path:
+def write_dicom(path: Path, seed: int, side: int = 0) -> Path:
+    """A small 12-bit DICOM picture; `side` > 0: a large noise one (slow to decode)."""
     pydicom = pytest.importorskip("pydicom", reason="the [dicom] extra (pydicom) is not "
                                   "installed")
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -62,11 +63,14 @@ def write_dicom(path: Path, seed: int) -> Path:
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
     ds.StudyInstanceUID = generate_uid()
     ds.Modality = "CR"
-    ds.Rows, ds.Columns = 48, 40
+    if side:
+        arr = (np.random.default_rng(seed).random((side, side)) * 4095).astype(np.uint16)
+    else:
+        arr = np.asarray(picture(seed, (40, 48)), dtype=np.uint16) * 16
+    ds.Rows, ds.Columns = arr.shape
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    arr = np.asarray(picture(seed, (40, 48)), dtype=np.uint16) * 16
     ds.PixelData = arr.tobytes()
     ds.save_as(path, enforce_file_format=True)
     return path
@@ -383,9 +387,12 @@ def test_warnings_are_kept_per_file_under_the_thread_pool(tmp_path: Path) -> Non
 # ---------------------------------------------------------------- label conflicts
 
 
-def test_near_label_conflicts_are_direct_matches_not_chains(tmp_path: Path) -> None:
+@pytest.mark.parametrize("batch", [4096, 1])  # 1: every pair in its own batch
+def test_near_label_conflicts_are_direct_matches_not_chains(tmp_path: Path, batch: int,
+                                                            monkeypatch) -> None:
     """A ~ B ~ C, but A and C are different pictures (correlation about 0.95): the report
     called the whole chain "one image under two labels"; only B ~ C is such a pair."""
+    monkeypatch.setattr("edge_toolkit.audit.duplicates._PAIR_BATCH", batch)
     a = np.asarray(picture(1), dtype=np.float64)
     d = np.asarray(picture(2), dtype=np.float64)
 
@@ -471,3 +478,27 @@ def test_a_resplit_names_the_folders_it_could_not_read(tmp_path: Path) -> None:
     warned = [w for w in result.warnings() if "could not be read" in w]
     assert warned and "test/normal/more" in warned[0]
     assert result.to_dict()["warnings"] == result.warnings()
+
+
+def test_warnings_stay_with_their_file_when_dicom_and_jpeg_decode_side_by_side(
+        tmp_path: Path) -> None:
+    """A DICOM read recorded every thread's warnings while it decoded: JPEGs' notes landed
+    on DICOM records (and were lost from their own) when names of both sorted together."""
+    folder = tmp_path / "d" / "train" / "fractured"
+    folder.mkdir(parents=True)
+    (tmp_path / "d" / "train" / "not fractured").mkdir()
+    for i in range(8):
+        write_dicom(folder / f"k{5 * i:03d}d.dcm", i, side=1200)
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        path = folder / f"k{i:03d}.jpg"
+        Image.fromarray((rng.random((300, 300)) * 255).astype(np.uint8)).save(path,
+                                                                              quality=90)
+        path.write_bytes(path.read_bytes()[:-2])  # no end marker: a warning, read anyway
+    with warnings.catch_warnings():  # both scans see every warning (pytest resets filters)
+        warnings.simplefilter("always", ImageWarning)
+        alone = {r.rel: r.warning for r in scan(tmp_path / "d", workers=1).records}
+        together = {r.rel: r.warning for r in scan(tmp_path / "d", workers=4).records}
+    assert together == alone
+    assert not any(w for rel, w in together.items() if rel.endswith(".dcm"))
+    assert sum(1 for rel, w in together.items() if rel.endswith(".jpg") and w) >= 30

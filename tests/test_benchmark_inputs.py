@@ -277,3 +277,21 @@ def test_the_chart_split_skips_an_undefined_test_auc():
     result["rows"][0]["accuracy"]["val"] = dict(result["rows"][0]["accuracy"]["val"], auc=0.7)
     split, pts = chart_points(result)
     assert split == "val" and len(pts) == 1 and not math.isnan(pts[0]["accuracy"]["val"]["auc"])
+
+
+def test_without_matplotlib_the_chart_is_skipped_for_that_reason(tmp_path, monkeypatch):
+    """A device install has no matplotlib: the message blamed undefined AUCs instead."""
+    import sys
+
+    from edge_toolkit.benchmark import write_outputs
+
+    result = undefined_result()
+    good = json.loads(json.dumps(result["rows"][0]))
+    good["accuracy"]["test"] = {"n": 8, "positives": 4, "auc": 0.8, "auc_ci95": [0.6, 0.9],
+                                "sensitivity": 1.0, "specificity": 0.5, "threshold": 0.5}
+    result["rows"] = [good]
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    said: list[str] = []
+    paths = write_outputs(result, tmp_path, log=said.append)
+    assert (tmp_path / "benchmark.png") not in paths
+    assert len(said) == 1 and "matplotlib is not installed" in said[0], said

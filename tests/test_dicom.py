@@ -380,3 +380,18 @@ def test_a_dicomdir_named_directly_is_called_an_index_not_damaged(tmp_path):
     path = Path(shutil.copy(index, tmp_path / "DICOMDIR"))
     with pytest.raises(ImageLoadError, match="holds no image .Media Storage Directory"):
         open_image(path)
+
+
+def test_an_8_bit_voi_lut_stored_as_padded_bytes_is_read_one_byte_an_entry(tmp_path):
+    from pydicom.dataset import Dataset
+
+    ds = dataset(ramp(8), bits_stored=8)
+    lut = bytes(255 - i for i in range(255))  # 255 entries (odd), inverted, plus one pad byte
+    item = Dataset()
+    item.LUTDescriptor = [255, 0, 8]
+    item.LUTData = lut + b"\0"
+    item["LUTData"].VR = "OW"
+    ds.VOILUTSequence = [item]
+    got = np.asarray(open_image(save(ds, tmp_path / "padded.dcm")), np.float64)
+    expected = np.asarray(list(lut))[np.clip(ramp(8).astype(np.int64), 0, 254)]
+    assert np.abs(got - expected).max() <= 1  # the inverted LUT, read entry by entry

@@ -140,3 +140,45 @@ def test_a_multipage_tiff_says_which_picture_was_read(tmp_path):
     with pytest.warns(ImageWarning, match="2 pictures in one file; using the first"):
         img = open_image(tmp_path / "two.tif")
     assert np.asarray(img).std() > 10  # the gradient, not the black page
+
+
+def test_a_large_big_endian_16bit_tiff_is_read(tmp_path):
+    """Pillow's crop/reduce/getextrema refuse 'I;16B': such a TIFF was 'cannot decode'."""
+    arr = np.tile(np.linspace(0, 4095, 2100), (2100, 1)).astype(">u2")
+    Image.fromarray(arr).save(tmp_path / "be.tif")
+    out = np.asarray(open_image(tmp_path / "be.tif"), np.float64).mean(axis=0)
+    assert out[0] <= 1 and out[-1] >= 254 and np.all(np.diff(out) >= 0)
+
+
+def test_collected_warnings_are_each_threads_own_and_the_hook_goes_away(recwarn):
+    """Another thread's warnings never land in a collecting thread's list (a DICOM read
+    used to record every thread's), and the hook is gone when no thread collects."""
+    import threading
+    import warnings
+
+    from edge_toolkit.images import collected_warnings
+
+    before = warnings.showwarning
+    inside, go, done = threading.Event(), threading.Event(), threading.Event()
+    got: dict[str, list[str]] = {}
+
+    def collector(name: str) -> None:
+        with collected_warnings() as caught:
+            inside.set()
+            go.wait(5)
+            warnings.warn(ImageWarning(f"{name}: mine"), stacklevel=1)
+        got[name] = [str(w.message) for w in caught]
+        done.set()
+
+    t = threading.Thread(target=collector, args=("a",))
+    t.start()
+    inside.wait(5)
+    with collected_warnings() as mine:
+        warnings.warn(ImageWarning("b: mine"), stacklevel=1)
+    warnings.warn(ImageWarning("c: not collected"), stacklevel=1)  # "a" still collects
+    go.set()
+    done.wait(5)
+    t.join(5)
+    assert got["a"] == ["a: mine"] and [str(w.message) for w in mine] == ["b: mine"]
+    assert [str(w.message) for w in recwarn] == ["c: not collected"]
+    assert warnings.showwarning is before

@@ -242,24 +242,28 @@ def test_pi_camera_without_autofocus_or_lock(fake_picamera2):
     assert cam.focused is False and cam.locked == {} and cam._cam.controls == [{"AfMode": 1}]
 
 
+@pytest.mark.parametrize("error", [
+    ValueError("numpy.dtype size changed, may indicate binary incompatibility"),
+    ImportError("numpy.core.multiarray failed to import"),
+])
 def test_picamera2_built_for_another_numpy_is_one_line_naming_the_fix(models, tmp_path,
-                                                                      monkeypatch):
+                                                                      monkeypatch, error):
     """Pi OS's picamera2 imported beside numpy 2 fails with a ValueError (numpy.dtype size
-    changed): it used to be a traceback."""
+    changed) or an ImportError from numpy: it used to be a traceback."""
     import sys
     import types
 
     broken = types.ModuleType("picamera2")
 
     def fail(name: str) -> None:
-        raise ValueError("numpy.dtype size changed, may indicate binary incompatibility")
+        raise error
 
     broken.__getattr__ = fail  # `from picamera2 import Picamera2` raises the ValueError
     monkeypatch.setitem(sys.modules, "picamera2", broken)
     monkeypatch.delenv(FAKE_CAMERA_ENV, raising=False)
     res = CliRunner().invoke(capture, [str(models["float"]), "--save-dir", str(tmp_path)])
     assert res.exit_code == 2, res.output
-    assert "numpy.dtype size changed" in res.stderr and 'pip install "numpy<2"' in res.stderr
+    assert str(error) in res.stderr and 'pip install "numpy<2"' in res.stderr
     assert "Traceback" not in res.output
 
 

@@ -170,3 +170,16 @@ def test_the_cards_intensity_step_is_applied_on_the_device(models, tmp_path):
     gap_norm = abs(norm.predict_file(tmp_path / "a.png").probability
                    - norm.predict_file(tmp_path / "dim.png").probability)
     assert gap_norm < gap_plain / 2
+
+
+def test_a_non_finite_model_output_is_an_error_never_a_label(tmp_path_factory):
+    """NaN compares below every threshold: it read as 'not fractured', a missed fracture."""
+    from tiny_models import cached_models
+
+    from edge_toolkit.runtime.classifier import Classifier
+
+    clf = Classifier.load(cached_models(tmp_path_factory, {"float": {}})["float"])
+    for raw in (float("nan"), float("inf")):
+        r = clf.result_from(raw, 0.0, 0.0, "x.png")
+        assert r.status == "error" and r.label is None and "not a number" in r.error
+    assert clf.result_from(0.7, 0.0, 0.0, "x.png").status == "ok"

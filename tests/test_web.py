@@ -553,10 +553,13 @@ def test_a_rejected_result_offers_a_note_and_a_retake_not_a_verdict(models, tmp_
 
 def test_low_resolution_is_said_only_when_enlarged_more_than_twice(models, tmp_path):
     station, _ = make_client(models["gap"], tmp_path / "data")
-    size = station.clf.config.size
+    size, fit = station.clf.config.size, station.clf.config.fit
     assert not any("Low resolution" in w for w in station.warnings_for((size - 1,) * 2, None))
-    low = station.warnings_for((size // 2 - 1, size), None)
+    low = station.warnings_for((size // 2 - 1, size // 2 - 1), None)
     assert any("Low resolution" in w and "enlarged more than twice" in w for w in low)
+    # letterboxed: a narrow film scales by its long side (shrunk here, not enlarged)
+    narrow = station.warnings_for((size // 4, 2 * size), None)
+    assert any("Low resolution" in w for w in narrow) == (fit == "stretch")
 
 
 def test_serve_makes_its_data_folder_private(models, tmp_path):

@@ -101,6 +101,9 @@ def label_conflicts(records: list[Record], members: dict[int, list[int]]
     return {g: m for g, m in members.items() if len({records[i].label for i in m}) > 1}
 
 
+_PAIR_BATCH = 4096  # signature pairs compared at once: about 40 MB, whatever the group size
+
+
 def cross_label_pairs(sc: Scan, dups: Duplicates) -> list[tuple[int, int, float]]:
     """(i, j, correlation) for distinct contents under different labels that match each
     other directly, within one near group; i, j are each content's first record.
@@ -128,15 +131,17 @@ def cross_label_pairs(sc: Scan, dups: Duplicates) -> list[tuple[int, int, float]
                 if la != lb:
                     ii.append(i)
                     jj.append(j)
-    if not ii:
-        return []
-    corr = best_correlation(sc.signatures[ii], sc.signatures[jj])
-    if sc.crop_signatures is not None and sc.nonsquare is not None:
-        odd = sc.nonsquare[ii] | sc.nonsquare[jj]
-        crop = best_correlation(sc.crop_signatures[ii], sc.crop_signatures[jj])
-        corr = np.where(odd, np.maximum(corr, crop), corr)
-    hit = matches(corr, dups.threshold)
-    return [(i, j, float(c)) for i, j, c, h in zip(ii, jj, corr, hit) if h]
+    out: list[tuple[int, int, float]] = []
+    for s in range(0, len(ii), _PAIR_BATCH):  # a large mixed group has ~n^2/4 pairs
+        ci, cj = ii[s:s + _PAIR_BATCH], jj[s:s + _PAIR_BATCH]
+        corr = best_correlation(sc.signatures[ci], sc.signatures[cj])
+        if sc.crop_signatures is not None and sc.nonsquare is not None:
+            odd = sc.nonsquare[ci] | sc.nonsquare[cj]
+            crop = best_correlation(sc.crop_signatures[ci], sc.crop_signatures[cj])
+            corr = np.where(odd, np.maximum(corr, crop), corr)
+        hit = matches(corr, dups.threshold)
+        out += [(i, j, float(c)) for i, j, c, h in zip(ci, cj, corr, hit) if h]
+    return out
 
 
 

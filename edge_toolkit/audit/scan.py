@@ -17,9 +17,8 @@ import stat
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from edge_toolkit.images import (
     DEFAULT_MAX_PIXELS,
     ImageLoadError,
     ImageWarning,
+    collected_warnings,
     is_image_file,
     is_image_name,
     open_image,
@@ -220,8 +220,8 @@ def _decode(data: bytes, path: Path) -> tuple[Image.Image, dict[str, object]]:
     """Grayscale image (JPEG drafted down) and header facts; ImageLoadError with a reason.
 
     The bytes are tried first (drafted small, fast); anything that fails there goes through
-    the shared loader, which knows DICOM and damaged files. DecompressionBombWarning is an
-    error here because `scan` installs that filter once for all its threads.
+    the shared loader, which knows DICOM and damaged files and refuses a picture over the
+    pixel cap (checked here from the header, before anything is decoded).
     """
     try:
         with Image.open(io.BytesIO(data)) as img:
@@ -302,7 +302,6 @@ def scan(root: str | Path, decode: bool = True, workers: int | None = None,
     claimed: dict[str, int] = {}  # sha256 -> index of the record that decodes it
     lock = threading.Lock()
     done = [0]
-    log = _WarningLog()
 
     def work(i: int) -> None:
         rec = records[i]
@@ -311,11 +310,9 @@ def scan(root: str | Path, decode: bool = True, workers: int | None = None,
             with lock:
                 first = data is not None and claimed.setdefault(str(rec.sha256), i) == i
             if first and rec.error is None and thumbs is not None:
-                log.local.record = rec
-                try:
+                with collected_warnings() as caught:  # this worker's own warnings only
                     crop = _read_pixels(rec, data or b"", thumbs[i])
-                finally:
-                    log.local.record = None
+                _keep_warnings(rec, caught)
                 if crop is not None:
                     crops[i] = crop
         if progress is not None:
@@ -324,7 +321,7 @@ def scan(root: str | Path, decode: bool = True, workers: int | None = None,
                 progress(done[0], n)
 
     # on Ctrl-C, Executor.map cancels the files not started yet
-    with log.installed(), ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         list(pool.map(work, range(n)))
     sigs = crop_sigs = nonsquare = None
     if thumbs is not None:
@@ -364,39 +361,19 @@ def _read_bytes(rec: Record) -> bytes | None:
     return data
 
 
-class _WarningLog:
-    """Loader warnings (a JPEG missing its end marker, a multi-frame DICOM), kept on the
-    record being decoded in the thread that raised them.
-
-    `warnings.catch_warnings` swaps process-wide state, so it must not be entered per file
-    in worker threads (one thread leaving it undoes another's filters): `scan` installs one
-    hook from the calling thread around the whole pool, and each worker names its record in
-    a thread-local.
-    """
-
-    def __init__(self) -> None:
-        self.local = threading.local()
-
-    @contextmanager
-    def installed(self) -> Iterator[None]:
-        with warnings.catch_warnings():
-            warnings.simplefilter("always", ImageWarning)
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            original = warnings.showwarning
-
-            def show(message: Warning | str, category: type[Warning], filename: str,
-                     lineno: int, file: Any = None, line: str | None = None) -> None:
-                rec = getattr(self.local, "record", None)
-                if rec is None or not issubclass(category, ImageWarning):
-                    original(message, category, filename, lineno, file, line)
-                    return
-                text = str(message)
-                prefix = f"{rec.path}: "
-                text = text[len(prefix):] if text.startswith(prefix) else text
-                rec.warning = f"{rec.warning}; {text}" if rec.warning else text
-
-            warnings.showwarning = show
-            yield
+def _keep_warnings(rec: Record, caught: list[warnings.WarningMessage]) -> None:
+    """The loader's notes (a JPEG missing its end marker, a multi-frame DICOM) on the record
+    they are about; Pillow's pixel-bomb warning is dropped (the loader refused that file
+    already); anything else is warned again."""
+    for w in caught:
+        if issubclass(w.category, ImageWarning):
+            text = str(w.message)
+            prefix = f"{rec.path}: "
+            text = text[len(prefix):] if text.startswith(prefix) else text
+            rec.warning = f"{rec.warning}; {text}" if rec.warning else text
+        elif not issubclass(w.category, Image.DecompressionBombWarning):
+            warnings.warn(w.message, w.category if not isinstance(w.message, Warning)
+                          else None, stacklevel=2)
 
 
 def _reason(path: Path) -> str:

@@ -3,12 +3,12 @@ labelled images and write a new model file (TF-free; runs on the device)."""
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import click
 
+from edge_toolkit.card import strict_dumps
 from edge_toolkit.files import OutputPathError, prepare_output, shown
 from edge_toolkit.metrics import NonFiniteScoresError
 from edge_toolkit.runtime.classifier import Classifier, ModelError
@@ -95,7 +95,7 @@ def calibrate(args: tuple[str, ...], target_sensitivity: float | None,
         click.echo(f"skipped: {shown(path)}: {reason}", err=True)
     for path, reason in rec.rejected:
         click.echo(f"rejected: {shown(path)}: {reason}", err=True)
-    click.echo(json.dumps(rec.to_dict(), indent=2, default=float) if as_json
+    click.echo(strict_dumps(rec.to_dict(), indent=2) if as_json
                else format_report(rec))
     click.echo(f"wrote {written}", err=True)
 

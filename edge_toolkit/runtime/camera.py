@@ -7,7 +7,7 @@ white balance at the settled values, so every frame of one series is exposed ali
 frames of one film can be compared. Captures are kept as JPEG (quality 90, long side at most
 2048 px by default: about 0.3 to 1 MB instead of a 20 MB 12 MP PNG), or as a downscaled PNG;
 `FakeCameraSource` replays image files so tests and demos can drive the whole
-capture -> save -> classify path without hardware. Select the fake with the hidden
+capture -> save -> classify path without hardware. Select the fake with the
 `--fake-camera PATH` option or `EDGE_TOOLKIT_FAKE_CAMERA=PATH`.
 """
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,6 +23,7 @@ from typing import Any, Protocol
 from PIL import Image
 
 from edge_toolkit.files import atomic_write
+from edge_toolkit.images import collected_warnings
 
 FAKE_CAMERA_ENV = "EDGE_TOOLKIT_FAKE_CAMERA"
 PICAMERA2_HINT = (
@@ -60,7 +60,8 @@ class Picamera2Source:
         except ImportError as exc:
             if exc.name == "picamera2":
                 raise CameraError(PICAMERA2_HINT) from None
-            raise CameraError(f"picamera2 is installed but cannot be imported ({exc})"
+            hint = f"; {NUMPY_HINT}" if "numpy" in f"{exc.name} {exc}" else ""
+            raise CameraError(f"picamera2 is installed but cannot be imported ({exc}){hint}"
                               ) from None
         except (ValueError, AttributeError, RuntimeError) as exc:
             # Pi OS's picamera2 and simplejpeg are built against its numpy 1.x; the venv's
@@ -134,13 +135,14 @@ class FakeCameraSource:
         path = self.paths[self._i % len(self.paths)]
         self._i += 1
         try:
-            with warnings.catch_warnings():  # a huge picture is refused, not warned about
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with collected_warnings() as caught:  # a huge picture is refused, not warned of
                 with Image.open(path) as img:
+                    if any(issubclass(w.category, Image.DecompressionBombWarning)
+                           for w in caught):
+                        raise ValueError("too many pixels; possible pixel bomb")
                     img.load()
                     return img.copy()
-        except (OSError, ValueError, Image.DecompressionBombError,
-                Image.DecompressionBombWarning) as exc:
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
             reason = getattr(exc, "strerror", None) or exc
             raise CameraError(f"fake camera: {path}: not a readable picture ({reason})"
                               ) from None

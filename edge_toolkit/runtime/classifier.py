@@ -15,6 +15,7 @@ only decodes, quantizes into a preallocated array and invokes. Not thread-safe; 
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -318,9 +319,10 @@ class Classifier:
         return self._gated(img, t0, file if file is not None else str(path), resolve_key(path))
 
     def predict_pil(self, img: Image.Image, *, file: str = "<image>") -> Result:
-        """Classify an in-memory PIL image (any mode; reduced to grayscale like files)."""
+        """Classify an in-memory PIL image (any mode; reduced to grayscale like files, under
+        the card's pixel cap); raises ImageLoadError for one over the cap."""
         t0 = time.perf_counter()
-        return self._gated(open_image(img), t0, file, "")
+        return self._gated(open_image(img, max_pixels=self.config.max_pixels), t0, file, "")
 
     def _gated(self, img: Image.Image, t0: float, file: str, key: str) -> Result:
         return self.classify_image(img, t0=t0, file=file, key=key)[0]
@@ -354,7 +356,13 @@ class Classifier:
 
     def result_from(self, raw: float, t0: float, t1: float, file: str, key: str = "") -> Result:
         """The Result for the model's raw probability of one image whose decoding started at
-        `t0` and inference at `t1` (perf_counter seconds)."""
+        `t0` and inference at `t1` (perf_counter seconds). A NaN or infinite output is an
+        error, never a label: NaN compares below every threshold and would read as "not
+        fractured"."""
+        if not math.isfinite(raw):
+            return error_result(file, key, f"the model's output is not a number ({raw}): the "
+                                "model file is damaged or does not suit this input; nothing "
+                                "was decided", self.model_id)
         p = self.calibrate(raw)
         t2 = time.perf_counter()
         positive = p >= self.threshold

@@ -519,9 +519,9 @@ def classify(ctx: click.Context, args: tuple[str, ...], model_opt: str | None, f
               help="Lock exposure, gain and white balance for the whole series.")
 @_output_options("a rerun appends")
 @_model_options
-@click.option("--fake-camera", hidden=True, metavar="PATH",
+@click.option("--fake-camera", metavar="PATH",
               help="Replay images from PATH instead of a camera (tests, demos); also "
-                   "EDGE_TOOLKIT_FAKE_CAMERA.")
+                   "EDGE_TOOLKIT_FAKE_CAMERA; rehearse the workflow before a camera arrives.")
 @click.option("-q", "--quiet", is_flag=True, help="No summary line on stderr.")
 @click.pass_context
 def capture(ctx: click.Context, model: Path | None, count: int, interval: float, save_dir: Path,

@@ -217,7 +217,7 @@ def recalibrate(clf: Any, samples: list[Sample], target_sensitivity: float | Non
     raw, labels, kept, skipped, rejected = [], [], [], [], []
     for s in samples:
         try:
-            img = open_image(s.path)
+            img = open_image(s.path, max_pixels=clf.config.max_pixels)
         except ImageLoadError as exc:
             skipped.append((str(s.path), exc.reason))
             continue

@@ -18,7 +18,6 @@ import sqlite3
 import threading
 import time
 import uuid
-import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,7 +27,13 @@ from PIL import Image
 
 from edge_toolkit import __version__
 from edge_toolkit.files import atomic_write, fsync_dir
-from edge_toolkit.images import DEFAULT_MAX_PIXELS, ImageLoadError, ImageWarning, open_image
+from edge_toolkit.images import (
+    DEFAULT_MAX_PIXELS,
+    ImageLoadError,
+    ImageWarning,
+    collected_warnings,
+    open_image,
+)
 from edge_toolkit.runtime.classifier import Classifier
 from edge_toolkit.runtime.heatmap import explain_image, heat_rgba
 from edge_toolkit.web.store import HistoryStore, read_only_mount
@@ -142,7 +147,9 @@ class Station:
         out = []
         w, h = img_size
         size = self.clf.config.size
-        if min(w, h) < size // 2:  # most training radiographs are below `size` themselves
+        # letterboxed ('pad') pictures scale by their long side, stretched ones by the short
+        side = max(w, h) if self.clf.config.fit == "pad" else min(w, h)
+        if size > 2 * side:  # most training radiographs are below `size` themselves
             out.append(f"Low resolution: {w}x{h} pixels, enlarged more than twice to the "
                        f"model's {size}x{size} input; fine fracture lines may be lost.")
         if probability is not None and abs(probability - self.clf.threshold) < NEAR_THRESHOLD:
@@ -175,10 +182,9 @@ class Station:
         try:
             atomic_write(stored, data, sync_dir=False)
             try:
-                # catch_warnings is process-wide: one decode at a time under it, so a note
-                # can never land on another request's picture
-                with self._decode_lock, warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always", ImageWarning)
+                # one decode at a time bounds memory on a small device; the notes are this
+                # thread's own (collected_warnings), never another request's
+                with self._decode_lock, collected_warnings() as caught:
                     img = open_image(stored, max_pixels=self.limits.max_pixels)
             except ImageLoadError as exc:
                 raise UploadError(f"{name}: {exc.reason}") from None
@@ -228,6 +234,8 @@ class Station:
         with self._model_lock:
             ex = explain_image(self.clf, img, file=name, max_side=DISPLAY_SIDE)
         r = ex.result
+        if getattr(r, "status", "ok") == "error":  # e.g. a non-finite model output
+            raise UploadError(f"{name}: {r.error}")
         display = self.data / "display" / f"{uid}.png"
         atomic_write(display, _png_bytes(ex.image), sync_dir=False)
         heat = None
