@@ -7,6 +7,7 @@ or its card is invalid (one `error: MODEL: problem` line per problem on stderr),
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import click
@@ -39,8 +40,101 @@ def require_card(model: Path) -> ModelCard:
 
 
 @click.command()
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
-def card(model: Path) -> None:
-    """Print the model card embedded in MODEL (.tflite) as JSON; exit 2 if it has none or it
-    is invalid."""
-    click.echo(require_card(model).to_json())
+@click.argument("model", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True,
+              help="The whole card as JSON (its heatmap weights, gate and export details "
+                   "included: about 2,000 lines).")
+def card(model: Path | None, as_json: bool) -> None:
+    """Summarise the model card embedded in MODEL (.tflite; the bundled model when none is
+    given): what it is, how to feed it, its operating point and what it scored; --json for
+    the whole card. Exit 2 if it has none or it is invalid."""
+    if model is None:
+        from edge_toolkit.runtime.bundled import NoBundledModelError, bundled_model
+
+        try:
+            model = bundled_model()
+        except NoBundledModelError as exc:
+            raise CardFailure(f"error: {exc}") from None
+    found = require_card(model)
+    click.echo(found.to_json() if as_json else card_summary(found, model))
+
+
+def card_summary(c: ModelCard, path: Path) -> str:
+    """The card in a dozen lines a person reads: the fields a clinic or an engineer asks
+    about first; the JSON has everything."""
+    pre = c.preprocessing or {}
+    export = c.export or {}
+    validation = export.get("validation") or {}
+    rule = f"sensitivity >= {c.target_sensitivity:g}" if c.target_sensitivity else "none"
+    if c.min_specificity:
+        rule += f", specificity >= {c.min_specificity:g}"
+    negatives = [lab for lab in c.labels if lab != c.positive_label]
+    rows = [
+        ("model", f"{c.family} {c.variant}" + (f" (run {c.parent})" if c.parent else "")
+         + (f", created {c.created}" if c.created else "")),
+        ("input", f"{c.input_size}x{c.input_size}x{c.channels}, fit {pre.get('fit', 'pad')}, "
+                  f"value range {pre.get('value_range', '?')}, intensity "
+                  f"{pre.get('intensity', 'none')}"),
+        ("labels", f"{c.positive_label} (positive) / {', '.join(negatives)}"),
+        ("threshold", f"{c.threshold:.4g} (rule: {rule}), temperature {c.temperature:.4g}"),
+        ("trained on", f"{(c.dataset or {}).get('name') or 'not recorded'}"
+                       + (f" ({c.data_fingerprint})" if c.data_fingerprint else "")),
+    ]
+    if validation:
+        rows.append(("validation", _validation_line(validation)))
+    rows += [(f"{split} at export", line) for split, line in _score_lines(c.metrics or {})]
+    gate = c.gate or {}
+    checks = ["quality"] + [label for key, label in (("appearance", "appearance"),
+                                                      ("ood", "model features"))
+                            if gate.get(key)]
+    rows.append(("input gate", ", ".join(checks)))
+    history = export.get("recalibrations") or []
+    if history:
+        last = history[-1]
+        rows.append(("recalibrated", f"{len(history)} time(s); last {last.get('created', '?')} "
+                                     f"on {last.get('data', '?')} ({last.get('images', '?')} "
+                                     "images)"))
+    if c.notes:
+        rows.append(("notes", c.notes))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join([shown(path), *(f"  {k:<{width}}  {v}" for k, v in rows),
+                      f"  (the whole card: edge-toolkit card {shown(path)} --json)"])
+
+
+def _validation_line(v: dict) -> str:
+    """'validated on val: AUC 0.888 against its float parent's 0.885 (tolerance 0.02)'."""
+    line = f"{v.get('status', '?')} on {v.get('split', 'val')}"
+    if isinstance(v.get("auc"), (int, float)) and isinstance(v.get("parent_auc"), (int, float)):
+        line += (f": AUC {v['auc']:.3f} against its float parent's {v['parent_auc']:.3f} "
+                 f"(tolerance {v.get('tolerance', '?')})")
+    return line
+
+
+def _score_lines(metrics: dict) -> list[tuple[str, str]]:
+    """Per split, each source's AUC [95% CI] and sensitivity / specificity at the stored
+    threshold (the pooled figures when the card has no sources)."""
+    out = []
+    for split in ("val", "test"):
+        m = metrics.get(split)
+        if not isinstance(m, dict):
+            continue
+        parts = [(name, s) for name, s in (m.get("sources") or {}).items()] or [("all", m)]
+        out.append((split, "; ".join(_score(name, s) for name, s in parts)))
+    return out
+
+
+def _score(name: str, s: dict) -> str:
+    auc, ci = s.get("auc"), s.get("auc_ci95") or [None, None]
+    if not _finite(auc):
+        return f"{name} AUC undefined (one class)"
+    text = f"{name} AUC {auc:.3f}"
+    if all(_finite(x) for x in ci):
+        text += f" [{ci[0]:.2f}, {ci[1]:.2f}]"
+    point = (s.get("operating_points") or {}).get("high_sensitivity") or {}
+    if "sensitivity" in point and "specificity" in point:
+        text += f", sens/spec {point['sensitivity']:.2f}/{point['specificity']:.2f}"
+    return text
+
+
+def _finite(x: object) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)

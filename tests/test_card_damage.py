@@ -78,7 +78,7 @@ def test_an_undefined_metric_is_null_in_the_card_and_nan_when_read(tmp_path):
     assert math.isnan(back.metrics["test"]["auc"]) and back.to_json() == text
     path = tmp_path / "m.tflite"
     path.write_bytes(embed_card(FAKE_FLATBUFFER, card))
-    res = CliRunner().invoke(card_command, [str(path)])
+    res = CliRunner().invoke(card_command, [str(path), "--json"])
     assert res.exit_code == 0, res.output
     shown = json.loads(res.output, parse_constant=lambda name: pytest.fail(f"bare {name}"))
     assert shown["metrics"]["test"]["auc"] is None

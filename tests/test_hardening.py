@@ -136,8 +136,22 @@ def test_card_lists_every_problem_on_its_own_line(model, tmp_path):
 
 
 def test_valid_card_still_prints(model):
-    res = invoke(card_cmd, model)
+    res = invoke(card_cmd, model, "--json")
     assert res.exit_code == 0 and json.loads(res.stdout)["family"] == "tiny-test"
+
+
+def test_card_summarises_in_a_few_lines_and_defaults_to_the_bundled_model():
+    """`card` printed about 2,000 lines of JSON (heatmap weights included) for a reader who
+    wanted the threshold and the scores."""
+    from edge_toolkit.runtime.bundled import bundled_model
+
+    res = invoke(card_cmd)
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    assert lines[0] == str(bundled_model()) and len(lines) < 20
+    text = res.stdout
+    assert "0.3006 (rule: sensitivity >= 0.9" in text and "fractured (positive)" in text
+    assert "test at export  fracatlas AUC 0.880" in text and "--json" in lines[-1]
 
 
 @pytest.mark.parametrize("threads", ["65536", "0", "-3"])
