@@ -714,6 +714,8 @@ def test_serve_beyond_localhost_prints_and_requires_a_token(models, tmp_path):
         assert token, startup
         assert Path(token.group(1)).read_text().strip() == token.group(2)
         assert oct(Path(token.group(1)).stat().st_mode & 0o777) == "0o600"
+        tablet = proc.stderr.readline()  # "0.0.0.0" is no address a tablet can open
+        assert tablet.startswith("from a tablet: http://") and "0.0.0.0" not in tablet
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(urllib.request.Request(
                 f"http://127.0.0.1:{port}/api/classify", method="POST", data=b""), timeout=10)
@@ -758,3 +760,13 @@ def test_an_upload_over_the_cap_gets_the_station_page_not_waitress_text(models, 
         proc.send_signal(signal.SIGTERM)
         proc.stderr.read()
         proc.wait(timeout=30)
+
+
+def test_lan_addresses_are_ipv4_and_never_loopback():
+    import ipaddress
+
+    from edge_toolkit.web.cli import lan_addresses
+
+    for address in lan_addresses():
+        ip = ipaddress.ip_address(address)
+        assert ip.version == 4 and not ip.is_loopback and not ip.is_unspecified

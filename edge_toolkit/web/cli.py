@@ -189,6 +189,11 @@ def serve(model: Path | None, host: str, port: int, data_dir: Path, token_file: 
     else:
         click.echo(f"access token: in {where}", err=True)
     click.echo(f"serving on http://{shown}:{bound}/ (Ctrl-C or SIGTERM to stop)", err=True)
+    if host in WILDCARD_HOSTS:  # "0.0.0.0" is no address a tablet can open
+        found = lan_addresses()
+        click.echo("from a tablet: " + (" or ".join(f"http://{a}:{bound}/" for a in found)
+                                        if found else "http://ADDRESS:PORT/ with an address "
+                                        "that `hostname -I` prints"), err=True)
     sys.stderr.flush()
 
     def stop(signum: int, _frame: Any) -> None:
@@ -204,3 +209,29 @@ def serve(model: Path | None, host: str, port: int, data_dir: Path, token_file: 
         server.close()  # stop accepting
         server.task_dispatcher.shutdown(cancel_pending=False, timeout=10)
         click.echo("stopped", err=True)
+
+
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+
+
+def lan_addresses() -> list[str]:
+    """This machine's IPv4 addresses other than loopback, found without sending a packet:
+    the host name's addresses, and the source address of the default route (a UDP
+    `connect` to a documentation address only picks a route)."""
+    import ipaddress
+    import socket
+
+    found: set[str] = set()
+    try:
+        found |= {info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None,
+                                                            socket.AF_INET)}
+    except OSError:
+        pass
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: never reached
+            found.add(probe.getsockname()[0])
+    except OSError:
+        pass
+    return sorted(a for a in found if not ipaddress.ip_address(a).is_loopback
+                  and not ipaddress.ip_address(a).is_unspecified)
