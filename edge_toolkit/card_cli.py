@@ -8,6 +8,7 @@ or its card is invalid (one `error: MODEL: problem` line per problem on stderr),
 from __future__ import annotations
 
 import math
+import shlex
 from pathlib import Path
 
 import click
@@ -61,52 +62,68 @@ def card(model: Path | None, as_json: bool) -> None:
 
 def card_summary(c: ModelCard, path: Path) -> str:
     """The card in a dozen lines a person reads: the fields a clinic or an engineer asks
-    about first; the JSON has everything."""
-    pre = c.preprocessing or {}
-    export = c.export or {}
-    validation = export.get("validation") or {}
+    about first; the JSON has everything. Every text from the card is escaped (a card is a
+    file anyone may have edited: a newline must not forge a row) and every loose section
+    is read defensively: an odd value reads '?', never a traceback."""
+    pre = _dict(c.preprocessing)
+    export = _dict(c.export)
     rule = f"sensitivity >= {c.target_sensitivity:g}" if c.target_sensitivity else "none"
     if c.min_specificity:
         rule += f", specificity >= {c.min_specificity:g}"
-    negatives = [lab for lab in c.labels if lab != c.positive_label]
+    negatives = [_text(lab) for lab in c.labels if lab != c.positive_label]
+    dataset = _dict(c.dataset)
     rows = [
-        ("model", f"{c.family} {c.variant}" + (f" (run {c.parent})" if c.parent else "")
-         + (f", created {c.created}" if c.created else "")),
-        ("input", f"{c.input_size}x{c.input_size}x{c.channels}, fit {pre.get('fit', 'pad')}, "
-                  f"value range {pre.get('value_range', '?')}, intensity "
-                  f"{pre.get('intensity', 'none')}"),
-        ("labels", f"{c.positive_label} (positive) / {', '.join(negatives)}"),
+        ("model", f"{_text(c.family)} {_text(c.variant)}"
+         + (f" (run {_text(c.parent)})" if c.parent else "")
+         + (f", created {_text(c.created)}" if c.created else "")),
+        ("input", f"{c.input_size}x{c.input_size}x{c.channels}, fit "
+                  f"{_text(pre.get('fit', 'pad'))}, value range "
+                  f"{_text(pre.get('value_range', '?'))}, intensity "
+                  f"{_text(pre.get('intensity', 'none'))}"),
+        ("labels", f"{_text(c.positive_label)} (positive) / {', '.join(negatives)}"),
         ("threshold", f"{c.threshold:.4g} (rule: {rule}), temperature {c.temperature:.4g}"),
-        ("trained on", f"{(c.dataset or {}).get('name') or 'not recorded'}"
-                       + (f" ({c.data_fingerprint})" if c.data_fingerprint else "")),
+        ("trained on", _text(dataset.get("name") or "not recorded")
+         + (f" ({_text(c.data_fingerprint)})" if c.data_fingerprint else "")),
     ]
+    validation = _dict(export.get("validation"))
     if validation:
         rows.append(("validation", _validation_line(validation)))
-    rows += [(f"{split} at export", line) for split, line in _score_lines(c.metrics or {})]
-    gate = c.gate or {}
+    rows += [(f"{split} at export", line) for split, line in _score_lines(_dict(c.metrics))]
+    gate = _dict(c.gate)
     checks = ["quality"] + [label for key, label in (("appearance", "appearance"),
                                                       ("ood", "model features"))
                             if gate.get(key)]
     rows.append(("input gate", ", ".join(checks)))
-    history = export.get("recalibrations") or []
-    if history:
-        last = history[-1]
-        rows.append(("recalibrated", f"{len(history)} time(s); last {last.get('created', '?')} "
-                                     f"on {last.get('data', '?')} ({last.get('images', '?')} "
-                                     "images)"))
+    history = export.get("recalibrations")
+    if isinstance(history, list) and history:
+        last = _dict(history[-1])
+        rows.append(("recalibrated", f"{len(history)} time(s); last "
+                                     f"{_text(last.get('created', '?'))} on "
+                                     f"{_text(last.get('data', '?'))} "
+                                     f"({_text(last.get('images', '?'))} images)"))
     if c.notes:
-        rows.append(("notes", c.notes))
+        rows.append(("notes", _text(c.notes)))
     width = max(len(k) for k, _ in rows)
     return "\n".join([shown(path), *(f"  {k:<{width}}  {v}" for k, v in rows),
-                      f"  (the whole card: edge-toolkit card {shown(path)} --json)"])
+                      f"  (the whole card: edge-toolkit card {shlex.quote(shown(path))} "
+                      "--json)"])
+
+
+def _text(value: object) -> str:
+    """A card value on one line, control characters escaped."""
+    return shown(str(value))
+
+
+def _dict(value: object) -> dict:
+    return value if isinstance(value, dict) else {}
 
 
 def _validation_line(v: dict) -> str:
     """'validated on val: AUC 0.888 against its float parent's 0.885 (tolerance 0.02)'."""
-    line = f"{v.get('status', '?')} on {v.get('split', 'val')}"
-    if isinstance(v.get("auc"), (int, float)) and isinstance(v.get("parent_auc"), (int, float)):
+    line = f"{_text(v.get('status', '?'))} on {_text(v.get('split', 'val'))}"
+    if _finite(v.get("auc")) and _finite(v.get("parent_auc")):
         line += (f": AUC {v['auc']:.3f} against its float parent's {v['parent_auc']:.3f} "
-                 f"(tolerance {v.get('tolerance', '?')})")
+                 f"(tolerance {_text(v.get('tolerance', '?'))})")
     return line
 
 
@@ -118,23 +135,25 @@ def _score_lines(metrics: dict) -> list[tuple[str, str]]:
         m = metrics.get(split)
         if not isinstance(m, dict):
             continue
-        parts = [(name, s) for name, s in (m.get("sources") or {}).items()] or [("all", m)]
-        out.append((split, "; ".join(_score(name, s) for name, s in parts)))
+        parts = [(_text(name), _dict(s)) for name, s in _dict(m.get("sources")).items()]
+        out.append((split, "; ".join(_score(name, s) for name, s in parts or [("all", m)])))
     return out
 
 
 def _score(name: str, s: dict) -> str:
-    auc, ci = s.get("auc"), s.get("auc_ci95") or [None, None]
+    if "auc" not in s:
+        return f"{name} AUC not recorded"
+    auc, ci = s.get("auc"), s.get("auc_ci95")
     if not _finite(auc):
         return f"{name} AUC undefined (one class)"
     text = f"{name} AUC {auc:.3f}"
-    if all(_finite(x) for x in ci):
+    if isinstance(ci, list) and len(ci) == 2 and all(_finite(x) for x in ci):
         text += f" [{ci[0]:.2f}, {ci[1]:.2f}]"
-    point = (s.get("operating_points") or {}).get("high_sensitivity") or {}
-    if "sensitivity" in point and "specificity" in point:
+    point = _dict(_dict(s.get("operating_points")).get("high_sensitivity"))
+    if _finite(point.get("sensitivity")) and _finite(point.get("specificity")):
         text += f", sens/spec {point['sensitivity']:.2f}/{point['specificity']:.2f}"
     return text
 
 
 def _finite(x: object) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)

@@ -12,8 +12,12 @@ StudyInstanceUID.
 from __future__ import annotations
 
 import hashlib
+import logging
 import struct
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +29,7 @@ from edge_toolkit.images import (  # has_dicom_preamble: re-exported, it was def
     ImageWarning,
     collected_warnings,
     has_dicom_preamble,
+    note,
     reduce_factor,
     to_luminance,
 )
@@ -85,15 +90,18 @@ def read_dicom(path: str | Path, max_pixels: int) -> Image.Image:
     except ImportError:
         raise ImageLoadError(path, f"DICOM file, but pydicom is not installed; {INSTALL_HINT}"
                              ) from None
-    with collected_warnings() as caught:  # this thread's only: safe in a thread pool
+    # this thread's warnings only (safe in a thread pool); pydicom's notes are counted from
+    # its log, which every one of them reaches whatever the warning filters say
+    with collected_warnings() as caught, _PYDICOM_NOTES.counting() as logged:
         try:
             ds = pydicom.dcmread(path, force=path.suffix.lower() in DICOM_SUFFIXES)
         except InvalidDicomError:
             raise ImageLoadError(path, "not a valid DICOM file") from None
-        except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError,
+                Warning) as exc:  # a Warning: filters set to "error" (it quotes values)
             raise ImageLoadError(path, f"damaged DICOM file ({type(exc).__name__})") from None
         img = dataset_to_image(ds, max_pixels, path)
-    _pass_on(caught, path)
+    _pass_on(caught, logged[0], path)
     return img
 
 
@@ -117,8 +125,7 @@ def dataset_to_image(ds: Any, max_pixels: int, name: str | Path = "<dataset>") -
                                    "possible pixel bomb")
     frames = _frames(ds)
     if frames > 1:
-        warnings.warn(ImageWarning(f"{path}: multi-frame DICOM ({frames} frames); using the "
-                                   "first"), stacklevel=2)
+        note(f"{path}: multi-frame DICOM ({frames} frames); using the first")
     _set_transfer_syntax(ds)
     _check_codestream(ds, path, rows, cols, frames)
     arr = _first_frame(ds, path, frames)
@@ -134,22 +141,51 @@ def dataset_to_image(ds: Any, max_pixels: int, name: str | Path = "<dataset>") -
     return img
 
 
-def _pass_on(caught: list[warnings.WarningMessage], path: Path) -> None:
-    """Re-issue this module's own notes; pydicom's become one line that quotes no value;
-    Pillow's pixel-bomb warning (a compressed frame bigger than the header said, one the
-    codestream check could not read) is a refusal."""
+def _pass_on(caught: list[warnings.WarningMessage], logged: int, path: Path) -> None:
+    """Pass on this module's own notes; pydicom's (counted from its log, or from the
+    warnings that got through the filters, whichever saw more) become one note that quotes
+    no value. Pillow's pixel-bomb warning is dropped: the size checks decide."""
     others = 0
     for w in caught:
-        if issubclass(w.category, Image.DecompressionBombWarning):
-            raise ImageLoadError(path, "too many pixels in the compressed data; possible "
-                                       "pixel bomb")
         if isinstance(w.message, ImageWarning):
-            warnings.warn(w.message, stacklevel=3)
-        else:
+            note(str(w.message))
+        elif not issubclass(w.category, Image.DecompressionBombWarning):
             others += 1
-    if others:
-        warnings.warn(ImageWarning(f"{path}: {others} DICOM value(s) do not follow the "
-                                   "standard; read anyway"), stacklevel=3)
+    if max(others, logged):
+        note(f"{path}: {max(others, logged)} DICOM value(s) do not follow the standard; read "
+             "anyway")
+
+
+class _LogCounter(logging.Handler):
+    """Counts the "pydicom" logger's warnings in the threads that ask (`counting`): pydicom
+    logs each note it also warns of, and a log record passes no warning filter."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.local = threading.local()
+        self.attached = False
+        self.lock = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        count = getattr(self.local, "count", None)
+        if count is not None and record.levelno == logging.WARNING:  # not a decoder's error
+            count[0] += 1
+
+    @contextmanager
+    def counting(self) -> Iterator[list[int]]:
+        with self.lock:
+            if not self.attached:
+                logging.getLogger("pydicom").addHandler(self)
+                self.attached = True
+        outer = getattr(self.local, "count", None)
+        self.local.count = count = [0]
+        try:
+            yield count
+        finally:
+            self.local.count = outer
+
+
+_PYDICOM_NOTES = _LogCounter()
 
 
 def _no_image_reason(ds: Any) -> str:

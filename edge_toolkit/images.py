@@ -67,13 +67,16 @@ class _Router:
         if sink is not None:
             sink.append(warnings.WarningMessage(message, category, filename, lineno, file,
                                                 line))
-        else:
-            self.shown(message, category, filename, lineno, file, line)  # type: ignore[operator]
+            return
+        shown = self.shown if self.shown != self.show else None
+        (shown or warnings._showwarning_orig)(  # type: ignore[attr-defined,operator]
+            message, category, filename, lineno, file, line)
 
     def enter(self) -> None:
         with self.lock:
-            if self.users == 0:
-                self.shown = warnings.showwarning
+            current = warnings.showwarning
+            if current != self.show:  # ours may be back from another thread's catch_warnings:
+                self.shown = current  # then the hook it wraps stays the one saved before
                 warnings.showwarning = self.show
             self.users += 1
 
@@ -101,6 +104,18 @@ def collected_warnings() -> Iterator[list[warnings.WarningMessage]]:
     finally:
         _ROUTER.local.sink = outer
         _ROUTER.leave()
+
+
+def note(text: str) -> None:
+    """An ImageWarning about a file: straight into this thread's `collected_warnings` list
+    when it collects (so a station's or an audit's notes never depend on the process's
+    warning filters, which a notebook may set to "ignore"), else a warning."""
+    message = ImageWarning(text)
+    sink = getattr(_ROUTER.local, "sink", None)
+    if sink is not None:
+        sink.append(warnings.WarningMessage(message, ImageWarning, __file__, 0))
+    else:
+        warnings.warn(message, stacklevel=3)
 
 
 def is_image_name(path: str | Path) -> bool:
@@ -261,7 +276,7 @@ def open_image(img_or_path: str | Path | Image.Image, max_pixels: int = DEFAULT_
         with collected_warnings() as caught:
             with Image.open(path) as img:
                 out = _decode(img, path, max_pixels)
-        reissue(caught, path)
+        reissue(caught)
         return out
     except ImageLoadError:
         raise
@@ -280,15 +295,19 @@ def open_image(img_or_path: str | Path | Image.Image, max_pixels: int = DEFAULT_
         raise ImageLoadError(path, f"cannot decode ({exc.__class__.__name__}: {exc})") from None
 
 
-def reissue(caught: list[warnings.WarningMessage], path: str | Path) -> None:
-    """Warnings collected during a decode, passed on in the caller's thread: Pillow's
-    pixel-bomb warning becomes the refusal it stands for, the rest are warned again."""
+def reissue(caught: list[warnings.WarningMessage]) -> None:
+    """Warnings collected during a decode, passed on in the caller's thread: notes about the
+    file as notes, anything else warned again. Pillow's pixel-bomb warning is dropped: the
+    size checks (`_decode`, and Pillow's own error at twice its limit) refuse what is too
+    big whatever the warning filters say."""
     for w in caught:
         if issubclass(w.category, Image.DecompressionBombWarning):
-            raise ImageLoadError(path, "too many pixels; possible pixel bomb")
-    for w in caught:
-        warnings.warn(w.message, w.category if not isinstance(w.message, Warning) else None,
-                      stacklevel=3)
+            continue
+        if isinstance(w.message, ImageWarning):
+            note(str(w.message))
+        else:
+            warnings.warn(w.message, w.category if not isinstance(w.message, Warning) else None,
+                          stacklevel=3)
 
 
 def _decode(img: Image.Image, path: Path, max_pixels: int) -> Image.Image:
@@ -299,8 +318,7 @@ def _decode(img: Image.Image, path: Path, max_pixels: int) -> Image.Image:
                                    "pixel bomb")
     frames = getattr(img, "n_frames", 1) if img.format != "MPO" else 1  # MPO: a phone
     if frames > 1:  # photo's extra frames; a multi-page TIFF or a GIF: say which was read
-        warnings.warn(ImageWarning(f"{path}: {frames} pictures in one file; using the first"),
-                      stacklevel=3)
+        note(f"{path}: {frames} pictures in one file; using the first")
         img.seek(0)  # counting the frames moved through the file
     factor = reduce_factor(w, h)
     draft = None
@@ -339,6 +357,5 @@ def _without_end_marker(path: Path, draft: tuple[str, tuple[int, int]] | None) -
         decoded.append(img)
     if decoded[0].tobytes() != decoded[1].tobytes():
         raise ImageLoadError(path, "truncated or corrupt image data")
-    warnings.warn(ImageWarning(f"{path}: JPEG end marker missing; the image data is complete, "
-                               "loaded anyway"), stacklevel=2)
+    note(f"{path}: JPEG end marker missing; the image data is complete, loaded anyway")
     return decoded[0]

@@ -24,6 +24,9 @@ class NonFiniteScoresError(ValueError):
         super().__init__(f"{bad} non-finite model outputs (NaN or infinite) among {total}")
         self.bad, self.total = bad, total
 
+    def __reduce__(self) -> tuple:  # pickled across a fold's process boundary intact
+        return type(self), (self.bad, self.total)
+
 
 def finite_scores(p: np.ndarray) -> np.ndarray:
     """`p` as float64, or NonFiniteScoresError naming how many of its values are not finite

@@ -523,3 +523,28 @@ def test_a_training_command_without_tensorflow_exits_2_naming_the_extra(monkeypa
     with pytest.raises(Exception) as err:
         _need_tf()
     assert err.value.exit_code == 2 and "fracture-edge-toolkit[train]" in str(err.value)
+
+
+@pytest.mark.parametrize("changes", [
+    {"notes": "ok\x1b[2J\n  threshold       0.99 (fake line)"},
+    {"metrics": {"test": {"sources": [1, 2]}}},
+    {"metrics": {"test": {"sources": {"a": 0.5}}}},
+    {"metrics": {"test": {"auc": 0.8, "auc_ci95": 0.1}}},
+    {"metrics": {"test": {"auc": 0.8, "auc_ci95": [0.7]}}},
+    {"metrics": {"test": {"auc": 0.8, "operating_points": {
+        "high_sensitivity": {"sensitivity": "0.9", "specificity": 0.5}}}}},
+    {"metrics": {"val": {}}},
+    {"export": {"recalibrations": {"a": 1}}},
+    {"export": {"recalibrations": ["x"]}},
+])
+def test_the_card_summary_of_an_edited_card_is_escaped_and_never_a_traceback(model, tmp_path,
+                                                                             changes):
+    path = carded_copy(model, tmp_path, "edited", **changes)
+    res = CliRunner().invoke(card_cmd, [str(path)])
+    assert res.exception is None or isinstance(res.exception, SystemExit), res.exception
+    if res.exit_code == 0:
+        assert "\x1b" not in res.stdout and "(fake line)" not in res.stdout.split("notes")[0]
+        assert not any(ln.startswith("  threshold       0.99") for ln in res.stdout.splitlines())
+    else:  # refused by the card's own checks: one line per problem
+        assert res.exit_code == 2 and all(ln.startswith("error: ")
+                                          for ln in error_lines(res))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 import textwrap
@@ -182,3 +183,76 @@ def test_collected_warnings_are_each_threads_own_and_the_hook_goes_away(recwarn)
     assert got["a"] == ["a: mine"] and [str(w.message) for w in mine] == ["b: mine"]
     assert [str(w.message) for w in recwarn] == ["c: not collected"]
     assert warnings.showwarning is before
+
+
+_TWICE = textwrap.dedent("""
+    import sys, warnings
+    warnings.filterwarnings("ignore")  # a notebook's first cell: notes and refusals must hold
+    sys.path.insert(0, sys.argv[1])
+    from test_dicom import dataset, ramp
+    from edge_toolkit.images import ImageLoadError, collected_warnings, open_image
+    import pydicom.config
+    folder = sys.argv[2]
+    for name in ("a.dcm", "b.dcm"):
+        ds = dataset(ramp(8), bits_stored=8)
+        with pydicom.config.disable_value_validation():
+            ds.StudyInstanceUID = "1.2.826.0.SMITH^JOHN.19800101"  # not a valid UID
+            ds.save_as(f"{folder}/{name}", enforce_file_format=True)
+    for name in ("a.dcm", "b.dcm"):
+        with collected_warnings() as caught:
+            open_image(f"{folder}/{name}")
+        notes = [str(w.message) for w in caught]
+        assert len(notes) == 1 and "do not follow the standard" in notes[0], notes
+        assert "SMITH" not in notes[0]
+    for _ in range(2):
+        try:
+            open_image(f"{folder}/huge.png")
+        except ImageLoadError as exc:
+            assert "too many pixels" in exc.reason
+        else:
+            raise AssertionError("a 10000x10000 picture was not refused")
+    print("ok")
+""")
+
+
+def test_notes_and_refusals_hold_for_a_second_file_and_under_ignore_filters(tmp_path):
+    """Python shows a warning once per line of code unless told otherwise, and a notebook
+    may ignore them all: the second DICOM with the same odd value lost its note, and a
+    refusal that rode on Pillow's warning depended on the filters."""
+    pytest.importorskip("pydicom", reason="the [dicom] extra (pydicom) is not installed")
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+
+    header = struct.pack(">IIBBBBB", 10000, 10000, 8, 0, 0, 0, 0)  # 8-bit grey, 10000 px
+    (tmp_path / "huge.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                                        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                                        + chunk(b"IEND", b""))
+    res = subprocess.run([sys.executable, "-c", _TWICE, str(ROOT / "tests"), str(tmp_path)],
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
+
+
+def test_the_hook_put_back_by_another_catch_warnings_never_calls_itself(recwarn):
+    """Another thread's catch_warnings can put the hook back after the last collector left;
+    the next collector then saved the hook as what it wraps, and every later warning
+    recursed until RecursionError."""
+    import warnings
+
+    from edge_toolkit.images import collected_warnings
+
+    original = warnings.showwarning
+    try:
+        with collected_warnings():
+            hook = warnings.showwarning
+        warnings.showwarning = hook  # as that other catch_warnings' exit would
+        with collected_warnings():
+            pass
+        warnings.warn(ImageWarning("after"), stacklevel=1)
+    finally:
+        warnings.showwarning = original
+    assert [str(w.message) for w in recwarn] == ["after"]

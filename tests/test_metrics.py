@@ -203,3 +203,12 @@ def test_non_finite_scores_are_refused_not_ranked(bad):
                                              r"among 6$"):
             call()
     assert roc_auc(y, good) == pytest.approx(brute_auc(y, good))  # finite scores still score
+
+
+def test_the_non_finite_error_survives_pickling():
+    import pickle
+
+    from edge_toolkit.metrics import NonFiniteScoresError
+
+    err = pickle.loads(pickle.dumps(NonFiniteScoresError(2, 6)))
+    assert (err.bad, err.total) == (2, 6) and "2 non-finite" in str(err)

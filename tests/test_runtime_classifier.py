@@ -181,5 +181,5 @@ def test_a_non_finite_model_output_is_an_error_never_a_label(tmp_path_factory):
     clf = Classifier.load(cached_models(tmp_path_factory, {"float": {}})["float"])
     for raw in (float("nan"), float("inf")):
         r = clf.result_from(raw, 0.0, 0.0, "x.png")
-        assert r.status == "error" and r.label is None and "not a number" in r.error
+        assert r.status == "error" and r.label is None and "not finite" in r.error
     assert clf.result_from(0.7, 0.0, 0.0, "x.png").status == "ok"

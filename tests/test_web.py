@@ -770,3 +770,30 @@ def test_lan_addresses_are_ipv4_and_never_loopback():
     for address in lan_addresses():
         ip = ipaddress.ip_address(address)
         assert ip.version == 4 and not ip.is_loopback and not ip.is_unspecified
+
+
+def test_lan_addresses_do_not_wait_for_a_stuck_name_lookup(monkeypatch):
+    """Without a route, the host-name lookup may wait on an unreachable name server (about
+    10 s while the station was bound but not yet serving): it gets a deadline."""
+    import socket
+    import threading
+
+    from edge_toolkit.web.cli import lan_addresses
+
+    release = threading.Event()
+
+    class NoRoute(socket.socket):
+        def connect(self, address):
+            raise OSError("network is unreachable")
+
+    def stuck(*args, **kwargs):
+        release.wait(30)
+        return [(socket.AF_INET, 0, 0, "", ("10.1.2.3", 0))]
+
+    monkeypatch.setattr(socket, "socket", NoRoute)
+    monkeypatch.setattr(socket, "getaddrinfo", stuck)
+    try:
+        assert lan_addresses(wait=0.05) == []  # given up on, not waited for
+    finally:
+        release.set()
+    assert lan_addresses(wait=5) == ["10.1.2.3"]  # an answer in time is used

@@ -360,7 +360,7 @@ class Classifier:
         error, never a label: NaN compares below every threshold and would read as "not
         fractured"."""
         if not math.isfinite(raw):
-            return error_result(file, key, f"the model's output is not a number ({raw}): the "
+            return error_result(file, key, f"the model's output is not finite ({raw}): the "
                                 "model file is damaged or does not suit this input; nothing "
                                 "was decided", self.model_id)
         p = self.calibrate(raw)

@@ -214,24 +214,37 @@ def serve(model: Path | None, host: str, port: int, data_dir: Path, token_file: 
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
 
-def lan_addresses() -> list[str]:
-    """This machine's IPv4 addresses other than loopback, found without sending a packet:
-    the host name's addresses, and the source address of the default route (a UDP
-    `connect` to a documentation address only picks a route)."""
+def lan_addresses(wait: float = 1.0) -> list[str]:
+    """This machine's IPv4 addresses other than loopback: the source address of the default
+    route (a UDP `connect` to a documentation address picks a route and sends nothing),
+    else the host name's addresses, looked up in a thread for at most `wait` seconds (a
+    lookup that goes to an unreachable name server would stall the start for about 10 s)."""
     import ipaddress
     import socket
+    import threading
 
-    found: set[str] = set()
-    try:
-        found |= {info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None,
-                                                            socket.AF_INET)}
-    except OSError:
-        pass
+    def usable(addresses: set[str]) -> list[str]:
+        return sorted(a for a in addresses if not ipaddress.ip_address(a).is_loopback
+                      and not ipaddress.ip_address(a).is_unspecified)
+
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
             probe.connect(("192.0.2.1", 9))  # TEST-NET-1: never reached
-            found.add(probe.getsockname()[0])
+            found = usable({probe.getsockname()[0]})
     except OSError:
-        pass
-    return sorted(a for a in found if not ipaddress.ip_address(a).is_loopback
-                  and not ipaddress.ip_address(a).is_unspecified)
+        found = []
+    if found:
+        return found
+    named: set[str] = set()
+
+    def look_up() -> None:
+        try:
+            named.update(info[4][0] for info in socket.getaddrinfo(
+                socket.gethostname(), None, socket.AF_INET))
+        except OSError:
+            pass
+
+    worker = threading.Thread(target=look_up, daemon=True)
+    worker.start()
+    worker.join(wait)
+    return usable(set(named)) if not worker.is_alive() else []
