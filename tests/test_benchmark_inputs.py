@@ -175,7 +175,7 @@ def test_the_chart_tells_not_validated_files_from_failed_ones():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from edge_toolkit.benchmark import _plot_families
+    from edge_toolkit.benchmark_chart import _plot_families
 
     rows = []
     for variant, status in (("float32", "validated"), ("int8-ptq", "not-validated"),
@@ -271,7 +271,7 @@ def test_a_thread_count_given_twice_is_timed_once():
 
 
 def test_the_chart_split_skips_an_undefined_test_auc():
-    from edge_toolkit.benchmark import chart_points
+    from edge_toolkit.benchmark_chart import chart_points
 
     result = undefined_result()
     result["rows"][0]["accuracy"]["val"] = dict(result["rows"][0]["accuracy"]["val"], auc=0.7)

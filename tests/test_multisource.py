@@ -10,7 +10,7 @@ import pytest
 from conftest import write_manifest, write_tiny_dataset
 from PIL import Image
 
-from edge_toolkit.benchmark import pareto_front
+from edge_toolkit.benchmark_chart import pareto_front
 from edge_toolkit.crossval import assign_folds, make_folds, summarize_folds
 from edge_toolkit.data import DatasetError
 from edge_toolkit.metrics import (
