@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from edge_toolkit.card import CardError, ModelCard, load_card, split_tflite, strict_dumps
+from edge_toolkit.card_sections import is_finite_number
 from edge_toolkit.data import DatasetError, load_samples
 from edge_toolkit.files import atomic_write, read_regular, shown
 from edge_toolkit.metrics import (
@@ -449,10 +450,6 @@ def global_cue_baseline(root: Path | None, log: Any = print, source: str | None 
 
 # -- output ------------------------------------------------------------------------------
 
-def _finite(x: Any) -> bool:
-    return isinstance(x, int | float) and bool(np.isfinite(x))
-
-
 def _f(x: Any, spec: str = ".3f") -> str:
     return "–" if x is None or (isinstance(x, float) and np.isnan(x)) else format(x, spec)
 
@@ -465,7 +462,7 @@ def _auc_cell(acc: dict[str, Any]) -> str:
     if "auc_family" in acc:  # copies of one radiograph: the per-family number is the honest one
         flo, fhi = acc["auc_family_ci95"]
         cell += (f"; per family {_f(acc['auc_family'])}" + (
-            " [too few groups]" if not _finite(flo) else f" [{flo:.2f}, {fhi:.2f}]"))
+            " [too few groups]" if not is_finite_number(flo) else f" [{flo:.2f}, {fhi:.2f}]"))
     return cell
 
 

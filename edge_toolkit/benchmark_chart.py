@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from edge_toolkit.benchmark import _finite, shows_runs
+from edge_toolkit.benchmark import shows_runs
+from edge_toolkit.card_sections import is_finite_number
 from edge_toolkit.files import atomic_write
 from edge_toolkit.quantize.variants import NOT_VALIDATED, VALIDATED
 
@@ -67,8 +68,8 @@ def chart_points(result: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
     def auc(r: dict[str, Any], split: str) -> Any:
         return (r["accuracy"].get(split) or {}).get("auc")
 
-    split = "test" if any(_finite(auc(r, "test")) for r in result["rows"]) else "val"
-    return split, [r for r in result["rows"] if _finite(auc(r, split))
+    split = "test" if any(is_finite_number(auc(r, "test")) for r in result["rows"]) else "val"
+    return split, [r for r in result["rows"] if is_finite_number(auc(r, split))
                    and r["latency"].get(t) and r["size_bytes"]]
 
 
@@ -153,6 +154,6 @@ def _plot_front_and_baseline(ax: Any, result: dict[str, Any], xy: list[tuple[flo
                 label="Pareto front (validated files)", zorder=0)
     bases = result.get("baselines") or []
     base = bases[0]["splits"].get(split) if len(bases) == 1 else None
-    if base and _finite(base.get("auc")):
+    if base and is_finite_number(base.get("auc")):
         ax.axhline(base["auc"], color="grey", ls=":",
                    label=f"global-cue baseline ({bases[0]['source']}, {split})")

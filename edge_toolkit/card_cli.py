@@ -7,13 +7,13 @@ or its card is invalid (one `error: MODEL: problem` line per problem on stderr),
 
 from __future__ import annotations
 
-import math
 import shlex
 from pathlib import Path
 
 import click
 
 from edge_toolkit.card import CardError, ModelCard, load_card
+from edge_toolkit.card_sections import is_finite_number
 from edge_toolkit.files import shown
 
 EXIT_BAD_CARD = 2
@@ -121,7 +121,7 @@ def _dict(value: object) -> dict:
 def _validation_line(v: dict) -> str:
     """'validated on val: AUC 0.888 against its float parent's 0.885 (tolerance 0.02)'."""
     line = f"{_text(v.get('status', '?'))} on {_text(v.get('split', 'val'))}"
-    if _finite(v.get("auc")) and _finite(v.get("parent_auc")):
+    if is_finite_number(v.get("auc")) and is_finite_number(v.get("parent_auc")):
         line += (f": AUC {v['auc']:.3f} against its float parent's {v['parent_auc']:.3f} "
                  f"(tolerance {_text(v.get('tolerance', '?'))})")
     return line
@@ -144,16 +144,12 @@ def _score(name: str, s: dict) -> str:
     if "auc" not in s:
         return f"{name} AUC not recorded"
     auc, ci = s.get("auc"), s.get("auc_ci95")
-    if not _finite(auc):
+    if not is_finite_number(auc):
         return f"{name} AUC undefined (one class)"
     text = f"{name} AUC {auc:.3f}"
-    if isinstance(ci, list) and len(ci) == 2 and all(_finite(x) for x in ci):
+    if isinstance(ci, list) and len(ci) == 2 and all(is_finite_number(x) for x in ci):
         text += f" [{ci[0]:.2f}, {ci[1]:.2f}]"
     point = _dict(_dict(s.get("operating_points")).get("high_sensitivity"))
-    if _finite(point.get("sensitivity")) and _finite(point.get("specificity")):
+    if is_finite_number(point.get("sensitivity")) and is_finite_number(point.get("specificity")):
         text += f", sens/spec {point['sensitivity']:.2f}/{point['specificity']:.2f}"
     return text
-
-
-def _finite(x: object) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)

@@ -12,6 +12,7 @@ Standard library only (plus the TF-free variant table).
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -33,6 +34,12 @@ def safe_repr(value: Any, limit: int = 40) -> str:
 
 def is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def is_finite_number(value: Any) -> bool:
+    """A number a report can print: not a bool, not NaN or infinite (NumPy's too)."""
+    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+            and math.isfinite(value))
 
 
 def is_int(value: Any) -> bool:
